@@ -1,0 +1,199 @@
+//! [`Builder`]: configure a [`MapWrapper`] and validate the configuration once, at `build()`.
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::BuildHasher;
+use std::marker::PhantomData;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::{MapError, MapWrapper};
+
+/// The most shards a map may have.
+pub const MAX_SHARDS: usize = 1 << 16;
+
+/// The longest a map name may be, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
+
+/// The per-operation timeout a map uses unless configured otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The validated settings of a map.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) name: Option<String>,
+    pub(crate) shards: usize,
+    pub(crate) timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { name: None, shards: default_shards(), timeout: DEFAULT_TIMEOUT }
+    }
+}
+
+/// The default shard count: four per available CPU, rounded up to a power of two, as the
+/// well-known sharded maps do (enough shards that two threads rarely meet on one).
+pub fn default_shards() -> usize {
+    static SHARDS: OnceLock<usize> = OnceLock::new();
+    *SHARDS.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cpus * 4).next_power_of_two().min(MAX_SHARDS)
+    })
+}
+
+/// Configures a [`MapWrapper`]; made by [`MapWrapper::builder`].
+///
+/// Nothing is checked until [`build`](Builder::build), which returns
+/// [`MapError::InvalidConfig`] for a bad setting instead of panicking.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use map_wrapper::MapWrapper;
+///
+/// let map: MapWrapper<u64, String> = MapWrapper::builder()
+///     .name("orders")
+///     .shards(64)
+///     .timeout(Duration::from_millis(100))
+///     .build()?;
+/// assert_eq!(map.shard_count(), 64);
+///
+/// let bad = MapWrapper::<u64, String>::builder().shards(12).build();
+/// assert_eq!(bad.unwrap_err().code(), "INVALID_CONFIG");
+/// # Ok::<(), map_wrapper::MapError>(())
+/// ```
+#[must_use = "a builder does nothing until `build()` is called"]
+pub struct Builder<K, V, S = RandomState> {
+    name: Option<String>,
+    shards: Option<usize>,
+    timeout: Duration,
+    hasher: S,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> Builder<K, V, RandomState> {
+    pub(crate) fn new() -> Self {
+        Builder {
+            name: None,
+            shards: None,
+            timeout: DEFAULT_TIMEOUT,
+            hasher: RandomState::new(),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<K, V, S> Builder<K, V, S> {
+    /// The map's name: the resource named in errors, logs and the audit trail. 1 to 256 bytes,
+    /// no control characters. Default: `map-N`, N unique in the process.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The number of shards: a power of two from 1 to [`MAX_SHARDS`]. Default:
+    /// [`default_shards()`].
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = Some(shards);
+        self
+    }
+
+    /// How long an operation may wait for a lock unless its context says otherwise. Default:
+    /// [`DEFAULT_TIMEOUT`] (500 ms). `Duration::ZERO` makes every operation fail at once on a
+    /// contended shard instead of waiting.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The hasher used for keys (which also picks the shard).
+    pub fn hasher<S2>(self, hasher: S2) -> Builder<K, V, S2> {
+        Builder { name: self.name, shards: self.shards, timeout: self.timeout, hasher, _types: PhantomData }
+    }
+
+    fn config(&self) -> Result<Config, MapError> {
+        if let Some(name) = &self.name {
+            if name.is_empty() || name.len() > MAX_NAME_LEN {
+                return Err(MapError::InvalidConfig {
+                    field: "name",
+                    reason: format!("must be 1 to {MAX_NAME_LEN} bytes long, got {}", name.len()),
+                });
+            }
+            if name.chars().any(char::is_control) {
+                return Err(MapError::InvalidConfig {
+                    field: "name",
+                    reason: format!("must not contain control characters, got {name:?}"),
+                });
+            }
+        }
+        let shards = self.shards.unwrap_or_else(default_shards);
+        if !shards.is_power_of_two() || shards > MAX_SHARDS {
+            return Err(MapError::InvalidConfig {
+                field: "shards",
+                reason: format!("must be a power of two from 1 to {MAX_SHARDS}, got {shards}"),
+            });
+        }
+        Ok(Config { name: self.name.clone(), shards, timeout: self.timeout })
+    }
+}
+
+impl<K, V, S: BuildHasher> Builder<K, V, S> {
+    /// Validates the settings and makes the map.
+    ///
+    /// # Errors
+    ///
+    /// [`MapError::InvalidConfig`] naming the setting at fault.
+    pub fn build(self) -> Result<MapWrapper<K, V, S>, MapError> {
+        let config = self.config()?;
+        Ok(MapWrapper::from_config(config, self.hasher))
+    }
+}
+
+impl<K, V, S> fmt::Debug for Builder<K, V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("name", &self.name)
+            .field("shards", &self.shards)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(b: Builder<u8, u8>) -> (&'static str, String) {
+        match b.build().unwrap_err() {
+            MapError::InvalidConfig { field, reason } => (field, reason),
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_shard_counts_are_errors() {
+        for n in [0, 3, 12, MAX_SHARDS * 2, usize::MAX] {
+            let (field, reason) = err(MapWrapper::builder().shards(n));
+            assert_eq!(field, "shards");
+            assert!(reason.contains(&n.to_string()), "{reason}");
+        }
+    }
+
+    #[test]
+    fn bad_names_are_errors() {
+        assert_eq!(err(MapWrapper::builder().name("")).0, "name");
+        assert_eq!(err(MapWrapper::builder().name("a\nb")).0, "name");
+        assert_eq!(err(MapWrapper::builder().name("x".repeat(MAX_NAME_LEN + 1))).0, "name");
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        assert!(default_shards().is_power_of_two());
+        let m: MapWrapper<u8, u8> = MapWrapper::builder().build().unwrap();
+        assert_eq!(m.shard_count(), default_shards());
+        assert_eq!(m.default_timeout(), DEFAULT_TIMEOUT);
+        assert!(m.name().starts_with("map-"));
+    }
+}

@@ -1,0 +1,366 @@
+//! [`OpContext`]: the deadline, cancellation and identity of an operation, given per call
+//! (`map.with(&ctx)`) or for everything the current thread does in a scope (`ctx.enter()`).
+
+use std::cell::RefCell;
+use std::marker::PhantomData;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::CancelToken;
+
+/// What an operation runs under: how long it may wait, who may cancel it, and who it is for.
+///
+/// Every field is optional. An operation combines, in this order of precedence, the context
+/// given with [`MapWrapper::with`](crate::MapWrapper::with), the ambient context the thread
+/// entered with [`enter`](OpContext::enter), and the map's defaults:
+///
+/// - **timeout**: how long the operation may wait for a lock; the first one given wins, then
+///   the map's default (500 ms unless configured);
+/// - **deadline**: an absolute instant that no operation waits past; every deadline given
+///   applies (the earliest wins), so a per-call timeout cannot outlive a request's deadline;
+/// - **cancellation**: the operation fails if any of the tokens given is cancelled;
+/// - **actor**, **trace id**: the first one given wins; **tags** add up (the innermost value
+///   of a tag wins).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use map_wrapper::{CancelToken, MapWrapper, OpContext};
+///
+/// let map: MapWrapper<String, u32> = MapWrapper::new();
+///
+/// // Per call.
+/// let ctx = OpContext::new().timeout(Duration::from_millis(50)).actor("billing-job");
+/// map.with(&ctx).insert("a".to_string(), 1)?;
+///
+/// // For a scope on this thread: every operation inside runs as "alice".
+/// {
+///     let _scope = OpContext::new().actor("alice").trace_id("req-42").enter();
+///     map.insert("b".to_string(), 2)?;
+/// }
+///
+/// // A cancelled context fails before it takes a lock.
+/// let token = CancelToken::new();
+/// token.cancel();
+/// let err = map.with(&OpContext::new().cancel_token(token)).insert("c".into(), 3).unwrap_err();
+/// assert_eq!(err.code(), "CANCELLED");
+/// # Ok::<(), map_wrapper::MapError>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct OpContext {
+    timeout: Option<Duration>,
+    deadline: Option<Instant>,
+    cancel: Option<CancelToken>,
+    actor: Option<Arc<str>>,
+    trace_id: Option<Arc<str>>,
+    tags: Vec<(Arc<str>, Arc<str>)>,
+}
+
+impl OpContext {
+    /// An empty context: the map's defaults apply.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How long each operation under this context may wait for a lock.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// An instant no operation under this context waits past.
+    ///
+    /// Deadlines only move earlier: if the context already has an earlier one (for example
+    /// inherited by [`child`](OpContext::child)), that one stays.
+    #[must_use]
+    pub fn deadline(mut self, at: Instant) -> Self {
+        self.deadline = Some(self.deadline.map_or(at, |d| d.min(at)));
+        self
+    }
+
+    /// The token that cancels operations under this context.
+    #[must_use]
+    pub fn cancel_token(mut self, token: CancelToken) -> Self {
+        self.cancel = Some(token);
+        self
+    }
+
+    /// Who the operations are done for (a user, a service); recorded in the audit trail.
+    #[must_use]
+    pub fn actor(mut self, actor: impl Into<Arc<str>>) -> Self {
+        self.actor = Some(actor.into());
+        self
+    }
+
+    /// The id that ties the operations to a request or trace; recorded in the audit trail.
+    #[must_use]
+    pub fn trace_id(mut self, trace_id: impl Into<Arc<str>>) -> Self {
+        self.trace_id = Some(trace_id.into());
+        self
+    }
+
+    /// Adds a `key = value` tag (a later value for the same key replaces the earlier one).
+    #[must_use]
+    pub fn tag(mut self, key: impl Into<Arc<str>>, value: impl Into<Arc<str>>) -> Self {
+        let key = key.into();
+        self.tags.retain(|(k, _)| *k != key);
+        self.tags.push((key, value.into()));
+        self
+    }
+
+    /// A context for a sub-task: same actor, trace id and tags, a child of the cancel token
+    /// (cancelling the child does not cancel this context), and a deadline no later than this
+    /// context's: this context's timeout, if it has one, becomes an absolute deadline counted
+    /// from now.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use map_wrapper::OpContext;
+    ///
+    /// let parent = OpContext::new().deadline(Instant::now() + Duration::from_millis(100));
+    /// let child = parent.child().deadline(Instant::now() + Duration::from_secs(60));
+    /// assert!(child.get_deadline() <= parent.get_deadline());
+    /// ```
+    #[must_use]
+    pub fn child(&self) -> Self {
+        let mut child = self.clone();
+        if let Some(t) = self.timeout {
+            child = child.deadline(Instant::now() + t);
+        }
+        child.cancel = Some(self.cancel.as_ref().map_or_else(CancelToken::new, CancelToken::child));
+        child
+    }
+
+    /// Makes this context the ambient context of the current thread until the returned guard
+    /// is dropped. Operations that get no explicit context use it; one that does uses both
+    /// (see the precedence rules on [`OpContext`]). Scopes nest: an inner scope adds to the
+    /// outer one and the outer one is back when the inner guard drops.
+    ///
+    /// ```
+    /// use map_wrapper::OpContext;
+    ///
+    /// let _outer = OpContext::new().actor("svc").tag("tenant", "acme").enter();
+    /// {
+    ///     let _inner = OpContext::new().actor("alice").enter();
+    ///     let now = OpContext::current().unwrap();
+    ///     assert_eq!(now.get_actor(), Some("alice"));
+    ///     assert_eq!(now.get_tags()[0].1.as_ref(), "acme");
+    /// }
+    /// assert_eq!(OpContext::current().unwrap().get_actor(), Some("svc"));
+    /// ```
+    #[must_use = "the context is left as soon as the guard is dropped"]
+    pub fn enter(self) -> ContextGuard {
+        let previous = ambient();
+        let merged = match &previous {
+            Some(outer) => self.over(outer),
+            None => self,
+        };
+        AMBIENT.with(|a| *a.borrow_mut() = Some(Rc::new(merged)));
+        ContextGuard { previous, _not_send: PhantomData }
+    }
+
+    /// The ambient context of the current thread (all entered scopes merged), if any. Pass it
+    /// to another thread and `enter` it there to carry actor, trace id, deadline and
+    /// cancellation across.
+    pub fn current() -> Option<OpContext> {
+        ambient().map(|rc| (*rc).clone())
+    }
+
+    /// The per-operation timeout, if set.
+    pub fn get_timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// The absolute deadline, if set.
+    pub fn get_deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// The cancel token, if set.
+    pub fn get_cancel_token(&self) -> Option<&CancelToken> {
+        self.cancel.as_ref()
+    }
+
+    /// The actor, if set.
+    pub fn get_actor(&self) -> Option<&str> {
+        self.actor.as_deref()
+    }
+
+    /// The trace id, if set.
+    pub fn get_trace_id(&self) -> Option<&str> {
+        self.trace_id.as_deref()
+    }
+
+    /// The tags, in the order they were first set.
+    pub fn get_tags(&self) -> &[(Arc<str>, Arc<str>)] {
+        &self.tags
+    }
+
+    /// `self` layered over `outer`: `self`'s values win, deadlines and tokens combine.
+    fn over(mut self, outer: &OpContext) -> OpContext {
+        self.timeout = self.timeout.or(outer.timeout);
+        if let Some(d) = outer.deadline {
+            self = self.deadline(d);
+        }
+        self.cancel = match (self.cancel.take(), &outer.cancel) {
+            (Some(mine), Some(theirs)) => Some(CancelToken::either(&mine, theirs)),
+            (mine, theirs) => mine.or_else(|| theirs.clone()),
+        };
+        self.actor = self.actor.or_else(|| outer.actor.clone());
+        self.trace_id = self.trace_id.or_else(|| outer.trace_id.clone());
+        let mut tags = outer.tags.clone();
+        for (k, v) in self.tags {
+            tags.retain(|(ok, _)| *ok != k);
+            tags.push((k, v));
+        }
+        self.tags = tags;
+        self
+    }
+}
+
+/// Restores the previous ambient context when dropped. Returned by [`OpContext::enter`].
+///
+/// It is neither `Send` nor `Sync`: a scope belongs to the thread that entered it.
+#[derive(Debug)]
+pub struct ContextGuard {
+    previous: Option<Rc<OpContext>>,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Drop for ContextGuard {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        // `try_with`: the guard may be dropped while the thread's locals are torn down.
+        let _ = AMBIENT.try_with(|a| *a.borrow_mut() = previous);
+    }
+}
+
+thread_local! {
+    static AMBIENT: RefCell<Option<Rc<OpContext>>> = const { RefCell::new(None) };
+}
+
+fn ambient() -> Option<Rc<OpContext>> {
+    AMBIENT.try_with(|a| a.borrow().clone()).ok().flatten()
+}
+
+/// The contexts one operation runs under: the explicit one (if any) and the ambient one (if
+/// any). Built once per operation; cheap when both are absent (one thread-local read).
+pub(crate) struct Effective<'c> {
+    explicit: Option<&'c OpContext>,
+    ambient: Option<Rc<OpContext>>,
+}
+
+impl<'c> Effective<'c> {
+    pub(crate) fn new(explicit: Option<&'c OpContext>) -> Self {
+        Effective { explicit, ambient: ambient() }
+    }
+
+    fn contexts(&self) -> impl Iterator<Item = &OpContext> {
+        self.explicit.into_iter().chain(self.ambient.as_deref())
+    }
+
+    /// Whether any token of the operation is cancelled.
+    #[inline]
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.contexts().any(|c| c.cancel.as_ref().is_some_and(CancelToken::is_cancelled))
+    }
+
+    /// Whether the operation has a token at all (then waits poll it).
+    pub(crate) fn has_cancel(&self) -> bool {
+        self.contexts().any(|c| c.cancel.is_some())
+    }
+
+    /// The earliest absolute deadline given, if any.
+    pub(crate) fn absolute_deadline(&self) -> Option<Instant> {
+        self.contexts().filter_map(|c| c.deadline).min()
+    }
+
+    /// When a wait that starts at `start` must give up.
+    pub(crate) fn deadline_from(&self, start: Instant, default_timeout: Duration) -> Instant {
+        let timeout = self.contexts().find_map(|c| c.timeout).unwrap_or(default_timeout);
+        let relative = start.checked_add(timeout).unwrap_or(start + Duration::from_secs(86_400 * 365));
+        self.absolute_deadline().map_or(relative, |d| d.min(relative))
+    }
+
+    /// The actor of the operation, if one was given.
+    #[allow(dead_code)] // read by the audit layer
+    pub(crate) fn actor(&self) -> Option<&str> {
+        self.contexts().find_map(OpContext::get_actor)
+    }
+
+    /// The trace id of the operation, if one was given.
+    #[allow(dead_code)] // read by the audit layer
+    pub(crate) fn trace_id(&self) -> Option<&str> {
+        self.contexts().find_map(OpContext::get_trace_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_timeout_beats_ambient_but_ambient_deadline_still_caps() {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let near = Instant::now() + Duration::from_millis(10);
+        let _g = OpContext::new().timeout(Duration::from_secs(1)).deadline(near).enter();
+        let ctx = OpContext::new().timeout(Duration::from_secs(30)).deadline(far);
+        let eff = Effective::new(Some(&ctx));
+        let start = Instant::now();
+        assert_eq!(
+            eff.deadline_from(start, Duration::from_millis(500)),
+            near.min(start + Duration::from_secs(30))
+        );
+    }
+
+    #[test]
+    fn default_timeout_applies_when_none_given() {
+        let eff = Effective::new(None);
+        let start = Instant::now();
+        assert_eq!(eff.deadline_from(start, Duration::from_millis(500)), start + Duration::from_millis(500));
+        assert!(!eff.has_cancel() && !eff.is_cancelled());
+    }
+
+    #[test]
+    fn nested_scopes_combine_cancellation() {
+        let outer_token = CancelToken::new();
+        let _outer = OpContext::new().cancel_token(outer_token.clone()).enter();
+        let _inner = OpContext::new().cancel_token(CancelToken::new()).actor("bob").enter();
+        let eff = Effective::new(None);
+        assert!(!eff.is_cancelled());
+        outer_token.cancel();
+        assert!(eff.is_cancelled());
+        assert_eq!(eff.actor(), Some("bob"));
+    }
+
+    #[test]
+    fn leaving_a_scope_restores_the_outer_one() {
+        assert!(OpContext::current().is_none());
+        {
+            let _g = OpContext::new().trace_id("t1").enter();
+            assert_eq!(Effective::new(None).trace_id(), Some("t1"));
+        }
+        assert!(OpContext::current().is_none());
+    }
+
+    #[test]
+    fn child_turns_timeout_into_deadline_and_keeps_parent_cancel() {
+        let parent = OpContext::new().timeout(Duration::from_millis(100)).cancel_token(CancelToken::new());
+        let child = parent.child();
+        assert!(child.get_deadline().unwrap() <= Instant::now() + Duration::from_millis(100));
+        parent.get_cancel_token().unwrap().cancel();
+        assert!(child.get_cancel_token().unwrap().is_cancelled());
+        let later = child.clone().deadline(Instant::now() + Duration::from_secs(100));
+        assert_eq!(later.get_deadline(), child.get_deadline());
+    }
+
+    #[test]
+    fn tags_replace_by_key() {
+        let c = OpContext::new().tag("a", "1").tag("b", "2").tag("a", "3");
+        let tags: Vec<_> = c.get_tags().iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(tags, ["b=2", "a=3"]);
+    }
+}

@@ -1,0 +1,71 @@
+//! # map-wrapper
+//!
+//! A concurrent hash map for production: [`MapWrapper<K, V>`](MapWrapper) spreads keys over
+//! shard locks, gives every operation a deadline and a cancel token, refuses re-entrant calls
+//! that would deadlock, and returns a [`MapError`] with a stable code instead of blocking
+//! without bound or panicking.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use map_wrapper::{CancelToken, MapWrapper, OpContext};
+//!
+//! let accounts: Arc<MapWrapper<String, i64>> = Arc::new(
+//!     MapWrapper::builder().name("accounts").timeout(Duration::from_millis(200)).build()?,
+//! );
+//!
+//! accounts.insert("alice".to_string(), 100)?;
+//! accounts.update("alice", |balance| *balance -= 30)?;
+//! assert_eq!(accounts.get_cloned("alice")?, Some(70));
+//!
+//! // Per-call policy: a tighter timeout, an actor, a cancel token.
+//! let token = CancelToken::new();
+//! let ctx = OpContext::new()
+//!     .timeout(Duration::from_millis(10))
+//!     .actor("payments")
+//!     .cancel_token(token.clone());
+//! accounts.with(&ctx).insert("bob".to_string(), 5)?;
+//!
+//! // A re-entrant write would deadlock: it is refused instead.
+//! let inner = accounts.update("alice", |_| accounts.insert("alice".into(), 0))?.unwrap();
+//! assert_eq!(inner.unwrap_err().code(), "WOULD_DEADLOCK");
+//! # Ok::<(), map_wrapper::MapError>(())
+//! ```
+//!
+//! ## What locks, and when an operation can fail
+//!
+//! Each method's documentation says which lock it takes. Any operation can return
+//! [`MapError::Timeout`] (its shard stayed locked past the deadline),
+//! [`MapError::Cancelled`] (its token was cancelled) or [`MapError::WouldDeadlock`] (this
+//! thread already holds the shard). An operation that returns an error changed nothing.
+//!
+//! ## Feature flags
+//!
+//! - `serde`: `Serialize` and `Deserialize` for [`MapWrapper`] (as a map), through serde.
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod builder;
+mod cancel;
+mod context;
+mod error;
+mod map;
+mod shard;
+
+#[cfg(feature = "serde")]
+mod serde_impl;
+
+pub use builder::{default_shards, Builder, DEFAULT_TIMEOUT, MAX_NAME_LEN, MAX_SHARDS};
+pub use cancel::CancelToken;
+pub use context::{ContextGuard, OpContext};
+pub use error::{MapError, Severity};
+pub use map::{Entry, MapWrapper, Ref, Upserted, WithContext};
+
+/// `MapWrapper` can be shared between threads when its keys and values can.
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<MapWrapper<String, Vec<u8>>>();
+    is::<OpContext>();
+    is::<CancelToken>();
+    is::<MapError>();
+}

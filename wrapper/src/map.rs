@@ -1,0 +1,1025 @@
+//! [`MapWrapper`]: the public operations.
+
+use std::borrow::Borrow;
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::{BuildHasher, Hash};
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hashbrown::hash_table;
+use parking_lot::{MappedRwLockReadGuard, RwLock, RwLockReadGuard};
+
+use crate::builder::{Builder, Config};
+use crate::context::Effective;
+use crate::shard::{HeldMark, Shard, Table, Waiter};
+use crate::{MapError, OpContext};
+
+/// A sharded concurrent hash map whose every operation has a deadline, can be cancelled,
+/// refuses to deadlock, and returns `Result` instead of blocking without bound.
+///
+/// Keys are spread over [`shard_count`](MapWrapper::shard_count) shards, each a
+/// `parking_lot::RwLock` around a hash table. A key is hashed once per operation: the hash
+/// picks the shard and is reused to find the slot inside it. Operations on one key lock one
+/// shard; whole-map operations (`len`, `retain`, `clear`, `snapshot`, …) lock the shards one at
+/// a time, so they see each shard consistently but not the whole map at one instant.
+///
+/// **Waiting.** An operation that finds its shard locked waits at most until its deadline
+/// (500 ms by default; see [`Builder::timeout`] and [`OpContext`]), then returns
+/// [`MapError::Timeout`]. A cancelled [`CancelToken`](crate::CancelToken) makes it return
+/// [`MapError::Cancelled`], before it locks anything or within about a millisecond while it
+/// waits. An uncontended operation does not read the clock.
+///
+/// **Re-entrancy.** A thread that holds a shard (a live [`Ref`] from [`get`](MapWrapper::get),
+/// or a closure the map is running for [`update`](MapWrapper::update), [`view`](MapWrapper::view),
+/// [`retain`](MapWrapper::retain), …) and asks for the same shard in a way that would hang gets
+/// [`MapError::WouldDeadlock`] at once. Reading a shard it already reads is allowed.
+///
+/// **Errors.** When an operation returns an error, it changed nothing.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use map_wrapper::MapWrapper;
+///
+/// let map = Arc::new(MapWrapper::<u64, u64>::new());
+/// let handles: Vec<_> = (0..4)
+///     .map(|t| {
+///         let map = Arc::clone(&map);
+///         std::thread::spawn(move || {
+///             for i in 0..100 {
+///                 map.insert(t * 1000 + i, i)?;
+///             }
+///             Ok::<_, map_wrapper::MapError>(())
+///         })
+///     })
+///     .collect();
+/// for h in handles {
+///     h.join().unwrap()?;
+/// }
+/// assert_eq!(map.len()?, 400);
+/// assert_eq!(map.get_cloned(&3005)?, Some(5));
+/// # Ok::<(), map_wrapper::MapError>(())
+/// ```
+pub struct MapWrapper<K, V, S = RandomState> {
+    shards: Box<[Shard<K, V>]>,
+    /// log2 of the shard count.
+    shard_bits: u32,
+    hasher: S,
+    name: Arc<str>,
+    /// Unique in the process; tells this map's shards apart in the held-shard registry.
+    id: u64,
+    timeout: Duration,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl<K, V> MapWrapper<K, V, RandomState> {
+    /// An empty map with the default configuration: [`default_shards()`](crate::default_shards)
+    /// shards, a 500 ms timeout, std's `RandomState` hasher.
+    pub fn new() -> Self {
+        Self::from_config(Config::default(), RandomState::new())
+    }
+
+    /// A builder to configure name, shards, timeout and hasher; see [`Builder`].
+    pub fn builder() -> Builder<K, V, RandomState> {
+        Builder::new()
+    }
+}
+
+impl<K, V, S> MapWrapper<K, V, S> {
+    /// An empty map with the default configuration and the given hasher.
+    ///
+    /// ```
+    /// use std::collections::hash_map::RandomState;
+    /// use map_wrapper::MapWrapper;
+    ///
+    /// let map: MapWrapper<u32, u32, RandomState> = MapWrapper::with_hasher(RandomState::new());
+    /// assert!(map.is_empty()?);
+    /// # Ok::<(), map_wrapper::MapError>(())
+    /// ```
+    pub fn with_hasher(hasher: S) -> Self {
+        Self::from_config(Config::default(), hasher)
+    }
+
+    pub(crate) fn from_config(config: Config, hasher: S) -> Self {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let shards = (0..config.shards).map(|_| Shard::new(RwLock::new(Table::new()))).collect();
+        MapWrapper {
+            shards,
+            shard_bits: config.shards.trailing_zeros(),
+            hasher,
+            name: Arc::from(config.name.unwrap_or_else(|| format!("map-{id}"))),
+            id,
+            timeout: config.timeout,
+        }
+    }
+
+    /// The map's name (the resource in errors and audit records).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The number of shards (a power of two).
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The timeout an operation gets when its context sets none.
+    pub fn default_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The map's hasher.
+    pub fn hasher(&self) -> &S {
+        &self.hasher
+    }
+
+    /// Runs the next operation under `ctx` (its timeout, deadline, cancel token and identity),
+    /// on top of the ambient context of the thread.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use map_wrapper::{MapWrapper, OpContext};
+    ///
+    /// let map: MapWrapper<&str, i32> = MapWrapper::new();
+    /// let ctx = OpContext::new().timeout(Duration::from_millis(20)).actor("cron");
+    /// map.with(&ctx).insert("jobs", 1)?;
+    /// assert_eq!(map.with(&ctx).get_cloned("jobs")?, Some(1));
+    /// # Ok::<(), map_wrapper::MapError>(())
+    /// ```
+    pub fn with<'m, 'c>(&'m self, ctx: &'c OpContext) -> WithContext<'m, 'c, K, V, S> {
+        WithContext { map: self, ctx: Some(ctx) }
+    }
+
+    fn plain(&self) -> WithContext<'_, 'static, K, V, S> {
+        WithContext { map: self, ctx: None }
+    }
+
+    /// The shard a hash belongs to: the bits just below hashbrown's top 7 (which it uses for
+    /// its control bytes), so that the bits that pick the shard are not the bits that pick the
+    /// slot inside it.
+    #[inline]
+    fn shard_of(&self, hash: u64) -> usize {
+        let mask = (1usize << self.shard_bits) - 1;
+        (hash.rotate_left(7 + self.shard_bits) as usize) & mask
+    }
+}
+
+impl<K, V, S> Default for MapWrapper<K, V, S>
+where
+    S: Default,
+{
+    fn default() -> Self {
+        Self::with_hasher(S::default())
+    }
+}
+
+/// Forwards documented `MapWrapper` methods to the same method on `self.plain()`.
+macro_rules! forward {
+    ($( $(#[$doc:meta])* fn $name:ident $(<$($g:ident),*>)? (&self $(, $arg:ident : $ty:ty)*) -> $ret:ty $(where { $($wc:tt)* })?; )*) => {
+        $(
+            $(#[$doc])*
+            #[inline]
+            pub fn $name $(<$($g),*>)? (&self $(, $arg: $ty)*) -> $ret $(where $($wc)*)? {
+                self.plain().$name($($arg),*)
+            }
+        )*
+    };
+}
+
+impl<K, V, S> MapWrapper<K, V, S>
+where
+    K: Hash + Eq,
+    S: BuildHasher,
+{
+    forward! {
+        /// Inserts `value` under `key` and returns the value it replaced, as
+        /// [`HashMap::insert`](std::collections::HashMap::insert) does.
+        ///
+        /// Locks: the key's shard, for writing.
+        ///
+        /// # Errors
+        ///
+        /// [`MapError::Timeout`], [`MapError::Cancelled`], [`MapError::WouldDeadlock`] (this
+        /// thread holds the key's shard). On error the map is unchanged and `value` is dropped.
+        ///
+        /// ```
+        /// use map_wrapper::MapWrapper;
+        /// let map = MapWrapper::<&str, u32>::new();
+        /// assert_eq!(map.insert("a", 1)?, None);
+        /// assert_eq!(map.insert("a", 2)?, Some(1));
+        /// # Ok::<(), map_wrapper::MapError>(())
+        /// ```
+        fn insert(&self, key: K, value: V) -> Result<Option<V>, MapError>;
+
+        /// A read guard on the value under `key`, or `None`.
+        ///
+        /// Locks: the key's shard, for reading, **for as long as the [`Ref`] lives**. While you
+        /// hold it, writers of that shard wait (and time out), and a write from this thread to
+        /// the same shard returns [`MapError::WouldDeadlock`]. Keep it short; prefer
+        /// [`get_cloned`](MapWrapper::get_cloned) or [`view`](MapWrapper::view).
+        ///
+        /// ```
+        /// use map_wrapper::MapWrapper;
+        /// let map = MapWrapper::<&str, String>::new();
+        /// map.insert("k", "hello".to_string())?;
+        /// let guard = map.get("k")?.expect("present");
+        /// assert_eq!(guard.len(), 5); // derefs to the value
+        /// // Writing the same shard while the guard lives would deadlock; it is refused.
+        /// assert_eq!(map.insert("k", String::new()).unwrap_err().code(), "WOULD_DEADLOCK");
+        /// drop(guard);
+        /// map.insert("k", String::new())?;
+        /// # Ok::<(), map_wrapper::MapError>(())
+        /// ```
+        fn get<Q>(&self, key: &Q) -> Result<Option<Ref<'_, K, V>>, MapError>
+            where { K: Borrow<Q>, Q: Hash + Eq + ?Sized };
+
+        /// A clone of the value under `key`, or `None`.
+        ///
+        /// Locks: the key's shard, for reading, while cloning.
+        ///
+        /// ```
+        /// use map_wrapper::MapWrapper;
+        /// let map = MapWrapper::<u8, Vec<u8>>::new();
+        /// map.insert(1, vec![1, 2])?;
+        /// assert_eq!(map.get_cloned(&1)?, Some(vec![1, 2]));
+        /// assert_eq!(map.get_cloned(&2)?, None);
+        /// # Ok::<(), map_wrapper::MapError>(())
+        /// ```
+        fn get_cloned<Q>(&self, key: &Q) -> Result<Option<V>, MapError>
+            where { K: Borrow<Q>, Q: Hash + Eq + ?Sized, V: Clone };
+
+        /// Calls `f` with the value under `key` and returns what it returns, or `None` when the
+        /// key is absent.
+        ///
+        /// Locks: the key's shard, for reading, while `f` runs. Calls from `f` into this map
+        /// that would write the same shard return [`MapError::WouldDeadlock`].
+        ///
+        /// ```
+        /// use map_wrapper::MapWrapper;
+        /// let map = MapWrapper::<u8, String>::new();
+        /// map.insert(1, "abc".into())?;
+        /// assert_eq!(map.view(&1, |s| s.len())?, Some(3));
+        /// # Ok::<(), map_wrapper::MapError>(())
+        /// ```
+        fn view<Q, R, F>(&self, key: &Q, f: F) -> Result<Option<R>, MapError>
+            where { K: Borrow<Q>, Q: Hash + Eq + ?Sized, F: FnOnce(&V) -> R };
+
+        /// Whether `key` is present.
+        ///
+        /// Locks: the key's shard, for reading.
+        fn contains_key<Q>(&self, key: &Q) -> Result<bool, MapError>
+            where { K: Borrow<Q>, Q: Hash + Eq + ?Sized };
+
+        /// Removes `key` and returns its value, as
+        /// [`HashMap::remove`](std::collections::HashMap::remove) does.
+        ///
+        /// Locks: the key's shard, for writing.
+        ///
+        /// ```
+        /// use map_wrapper::MapWrapper;
+        /// let map = MapWrapper::<u8, u8>::new();
+        /// map.insert(1, 10)?;
+        /// assert_eq!(map.remove(&1)?, Some(10));
+        /// assert_eq!(map.remove(&1)?, None);
+        /// # Ok::<(), map_wrapper::MapError>(())
+        /// ```
+        fn remove<Q>(&self, key: &Q) -> Result<Option<V>, MapError>
+            where { K: Borrow<Q>, Q: Hash + Eq + ?Sized };
+
+        /// Removes `key` and returns the stored key and value.
+        ///
+        /// Locks: the key's shard, for writing.
+        fn remove_entry<Q>(&self, key: &Q) -> Result<Option<(K, V)>, MapError>
+            where { K: Borrow<Q>, Q: Hash + Eq + ?Sized };
+
+        /// Removes `key` if `f` says so, and returns the removed value.
+        ///
+        /// Locks: the key's shard, for writing, while `f` runs.
+        ///
+        /// ```
+        /// use map_wrapper::MapWrapper;
+        /// let map = MapWrapper::<u8, u8>::new();
+        /// map.insert(1, 10)?;
+        /// assert_eq!(map.remove_if(&1, |_, v| *v > 50)?, None);
+        /// assert_eq!(map.remove_if(&1, |_, v| *v == 10)?, Some(10));
+        /// # Ok::<(), map_wrapper::MapError>(())
+        /// ```
+        fn remove_if<Q, F>(&self, key: &Q, f: F) -> Result<Option<V>, MapError>
+            where { K: Borrow<Q>, Q: Hash + Eq + ?Sized, F: FnOnce(&K, &V) -> bool };
+
+        /// Changes the value under `key` in place with `f`; returns what `f` returns, or `None`
+        /// when the key is absent (then `f` is not called).
+        ///
+        /// Locks: the key's shard, for writing, while `f` runs. A call from `f` into this map
+        /// that needs the same shard returns [`MapError::WouldDeadlock`]. If `f` panics, the
+        /// lock is released and the value keeps whatever `f` did before panicking.
+        ///
+        /// ```
+        /// use map_wrapper::MapWrapper;
+        /// let map = MapWrapper::<&str, u64>::new();
+        /// map.insert("hits", 1)?;
+        /// assert_eq!(map.update("hits", |v| { *v += 1; *v })?, Some(2));
+        /// assert_eq!(map.update("misses", |v| *v += 1)?, None);
+        /// # Ok::<(), map_wrapper::MapError>(())
+        /// ```
+        fn update<Q, R, F>(&self, key: &Q, f: F) -> Result<Option<R>, MapError>
+            where { K: Borrow<Q>, Q: Hash + Eq + ?Sized, F: FnOnce(&mut V) -> R };
+
+        /// Sets the value under `key` to what `f` returns given the current one: `Some(v)`
+        /// stores `v`, `None` removes the key. Returns the value that was replaced or removed.
+        ///
+        /// Locks: the key's shard, for writing, while `f` runs. If `f` panics, nothing changes.
+        ///
+        /// ```
+        /// use map_wrapper::MapWrapper;
+        /// let map = MapWrapper::<&str, u32>::new();
+        /// map.alter("n", |old| Some(old.map_or(1, |v| v + 1)))?;
+        /// map.alter("n", |old| Some(old.map_or(1, |v| v + 1)))?;
+        /// assert_eq!(map.get_cloned("n")?, Some(2));
+        /// assert_eq!(map.alter("n", |_| None)?, Some(2)); // removed
+        /// # Ok::<(), map_wrapper::MapError>(())
+        /// ```
+        fn alter<F>(&self, key: K, f: F) -> Result<Option<V>, MapError>
+            where { F: FnOnce(Option<&V>) -> Option<V> };
+
+        /// Keeps only the entries for which `f` returns `true`; returns how many were removed.
+        ///
+        /// Locks: each shard in turn, for writing, while `f` runs over its entries. Shards are
+        /// visited one at a time under one deadline for the whole call; if a later shard times
+        /// out, the shards already visited stay filtered and the error is returned. Removed
+        /// values are dropped after their shard is unlocked.
+        ///
+        /// ```
+        /// use map_wrapper::MapWrapper;
+        /// let map: MapWrapper<u32, u32> = (0..10).map(|i| (i, i)).collect();
+        /// assert_eq!(map.retain(|_, v| v % 2 == 0)?, 5);
+        /// assert_eq!(map.len()?, 5);
+        /// # Ok::<(), map_wrapper::MapError>(())
+        /// ```
+        fn retain<F>(&self, f: F) -> Result<usize, MapError> where { F: FnMut(&K, &V) -> bool };
+
+        /// Removes every entry; returns how many there were.
+        ///
+        /// Locks: each shard in turn, for writing (see [`retain`](MapWrapper::retain) for what
+        /// an error midway means). Removed values are dropped after their shard is unlocked.
+        fn clear(&self) -> Result<usize, MapError>;
+
+        /// The number of entries.
+        ///
+        /// Locks: each shard in turn, for reading; concurrent writers may change the count
+        /// while it is taken.
+        fn len(&self) -> Result<usize, MapError>;
+
+        /// Whether the map has no entries (see [`len`](MapWrapper::len)).
+        fn is_empty(&self) -> Result<bool, MapError>;
+
+        /// Calls `f` on every entry.
+        ///
+        /// Locks: each shard in turn, for reading, while `f` runs over its entries.
+        fn for_each<F>(&self, f: F) -> Result<(), MapError> where { F: FnMut(&K, &V) };
+
+        /// A copy of every entry, taken shard by shard (each shard consistent on its own).
+        ///
+        /// Locks: each shard in turn, for reading, while its entries are cloned.
+        ///
+        /// ```
+        /// use map_wrapper::MapWrapper;
+        /// let map: MapWrapper<u8, u8> = [(1, 1), (2, 4)].into_iter().collect();
+        /// let mut all = map.snapshot()?;
+        /// all.sort();
+        /// assert_eq!(all, vec![(1, 1), (2, 4)]);
+        /// # Ok::<(), map_wrapper::MapError>(())
+        /// ```
+        fn snapshot(&self) -> Result<Vec<(K, V)>, MapError> where { K: Clone, V: Clone };
+
+        /// An iterator over a [`snapshot`](MapWrapper::snapshot): it holds no lock, so the
+        /// loop body may use the map freely.
+        ///
+        /// ```
+        /// use map_wrapper::MapWrapper;
+        /// let map: MapWrapper<u8, u8> = [(1, 1), (2, 4)].into_iter().collect();
+        /// for (k, v) in map.iter()? {
+        ///     map.insert(k, v * 10)?; // no lock is held here
+        /// }
+        /// assert_eq!(map.get_cloned(&2)?, Some(40));
+        /// # Ok::<(), map_wrapper::MapError>(())
+        /// ```
+        fn iter(&self) -> Result<std::vec::IntoIter<(K, V)>, MapError> where { K: Clone, V: Clone };
+    }
+
+    /// Inserts every pair of `iter`, in order; returns how many were inserted.
+    ///
+    /// Locks: one shard at a time, for writing, per pair. All pairs share one deadline. If an
+    /// insert fails, the pairs before it stay inserted, that pair and the rest of `iter` are
+    /// not consumed further, and the error is returned: call again with the rest.
+    ///
+    /// `MapWrapper` does not implement [`std::iter::Extend`], whose `extend` cannot report
+    /// a failure.
+    ///
+    /// ```
+    /// use map_wrapper::MapWrapper;
+    /// let map = MapWrapper::<u8, u8>::new();
+    /// assert_eq!(map.extend([(1, 1), (2, 2)])?, 2);
+    /// # Ok::<(), map_wrapper::MapError>(())
+    /// ```
+    pub fn extend<I: IntoIterator<Item = (K, V)>>(&self, iter: I) -> Result<usize, MapError> {
+        self.plain().extend(iter)
+    }
+
+    /// Starts an upsert of `key`: chain [`Entry::and_modify`] and finish with
+    /// [`Entry::or_insert`], [`Entry::or_insert_with`] or [`Entry::or_default`]. The whole
+    /// upsert runs in one write lock of the key's shard.
+    ///
+    /// ```
+    /// use map_wrapper::{MapWrapper, Upserted};
+    /// let map = MapWrapper::<&str, u32>::new();
+    /// assert_eq!(map.entry("n").and_modify(|v| *v += 1).or_insert(1)?, Upserted::Inserted);
+    /// assert_eq!(map.entry("n").and_modify(|v| *v += 1).or_insert(1)?, Upserted::Existing);
+    /// assert_eq!(map.get_cloned("n")?, Some(2));
+    /// # Ok::<(), map_wrapper::MapError>(())
+    /// ```
+    pub fn entry(&self, key: K) -> Entry<'_, 'static, K, V, S, fn(&mut V)> {
+        self.plain().entry(key)
+    }
+}
+
+/// A [`MapWrapper`] bound to an [`OpContext`] for the next operation; made by
+/// [`MapWrapper::with`]. It has the same operations, documented on [`MapWrapper`].
+pub struct WithContext<'m, 'c, K, V, S = RandomState> {
+    map: &'m MapWrapper<K, V, S>,
+    ctx: Option<&'c OpContext>,
+}
+
+impl<K, V, S> Clone for WithContext<'_, '_, K, V, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<K, V, S> Copy for WithContext<'_, '_, K, V, S> {}
+
+impl<K, V, S> fmt::Debug for WithContext<'_, '_, K, V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WithContext").field("map", &self.map.name).field("ctx", &self.ctx).finish()
+    }
+}
+
+impl<'m, 'c, K, V, S> WithContext<'m, 'c, K, V, S>
+where
+    K: Hash + Eq,
+    S: BuildHasher,
+{
+    #[inline]
+    fn locate<Q: Hash + ?Sized>(&self, key: &Q) -> (u64, usize) {
+        let hash = self.map.hasher.hash_one(key);
+        (hash, self.map.shard_of(hash))
+    }
+
+    fn waiter<'a>(&'a self, op: &'static str, eff: &'a Effective<'c>) -> Waiter<'a, 'c> {
+        Waiter::new(&self.map.name, self.map.id, op, eff, self.map.timeout)
+    }
+
+    fn rehasher(&self) -> impl Fn(&(K, V)) -> u64 + '_ {
+        move |(k, _)| self.map.hasher.hash_one(k)
+    }
+
+    /// See [`MapWrapper::insert`].
+    pub fn insert(self, key: K, value: V) -> Result<Option<V>, MapError> {
+        let (hash, idx) = self.locate(&key);
+        let eff = Effective::new(self.ctx);
+        let mut table = self.waiter("insert", &eff).write(idx, &self.map.shards[idx])?;
+        match table.entry(hash, |(k, _)| *k == key, self.rehasher()) {
+            hash_table::Entry::Occupied(mut o) => Ok(Some(std::mem::replace(&mut o.get_mut().1, value))),
+            hash_table::Entry::Vacant(v) => {
+                v.insert((key, value));
+                Ok(None)
+            }
+        }
+    }
+
+    /// See [`MapWrapper::get`].
+    pub fn get<Q>(self, key: &Q) -> Result<Option<Ref<'m, K, V>>, MapError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let (hash, idx) = self.locate(key);
+        let eff = Effective::new(self.ctx);
+        let guard = self.waiter("get", &eff).read(idx, &self.map.shards[idx])?;
+        match RwLockReadGuard::try_map(guard, |t| t.find(hash, |(k, _)| k.borrow() == key)) {
+            Ok(entry) => Ok(Some(Ref { entry, _held: HeldMark::new(self.map.id, idx, false) })),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// See [`MapWrapper::view`].
+    pub fn view<Q, R, F>(self, key: &Q, f: F) -> Result<Option<R>, MapError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        F: FnOnce(&V) -> R,
+    {
+        let (hash, idx) = self.locate(key);
+        let eff = Effective::new(self.ctx);
+        let table = self.waiter("view", &eff).read(idx, &self.map.shards[idx])?;
+        Ok(table.find(hash, |(k, _)| k.borrow() == key).map(|(_, v)| {
+            let _held = HeldMark::new(self.map.id, idx, false);
+            f(v)
+        }))
+    }
+
+    /// See [`MapWrapper::get_cloned`].
+    pub fn get_cloned<Q>(self, key: &Q) -> Result<Option<V>, MapError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        V: Clone,
+    {
+        self.read_op("get_cloned", key, |found| found.map(|(_, v)| v.clone()))
+    }
+
+    /// See [`MapWrapper::contains_key`].
+    pub fn contains_key<Q>(self, key: &Q) -> Result<bool, MapError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.read_op("contains_key", key, |found| found.is_some())
+    }
+
+    /// A lookup whose result is computed under the read lock by crate code (no user closure).
+    fn read_op<Q, R>(
+        self,
+        op: &'static str,
+        key: &Q,
+        f: impl FnOnce(Option<&(K, V)>) -> R,
+    ) -> Result<R, MapError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let (hash, idx) = self.locate(key);
+        let eff = Effective::new(self.ctx);
+        let table = self.waiter(op, &eff).read(idx, &self.map.shards[idx])?;
+        Ok(f(table.find(hash, |(k, _)| k.borrow() == key)))
+    }
+
+    /// See [`MapWrapper::remove`].
+    pub fn remove<Q>(self, key: &Q) -> Result<Option<V>, MapError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        Ok(self.remove_entry_op("remove", key, |_, _| true)?.map(|(_, v)| v))
+    }
+
+    /// See [`MapWrapper::remove_entry`].
+    pub fn remove_entry<Q>(self, key: &Q) -> Result<Option<(K, V)>, MapError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.remove_entry_op("remove_entry", key, |_, _| true)
+    }
+
+    /// See [`MapWrapper::remove_if`].
+    pub fn remove_if<Q, F>(self, key: &Q, f: F) -> Result<Option<V>, MapError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        F: FnOnce(&K, &V) -> bool,
+    {
+        Ok(self.remove_entry_op("remove_if", key, f)?.map(|(_, v)| v))
+    }
+
+    fn remove_entry_op<Q, F>(self, op: &'static str, key: &Q, f: F) -> Result<Option<(K, V)>, MapError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        F: FnOnce(&K, &V) -> bool,
+    {
+        let (hash, idx) = self.locate(key);
+        let eff = Effective::new(self.ctx);
+        let mut table = self.waiter(op, &eff).write(idx, &self.map.shards[idx])?;
+        let Ok(entry) = table.find_entry(hash, |(k, _)| k.borrow() == key) else {
+            return Ok(None);
+        };
+        let keep = {
+            let _held = HeldMark::new(self.map.id, idx, true);
+            let (k, v) = entry.get();
+            !f(k, v)
+        };
+        if keep {
+            return Ok(None);
+        }
+        Ok(Some(entry.remove().0))
+    }
+
+    /// See [`MapWrapper::update`].
+    pub fn update<Q, R, F>(self, key: &Q, f: F) -> Result<Option<R>, MapError>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        F: FnOnce(&mut V) -> R,
+    {
+        let (hash, idx) = self.locate(key);
+        let eff = Effective::new(self.ctx);
+        let mut table = self.waiter("update", &eff).write(idx, &self.map.shards[idx])?;
+        Ok(table.find_mut(hash, |(k, _)| k.borrow() == key).map(|(_, v)| {
+            let _held = HeldMark::new(self.map.id, idx, true);
+            f(v)
+        }))
+    }
+
+    /// See [`MapWrapper::alter`].
+    pub fn alter<F>(self, key: K, f: F) -> Result<Option<V>, MapError>
+    where
+        F: FnOnce(Option<&V>) -> Option<V>,
+    {
+        let (hash, idx) = self.locate(&key);
+        let eff = Effective::new(self.ctx);
+        let mut table = self.waiter("alter", &eff).write(idx, &self.map.shards[idx])?;
+        let held = HeldMark::new(self.map.id, idx, true);
+        match table.entry(hash, |(k, _)| *k == key, self.rehasher()) {
+            hash_table::Entry::Occupied(mut o) => {
+                let new = f(Some(&o.get().1));
+                drop(held);
+                match new {
+                    Some(v) => Ok(Some(std::mem::replace(&mut o.get_mut().1, v))),
+                    None => Ok(Some(o.remove().0 .1)),
+                }
+            }
+            hash_table::Entry::Vacant(slot) => {
+                let new = f(None);
+                drop(held);
+                if let Some(v) = new {
+                    slot.insert((key, v));
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// See [`MapWrapper::entry`].
+    pub fn entry(self, key: K) -> Entry<'m, 'c, K, V, S, fn(&mut V)> {
+        Entry { with: self, key, modify: |_| {} }
+    }
+
+    /// Runs `f` on each shard in turn under a write lock, all under one deadline; drops what
+    /// `f` hands back only after the shard is unlocked (a value's `Drop` may use the map).
+    fn each_shard_mut<D>(
+        self,
+        op: &'static str,
+        mut f: impl FnMut(usize, &mut Table<K, V>) -> D,
+    ) -> Result<(), MapError> {
+        let eff = Effective::new(self.ctx);
+        let mut waiter = self.waiter(op, &eff);
+        for (idx, shard) in self.map.shards.iter().enumerate() {
+            let mut table = waiter.write(idx, shard)?;
+            let garbage = f(idx, &mut table);
+            drop(table);
+            drop(garbage);
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on each shard in turn under a read lock, all under one deadline.
+    fn each_shard(self, op: &'static str, mut f: impl FnMut(usize, &Table<K, V>)) -> Result<(), MapError> {
+        let eff = Effective::new(self.ctx);
+        let mut waiter = self.waiter(op, &eff);
+        for (idx, shard) in self.map.shards.iter().enumerate() {
+            let table = waiter.read(idx, shard)?;
+            f(idx, &table);
+        }
+        Ok(())
+    }
+
+    /// See [`MapWrapper::retain`].
+    pub fn retain<F>(self, mut f: F) -> Result<usize, MapError>
+    where
+        F: FnMut(&K, &V) -> bool,
+    {
+        let id = self.map.id;
+        let mut removed = 0;
+        self.each_shard_mut("retain", |idx, table| {
+            let _held = HeldMark::new(id, idx, true);
+            let gone: Vec<(K, V)> = table.extract_if(|(k, v)| !f(k, v)).collect();
+            removed += gone.len();
+            gone
+        })?;
+        Ok(removed)
+    }
+
+    /// See [`MapWrapper::clear`].
+    pub fn clear(self) -> Result<usize, MapError> {
+        let mut removed = 0;
+        self.each_shard_mut("clear", |_, table| {
+            removed += table.len();
+            std::mem::take(table)
+        })?;
+        Ok(removed)
+    }
+
+    /// See [`MapWrapper::len`].
+    pub fn len(self) -> Result<usize, MapError> {
+        let mut n = 0;
+        self.each_shard("len", |_, t| n += t.len())?;
+        Ok(n)
+    }
+
+    /// See [`MapWrapper::is_empty`].
+    pub fn is_empty(self) -> Result<bool, MapError> {
+        let mut empty = true;
+        self.each_shard("is_empty", |_, t| empty &= t.is_empty())?;
+        Ok(empty)
+    }
+
+    /// See [`MapWrapper::for_each`].
+    pub fn for_each<F>(self, mut f: F) -> Result<(), MapError>
+    where
+        F: FnMut(&K, &V),
+    {
+        let id = self.map.id;
+        self.each_shard("for_each", |idx, t| {
+            let _held = HeldMark::new(id, idx, false);
+            t.iter().for_each(|(k, v)| f(k, v));
+        })
+    }
+
+    /// See [`MapWrapper::snapshot`].
+    pub fn snapshot(self) -> Result<Vec<(K, V)>, MapError>
+    where
+        K: Clone,
+        V: Clone,
+    {
+        let mut out = Vec::new();
+        self.each_shard("snapshot", |_, t| out.extend(t.iter().cloned()))?;
+        Ok(out)
+    }
+
+    /// See [`MapWrapper::iter`].
+    pub fn iter(self) -> Result<std::vec::IntoIter<(K, V)>, MapError>
+    where
+        K: Clone,
+        V: Clone,
+    {
+        Ok(self.snapshot()?.into_iter())
+    }
+
+    /// See [`MapWrapper::extend`].
+    pub fn extend<I: IntoIterator<Item = (K, V)>>(self, iter: I) -> Result<usize, MapError> {
+        let eff = Effective::new(self.ctx);
+        let mut waiter = self.waiter("extend", &eff);
+        let mut n = 0;
+        for (key, value) in iter {
+            let (hash, idx) = self.locate(&key);
+            let mut table = waiter.write(idx, &self.map.shards[idx])?;
+            let old = match table.entry(hash, |(k, _)| *k == key, self.rehasher()) {
+                hash_table::Entry::Occupied(mut o) => Some(std::mem::replace(&mut o.get_mut().1, value)),
+                hash_table::Entry::Vacant(v) => {
+                    v.insert((key, value));
+                    None
+                }
+            };
+            drop(table);
+            drop(old);
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// A pending upsert of one key; made by [`MapWrapper::entry`]. Nothing happens until one of
+/// the `or_*` methods runs it.
+#[must_use = "an entry does nothing until `or_insert`, `or_insert_with` or `or_default` runs it"]
+pub struct Entry<'m, 'c, K, V, S, M> {
+    with: WithContext<'m, 'c, K, V, S>,
+    key: K,
+    modify: M,
+}
+
+/// What an upsert through [`Entry`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Upserted {
+    /// The key was absent; the new value was inserted.
+    Inserted,
+    /// The key was present; the `and_modify` closures (if any) ran on its value.
+    Existing,
+}
+
+impl<'m, 'c, K, V, S, M> Entry<'m, 'c, K, V, S, M>
+where
+    K: Hash + Eq,
+    S: BuildHasher,
+    M: FnOnce(&mut V),
+{
+    /// Runs `f` on the value if the key is present (after any earlier `and_modify`).
+    pub fn and_modify<F: FnOnce(&mut V)>(self, f: F) -> Entry<'m, 'c, K, V, S, impl FnOnce(&mut V)> {
+        let first = self.modify;
+        Entry {
+            with: self.with,
+            key: self.key,
+            modify: move |v: &mut V| {
+                first(v);
+                f(v);
+            },
+        }
+    }
+
+    /// Inserts `value` if the key is absent, otherwise runs the `and_modify` closures.
+    ///
+    /// Locks: the key's shard, for writing, for the whole upsert.
+    pub fn or_insert(self, value: V) -> Result<Upserted, MapError> {
+        self.or_insert_with(|| value)
+    }
+
+    /// Inserts `V::default()` if the key is absent, otherwise runs the `and_modify` closures.
+    pub fn or_default(self) -> Result<Upserted, MapError>
+    where
+        V: Default,
+    {
+        self.or_insert_with(V::default)
+    }
+
+    /// Inserts what `make` returns if the key is absent, otherwise runs the `and_modify`
+    /// closures. `make` runs under the lock.
+    pub fn or_insert_with<F: FnOnce() -> V>(self, make: F) -> Result<Upserted, MapError> {
+        let Entry { with, key, modify } = self;
+        let (hash, idx) = with.locate(&key);
+        let eff = Effective::new(with.ctx);
+        let mut table = with.waiter("entry", &eff).write(idx, &with.map.shards[idx])?;
+        let _held = HeldMark::new(with.map.id, idx, true);
+        match table.entry(hash, |(k, _)| *k == key, with.rehasher()) {
+            hash_table::Entry::Occupied(mut o) => {
+                modify(&mut o.get_mut().1);
+                Ok(Upserted::Existing)
+            }
+            hash_table::Entry::Vacant(slot) => {
+                let value = make();
+                slot.insert((key, value));
+                Ok(Upserted::Inserted)
+            }
+        }
+    }
+}
+
+impl<K: fmt::Debug, V, S, M> fmt::Debug for Entry<'_, '_, K, V, S, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Entry")
+            .field("map", &self.with.map.name)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A read guard on one value of a [`MapWrapper`]; made by [`MapWrapper::get`].
+///
+/// It holds the read lock of the value's shard until dropped: writers of that shard wait, and
+/// this thread's own writes to it return [`MapError::WouldDeadlock`]. It is not `Send`: the
+/// lock belongs to the thread that took it.
+pub struct Ref<'a, K, V> {
+    entry: MappedRwLockReadGuard<'a, (K, V)>,
+    // Dropped after `entry` (fields drop in order), so the shard is unlocked first.
+    _held: HeldMark,
+}
+
+impl<K, V> Ref<'_, K, V> {
+    /// The key.
+    pub fn key(&self) -> &K {
+        &self.entry.0
+    }
+
+    /// The value.
+    pub fn value(&self) -> &V {
+        &self.entry.1
+    }
+
+    /// The key and the value.
+    pub fn pair(&self) -> (&K, &V) {
+        (&self.entry.0, &self.entry.1)
+    }
+}
+
+impl<K, V> Deref for Ref<'_, K, V> {
+    type Target = V;
+    fn deref(&self) -> &V {
+        self.value()
+    }
+}
+
+impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Ref<'_, K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ref").field("key", self.key()).field("value", self.value()).finish()
+    }
+}
+
+impl<K, V, S> fmt::Debug for MapWrapper<K, V, S> {
+    /// Shows name, shards, timeout and the number of entries; never blocks: a shard that is
+    /// locked for writing at that moment makes the count show as unknown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut len = Some(0usize);
+        for shard in self.shards.iter() {
+            match (len, shard.try_read_recursive()) {
+                (Some(n), Some(t)) => len = Some(n + t.len()),
+                _ => len = None,
+            }
+        }
+        let mut d = f.debug_struct("MapWrapper");
+        d.field("name", &self.name).field("shards", &self.shards.len()).field("timeout", &self.timeout);
+        match len {
+            Some(n) => d.field("len", &n),
+            None => d.field("len", &format_args!("<busy>")),
+        };
+        d.finish_non_exhaustive()
+    }
+}
+
+impl<K, V, S> FromIterator<(K, V)> for MapWrapper<K, V, S>
+where
+    K: Hash + Eq,
+    S: BuildHasher + Default,
+{
+    /// Builds a map with the default configuration. Later pairs replace earlier ones with the
+    /// same key, as in `HashMap`.
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut map = Self::with_hasher(S::default());
+        for (key, value) in iter {
+            let hash = map.hasher.hash_one(&key);
+            let idx = map.shard_of(hash);
+            let hasher = &map.hasher;
+            // We own the map: no other thread can hold a lock, so `get_mut` needs none.
+            let table = map.shards[idx].get_mut();
+            match table.entry(hash, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k)) {
+                hash_table::Entry::Occupied(mut o) => o.get_mut().1 = value,
+                hash_table::Entry::Vacant(v) => {
+                    v.insert((key, value));
+                }
+            }
+        }
+        map
+    }
+}
+
+impl<K, V, S> IntoIterator for MapWrapper<K, V, S> {
+    type Item = (K, V);
+    type IntoIter = std::iter::FlatMap<
+        std::vec::IntoIter<Shard<K, V>>,
+        hash_table::IntoIter<(K, V)>,
+        fn(Shard<K, V>) -> hash_table::IntoIter<(K, V)>,
+    >;
+
+    /// Consumes the map and yields every entry; takes no lock (the map is owned).
+    fn into_iter(self) -> Self::IntoIter {
+        fn drain<K, V>(shard: Shard<K, V>) -> hash_table::IntoIter<(K, V)> {
+            shard.into_inner().into_inner().into_iter()
+        }
+        self.shards.into_vec().into_iter().flat_map(drain as fn(_) -> _)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_index_uses_bits_below_the_control_byte() {
+        let m: MapWrapper<u8, u8> = MapWrapper::builder().shards(8).build().unwrap();
+        // Top 7 bits set, the next 3 bits = 0b101.
+        let hash = (0x7Fu64 << 57) | (0b101u64 << 54);
+        assert_eq!(m.shard_of(hash), 0b101);
+        let one: MapWrapper<u8, u8> = MapWrapper::builder().shards(1).build().unwrap();
+        assert_eq!(one.shard_of(u64::MAX), 0);
+    }
+
+    #[test]
+    fn keys_spread_over_all_shards() {
+        let m: MapWrapper<u32, ()> = MapWrapper::builder().shards(16).build().unwrap();
+        let mut seen = [0usize; 16];
+        for i in 0..10_000u32 {
+            seen[m.shard_of(m.hasher.hash_one(i))] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 400), "{seen:?}");
+    }
+
+    #[test]
+    fn debug_does_not_block_on_a_held_shard() {
+        let m: MapWrapper<u8, u8> = MapWrapper::builder().name("dbg").shards(1).build().unwrap();
+        m.insert(1, 1).unwrap();
+        assert!(format!("{m:?}").contains("len: 1"));
+        let _w = m.shards[0].write();
+        assert!(format!("{m:?}").contains("len: <busy>"));
+    }
+
+    #[test]
+    fn into_iter_yields_everything() {
+        let m: MapWrapper<u32, u32> = (0..100).map(|i| (i, i * 2)).collect();
+        let mut v: Vec<_> = m.into_iter().collect();
+        v.sort_unstable();
+        assert_eq!(v.len(), 100);
+        assert_eq!(v[7], (7, 14));
+    }
+}
