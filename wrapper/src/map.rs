@@ -479,8 +479,9 @@ where
         (hash, self.map.shard_of(hash))
     }
 
-    fn waiter<'a>(&'a self, op: &'static str, eff: &'a Effective<'c>) -> Waiter<'a, 'c> {
-        Waiter::new(&self.map.name, self.map.id, op, eff, self.map.timeout)
+    /// Starts operation `op`: gathers its contexts; locks are taken through the result.
+    fn begin(&self, op: &'static str) -> Waiter<'m, 'c> {
+        Waiter::new(&self.map.name, self.map.id, op, Effective::new(self.ctx), self.map.timeout)
     }
 
     fn rehasher(&self) -> impl Fn(&(K, V)) -> u64 + '_ {
@@ -490,8 +491,8 @@ where
     /// See [`MapWrapper::insert`].
     pub fn insert(self, key: K, value: V) -> Result<Option<V>, MapError> {
         let (hash, idx) = self.locate(&key);
-        let eff = Effective::new(self.ctx);
-        let mut table = self.waiter("insert", &eff).write(idx, &self.map.shards[idx])?;
+        let mut op = self.begin("insert");
+        let mut table = op.write(idx, &self.map.shards[idx])?;
         match table.entry(hash, |(k, _)| *k == key, self.rehasher()) {
             hash_table::Entry::Occupied(mut o) => Ok(Some(std::mem::replace(&mut o.get_mut().1, value))),
             hash_table::Entry::Vacant(v) => {
@@ -508,8 +509,8 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let (hash, idx) = self.locate(key);
-        let eff = Effective::new(self.ctx);
-        let guard = self.waiter("get", &eff).read(idx, &self.map.shards[idx])?;
+        let mut op = self.begin("get");
+        let guard = op.read(idx, &self.map.shards[idx])?;
         match RwLockReadGuard::try_map(guard, |t| t.find(hash, |(k, _)| k.borrow() == key)) {
             Ok(entry) => Ok(Some(Ref { entry, _held: HeldMark::new(self.map.id, idx, false) })),
             Err(_) => Ok(None),
@@ -524,8 +525,8 @@ where
         F: FnOnce(&V) -> R,
     {
         let (hash, idx) = self.locate(key);
-        let eff = Effective::new(self.ctx);
-        let table = self.waiter("view", &eff).read(idx, &self.map.shards[idx])?;
+        let mut op = self.begin("view");
+        let table = op.read(idx, &self.map.shards[idx])?;
         Ok(table.find(hash, |(k, _)| k.borrow() == key).map(|(_, v)| {
             let _held = HeldMark::new(self.map.id, idx, false);
             f(v)
@@ -563,8 +564,8 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let (hash, idx) = self.locate(key);
-        let eff = Effective::new(self.ctx);
-        let table = self.waiter(op, &eff).read(idx, &self.map.shards[idx])?;
+        let mut op = self.begin(op);
+        let table = op.read(idx, &self.map.shards[idx])?;
         Ok(f(table.find(hash, |(k, _)| k.borrow() == key)))
     }
 
@@ -603,8 +604,8 @@ where
         F: FnOnce(&K, &V) -> bool,
     {
         let (hash, idx) = self.locate(key);
-        let eff = Effective::new(self.ctx);
-        let mut table = self.waiter(op, &eff).write(idx, &self.map.shards[idx])?;
+        let mut op = self.begin(op);
+        let mut table = op.write(idx, &self.map.shards[idx])?;
         let Ok(entry) = table.find_entry(hash, |(k, _)| k.borrow() == key) else {
             return Ok(None);
         };
@@ -627,8 +628,8 @@ where
         F: FnOnce(&mut V) -> R,
     {
         let (hash, idx) = self.locate(key);
-        let eff = Effective::new(self.ctx);
-        let mut table = self.waiter("update", &eff).write(idx, &self.map.shards[idx])?;
+        let mut op = self.begin("update");
+        let mut table = op.write(idx, &self.map.shards[idx])?;
         Ok(table.find_mut(hash, |(k, _)| k.borrow() == key).map(|(_, v)| {
             let _held = HeldMark::new(self.map.id, idx, true);
             f(v)
@@ -641,8 +642,8 @@ where
         F: FnOnce(Option<&V>) -> Option<V>,
     {
         let (hash, idx) = self.locate(&key);
-        let eff = Effective::new(self.ctx);
-        let mut table = self.waiter("alter", &eff).write(idx, &self.map.shards[idx])?;
+        let mut op = self.begin("alter");
+        let mut table = op.write(idx, &self.map.shards[idx])?;
         let held = HeldMark::new(self.map.id, idx, true);
         match table.entry(hash, |(k, _)| *k == key, self.rehasher()) {
             hash_table::Entry::Occupied(mut o) => {
@@ -676,8 +677,7 @@ where
         op: &'static str,
         mut f: impl FnMut(usize, &mut Table<K, V>) -> D,
     ) -> Result<(), MapError> {
-        let eff = Effective::new(self.ctx);
-        let mut waiter = self.waiter(op, &eff);
+        let mut waiter = self.begin(op);
         for (idx, shard) in self.map.shards.iter().enumerate() {
             let mut table = waiter.write(idx, shard)?;
             let garbage = f(idx, &mut table);
@@ -689,8 +689,7 @@ where
 
     /// Runs `f` on each shard in turn under a read lock, all under one deadline.
     fn each_shard(self, op: &'static str, mut f: impl FnMut(usize, &Table<K, V>)) -> Result<(), MapError> {
-        let eff = Effective::new(self.ctx);
-        let mut waiter = self.waiter(op, &eff);
+        let mut waiter = self.begin(op);
         for (idx, shard) in self.map.shards.iter().enumerate() {
             let table = waiter.read(idx, shard)?;
             f(idx, &table);
@@ -772,8 +771,7 @@ where
 
     /// See [`MapWrapper::extend`].
     pub fn extend<I: IntoIterator<Item = (K, V)>>(self, iter: I) -> Result<usize, MapError> {
-        let eff = Effective::new(self.ctx);
-        let mut waiter = self.waiter("extend", &eff);
+        let mut waiter = self.begin("extend");
         let mut n = 0;
         for (key, value) in iter {
             let (hash, idx) = self.locate(&key);
@@ -850,8 +848,8 @@ where
     pub fn or_insert_with<F: FnOnce() -> V>(self, make: F) -> Result<Upserted, MapError> {
         let Entry { with, key, modify } = self;
         let (hash, idx) = with.locate(&key);
-        let eff = Effective::new(with.ctx);
-        let mut table = with.waiter("entry", &eff).write(idx, &with.map.shards[idx])?;
+        let mut op = with.begin("entry");
+        let mut table = op.write(idx, &with.map.shards[idx])?;
         let _held = HeldMark::new(with.map.id, idx, true);
         match table.entry(hash, |(k, _)| *k == key, with.rehasher()) {
             hash_table::Entry::Occupied(mut o) => {

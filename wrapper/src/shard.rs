@@ -96,14 +96,16 @@ impl Drop for HeldMark {
 // Bounded acquisition.
 // ---------------------------------------------------------------------------------------------
 
-/// Acquires shard locks for one operation, under one deadline shared by all the shards the
-/// operation visits. The clock is read only once a lock turns out to be contended (or when the
-/// caller gave an absolute deadline, which must be checked even on the fast path).
+/// One operation in progress: its contexts, and the shard locks it acquires under one deadline
+/// shared by all the shards it visits. Lives from the start of the operation to its end, so
+/// per-operation policy (outcome, latency) hangs off it. The clock is read only once a lock
+/// turns out to be contended (or when the caller gave an absolute deadline, which must be
+/// checked even on the fast path).
 pub(crate) struct Waiter<'a, 'c> {
     pub(crate) map_name: &'a Arc<str>,
     pub(crate) map_id: u64,
     pub(crate) op: &'static str,
-    pub(crate) eff: &'a Effective<'c>,
+    pub(crate) eff: Effective<'c>,
     pub(crate) default_timeout: Duration,
     /// When this operation first had to wait, and the instant it must give up.
     window: Option<(Instant, Instant)>,
@@ -115,7 +117,7 @@ impl<'a, 'c> Waiter<'a, 'c> {
         map_name: &'a Arc<str>,
         map_id: u64,
         op: &'static str,
-        eff: &'a Effective<'c>,
+        eff: Effective<'c>,
         default_timeout: Duration,
     ) -> Self {
         Waiter { map_name, map_id, op, eff, default_timeout, window: None, checked_absolute: false }
