@@ -7,6 +7,7 @@ use std::marker::PhantomData;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::audit::ValuePolicy;
 use crate::{MapError, MapWrapper};
 
 /// The most shards a map may have.
@@ -18,17 +19,30 @@ pub const MAX_NAME_LEN: usize = 256;
 /// The per-operation timeout a map uses unless configured otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// The time above which a completed operation counts as slow, unless configured otherwise.
+pub const DEFAULT_SLOW_THRESHOLD: Duration = Duration::from_millis(50);
+
 /// The validated settings of a map.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub(crate) name: Option<String>,
     pub(crate) shards: usize,
     pub(crate) timeout: Duration,
+    pub(crate) slow_threshold: Duration,
+    pub(crate) key_policy: ValuePolicy,
+    pub(crate) value_policy: ValuePolicy,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { name: None, shards: default_shards(), timeout: DEFAULT_TIMEOUT }
+        Config {
+            name: None,
+            shards: default_shards(),
+            timeout: DEFAULT_TIMEOUT,
+            slow_threshold: DEFAULT_SLOW_THRESHOLD,
+            key_policy: ValuePolicy::Full,
+            value_policy: ValuePolicy::Full,
+        }
     }
 }
 
@@ -66,22 +80,15 @@ pub fn default_shards() -> usize {
 /// ```
 #[must_use = "a builder does nothing until `build()` is called"]
 pub struct Builder<K, V, S = RandomState> {
-    name: Option<String>,
+    config: Config,
     shards: Option<usize>,
-    timeout: Duration,
     hasher: S,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
 impl<K, V> Builder<K, V, RandomState> {
     pub(crate) fn new() -> Self {
-        Builder {
-            name: None,
-            shards: None,
-            timeout: DEFAULT_TIMEOUT,
-            hasher: RandomState::new(),
-            _types: PhantomData,
-        }
+        Builder { config: Config::default(), shards: None, hasher: RandomState::new(), _types: PhantomData }
     }
 }
 
@@ -89,7 +96,7 @@ impl<K, V, S> Builder<K, V, S> {
     /// The map's name: the resource named in errors, logs and the audit trail. 1 to 256 bytes,
     /// no control characters. Default: `map-N`, N unique in the process.
     pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
+        self.config.name = Some(name.into());
         self
     }
 
@@ -104,17 +111,37 @@ impl<K, V, S> Builder<K, V, S> {
     /// [`DEFAULT_TIMEOUT`] (500 ms). `Duration::ZERO` makes every operation fail at once on a
     /// contended shard instead of waiting.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.config.timeout = timeout;
+        self
+    }
+
+    /// How long a completed operation may take before it counts as slow (for the circuit
+    /// breaker and stats). Default: [`DEFAULT_SLOW_THRESHOLD`] (50 ms). Must be below the
+    /// timeout.
+    pub fn slow_threshold(mut self, threshold: Duration) -> Self {
+        self.config.slow_threshold = threshold;
+        self
+    }
+
+    /// How values appear in audit records. Default: [`ValuePolicy::Full`].
+    pub fn value_policy(mut self, policy: ValuePolicy) -> Self {
+        self.config.value_policy = policy;
+        self
+    }
+
+    /// How keys appear in audit records. Default: [`ValuePolicy::Full`].
+    pub fn key_policy(mut self, policy: ValuePolicy) -> Self {
+        self.config.key_policy = policy;
         self
     }
 
     /// The hasher used for keys (which also picks the shard).
     pub fn hasher<S2>(self, hasher: S2) -> Builder<K, V, S2> {
-        Builder { name: self.name, shards: self.shards, timeout: self.timeout, hasher, _types: PhantomData }
+        Builder { config: self.config, shards: self.shards, hasher, _types: PhantomData }
     }
 
     fn config(&self) -> Result<Config, MapError> {
-        if let Some(name) = &self.name {
+        if let Some(name) = &self.config.name {
             if name.is_empty() || name.len() > MAX_NAME_LEN {
                 return Err(MapError::InvalidConfig {
                     field: "name",
@@ -135,7 +162,16 @@ impl<K, V, S> Builder<K, V, S> {
                 reason: format!("must be a power of two from 1 to {MAX_SHARDS}, got {shards}"),
             });
         }
-        Ok(Config { name: self.name.clone(), shards, timeout: self.timeout })
+        if self.config.slow_threshold >= self.config.timeout && !self.config.timeout.is_zero() {
+            return Err(MapError::InvalidConfig {
+                field: "slow_threshold",
+                reason: format!(
+                    "must be below the timeout ({:?}), got {:?}",
+                    self.config.timeout, self.config.slow_threshold
+                ),
+            });
+        }
+        Ok(Config { shards, ..self.config.clone() })
     }
 }
 
@@ -154,9 +190,8 @@ impl<K, V, S: BuildHasher> Builder<K, V, S> {
 impl<K, V, S> fmt::Debug for Builder<K, V, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
-            .field("name", &self.name)
+            .field("config", &self.config)
             .field("shards", &self.shards)
-            .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -186,6 +221,14 @@ mod tests {
         assert_eq!(err(MapWrapper::builder().name("")).0, "name");
         assert_eq!(err(MapWrapper::builder().name("a\nb")).0, "name");
         assert_eq!(err(MapWrapper::builder().name("x".repeat(MAX_NAME_LEN + 1))).0, "name");
+    }
+
+    #[test]
+    fn slow_threshold_must_be_below_timeout() {
+        let b = MapWrapper::builder()
+            .timeout(Duration::from_millis(10))
+            .slow_threshold(Duration::from_millis(10));
+        assert_eq!(err(b).0, "slow_threshold");
     }
 
     #[test]

@@ -44,6 +44,7 @@
 //! - `serde`: `Serialize` and `Deserialize` for [`MapWrapper`] (as a map), through serde.
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+pub mod audit;
 mod builder;
 mod cancel;
 mod context;
@@ -54,7 +55,9 @@ mod shard;
 #[cfg(feature = "serde")]
 mod serde_impl;
 
-pub use builder::{default_shards, Builder, DEFAULT_TIMEOUT, MAX_NAME_LEN, MAX_SHARDS};
+pub use builder::{
+    default_shards, Builder, DEFAULT_SLOW_THRESHOLD, DEFAULT_TIMEOUT, MAX_NAME_LEN, MAX_SHARDS,
+};
 pub use cancel::CancelToken;
 pub use context::{ContextGuard, OpContext};
 pub use error::{MapError, Severity};
