@@ -42,26 +42,37 @@
 //! ## Feature flags
 //!
 //! - `serde`: `Serialize` and `Deserialize` for [`MapWrapper`] (as a map), through serde.
+//! - `metrics`: [`Stats::publish_metrics`] and a breaker-state gauge, through the `metrics`
+//!   facade crate (any exporter: Prometheus, StatsD, …).
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod audit;
+mod breaker;
 mod builder;
 mod cancel;
+mod clock;
 mod context;
 mod error;
 mod map;
 mod shard;
+mod stats;
 
 #[cfg(feature = "serde")]
 mod serde_impl;
 
+pub use breaker::{
+    BreakerConfig, BreakerEvent, BreakerEventKind, BreakerListener, BreakerState, CircuitBreaker, OpenWait,
+    SlidingWindow, TransitionCause, MAX_BUCKETS, MAX_WINDOW_CALLS,
+};
 pub use builder::{
     default_shards, Builder, DEFAULT_SLOW_THRESHOLD, DEFAULT_TIMEOUT, MAX_NAME_LEN, MAX_SHARDS,
 };
 pub use cancel::CancelToken;
+pub use clock::{Clock, TestClock};
 pub use context::{ContextGuard, OpContext};
 pub use error::{MapError, Severity};
 pub use map::{Entry, MapWrapper, Ref, Upserted, WithContext};
+pub use stats::{BreakerStats, LatencyStats, OpStats, Stats, DEFAULT_LATENCY_SAMPLING};
 
 /// `MapWrapper` can be shared between threads when its keys and values can.
 #[allow(dead_code)]

@@ -11,6 +11,7 @@ use hashbrown::HashTable;
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::context::Effective;
+use crate::stats::{Failure, Monitor, Observation};
 use crate::MapError;
 
 /// The table of one shard. Entries are stored without their hash: the hash is computed once
@@ -110,6 +111,10 @@ pub(crate) struct Waiter<'a, 'c> {
     /// When this operation first had to wait, and the instant it must give up.
     window: Option<(Instant, Instant)>,
     checked_absolute: bool,
+    /// Statistics and circuit breaker: what this operation is, as they see it.
+    observed: Option<(&'a Monitor, Observation)>,
+    /// The circuit breaker refused this operation; returned before the first lock.
+    rejected: Option<MapError>,
 }
 
 impl<'a, 'c> Waiter<'a, 'c> {
@@ -119,8 +124,35 @@ impl<'a, 'c> Waiter<'a, 'c> {
         op: &'static str,
         eff: Effective<'c>,
         default_timeout: Duration,
+        monitor: Option<&'a Monitor>,
     ) -> Self {
-        Waiter { map_name, map_id, op, eff, default_timeout, window: None, checked_absolute: false }
+        let (observed, rejected) = match monitor {
+            Some(m) => {
+                let (obs, rejected) = m.begin(op);
+                (Some((m, obs)), rejected)
+            }
+            None => (None, None),
+        };
+        Waiter {
+            map_name,
+            map_id,
+            op,
+            eff,
+            default_timeout,
+            window: None,
+            checked_absolute: false,
+            observed,
+            rejected,
+        }
+    }
+
+    /// Remembers how the operation failed, for its outcome.
+    #[inline]
+    fn failed(&mut self, failure: Failure, err: MapError) -> MapError {
+        if let Some((_, obs)) = &mut self.observed {
+            obs.failure = Some(failure);
+        }
+        err
     }
 
     /// Read access to `shard` (index `idx`).
@@ -129,6 +161,9 @@ impl<'a, 'c> Waiter<'a, 'c> {
         idx: usize,
         lock: &'s RwLock<T>,
     ) -> Result<RwLockReadGuard<'s, T>, MapError> {
+        if let Some(e) = self.rejected.take() {
+            return Err(e);
+        }
         let recursive = match holding(self.map_id, idx) {
             Holding::Write => return Err(self.would_deadlock(idx)),
             Holding::Read => true,
@@ -156,6 +191,9 @@ impl<'a, 'c> Waiter<'a, 'c> {
         idx: usize,
         lock: &'s RwLock<T>,
     ) -> Result<RwLockWriteGuard<'s, T>, MapError> {
+        if let Some(e) = self.rejected.take() {
+            return Err(e);
+        }
         if holding(self.map_id, idx) != Holding::Nothing {
             return Err(self.would_deadlock(idx));
         }
@@ -166,12 +204,14 @@ impl<'a, 'c> Waiter<'a, 'c> {
         self.slow(idx, |until| lock.try_write_until(until))
     }
 
-    fn would_deadlock(&self, shard: usize) -> MapError {
-        MapError::WouldDeadlock { map: self.map_name.clone(), op: self.op, shard }
+    fn would_deadlock(&mut self, shard: usize) -> MapError {
+        let err = MapError::WouldDeadlock { map: self.map_name.clone(), op: self.op, shard };
+        self.failed(Failure::WouldDeadlock, err)
     }
 
-    fn cancelled(&self) -> MapError {
-        MapError::Cancelled { map: self.map_name.clone(), op: self.op }
+    fn cancelled(&mut self) -> MapError {
+        let err = MapError::Cancelled { map: self.map_name.clone(), op: self.op };
+        self.failed(Failure::Cancelled, err)
     }
 
     fn precheck(&mut self) -> Result<(), MapError> {
@@ -183,13 +223,14 @@ impl<'a, 'c> Waiter<'a, 'c> {
             if let Some(d) = self.eff.absolute_deadline() {
                 let now = Instant::now();
                 if now >= d {
-                    return Err(MapError::Timeout {
+                    let err = MapError::Timeout {
                         map: self.map_name.clone(),
                         op: self.op,
                         shard: usize::MAX,
                         waited: Duration::ZERO,
                         timeout: Duration::ZERO,
-                    });
+                    };
+                    return Err(self.failed(Failure::Expired, err));
                 }
             }
         }
@@ -202,6 +243,11 @@ impl<'a, 'c> Waiter<'a, 'c> {
         idx: usize,
         mut try_until: impl FnMut(Instant) -> Option<G>,
     ) -> Result<G, MapError> {
+        if self.window.is_none() {
+            if let Some((m, obs)) = &mut self.observed {
+                m.contended(obs);
+            }
+        }
         let (start, deadline) = *self.window.get_or_insert_with(|| {
             let now = Instant::now();
             (now, self.eff.deadline_from(now, self.default_timeout))
@@ -210,13 +256,15 @@ impl<'a, 'c> Waiter<'a, 'c> {
         loop {
             let now = Instant::now();
             if now >= deadline {
-                return Err(MapError::Timeout {
+                let waited = now - start;
+                let err = MapError::Timeout {
                     map: self.map_name.clone(),
                     op: self.op,
                     shard: idx,
-                    waited: now - start,
+                    waited,
                     timeout: deadline.saturating_duration_since(start),
-                });
+                };
+                return Err(self.failed(Failure::Timeout { waited }, err));
             }
             let until = if poll { deadline.min(now + CANCEL_POLL) } else { deadline };
             if let Some(g) = try_until(until) {
@@ -225,6 +273,17 @@ impl<'a, 'c> Waiter<'a, 'c> {
             if self.eff.is_cancelled() {
                 return Err(self.cancelled());
             }
+        }
+    }
+}
+
+impl Drop for Waiter<'_, '_> {
+    /// The operation is over (its locks are released by now, except a guard it handed out):
+    /// count its outcome and tell the breaker.
+    #[inline]
+    fn drop(&mut self) {
+        if let Some((m, obs)) = &self.observed {
+            m.finish(self.op, obs);
         }
     }
 }
