@@ -40,6 +40,7 @@
 //! was admitted in; its result is discarded if the state changed meanwhile (a slow call that
 //! started before the breaker closed does not count against the fresh window).
 
+use std::cell::Cell;
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
@@ -62,7 +63,9 @@ pub const MAX_WINDOW_CALLS: u32 = 1 << 24;
 /// A callback for [`BreakerEvent`]s; see [`Builder::on_breaker_event`](crate::Builder::on_breaker_event).
 ///
 /// It is called on the thread whose operation caused the event, after the breaker's lock and
-/// every shard lock are released, so it may use the map.
+/// the operation's shard locks are released, so it may use the map. A rejection of a call made
+/// by a listener itself is not delivered to listeners (it is still counted and logged), so
+/// that a listener that uses the map while the breaker is open cannot recurse without end.
 pub type BreakerListener = Arc<dyn Fn(&BreakerEvent) + Send + Sync>;
 
 // ---------------------------------------------------------------------------------------------
@@ -702,7 +705,6 @@ struct Inner {
     /// Consecutive openings without a close (for backoff).
     openings: u32,
     rng: u64,
-    seq: u64,
     transitions: u64,
 }
 
@@ -743,7 +745,6 @@ impl CircuitBreaker {
                 half_open_since: 0,
                 openings: 0,
                 rng: seed,
-                seq: 0,
                 transitions: 0,
             }),
             listeners,
@@ -849,19 +850,17 @@ impl CircuitBreaker {
             map = %self.map, op, state = state.as_str(), retry_after_ms = retry_after.as_millis() as u64,
             "call rejected by the circuit breaker"
         );
-        if self.listeners.is_empty() {
+        if self.listeners.is_empty() || IN_LISTENER.with(Cell::get) {
             return;
         }
-        let seq = self.inner.lock().seq;
+        let seq = self.load().0;
         let event = BreakerEvent {
             map: self.map.clone(),
             at: Duration::from_nanos(self.clock.now_nanos()),
             seq,
             kind: BreakerEventKind::Rejected { op, state, retry_after },
         };
-        for l in &self.listeners {
-            l(&event);
-        }
+        call_listeners(&self.listeners, &event);
     }
 
     /// Reports the outcome of a probe, or of a slow or failed call, admitted in `generation`
@@ -1103,12 +1102,11 @@ impl CircuitBreaker {
             BreakerState::ForcedOpen | BreakerState::Disabled => {}
         }
         self.word.store(next << STATE_BITS | to.code(), Ordering::Release);
-        inner.seq += 1;
         inner.transitions += 1;
         events.push(BreakerEvent {
             map: self.map.clone(),
             at: Duration::from_nanos(now),
-            seq: inner.seq,
+            seq: next,
             kind: BreakerEventKind::StateChanged { from, to, cause },
         });
     }
@@ -1125,10 +1123,30 @@ impl CircuitBreaker {
                 #[cfg(feature = "metrics")]
                 crate::stats::metrics_breaker_state(&self.map, *to);
             }
-            for l in &self.listeners {
-                l(&event);
-            }
+            call_listeners(&self.listeners, &event);
         }
+    }
+}
+
+thread_local! {
+    // Set while this thread runs a listener: a listener that uses the map while the breaker is
+    // open would otherwise be told of its own rejections, and recurse without end.
+    static IN_LISTENER: Cell<bool> = const { Cell::new(false) };
+}
+
+fn call_listeners(listeners: &[BreakerListener], event: &BreakerEvent) {
+    if listeners.is_empty() {
+        return;
+    }
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            IN_LISTENER.with(|f| f.set(self.0));
+        }
+    }
+    let _restore = Restore(IN_LISTENER.with(|f| f.replace(true)));
+    for l in listeners {
+        l(event);
     }
 }
 

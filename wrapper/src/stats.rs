@@ -392,10 +392,18 @@ impl Monitor {
     fn finish_slow(&self, kind: usize, obs: &Observation) {
         let mut now = None;
         let (slot, verdict, latency) = match obs.failure {
+            // Recorded at the deadline: the time it waited.
             Some(Failure::Timeout { waited }) => {
                 (Slot::Timeout, Verdict::Failed { slow: true }, Some(duration_nanos(waited)))
             }
-            Some(Failure::WouldDeadlock) => (Slot::WouldDeadlock, Verdict::Failed { slow: false }, None),
+            Some(Failure::WouldDeadlock) => {
+                let took = obs.start.map(|start| {
+                    let end = self.clock.now_nanos();
+                    now = Some(end);
+                    end.saturating_sub(start)
+                });
+                (Slot::WouldDeadlock, Verdict::Failed { slow: false }, took)
+            }
             Some(Failure::Cancelled) => (Slot::Cancelled, Verdict::Ignored, None),
             Some(Failure::Expired) => (Slot::Expired, Verdict::Ignored, None),
             None if std::thread::panicking() => (Slot::Panicked, Verdict::Ignored, None),
