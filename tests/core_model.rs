@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use map_wrapper::{MapWrapper, Upserted};
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -116,8 +117,11 @@ fn step(map: &MapWrapper<u8, u16>, model: &mut HashMap<u8, u16>, op: &Op) {
         }
         Op::Retain(m) => {
             let before = model.len();
-            model.retain(|k, v| (u16::from(*k) + *v) % m != 0);
-            assert_eq!(map.retain(|k, v| (u16::from(*k) + *v) % m != 0).unwrap(), before - model.len());
+            model.retain(|k, v| u16::from(*k).wrapping_add(*v) % m != 0);
+            assert_eq!(
+                map.retain(|k, v| u16::from(*k).wrapping_add(*v) % m != 0).unwrap(),
+                before - model.len()
+            );
         }
         Op::Clear => {
             let n = model.len();
@@ -143,7 +147,11 @@ fn step(map: &MapWrapper<u8, u16>, model: &mut HashMap<u8, u16>, op: &Op) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("tests/proptest-regressions/core_model.txt"))),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn every_operation_agrees_with_hashmap(ops in proptest::collection::vec(op(), 1..120), shards in 0u32..5) {
