@@ -7,16 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use map_wrapper::MapWrapper;
-use suite::storm;
-
-/// Fails the test (instead of hanging CI) if `f` does not finish within `limit`.
-fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(limit).expect("storm did not finish in time: a hang")
-}
+use suite::{storm, within};
 
 fn map(shards: usize) -> Arc<MapWrapper<u64, u64>> {
     // A generous timeout: under a storm on 2 cores, waits are long but must not fail.
