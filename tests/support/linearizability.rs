@@ -13,14 +13,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// One single-key operation and the result it returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyOp {
-    /// `insert(k, v)` returned the previous value.
-    Insert { value: u64, returned: Option<u64> },
-    /// `remove(k)` returned the removed value.
-    Remove { returned: Option<u64> },
-    /// `get_cloned(k)` returned the value.
-    Get { returned: Option<u64> },
-    /// `update(k, |v| *v += 1)` returned the new value (`None`: absent).
-    Increment { returned: Option<u64> },
+    /// `insert(k, value)`.
+    Insert {
+        /// The value stored.
+        value: u64,
+        /// The previous value it returned.
+        returned: Option<u64>,
+    },
+    /// `remove(k)`.
+    Remove {
+        /// The removed value it returned.
+        returned: Option<u64>,
+    },
+    /// `get_cloned(k)`.
+    Get {
+        /// The value it returned.
+        returned: Option<u64>,
+    },
+    /// `update(k, |v| { *v += 1; *v })`.
+    Increment {
+        /// The new value it returned (`None`: the key was absent).
+        returned: Option<u64>,
+    },
 }
 
 impl KeyOp {
