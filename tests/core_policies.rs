@@ -168,6 +168,17 @@ fn insert_while_holding_get_guard_is_refused() {
 }
 
 #[test]
+fn bulk_writes_while_holding_any_shard_are_refused_before_changing_anything() {
+    let map: MapWrapper<u32, u32> = MapWrapper::builder().shards(16).build().unwrap();
+    map.extend((0..200).map(|i| (i, i))).unwrap();
+    let guard = map.get(&0).unwrap().unwrap();
+    refused(map.clear());
+    refused(map.retain(|_, _| false));
+    drop(guard);
+    assert_eq!(map.len().unwrap(), 200, "nothing was cleared or filtered on any shard");
+}
+
+#[test]
 fn map_call_inside_update_closure_is_refused() {
     let map = one_shard(Duration::from_secs(60));
     map.insert(1, 1).unwrap();
