@@ -265,3 +265,39 @@ fn invalid_breaker_settings_are_build_errors_not_panics() {
     assert_eq!(ok.breaker().unwrap().state(), BreakerState::Closed);
     assert_eq!(ok.stats().breaker.unwrap().state, BreakerState::Closed);
 }
+
+#[test]
+fn stats_are_exact_under_a_storm_of_threads() {
+    const THREADS: usize = 8;
+    const OPS: u64 = 2_000;
+    let map: Arc<MapWrapper<u64, u64>> = Arc::new(
+        MapWrapper::builder().shards(4).latency_sampling(1).breaker(BreakerConfig::new()).build().unwrap(),
+    );
+    // Records everything, rejects nothing: a descheduled thread may make a call slow here.
+    map.breaker().unwrap().metrics_only();
+    let storm_map = Arc::clone(&map);
+    suite::within(Duration::from_secs(120), move || {
+        suite::storm(THREADS, move |t| {
+            for i in 0..OPS {
+                let key = (t as u64) << 32 | (i % 64);
+                match i % 4 {
+                    0 => drop(storm_map.insert(key, i).unwrap()),
+                    1 => drop(storm_map.get_cloned(&key).unwrap()),
+                    2 => drop(storm_map.update(&key, |v| *v += 1).unwrap()),
+                    _ => drop(storm_map.contains_key(&key).unwrap()),
+                }
+            }
+        })
+    });
+    let s = map.stats();
+    let per_kind = THREADS as u64 * OPS / 4;
+    for name in ["insert", "get_cloned", "update", "contains_key"] {
+        let k = s.op(name).unwrap();
+        assert_eq!(k.ok + k.slow, per_kind, "{name}: {k:?}");
+        assert_eq!((k.failed, k.ignored, k.rejected), (0, 0, 0), "{name}");
+    }
+    assert_eq!(s.total.ok + s.total.slow, THREADS as u64 * OPS);
+    assert_eq!(s.latency.count, THREADS as u64 * OPS, "sampling 1: every call timed");
+    let b = s.breaker.unwrap();
+    assert_eq!((b.state, b.window_calls), (BreakerState::MetricsOnly, 100), "a full count window");
+}

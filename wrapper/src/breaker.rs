@@ -612,15 +612,15 @@ impl Window {
     }
 
     /// Moves the window forward to the block of (`now`, `calls`); older blocks leave it.
-    fn advance(&mut self, now: u64, calls: u64) {
+    /// `by_call`: `calls` includes a call that ends now, which belongs to the newest block.
+    fn advance(&mut self, now: u64, calls: u64, by_call: bool) {
         let to = self.index(now, calls);
         if to <= self.head {
             return;
         }
         let len = self.len();
         let steps = (to - self.head).min(len);
-        // `calls` includes the call that crossed into the new block: it belongs to it.
-        let start_calls = calls.saturating_sub(1);
+        let start_calls = if by_call { calls.saturating_sub(1) } else { calls };
         for j in (to + 1 - steps)..=to {
             let b = &mut self.blocks[(j % len) as usize];
             self.slow -= b.slow;
@@ -910,7 +910,7 @@ impl CircuitBreaker {
                     }
                     (BreakerState::Closed | BreakerState::MetricsOnly, false) => {
                         let c = self.counters.calls();
-                        inner.window.advance(now, c);
+                        inner.window.advance(now, c, true);
                         self.head.store(inner.window.head, Ordering::Relaxed);
                         inner.window.record(verdict);
                         if state == BreakerState::Closed {
@@ -943,20 +943,21 @@ impl CircuitBreaker {
         }
         let mut inner = self.inner.lock();
         let c = self.counters.calls();
-        inner.window.advance(now, c);
+        inner.window.advance(now, c, true);
         self.head.store(inner.window.head, Ordering::Relaxed);
     }
 
     /// The figures for statistics.
     pub(crate) fn figures(&self) -> BreakerFigures {
         self.refresh();
-        let inner = self.inner.lock();
+        let mut inner = self.inner.lock();
         let (_, state) = self.load();
-        BreakerFigures {
-            state,
-            window: inner.window.figures(self.counters.calls()),
-            transitions: inner.transitions,
+        let calls = self.counters.calls();
+        if matches!(state, BreakerState::Closed | BreakerState::MetricsOnly) {
+            inner.window.advance(self.clock.now_nanos(), calls, false);
+            self.head.store(inner.window.head, Ordering::Relaxed);
         }
+        BreakerFigures { state, window: inner.window.figures(calls), transitions: inner.transitions }
     }
 
     fn should_trip(&self, f: &WindowFigures) -> Option<TransitionCause> {

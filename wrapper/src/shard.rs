@@ -301,7 +301,7 @@ impl Drop for Waiter<'_, '_> {
     #[inline]
     fn drop(&mut self) {
         if let Some((m, obs)) = &self.observed {
-            m.finish(self.op, obs);
+            m.finish(obs);
         }
     }
 }

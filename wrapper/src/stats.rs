@@ -57,8 +57,42 @@ const KINDS: [&str; 19] = [
     "other",
 ];
 
+/// The counter row of operation `op`: a dispatch on the name's length and first byte, then
+/// one comparison (a plain `match` on strings would compare against each name in turn).
 #[inline]
 fn kind_index(op: &str) -> usize {
+    const OTHER: usize = KINDS.len() - 1;
+    let b = op.as_bytes();
+    let guess = match (b.len(), b.first().copied().unwrap_or(0)) {
+        (6, b'i') => 0,
+        (3, b'g') => 1,
+        (10, b'g') => 2,
+        (4, b'v') => 3,
+        (12, b'c') => 4,
+        (6, b'r') if b[2] == b'm' => 5,
+        (12, b'r') => 6,
+        (9, b'r') => 7,
+        (6, b'u') => 8,
+        (5, b'a') => 9,
+        (5, b'e') => 10,
+        (6, b'r') => 11,
+        (5, b'c') => 12,
+        (3, b'l') => 13,
+        (8, b'i') => 14,
+        (8, b'f') => 15,
+        (8, b's') => 16,
+        (6, b'e') => 17,
+        _ => return OTHER,
+    };
+    if KINDS[guess] == op {
+        guess
+    } else {
+        OTHER
+    }
+}
+
+#[cfg(test)]
+fn kind_index_by_match(op: &str) -> usize {
     match op {
         "insert" => 0,
         "get" => 1,
@@ -289,6 +323,7 @@ pub(crate) struct Monitor {
 #[derive(Debug)]
 pub(crate) struct Observation {
     stripe: usize,
+    kind: usize,
     generation: u64,
     probe: bool,
     sampled: bool,
@@ -337,8 +372,10 @@ impl Monitor {
             Some(Admission::Pass { generation, probe }) => (generation, probe, None),
             Some(Admission::Reject { retry_after }) => (0, false, Some(retry_after)),
         };
+        let kind = kind_index(op);
         let mut obs = Observation {
             stripe,
+            kind,
             generation,
             probe,
             sampled,
@@ -348,7 +385,7 @@ impl Monitor {
             failure: None,
         };
         if let Some(retry_after) = rejected {
-            self.counters.add(stripe, kind_index(op), Slot::Rejected);
+            self.counters.add(stripe, kind, Slot::Rejected);
             if let Some(b) = &self.breaker {
                 b.rejected(op, retry_after);
             }
@@ -371,11 +408,11 @@ impl Monitor {
 
     /// The operation is over: count it, time it, and tell the breaker.
     #[inline]
-    pub(crate) fn finish(&self, op: &'static str, obs: &Observation) {
+    pub(crate) fn finish(&self, obs: &Observation) {
         if obs.rejected {
             return;
         }
-        let kind = kind_index(op);
+        let kind = obs.kind;
         if obs.start.is_none() && obs.failure.is_none() && !obs.probe {
             // The fast path: untimed and fine.
             if std::thread::panicking() {
@@ -727,6 +764,91 @@ mod tests {
         assert!(near(s.p90, 90_000), "{s:?}");
         assert!(near(s.p99, 99_000), "{s:?}");
         assert_eq!(s.mean, Duration::from_nanos(50_500));
+    }
+
+    #[cfg(feature = "metrics")]
+    #[test]
+    fn publish_metrics_reports_the_snapshot_through_the_facade() {
+        use std::collections::BTreeMap;
+        use std::sync::Mutex;
+
+        use metrics::{
+            Counter, CounterFn, Gauge, GaugeFn, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+        };
+
+        type Store = Arc<Mutex<BTreeMap<String, f64>>>;
+        struct Handle(String, Store);
+        impl CounterFn for Handle {
+            fn increment(&self, v: u64) {
+                *self.1.lock().unwrap().entry(self.0.clone()).or_default() += v as f64;
+            }
+            fn absolute(&self, v: u64) {
+                self.1.lock().unwrap().insert(self.0.clone(), v as f64);
+            }
+        }
+        impl GaugeFn for Handle {
+            fn increment(&self, v: f64) {
+                *self.1.lock().unwrap().entry(self.0.clone()).or_default() += v;
+            }
+            fn decrement(&self, v: f64) {
+                *self.1.lock().unwrap().entry(self.0.clone()).or_default() -= v;
+            }
+            fn set(&self, v: f64) {
+                self.1.lock().unwrap().insert(self.0.clone(), v);
+            }
+        }
+        struct Rec(Store);
+        impl Rec {
+            fn handle(&self, key: &Key) -> Arc<Handle> {
+                let labels: Vec<String> =
+                    key.labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
+                Arc::new(Handle(format!("{}{{{}}}", key.name(), labels.join(",")), Arc::clone(&self.0)))
+            }
+        }
+        impl Recorder for Rec {
+            fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+            fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+            fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+            fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+                Counter::from_arc(self.handle(key))
+            }
+            fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+                Gauge::from_arc(self.handle(key))
+            }
+            fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> metrics::Histogram {
+                metrics::Histogram::noop()
+            }
+        }
+
+        let store: Store = Arc::default();
+        let rec = Rec(Arc::clone(&store));
+        let map: crate::MapWrapper<u8, u8> =
+            crate::MapWrapper::builder().name("m").breaker(crate::BreakerConfig::new()).build().unwrap();
+        map.insert(1, 1).unwrap();
+        map.insert(2, 2).unwrap();
+        metrics::with_local_recorder(&rec, || {
+            map.breaker().unwrap().force_open();
+            assert!(map.insert(3, 3).is_err());
+            map.stats().publish_metrics();
+        });
+        let got = store.lock().unwrap().clone();
+        assert_eq!(got["map_wrapper_ops_total{map=m,op=insert,outcome=ok}"], 2.0);
+        assert_eq!(got["map_wrapper_ops_total{map=m,op=insert,outcome=rejected}"], 1.0);
+        assert_eq!(got["map_wrapper_rejected_total{map=m}"], 1.0);
+        assert_eq!(got["map_wrapper_breaker_state{map=m}"], 3.0);
+        assert!(got.contains_key("map_wrapper_latency_seconds{map=m,quantile=0.99}"));
+    }
+
+    #[test]
+    fn fast_kind_dispatch_agrees_with_a_plain_match() {
+        for name in
+            KINDS.iter().copied().chain(["", "x", "inserts", "remove_all", "rename", "gets", "lenx", "audit"])
+        {
+            assert_eq!(kind_index(name), kind_index_by_match(name), "{name}");
+        }
+        for (i, name) in KINDS.iter().enumerate() {
+            assert_eq!(kind_index(name), i);
+        }
     }
 
     #[test]

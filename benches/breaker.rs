@@ -1,0 +1,162 @@
+//! What the circuit breaker and statistics cost: the same map workload with them on and off,
+//! on 1 and 2 threads, in one run, printed as throughput ratios (on / off; the target is at
+//! least 0.97).
+//!
+//! Run: `cargo bench --bench breaker` (add `-- --quick` for a shorter run). Besides criterion's
+//! own figures it prints a paired comparison: short alternating rounds of "off" and "on"
+//! (so both see the same machine load), and the median of the per-round ratios.
+//!
+//! **Time is CPU time** of the worker threads (summed over threads), not wall time: on a
+//! shared machine wall time mostly measures the neighbours, while CPU time still includes
+//! everything the map does, cache misses and cache-line contention between the two threads
+//! included. Throughput is operations per CPU-second.
+
+use std::hint::black_box;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::Duration;
+
+use cpu_time::ThreadTime;
+use criterion::{Criterion, Throughput};
+use map_wrapper::{BreakerConfig, MapWrapper};
+
+/// A large map: 2^20 entries, so that an operation pays the cache misses a real one does.
+const KEYS: u64 = 1 << 20;
+/// Operations per thread per measured batch (large enough that starting threads is noise).
+const BATCH: u64 = 1 << 15;
+
+#[derive(Clone, Copy, Debug)]
+enum Setup {
+    /// No statistics, no breaker: the map as the core built it.
+    Off,
+    /// Statistics and a breaker with their defaults (1 in 64 operations timed).
+    On,
+    /// Statistics and a breaker, every operation timed: what sampling saves.
+    OnTimeAll,
+}
+
+impl Setup {
+    fn name(self) -> &'static str {
+        match self {
+            Setup::Off => "off",
+            Setup::On => "on",
+            Setup::OnTimeAll => "on_time_every_op",
+        }
+    }
+
+    fn build(self) -> Arc<MapWrapper<u64, u64>> {
+        let b = MapWrapper::builder();
+        let b = match self {
+            Setup::Off => b.stats(false),
+            Setup::On => b.breaker(BreakerConfig::new()),
+            Setup::OnTimeAll => b.breaker(BreakerConfig::new()).latency_sampling(1),
+        };
+        let map = b.build().expect("valid config");
+        map.extend((0..KEYS).map(|k| (k, k))).expect("fill");
+        Arc::new(map)
+    }
+}
+
+/// The workload of one thread: 7 reads to 1 write over pseudo-random keys.
+fn work(map: &MapWrapper<u64, u64>, seed: u64, ops: u64) {
+    let mut x = seed | 1;
+    for _ in 0..ops {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let key = x % KEYS;
+        if x & 7 == 0 {
+            black_box(map.insert(key, x).expect("no contention to speak of"));
+        } else {
+            black_box(map.get_cloned(&key).expect("no contention to speak of"));
+        }
+    }
+}
+
+/// Runs `ops` operations on each of `threads` threads, all started together; the CPU time
+/// the threads spent, summed.
+fn run(map: &Arc<MapWrapper<u64, u64>>, threads: usize, ops: u64, round: u64) -> Duration {
+    if threads == 1 {
+        let start = ThreadTime::now();
+        work(map, round.wrapping_mul(0x9E37_79B9_7F4A_7C15), ops);
+        return start.elapsed();
+    }
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (map, barrier) = (Arc::clone(map), Arc::clone(&barrier));
+            thread::spawn(move || {
+                barrier.wait();
+                let start = ThreadTime::now();
+                work(&map, (round * 16 + t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15), ops);
+                start.elapsed()
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().expect("worker")).sum()
+}
+
+fn bench(c: &mut Criterion) {
+    let setups = [Setup::Off, Setup::On, Setup::OnTimeAll];
+    let maps: Vec<_> = setups.iter().map(|s| (*s, s.build())).collect();
+    for threads in [1usize, 2] {
+        let mut group = c.benchmark_group(format!("breaker_{threads}t"));
+        group.throughput(Throughput::Elements(BATCH * threads as u64));
+        for (setup, map) in &maps {
+            group.bench_function(setup.name(), |b| {
+                let mut round = 0;
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        round += 1;
+                        total += run(map, threads, BATCH, round);
+                    }
+                    total
+                });
+            });
+        }
+        group.finish();
+    }
+}
+
+/// Alternating rounds of each setup against "off"; the median of the per-round ratios of
+/// throughput (off time / setup time).
+fn paired(rounds: usize, ops: u64) {
+    let off = Setup::Off.build();
+    let others = [Setup::On, Setup::OnTimeAll].map(|s| (s, s.build()));
+    println!("\npaired comparison: {rounds} alternating rounds of {ops} ops per thread, median ratio");
+    for threads in [1usize, 2] {
+        for (setup, map) in &others {
+            let mut ratios = Vec::with_capacity(rounds);
+            for r in 0..rounds as u64 {
+                // Alternate which goes first, so neither always gets the warmer cache.
+                let (a, b) = if r % 2 == 0 {
+                    let a = run(&off, threads, ops, r);
+                    (a, run(map, threads, ops, r))
+                } else {
+                    let b = run(map, threads, ops, r);
+                    (run(&off, threads, ops, r), b)
+                };
+                ratios.push(a.as_secs_f64() / b.as_secs_f64());
+            }
+            ratios.sort_by(f64::total_cmp);
+            let median = ratios[rounds / 2];
+            let (lo, hi) = (ratios[rounds / 4], ratios[rounds * 3 / 4]);
+            println!(
+                "  {threads} thread(s): {:<17} / off = {median:.3}  (quartiles {lo:.3} .. {hi:.3})",
+                setup.name()
+            );
+        }
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let mut c = Criterion::default()
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1))
+        .configure_from_args();
+    bench(&mut c);
+    c.final_summary();
+    paired(if quick { 21 } else { 101 }, 1 << 16);
+}
