@@ -120,17 +120,30 @@ fn bench(c: &mut Criterion) {
 }
 
 /// Alternating rounds of each setup against "off"; the median of the per-round ratios of
-/// throughput (off time / setup time).
+/// throughput (off time / setup time). Where a large table lands in memory changes its speed
+/// by several per cent, so each setup has `INSTANCES` maps, built interleaved, and round `r`
+/// pairs instance `r % INSTANCES` of each.
 fn paired(rounds: usize, ops: u64) {
-    let off = Setup::Off.build();
-    let others = [Setup::On, Setup::OnTimeAll].map(|s| (s, s.build()));
-    println!("\npaired comparison: {rounds} alternating rounds of {ops} ops per thread, median ratio");
+    const INSTANCES: usize = 3;
+    let mut off = Vec::new();
+    let mut others = [Setup::On, Setup::OnTimeAll].map(|s| (s, Vec::new()));
+    for _ in 0..INSTANCES {
+        off.push(Setup::Off.build());
+        for (s, maps) in &mut others {
+            maps.push(s.build());
+        }
+    }
+    println!(
+        "\npaired comparison: {rounds} alternating rounds of {ops} ops per thread over {INSTANCES} \
+         instances, median ratio of CPU-time throughput"
+    );
     for threads in [1usize, 2] {
-        for (setup, map) in &others {
+        for (setup, maps) in &others {
             let mut ratios = Vec::with_capacity(rounds);
             for r in 0..rounds as u64 {
+                let (off, map) = (&off[r as usize % INSTANCES], &maps[r as usize % INSTANCES]);
                 // Alternate which goes first, so neither always gets the warmer cache.
-                let (a, b) = if r % 2 == 0 {
+                let (a, b) = if (r / INSTANCES as u64) % 2 == 0 {
                     let a = run(&off, threads, ops, r);
                     (a, run(map, threads, ops, r))
                 } else {

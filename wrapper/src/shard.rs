@@ -116,10 +116,9 @@ pub(crate) struct Waiter<'a, 'c> {
     /// When this operation first had to wait, and the instant it must give up.
     window: Option<(Instant, Instant)>,
     checked_absolute: bool,
-    /// Statistics and circuit breaker: what this operation is, as they see it.
+    /// Statistics and circuit breaker: what this operation is, as they see it (including a
+    /// rejection by the breaker, returned before the first lock).
     observed: Option<(&'a Monitor, Observation)>,
-    /// The circuit breaker refused this operation; returned before the first lock.
-    rejected: Option<MapError>,
 }
 
 impl<'a, 'c> Waiter<'a, 'c> {
@@ -131,23 +130,16 @@ impl<'a, 'c> Waiter<'a, 'c> {
         default_timeout: Duration,
         monitor: Option<&'a Monitor>,
     ) -> Self {
-        let (observed, rejected) = match monitor {
-            Some(m) => {
-                let (obs, rejected) = m.begin(op);
-                (Some((m, obs)), rejected)
-            }
-            None => (None, None),
-        };
-        Waiter {
-            map_name,
-            map_id,
-            op,
-            eff,
-            default_timeout,
-            window: None,
-            checked_absolute: false,
-            observed,
-            rejected,
+        let observed = monitor.map(|m| (m, m.begin(op)));
+        Waiter { map_name, map_id, op, eff, default_timeout, window: None, checked_absolute: false, observed }
+    }
+
+    /// The circuit breaker's rejection of this operation, the first time it is asked for.
+    #[inline]
+    fn rejection(&mut self) -> Option<MapError> {
+        match &mut self.observed {
+            Some((m, obs)) if obs.rejection.is_some() => obs.rejection.take().map(|r| m.circuit_open(r)),
+            _ => None,
         }
     }
 
@@ -166,7 +158,7 @@ impl<'a, 'c> Waiter<'a, 'c> {
         idx: usize,
         lock: &'s RwLock<T>,
     ) -> Result<RwLockReadGuard<'s, T>, MapError> {
-        if let Some(e) = self.rejected.take() {
+        if let Some(e) = self.rejection() {
             return Err(e);
         }
         let recursive = match holding(self.map_id, idx) {
@@ -196,7 +188,7 @@ impl<'a, 'c> Waiter<'a, 'c> {
         idx: usize,
         lock: &'s RwLock<T>,
     ) -> Result<RwLockWriteGuard<'s, T>, MapError> {
-        if let Some(e) = self.rejected.take() {
+        if let Some(e) = self.rejection() {
             return Err(e);
         }
         if holding(self.map_id, idx) != Holding::Nothing {
@@ -213,7 +205,7 @@ impl<'a, 'c> Waiter<'a, 'c> {
     /// this thread holds any shard of the map (the operation would reach it and deadlock).
     /// A call the circuit breaker rejected is refused with that first.
     pub(crate) fn refuse_if_holding_any(&mut self) -> Result<(), MapError> {
-        if let Some(e) = self.rejected.take() {
+        if let Some(e) = self.rejection() {
             return Err(e);
         }
         match any_held(self.map_id) {

@@ -140,23 +140,22 @@ const STRIPES: usize = 8;
 
 /// The operation counters: kinds × slots, striped by thread.
 pub(crate) struct Counters {
-    stripes: Box<[CachePadded<[[AtomicU64; SLOTS]; KINDS.len()]>]>,
+    stripes: Box<[CachePadded<[[AtomicU64; SLOTS]; KINDS.len()]>; STRIPES]>,
 }
 
 impl Counters {
     pub(crate) fn new() -> Self {
         Counters {
-            stripes: (0..STRIPES)
-                .map(|_| {
-                    CachePadded::new(std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))))
-                })
-                .collect(),
+            stripes: Box::new(std::array::from_fn(|_| {
+                CachePadded::new(std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))))
+            })),
         }
     }
 
     #[inline]
     fn add(&self, stripe: usize, kind: usize, slot: Slot) {
-        self.stripes[stripe & (STRIPES - 1)][kind][slot as usize].fetch_add(1, Ordering::Relaxed);
+        let row = &self.stripes[stripe & (STRIPES - 1)][kind.min(KINDS.len() - 1)];
+        row[slot as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     fn get(&self, kind: usize, slot: Slot) -> u64 {
@@ -322,16 +321,18 @@ pub(crate) struct Monitor {
 /// One operation as the monitor sees it; lives in the operation's `Waiter`.
 #[derive(Debug)]
 pub(crate) struct Observation {
-    stripe: usize,
-    kind: usize,
-    generation: u64,
+    stripe: u8,
+    kind: u8,
     probe: bool,
     sampled: bool,
-    /// When timing started (clock nanos), if the operation is timed.
-    start: Option<u64>,
     /// Set when the operation waited for a lock (timed from its first wait).
     contended: bool,
     rejected: bool,
+    generation: u64,
+    /// When timing started (clock nanos), if the operation is timed.
+    start: Option<u64>,
+    /// The breaker's rejection (its `retry_after`), until the operation returns it.
+    pub(crate) rejection: Option<Duration>,
     pub(crate) failure: Option<Failure>,
 }
 
@@ -363,9 +364,9 @@ impl Monitor {
         self.breaker.as_ref()
     }
 
-    /// Starts watching operation `op`; `Err` when the breaker rejects it.
+    /// Starts watching operation `op`; a rejection by the breaker is left in the observation.
     #[inline]
-    pub(crate) fn begin(&self, op: &'static str) -> (Observation, Option<MapError>) {
+    pub(crate) fn begin(&self, op: &'static str) -> Observation {
         let (stripe, sampled) = local(self.sample_every);
         let (generation, probe, rejected) = match self.breaker.as_ref().map(CircuitBreaker::admit) {
             None => (0, false, None),
@@ -374,14 +375,15 @@ impl Monitor {
         };
         let kind = kind_index(op);
         let mut obs = Observation {
-            stripe,
-            kind,
-            generation,
+            stripe: (stripe & (STRIPES - 1)) as u8,
+            kind: kind as u8,
             probe,
             sampled,
-            start: None,
             contended: false,
             rejected: rejected.is_some(),
+            generation,
+            start: None,
+            rejection: rejected,
             failure: None,
         };
         if let Some(retry_after) = rejected {
@@ -389,12 +391,18 @@ impl Monitor {
             if let Some(b) = &self.breaker {
                 b.rejected(op, retry_after);
             }
-            return (obs, Some(MapError::CircuitOpen { map: self.map.clone(), retry_after }));
+            return obs;
         }
         if sampled || probe {
             obs.start = Some(self.clock.now_nanos());
         }
-        (obs, None)
+        obs
+    }
+
+    /// The error for a rejected operation.
+    #[cold]
+    pub(crate) fn circuit_open(&self, retry_after: Duration) -> MapError {
+        MapError::CircuitOpen { map: self.map.clone(), retry_after }
     }
 
     /// The operation is about to wait for a lock: time it from here if it is not timed yet.
@@ -412,14 +420,11 @@ impl Monitor {
         if obs.rejected {
             return;
         }
-        let kind = obs.kind;
+        let (kind, stripe) = (usize::from(obs.kind), usize::from(obs.stripe));
         if obs.start.is_none() && obs.failure.is_none() && !obs.probe {
             // The fast path: untimed and fine.
-            if std::thread::panicking() {
-                self.counters.add(obs.stripe, kind, Slot::Panicked);
-            } else {
-                self.counters.add(obs.stripe, kind, Slot::Ok);
-            }
+            let slot = if std::thread::panicking() { Slot::Panicked } else { Slot::Ok };
+            self.counters.add(stripe, kind, slot);
             return;
         }
         self.finish_slow(kind, obs);
@@ -464,7 +469,7 @@ impl Monitor {
                 None => (Slot::Ok, Verdict::Ok, None),
             },
         };
-        self.counters.add(obs.stripe, kind, slot);
+        self.counters.add(usize::from(obs.stripe), kind, slot);
         if let Some(l) = latency {
             self.histogram.record(l);
         }
