@@ -144,11 +144,11 @@ fn paired(rounds: usize, ops: u64) {
                 let (off, map) = (&off[r as usize % INSTANCES], &maps[r as usize % INSTANCES]);
                 // Alternate which goes first, so neither always gets the warmer cache.
                 let (a, b) = if (r / INSTANCES as u64) % 2 == 0 {
-                    let a = run(&off, threads, ops, r);
+                    let a = run(off, threads, ops, r);
                     (a, run(map, threads, ops, r))
                 } else {
                     let b = run(map, threads, ops, r);
-                    (run(&off, threads, ops, r), b)
+                    (run(off, threads, ops, r), b)
                 };
                 ratios.push(a.as_secs_f64() / b.as_secs_f64());
             }
