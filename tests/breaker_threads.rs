@@ -292,3 +292,112 @@ fn listeners_run_outside_the_breaker_lock_and_may_use_the_map() {
     let reads = done_rx.recv_timeout(Duration::from_secs(30)).expect("the listener hung");
     assert_eq!(reads, vec![(1, BreakerState::Open, Err("CIRCUIT_OPEN"))]);
 }
+
+#[test]
+fn open_moves_to_half_open_on_time_without_any_traffic() {
+    const OPEN_WAIT: Duration = Duration::from_millis(150);
+    let seen: Arc<Mutex<Vec<(BreakerEvent, Option<String>)>>> = Arc::default();
+    let log = Arc::clone(&seen);
+    let map: MapWrapper<u32, u32> = MapWrapper::builder()
+        .breaker(
+            BreakerConfig::new()
+                .window(SlidingWindow::count(2))
+                .minimum_calls(2)
+                .failure_rate(0.5)
+                .open_wait(OpenWait::Fixed(OPEN_WAIT)),
+        )
+        .on_breaker_event(move |e| {
+            log.lock().unwrap().push((e.clone(), thread::current().name().map(str::to_owned)));
+        })
+        .build()
+        .unwrap();
+    map.insert(1, 1).unwrap();
+    let guard = map.get(&1).unwrap().unwrap();
+    assert!(map.insert(1, 2).is_err());
+    drop(guard);
+    let opened = Instant::now();
+
+    // Nobody touches the map: the half-open event must still come.
+    let deadline = opened + Duration::from_secs(20);
+    while seen.lock().unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "no half-open event without traffic");
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert!(opened.elapsed() >= OPEN_WAIT);
+    let seen = seen.lock().unwrap();
+    let (open, half) = (&seen[0].0, &seen[1]);
+    assert!(matches!(open.kind, BreakerEventKind::StateChanged { to: BreakerState::Open, .. }));
+    assert_eq!(
+        half.0.kind,
+        BreakerEventKind::StateChanged {
+            from: BreakerState::Open,
+            to: BreakerState::HalfOpen,
+            cause: TransitionCause::OpenWaitElapsed
+        }
+    );
+    assert_eq!(half.0.at - open.at, OPEN_WAIT, "dated at the end of the wait");
+    assert_eq!(half.1.as_deref(), Some("map-wrapper-breaker-timer"));
+    drop(seen);
+    assert_eq!(map.breaker().unwrap().state(), BreakerState::HalfOpen);
+}
+
+#[test]
+fn state_changes_reach_listeners_in_order_under_concurrency() {
+    const THREADS: usize = 6;
+    let seqs: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let log = Arc::clone(&seqs);
+    let map: Arc<MapWrapper<u64, u64>> = Arc::new(
+        MapWrapper::builder()
+            .breaker(BreakerConfig::new())
+            .on_breaker_event(move |e| {
+                if matches!(e.kind, BreakerEventKind::StateChanged { .. }) {
+                    log.lock().unwrap().push(e.seq);
+                }
+            })
+            .build()
+            .unwrap(),
+    );
+    let storm_map = Arc::clone(&map);
+    suite::within(Duration::from_secs(120), move || {
+        suite::storm(THREADS, move |t| {
+            for i in 0..300u64 {
+                if t < 2 {
+                    // Two operators flip the breaker; the others keep calling.
+                    let b = storm_map.breaker().unwrap();
+                    if i % 2 == 0 {
+                        b.force_open();
+                    } else {
+                        b.close();
+                    }
+                } else {
+                    let _ = storm_map.insert(i, i);
+                }
+            }
+        })
+    });
+    let seqs = seqs.lock().unwrap();
+    assert_eq!(seqs.len(), 600);
+    assert!(seqs.iter().zip(1..).all(|(&s, n)| s == n), "out of order: {seqs:?}");
+    let s = map.stats();
+    assert_eq!(s.breaker.unwrap().transitions, 600);
+    assert_eq!(s.op("insert").unwrap().ok + s.rejected, (THREADS as u64 - 2) * 300);
+}
+
+#[test]
+fn a_panicking_listener_fails_neither_the_operation_nor_later_events() {
+    let calls = Arc::new(Mutex::new(0));
+    let count = Arc::clone(&calls);
+    let map: MapWrapper<u32, u32> = MapWrapper::builder()
+        .breaker(BreakerConfig::new())
+        .on_breaker_event(move |_| {
+            *count.lock().unwrap() += 1;
+            panic!("listener bug");
+        })
+        .build()
+        .unwrap();
+    map.breaker().unwrap().force_open();
+    assert_eq!(map.insert(1, 1).unwrap_err().code(), "CIRCUIT_OPEN");
+    map.breaker().unwrap().close();
+    map.insert(1, 1).unwrap();
+    assert_eq!(*calls.lock().unwrap(), 3, "forced open, rejected, closed: every event delivered");
+}

@@ -26,15 +26,19 @@
 //! [`MapError::CircuitOpen`](crate::MapError::CircuitOpen) for the open wait (fixed, or
 //! exponential backoff with jitter over consecutive openings). Then it is *half-open*: a capped
 //! number of concurrent probe calls go through; a quota of successful probes closes it, one
-//! slow or failed probe opens it again, and if the quota is not met within the maximum
-//! half-open wait it opens again (so it cannot get stuck on probes that never report).
+//! slow or failed probe opens it again, and if probes are still out when the maximum half-open
+//! wait is over it opens again (so it cannot get stuck on probes that never report; an idle
+//! half-open breaker simply waits for its next call).
 //! Operators can force it open, disable it (admit all, record nothing) or make it
 //! *metrics-only* (record, never reject), and close it again.
 //!
-//! Open → half-open happens at the first look after the open wait: an admission check, or a
-//! [`state`](CircuitBreaker::state) / [`stats`](crate::MapWrapper::stats) read, so the state
-//! reported is always the current one. The event's time ([`BreakerEvent::at`]) is when the
-//! wait ended, not when it was noticed. No timer thread is started.
+//! Open → half-open happens when the open wait ends, without waiting for traffic: one timer
+//! thread for the process (started when a breaker first opens) wakes at the earliest end of
+//! an open wait and moves that breaker on, so its event comes on time, from that thread. Any
+//! earlier look (an admission check, a [`state`](CircuitBreaker::state) or
+//! [`stats`](crate::MapWrapper::stats) read) makes the same move, so the state reported is
+//! always the current one; with a [`TestClock`](crate::TestClock) only those looks move it.
+//! The event's time ([`BreakerEvent::at`]) is when the wait ended.
 //!
 //! **Generations.** Every state change bumps a generation. A call remembers the generation it
 //! was admitted in; its result is discarded if the state changed meanwhile (a slow call that
@@ -42,10 +46,11 @@
 
 use std::cell::Cell;
 use std::collections::hash_map::RandomState;
+use std::collections::VecDeque;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -62,10 +67,14 @@ pub const MAX_WINDOW_CALLS: u32 = 1 << 24;
 
 /// A callback for [`BreakerEvent`]s; see [`Builder::on_breaker_event`](crate::Builder::on_breaker_event).
 ///
-/// It is called on the thread whose operation caused the event, after the breaker's lock and
-/// the operation's shard locks are released, so it may use the map. A rejection of a call made
-/// by a listener itself is not delivered to listeners (it is still counted and logged), so
-/// that a listener that uses the map while the breaker is open cannot recurse without end.
+/// Events are delivered in order (of [`BreakerEvent::seq`]), one at a time, with no lock of
+/// the breaker or of the map held by the breaker, so a listener may use the map. Usually on the
+/// thread whose operation caused the event; while one thread is delivering, events caused on
+/// others are delivered by it, and an event caused by a listener is delivered after that
+/// listener returns. The open → half-open change comes from the breaker's timer thread. A
+/// rejection of a call made by a listener itself is not delivered (it is still counted and
+/// logged), so that a listener that uses an open map cannot feed itself. A listener that
+/// panics is logged and skipped.
 pub type BreakerListener = Arc<dyn Fn(&BreakerEvent) + Send + Sync>;
 
 // ---------------------------------------------------------------------------------------------
@@ -436,9 +445,8 @@ pub struct BreakerEvent {
     pub map: Arc<str>,
     /// When it happened, on the breaker's [`Clock`] (time since the clock's origin).
     pub at: Duration,
-    /// Orders the state changes of one breaker (1, 2, …); rejections carry the number of the
-    /// last state change. Listeners on different threads may see events out of order; this
-    /// number puts them back in order.
+    /// Numbers the state changes of one breaker (1, 2, …); a rejection carries the number of
+    /// the last state change before it.
     pub seq: u64,
     /// What happened.
     pub kind: BreakerEventKind,
@@ -694,6 +702,11 @@ pub struct CircuitBreaker {
     counters: Arc<Counters>,
     inner: Mutex<Inner>,
     listeners: Vec<BreakerListener>,
+    /// Events waiting for delivery, and whether a thread is delivering them.
+    outbox: Mutex<VecDeque<BreakerEvent>>,
+    draining: AtomicBool,
+    /// This breaker, for the timer that ends open waits.
+    me: Weak<CircuitBreaker>,
 }
 
 struct Inner {
@@ -726,11 +739,11 @@ impl CircuitBreaker {
         clock: Clock,
         counters: Arc<Counters>,
         listeners: Vec<BreakerListener>,
-    ) -> Self {
+    ) -> Arc<Self> {
         let mut window = Window::new(config.window);
         window.reset(clock.now_nanos(), counters.calls());
         let seed = RandomState::new().build_hasher().finish() | 1;
-        CircuitBreaker {
+        Arc::new_cyclic(|me| CircuitBreaker {
             map,
             config,
             clock,
@@ -748,7 +761,10 @@ impl CircuitBreaker {
                 transitions: 0,
             }),
             listeners,
-        }
+            outbox: Mutex::new(VecDeque::new()),
+            draining: AtomicBool::new(false),
+            me: me.clone(),
+        })
     }
 
     /// The breaker's configuration.
@@ -812,10 +828,9 @@ impl CircuitBreaker {
                 return Admission::Reject { retry_after: Duration::from_nanos(until - now) };
             }
         }
-        let mut events = Vec::new();
         let admission = {
             let mut inner = self.inner.lock();
-            self.refresh_locked(&mut inner, now, &mut events);
+            self.refresh_locked(&mut inner, now);
             let (generation, state) = self.load();
             match state {
                 BreakerState::Closed | BreakerState::Disabled | BreakerState::MetricsOnly => {
@@ -838,7 +853,7 @@ impl CircuitBreaker {
                 BreakerState::ForcedOpen => Admission::Reject { retry_after: self.base_wait() },
             }
         };
-        self.emit(events);
+        self.drain();
         admission
     }
 
@@ -860,7 +875,8 @@ impl CircuitBreaker {
             seq,
             kind: BreakerEventKind::Rejected { op, state, retry_after },
         };
-        call_listeners(&self.listeners, &event);
+        self.outbox.lock().push_back(event);
+        self.drain();
     }
 
     /// Reports the outcome of a probe, or of a slow or failed call, admitted in `generation`
@@ -868,11 +884,11 @@ impl CircuitBreaker {
     /// includes this call, counts them). `now` is when the call ended, if it was timed.
     /// Returns `false` when the result was discarded as stale.
     pub(crate) fn report(&self, generation: u64, probe: bool, verdict: Verdict, now: Option<u64>) -> bool {
-        let mut events = Vec::new();
         let current = {
             let mut inner = self.inner.lock();
             let now = now.unwrap_or_else(|| self.clock.now_nanos());
-            self.refresh_locked(&mut inner, now, &mut events);
+            // No time-driven move here: a result is only compared with the generation it was
+            // admitted in, and a probe that reports is not stuck.
             let (current_gen, state) = self.load();
             let current = current_gen == generation;
             if current {
@@ -890,7 +906,6 @@ impl CircuitBreaker {
                                         TransitionCause::SuccessQuotaReached,
                                         now,
                                         c,
-                                        &mut events,
                                     );
                                 }
                             }
@@ -902,7 +917,6 @@ impl CircuitBreaker {
                                     TransitionCause::ProbeFailed,
                                     now,
                                     c,
-                                    &mut events,
                                 );
                             }
                             Verdict::Ignored => {}
@@ -915,7 +929,7 @@ impl CircuitBreaker {
                         inner.window.record(verdict);
                         if state == BreakerState::Closed {
                             if let Some(cause) = self.should_trip(&inner.window.figures(c)) {
-                                self.transition(&mut inner, BreakerState::Open, cause, now, c, &mut events);
+                                self.transition(&mut inner, BreakerState::Open, cause, now, c);
                             }
                         }
                     }
@@ -924,7 +938,7 @@ impl CircuitBreaker {
             }
             current
         };
-        self.emit(events);
+        self.drain();
         current
     }
 
@@ -983,16 +997,15 @@ impl CircuitBreaker {
         if !matches!(state, BreakerState::Open | BreakerState::HalfOpen) {
             return;
         }
-        let mut events = Vec::new();
         {
             let mut inner = self.inner.lock();
             let now = self.clock.now_nanos();
-            self.refresh_locked(&mut inner, now, &mut events);
+            self.refresh_locked(&mut inner, now);
         }
-        self.emit(events);
+        self.drain();
     }
 
-    fn refresh_locked(&self, inner: &mut Inner, now: u64, events: &mut Vec<BreakerEvent>) {
+    fn refresh_locked(&self, inner: &mut Inner, now: u64) {
         let (_, state) = self.load();
         match state {
             BreakerState::Open => {
@@ -1006,7 +1019,6 @@ impl CircuitBreaker {
                         TransitionCause::OpenWaitElapsed,
                         until,
                         0,
-                        events,
                     );
                     inner.half_open_since = now;
                 }
@@ -1014,16 +1026,11 @@ impl CircuitBreaker {
             BreakerState::HalfOpen => {
                 let ends =
                     inner.half_open_since.saturating_add(duration_nanos(self.config.max_half_open_wait));
-                if now >= ends {
+                // Stuck means probes were let through and have not reported; an idle half-open
+                // breaker just waits for its next call.
+                if now >= ends && inner.in_flight > 0 {
                     let c = self.counters.calls();
-                    self.transition(
-                        inner,
-                        BreakerState::Open,
-                        TransitionCause::HalfOpenTimedOut,
-                        now,
-                        c,
-                        events,
-                    );
+                    self.transition(inner, BreakerState::Open, TransitionCause::HalfOpenTimedOut, now, c);
                 }
             }
             _ => {}
@@ -1031,7 +1038,6 @@ impl CircuitBreaker {
     }
 
     fn manual(&self, to: BreakerState) {
-        let mut events = Vec::new();
         {
             let mut inner = self.inner.lock();
             let now = self.clock.now_nanos();
@@ -1039,9 +1045,9 @@ impl CircuitBreaker {
                 inner.openings = 0;
             }
             let calls = self.counters.calls();
-            self.transition(&mut inner, to, TransitionCause::Manual, now, calls, &mut events);
+            self.transition(&mut inner, to, TransitionCause::Manual, now, calls);
         }
-        self.emit(events);
+        self.drain();
     }
 
     fn base_wait(&self) -> Duration {
@@ -1072,21 +1078,17 @@ impl CircuitBreaker {
         }
     }
 
-    fn transition(
-        &self,
-        inner: &mut Inner,
-        to: BreakerState,
-        cause: TransitionCause,
-        now: u64,
-        calls: u64,
-        events: &mut Vec<BreakerEvent>,
-    ) {
+    fn transition(&self, inner: &mut Inner, to: BreakerState, cause: TransitionCause, now: u64, calls: u64) {
         let (generation, from) = self.load();
         let next = generation.wrapping_add(1) & (u64::MAX >> STATE_BITS);
         match to {
             BreakerState::Open => {
                 let wait = self.open_wait(inner);
-                self.open_until.store(now.saturating_add(wait), Ordering::Release);
+                let until = now.saturating_add(wait);
+                self.open_until.store(until, Ordering::Release);
+                if let Some(at) = self.clock.instant_at(until) {
+                    timer::schedule(at, self.me.clone());
+                }
             }
             BreakerState::HalfOpen => {
                 inner.in_flight = 0;
@@ -1104,7 +1106,8 @@ impl CircuitBreaker {
         }
         self.word.store(next << STATE_BITS | to.code(), Ordering::Release);
         inner.transitions += 1;
-        events.push(BreakerEvent {
+        // Queued under the breaker's lock, so the queue is in the order of the changes.
+        self.outbox.lock().push_back(BreakerEvent {
             map: self.map.clone(),
             at: Duration::from_nanos(now),
             seq: next,
@@ -1112,19 +1115,139 @@ impl CircuitBreaker {
         });
     }
 
-    /// Logs and hands events to the listeners; called with no lock held.
-    fn emit(&self, events: Vec<BreakerEvent>) {
-        for event in events {
-            if let BreakerEventKind::StateChanged { from, to, cause } = &event.kind {
-                tracing::warn!(
-                    target: "map_wrapper::breaker",
-                    map = %self.map, from = from.as_str(), to = to.as_str(), cause = ?cause, seq = event.seq,
-                    "circuit breaker changed state"
-                );
-                #[cfg(feature = "metrics")]
-                crate::stats::metrics_breaker_state(&self.map, *to);
+    /// Delivers queued events, in order, with no lock held. One thread delivers at a time: a
+    /// thread that finds another one delivering leaves its events to it, and a listener that
+    /// causes an event (by using the map) sees it after it returns, not nested inside itself.
+    fn drain(&self) {
+        loop {
+            if self.draining.swap(true, Ordering::Acquire) {
+                return;
             }
-            call_listeners(&self.listeners, &event);
+            struct Done<'a>(&'a AtomicBool);
+            impl Drop for Done<'_> {
+                fn drop(&mut self) {
+                    self.0.store(false, Ordering::Release);
+                }
+            }
+            let done = Done(&self.draining);
+            loop {
+                let next = self.outbox.lock().pop_front();
+                match next {
+                    Some(event) => self.deliver(&event),
+                    None => break,
+                }
+            }
+            drop(done);
+            // An event queued between the last look and the store above would wait for the
+            // next one: look again.
+            if self.outbox.lock().is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Logs one event and hands it to the listeners.
+    fn deliver(&self, event: &BreakerEvent) {
+        if let BreakerEventKind::StateChanged { from, to, cause } = &event.kind {
+            tracing::warn!(
+                target: "map_wrapper::breaker",
+                map = %self.map, from = from.as_str(), to = to.as_str(), cause = ?cause, seq = event.seq,
+                "circuit breaker changed state"
+            );
+            #[cfg(feature = "metrics")]
+            crate::stats::metrics_breaker_state(&self.map, *to);
+        }
+        call_listeners(&self.map, &self.listeners, event);
+    }
+}
+
+/// Ends open waits on time: one thread for the process, started when a breaker first opens,
+/// sleeping until the earliest open wait ends and then moving that breaker to half-open (which
+/// sends its event). It holds breakers weakly, so a dropped map is simply skipped. Breakers on
+/// a test clock are not scheduled: the test moves time, and the next look moves the state.
+mod timer {
+    use std::cmp::Ordering as CmpOrdering;
+    use std::collections::BinaryHeap;
+    use std::sync::{OnceLock, Weak};
+    use std::time::Instant;
+
+    use parking_lot::{Condvar, Mutex};
+
+    use super::CircuitBreaker;
+
+    struct Due {
+        at: Instant,
+        breaker: Weak<CircuitBreaker>,
+    }
+
+    impl PartialEq for Due {
+        fn eq(&self, other: &Self) -> bool {
+            self.at == other.at
+        }
+    }
+    impl Eq for Due {}
+    impl PartialOrd for Due {
+        fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+            Some(self.cmp(other))
+        }
+    }
+    impl Ord for Due {
+        /// Reversed: the heap's top is the earliest.
+        fn cmp(&self, other: &Self) -> CmpOrdering {
+            other.at.cmp(&self.at)
+        }
+    }
+
+    struct Timer {
+        queue: Mutex<BinaryHeap<Due>>,
+        wake: Condvar,
+    }
+
+    static TIMER: OnceLock<Option<&'static Timer>> = OnceLock::new();
+
+    fn timer() -> Option<&'static Timer> {
+        *TIMER.get_or_init(|| {
+            let t: &'static Timer =
+                Box::leak(Box::new(Timer { queue: Mutex::new(BinaryHeap::new()), wake: Condvar::new() }));
+            let spawned =
+                std::thread::Builder::new().name("map-wrapper-breaker-timer".into()).spawn(move || run(t));
+            match spawned {
+                Ok(_) => Some(t),
+                Err(e) => {
+                    // Without the thread the state still moves at the next look (an admission or
+                    // a stats read); only the event comes later.
+                    tracing::warn!(target: "map_wrapper::breaker", error = %e, "no breaker timer thread");
+                    None
+                }
+            }
+        })
+    }
+
+    pub(super) fn schedule(at: Instant, breaker: Weak<CircuitBreaker>) {
+        if let Some(t) = timer() {
+            t.queue.lock().push(Due { at, breaker });
+            t.wake.notify_one();
+        }
+    }
+
+    fn run(t: &'static Timer) {
+        loop {
+            let due = {
+                let mut q = t.queue.lock();
+                loop {
+                    match q.peek().map(|d| d.at) {
+                        None => t.wake.wait(&mut q),
+                        Some(at) if at <= Instant::now() => break q.pop(),
+                        Some(at) => {
+                            t.wake.wait_until(&mut q, at);
+                        }
+                    }
+                }
+            };
+            if let Some(b) = due.and_then(|d| d.breaker.upgrade()) {
+                // A panicking listener must not stop the timer for every other breaker.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.refresh()));
+            }
         }
     }
 }
@@ -1135,7 +1258,9 @@ thread_local! {
     static IN_LISTENER: Cell<bool> = const { Cell::new(false) };
 }
 
-fn call_listeners(listeners: &[BreakerListener], event: &BreakerEvent) {
+/// Calls each listener; a listener that panics is logged and does not stop the others, nor
+/// fail the map operation that happened to deliver the event.
+fn call_listeners(map: &str, listeners: &[BreakerListener], event: &BreakerEvent) {
     if listeners.is_empty() {
         return;
     }
@@ -1147,7 +1272,9 @@ fn call_listeners(listeners: &[BreakerListener], event: &BreakerEvent) {
     }
     let _restore = Restore(IN_LISTENER.with(|f| f.replace(true)));
     for l in listeners {
-        l(event);
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| l(event))).is_err() {
+            tracing::error!(target: "map_wrapper::breaker", map, seq = event.seq, "a breaker listener panicked");
+        }
     }
 }
 
@@ -1171,7 +1298,7 @@ mod tests {
     /// A breaker without a map: calls are admitted, counted and reported as the map does,
     /// every call timed (a map with latency sampling 1).
     struct Rig {
-        b: CircuitBreaker,
+        b: Arc<CircuitBreaker>,
         counters: Arc<Counters>,
         clock: TestClock,
         events: Arc<Mutex<Vec<BreakerEvent>>>,
@@ -1479,6 +1606,19 @@ mod tests {
         assert!(r.end(fresh, OK));
         let again = r.start().unwrap();
         assert!(r.end(again, OK));
+        assert_eq!(r.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn idle_half_open_waits_for_traffic_instead_of_reopening() {
+        let r =
+            Rig::new(count(4).failure_rate(0.5).half_open_probes(1).success_quota(1).max_half_open_wait(S));
+        r.trip();
+        r.clock.advance(S);
+        assert_eq!(r.state(), BreakerState::HalfOpen);
+        r.clock.advance(100 * S);
+        assert_eq!(r.state(), BreakerState::HalfOpen, "no probe is out: nothing is stuck");
+        r.call(OK).unwrap();
         assert_eq!(r.state(), BreakerState::Closed);
     }
 

@@ -53,6 +53,15 @@ impl Clock {
         }
     }
 
+    /// The real instant at `nanos` on this clock, or `None` for a test clock (whose time is
+    /// not the real one).
+    pub(crate) fn instant_at(&self, nanos: u64) -> Option<Instant> {
+        match &self.inner {
+            Inner::System(origin) => origin.checked_add(Duration::from_nanos(nanos)),
+            Inner::Test(_) => None,
+        }
+    }
+
     /// Whether this is a [`TestClock`].
     pub fn is_test(&self) -> bool {
         matches!(self.inner, Inner::Test(_))

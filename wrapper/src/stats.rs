@@ -315,7 +315,7 @@ pub(crate) struct Monitor {
     counters: Arc<Counters>,
     histogram: Histogram,
     stale: AtomicU64,
-    breaker: Option<CircuitBreaker>,
+    breaker: Option<Arc<CircuitBreaker>>,
 }
 
 /// One operation as the monitor sees it; lives in the operation's `Waiter`.
@@ -361,14 +361,14 @@ impl Monitor {
     }
 
     pub(crate) fn breaker(&self) -> Option<&CircuitBreaker> {
-        self.breaker.as_ref()
+        self.breaker.as_deref()
     }
 
     /// Starts watching operation `op`; a rejection by the breaker is left in the observation.
     #[inline]
     pub(crate) fn begin(&self, op: &'static str) -> Observation {
         let (stripe, sampled) = local(self.sample_every);
-        let (generation, probe, rejected) = match self.breaker.as_ref().map(CircuitBreaker::admit) {
+        let (generation, probe, rejected) = match self.breaker.as_deref().map(CircuitBreaker::admit) {
             None => (0, false, None),
             Some(Admission::Pass { generation, probe }) => (generation, probe, None),
             Some(Admission::Reject { retry_after }) => (0, false, Some(retry_after)),
