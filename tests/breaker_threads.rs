@@ -296,7 +296,9 @@ fn listeners_run_outside_the_breaker_lock_and_may_use_the_map() {
 #[test]
 fn open_moves_to_half_open_on_time_without_any_traffic() {
     const OPEN_WAIT: Duration = Duration::from_millis(150);
-    let seen: Arc<Mutex<Vec<(BreakerEvent, Option<String>)>>> = Arc::default();
+    // Each event with the name of the thread that delivered it.
+    type Log = Arc<Mutex<Vec<(BreakerEvent, Option<String>)>>>;
+    let seen: Log = Arc::default();
     let log = Arc::clone(&seen);
     let map: MapWrapper<u32, u32> = MapWrapper::builder()
         .breaker(
