@@ -37,9 +37,36 @@
 //! Each method's documentation says which lock it takes. Any operation can return
 //! [`MapError::Timeout`] (its shard stayed locked past the deadline),
 //! [`MapError::Cancelled`] (its token was cancelled) or [`MapError::WouldDeadlock`] (this
-//! thread already holds the shard). A single-key operation that returns an error changed
+//! thread already holds the shard); on a map with a circuit breaker, also
+//! [`MapError::CircuitOpen`] (refused before taking any lock). A single-key operation that returns an error changed
 //! nothing; what a bulk operation (`retain`, `clear`, `extend`) leaves after an error is
 //! documented on it.
+//!
+//! ## Circuit breaker and statistics
+//!
+//! Every operation ends *ok*, *slow* (above [`Builder::slow_threshold`]), *failed* (timed out
+//! or would have deadlocked) or *ignored* (cancelled, or the caller's closure panicked).
+//! [`MapWrapper::stats`] counts them by operation, with a latency histogram. A map built with
+//! [`Builder::breaker`] also has a [`CircuitBreaker`]: when too many recent calls were slow or
+//! failed it opens, and operations fail fast with [`MapError::CircuitOpen`] until probe calls
+//! show the map has recovered. See [`BreakerConfig`] for the rule and
+//! [`Builder::on_breaker_event`] for its events.
+//!
+//! ```
+//! use std::time::Duration;
+//! use map_wrapper::{BreakerConfig, BreakerState, MapWrapper, SlidingWindow};
+//!
+//! let map: MapWrapper<u32, u32> = MapWrapper::builder()
+//!     .slow_threshold(Duration::from_millis(20))
+//!     .breaker(BreakerConfig::new().window(SlidingWindow::count(50)).minimum_calls(10))
+//!     .on_breaker_event(|e| eprintln!("breaker: {:?}", e.kind))
+//!     .build()?;
+//! map.insert(1, 1)?;
+//! let stats = map.stats();
+//! assert_eq!(stats.total.ok, 1);
+//! assert_eq!(stats.breaker.unwrap().state, BreakerState::Closed);
+//! # Ok::<(), map_wrapper::MapError>(())
+//! ```
 //!
 //! ## Feature flags
 //!
