@@ -778,7 +778,8 @@ impl CircuitBreaker {
         self.load().1
     }
 
-    /// Forces the breaker open: every call is rejected until [`close`](Self::close).
+    /// Forces the breaker open: every call is rejected until [`close`](Self::close). Each of
+    /// these controls does nothing when the breaker is already in the state asked for.
     pub fn force_open(&self) {
         self.manual(BreakerState::ForcedOpen);
     }
@@ -795,7 +796,7 @@ impl CircuitBreaker {
         self.manual(BreakerState::MetricsOnly);
     }
 
-    /// Closes the breaker with an empty window, from any state, and resets the backoff.
+    /// Closes the breaker, from any state, with an empty window; resets the open-wait backoff.
     pub fn close(&self) {
         self.manual(BreakerState::Closed);
     }
@@ -1040,12 +1041,15 @@ impl CircuitBreaker {
     fn manual(&self, to: BreakerState) {
         {
             let mut inner = self.inner.lock();
-            let now = self.clock.now_nanos();
             if to == BreakerState::Closed {
                 inner.openings = 0;
             }
-            let calls = self.counters.calls();
-            self.transition(&mut inner, to, TransitionCause::Manual, now, calls);
+            // Asking for the state it is in changes nothing (and sends no event).
+            if self.load().1 != to {
+                let now = self.clock.now_nanos();
+                let calls = self.counters.calls();
+                self.transition(&mut inner, to, TransitionCause::Manual, now, calls);
+            }
         }
         self.drain();
     }
