@@ -45,6 +45,10 @@ impl Setup {
     }
 
     fn build(self) -> Arc<MapWrapper<u64, u64>> {
+        self.build_with(KEYS)
+    }
+
+    fn build_with(self, keys: u64) -> Arc<MapWrapper<u64, u64>> {
         let b = MapWrapper::builder();
         let b = match self {
             Setup::Off => b.stats(false),
@@ -52,19 +56,20 @@ impl Setup {
             Setup::OnTimeAll => b.breaker(BreakerConfig::new()).latency_sampling(1),
         };
         let map = b.build().expect("valid config");
-        map.extend((0..KEYS).map(|k| (k, k))).expect("fill");
+        map.extend((0..keys).map(|k| (k, k))).expect("fill");
         Arc::new(map)
     }
 }
 
-/// The workload of one thread: 7 reads to 1 write over pseudo-random keys.
-fn work(map: &MapWrapper<u64, u64>, seed: u64, ops: u64) {
+/// The workload of one thread: 7 reads to 1 write over pseudo-random keys below `keys` (all
+/// present: the writes replace values).
+fn work(map: &MapWrapper<u64, u64>, keys: u64, seed: u64, ops: u64) {
     let mut x = seed | 1;
     for _ in 0..ops {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let key = x % KEYS;
+        let key = x % keys;
         if x & 7 == 0 {
             black_box(map.insert(key, x).expect("no contention to speak of"));
         } else {
@@ -76,9 +81,13 @@ fn work(map: &MapWrapper<u64, u64>, seed: u64, ops: u64) {
 /// Runs `ops` operations on each of `threads` threads, all started together; the CPU time
 /// the threads spent, summed.
 fn run(map: &Arc<MapWrapper<u64, u64>>, threads: usize, ops: u64, round: u64) -> Duration {
+    run_keys(map, KEYS, threads, ops, round)
+}
+
+fn run_keys(map: &Arc<MapWrapper<u64, u64>>, keys: u64, threads: usize, ops: u64, round: u64) -> Duration {
     if threads == 1 {
         let start = ThreadTime::now();
-        work(map, round.wrapping_mul(0x9E37_79B9_7F4A_7C15), ops);
+        work(map, keys, round.wrapping_mul(0x9E37_79B9_7F4A_7C15), ops);
         return start.elapsed();
     }
     let barrier = Arc::new(Barrier::new(threads));
@@ -88,7 +97,7 @@ fn run(map: &Arc<MapWrapper<u64, u64>>, threads: usize, ops: u64, round: u64) ->
             thread::spawn(move || {
                 barrier.wait();
                 let start = ThreadTime::now();
-                work(&map, (round * 16 + t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15), ops);
+                work(&map, keys, (round * 16 + t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15), ops);
                 start.elapsed()
             })
         })
@@ -163,6 +172,25 @@ fn paired(rounds: usize, ops: u64) {
     }
 }
 
+/// The fixed cost per operation, where an operation is cheap: a 1024-key map that stays in
+/// cache. Prints CPU nanoseconds per operation, off and on (medians of alternating rounds).
+fn fixed_cost(rounds: usize, ops: u64) {
+    let off = Setup::Off.build_with(1024);
+    let on = Setup::On.build_with(1024);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for r in 0..rounds as u64 {
+        a.push(run_keys(&off, 1024, 1, ops, r).as_nanos() as f64 / ops as f64);
+        b.push(run_keys(&on, 1024, 1, ops, r).as_nanos() as f64 / ops as f64);
+    }
+    a.sort_by(f64::total_cmp);
+    b.sort_by(f64::total_cmp);
+    let (a, b) = (a[rounds / 2], b[rounds / 2]);
+    println!(
+        "\nfixed cost, 1 thread, 1024-key map in cache: off {a:.1} ns/op, on {b:.1} ns/op, +{:.1} ns",
+        b - a
+    );
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let mut c = Criterion::default()
@@ -172,4 +200,5 @@ fn main() {
     bench(&mut c);
     c.final_summary();
     paired(if quick { 21 } else { 101 }, 1 << 16);
+    fixed_cost(if quick { 21 } else { 101 }, 1 << 16);
 }

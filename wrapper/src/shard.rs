@@ -122,6 +122,7 @@ pub(crate) struct Waiter<'a, 'c> {
 }
 
 impl<'a, 'c> Waiter<'a, 'c> {
+    #[inline(always)]
     pub(crate) fn new(
         map_name: &'a Arc<str>,
         map_id: u64,
@@ -138,8 +139,8 @@ impl<'a, 'c> Waiter<'a, 'c> {
     #[inline]
     fn rejection(&mut self) -> Option<MapError> {
         match &mut self.observed {
-            Some((m, obs)) if obs.rejection.is_some() => obs.rejection.take().map(|r| m.circuit_open(r)),
-            _ => None,
+            Some((m, obs)) => obs.take_rejection().map(|r| m.circuit_open(r)),
+            None => None,
         }
     }
 
@@ -147,7 +148,7 @@ impl<'a, 'c> Waiter<'a, 'c> {
     #[inline]
     fn failed(&mut self, failure: Failure, err: MapError) -> MapError {
         if let Some((_, obs)) = &mut self.observed {
-            obs.failure = Some(failure);
+            obs.fail(failure);
         }
         err
     }

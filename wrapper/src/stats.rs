@@ -58,36 +58,31 @@ const KINDS: [&str; 19] = [
 ];
 
 /// The counter row of operation `op`: a dispatch on the name's length and first byte, then
-/// one comparison (a plain `match` on strings would compare against each name in turn).
-#[inline]
+/// one comparison with a name of known length (which compiles to a couple of integer
+/// compares; a plain `match` on strings compares against each name in turn).
+#[inline(always)]
 fn kind_index(op: &str) -> usize {
     const OTHER: usize = KINDS.len() - 1;
-    let b = op.as_bytes();
-    let guess = match (b.len(), b.first().copied().unwrap_or(0)) {
-        (6, b'i') => 0,
-        (3, b'g') => 1,
-        (10, b'g') => 2,
-        (4, b'v') => 3,
-        (12, b'c') => 4,
-        (6, b'r') if b[2] == b'm' => 5,
-        (12, b'r') => 6,
-        (9, b'r') => 7,
-        (6, b'u') => 8,
-        (5, b'a') => 9,
-        (5, b'e') => 10,
-        (6, b'r') => 11,
-        (5, b'c') => 12,
-        (3, b'l') => 13,
-        (8, b'i') => 14,
-        (8, b'f') => 15,
-        (8, b's') => 16,
-        (6, b'e') => 17,
-        _ => return OTHER,
-    };
-    if KINDS[guess] == op {
-        guess
-    } else {
-        OTHER
+    match (op.len(), op.as_bytes().first().copied().unwrap_or(0)) {
+        (6, b'i') if op == "insert" => 0,
+        (3, b'g') if op == "get" => 1,
+        (10, b'g') if op == "get_cloned" => 2,
+        (4, b'v') if op == "view" => 3,
+        (12, b'c') if op == "contains_key" => 4,
+        (6, b'r') if op == "remove" => 5,
+        (12, b'r') if op == "remove_entry" => 6,
+        (9, b'r') if op == "remove_if" => 7,
+        (6, b'u') if op == "update" => 8,
+        (5, b'a') if op == "alter" => 9,
+        (5, b'e') if op == "entry" => 10,
+        (6, b'r') if op == "retain" => 11,
+        (5, b'c') if op == "clear" => 12,
+        (3, b'l') if op == "len" => 13,
+        (8, b'i') if op == "is_empty" => 14,
+        (8, b'f') if op == "for_each" => 15,
+        (8, b's') if op == "snapshot" => 16,
+        (6, b'e') if op == "extend" => 17,
+        _ => OTHER,
     }
 }
 
@@ -304,6 +299,8 @@ pub(crate) enum Failure {
     Expired,
     WouldDeadlock,
     Cancelled,
+    /// The breaker rejected the operation; its `retry_after` until the operation returns it.
+    Rejected(Option<Duration>),
 }
 
 /// What the map observes about its operations: counters, latency, and the breaker.
@@ -321,19 +318,36 @@ pub(crate) struct Monitor {
 /// One operation as the monitor sees it; lives in the operation's `Waiter`.
 #[derive(Debug)]
 pub(crate) struct Observation {
+    generation: u64,
+    /// When timing started (clock nanos), if the operation is timed.
+    start: Option<u64>,
+    failure: Option<Failure>,
     stripe: u8,
     kind: u8,
     probe: bool,
     sampled: bool,
     /// Set when the operation waited for a lock (timed from its first wait).
     contended: bool,
-    rejected: bool,
-    generation: u64,
-    /// When timing started (clock nanos), if the operation is timed.
-    start: Option<u64>,
-    /// The breaker's rejection (its `retry_after`), until the operation returns it.
-    pub(crate) rejection: Option<Duration>,
-    pub(crate) failure: Option<Failure>,
+    /// Untimed, not a probe, no failure: the end of the operation is one counter increment.
+    plain: bool,
+}
+
+impl Observation {
+    /// Records how the operation failed.
+    #[inline]
+    pub(crate) fn fail(&mut self, failure: Failure) {
+        self.failure = Some(failure);
+        self.plain = false;
+    }
+
+    /// The breaker's rejection (its `retry_after`), the first time it is asked for.
+    #[inline]
+    pub(crate) fn take_rejection(&mut self) -> Option<Duration> {
+        match &mut self.failure {
+            Some(Failure::Rejected(r)) => r.take(),
+            _ => None,
+        }
+    }
 }
 
 impl Monitor {
@@ -365,7 +379,7 @@ impl Monitor {
     }
 
     /// Starts watching operation `op`; a rejection by the breaker is left in the observation.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn begin(&self, op: &'static str) -> Observation {
         let (stripe, sampled) = local(self.sample_every);
         let (generation, probe, rejected) = match self.breaker.as_deref().map(CircuitBreaker::admit) {
@@ -375,16 +389,15 @@ impl Monitor {
         };
         let kind = kind_index(op);
         let mut obs = Observation {
+            generation,
+            start: None,
+            failure: rejected.map(|r| Failure::Rejected(Some(r))),
             stripe: (stripe & (STRIPES - 1)) as u8,
             kind: kind as u8,
             probe,
             sampled,
             contended: false,
-            rejected: rejected.is_some(),
-            generation,
-            start: None,
-            rejection: rejected,
-            failure: None,
+            plain: rejected.is_none() && !probe && !sampled,
         };
         if let Some(retry_after) = rejected {
             self.counters.add(stripe, kind, Slot::Rejected);
@@ -409,6 +422,7 @@ impl Monitor {
     #[cold]
     pub(crate) fn contended(&self, obs: &mut Observation) {
         obs.contended = true;
+        obs.plain = false;
         if obs.start.is_none() {
             obs.start = Some(self.clock.now_nanos());
         }
@@ -417,11 +431,8 @@ impl Monitor {
     /// The operation is over: count it, time it, and tell the breaker.
     #[inline]
     pub(crate) fn finish(&self, obs: &Observation) {
-        if obs.rejected {
-            return;
-        }
         let (kind, stripe) = (usize::from(obs.kind), usize::from(obs.stripe));
-        if obs.start.is_none() && obs.failure.is_none() && !obs.probe {
+        if obs.plain {
             // The fast path: untimed and fine.
             let slot = if std::thread::panicking() { Slot::Panicked } else { Slot::Ok };
             self.counters.add(stripe, kind, slot);
@@ -434,6 +445,8 @@ impl Monitor {
     fn finish_slow(&self, kind: usize, obs: &Observation) {
         let mut now = None;
         let (slot, verdict, latency) = match obs.failure {
+            // Counted when it was rejected.
+            Some(Failure::Rejected(_)) => return,
             // Recorded at the deadline: the time it waited.
             Some(Failure::Timeout { waited }) => {
                 (Slot::Timeout, Verdict::Failed { slow: true }, Some(duration_nanos(waited)))
