@@ -1077,7 +1077,10 @@ impl CircuitBreaker {
                 inner.rng = x;
                 let u = (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64;
                 let factor = 1.0 + jitter * (2.0 * u - 1.0);
-                duration_nanos(Duration::from_secs_f64((base * factor).max(1e-9)))
+                // Saturates instead of panicking on waits beyond `Duration::MAX`.
+                duration_nanos(
+                    Duration::try_from_secs_f64((base * factor).max(1e-9)).unwrap_or(Duration::MAX),
+                )
             }
         }
     }
@@ -1701,6 +1704,25 @@ mod tests {
                 handles.into_iter().filter(|_| true).map(|h| h.join().unwrap()).filter(|&ok| ok).count();
             assert_eq!(admitted, 3);
         }
+    }
+
+    #[test]
+    fn extreme_but_valid_settings_saturate_instead_of_panicking() {
+        let wait = OpenWait::Exponential { initial: S, multiplier: 1e300, max: Duration::MAX, jitter: 0.99 };
+        let r = Rig::new(count(1).minimum_calls(1).failure_rate(1.0).open_wait(wait).half_open_probes(1));
+        r.call(FAIL).unwrap();
+        let first = r.start().unwrap_err();
+        r.clock.advance(first);
+        let probe = r.start().unwrap();
+        r.end(probe, FAIL);
+        let second = r.start();
+        assert!(matches!(second, Err(d) if d > Duration::from_secs(1 << 30)), "{first:?} then {second:?}");
+        let time =
+            BreakerConfig::new().window(SlidingWindow::Time { span: Duration::MAX, buckets: MAX_BUCKETS });
+        let r = Rig::new(time.minimum_calls(1).failure_rate(1.0));
+        r.clock.advance(Duration::from_secs(1 << 40));
+        r.call(FAIL).unwrap();
+        assert_eq!(r.state(), BreakerState::Open);
     }
 
     #[test]
