@@ -63,7 +63,7 @@ pub use builder::{
 pub use cancel::CancelToken;
 pub use context::{ContextGuard, OpContext};
 pub use error::{MapError, Severity};
-pub use map::{Entry, MapWrapper, Ref, Upserted, WithContext};
+pub use map::{Entry, Iter, MapWrapper, Ref, Upserted, WithContext};
 
 /// `MapWrapper` can be shared between threads when its keys and values can.
 #[allow(dead_code)]
