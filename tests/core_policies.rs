@@ -14,19 +14,40 @@ fn one_shard(timeout: Duration) -> Arc<MapWrapper<u32, u32>> {
     Arc::new(MapWrapper::builder().name("policy-test").shards(1).timeout(timeout).build().unwrap())
 }
 
-/// Holds the (only) shard for reading from another thread until told to let go.
-fn hold_shard(map: &Arc<MapWrapper<u32, u32>>, key: u32) -> (mpsc::Sender<()>, thread::JoinHandle<()>) {
+/// Makes another thread hold the (only) shard until released: for reading through a `get`
+/// guard, or for writing by parking inside an `update` closure.
+fn hold(
+    map: &Arc<MapWrapper<u32, u32>>,
+    key: u32,
+    write: bool,
+) -> (mpsc::Sender<()>, thread::JoinHandle<()>) {
     let (locked_tx, locked_rx) = mpsc::channel();
     let (release_tx, release_rx) = mpsc::channel::<()>();
     let map = Arc::clone(map);
     let h = thread::spawn(move || {
-        let guard = map.get(&key).unwrap().expect("key present");
-        locked_tx.send(()).unwrap();
-        let _ = release_rx.recv();
-        drop(guard);
+        let park = || {
+            locked_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+        };
+        if write {
+            map.update(&key, |v| {
+                *v += 1;
+                park();
+            })
+            .unwrap()
+            .expect("key present");
+        } else {
+            let guard = map.get(&key).unwrap().expect("key present");
+            park();
+            drop(guard);
+        }
     });
     locked_rx.recv().unwrap();
     (release_tx, h)
+}
+
+fn hold_shard(map: &Arc<MapWrapper<u32, u32>>, key: u32) -> (mpsc::Sender<()>, thread::JoinHandle<()>) {
+    hold(map, key, false)
 }
 
 #[test]
@@ -308,34 +329,12 @@ fn builder_misuse_returns_errors() {
     assert!(matches!(e, MapError::InvalidConfig { field: "slow_threshold", .. }));
 }
 
-/// Makes another thread hold the (only) shard's WRITE lock, by parking inside an `update`
-/// closure until released.
-fn hold_shard_for_writing(
-    map: &Arc<MapWrapper<u32, u32>>,
-    key: u32,
-) -> (mpsc::Sender<()>, thread::JoinHandle<()>) {
-    let (locked_tx, locked_rx) = mpsc::channel();
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let map = Arc::clone(map);
-    let h = thread::spawn(move || {
-        map.update(&key, |v| {
-            *v += 1;
-            locked_tx.send(()).unwrap();
-            let _ = release_rx.recv();
-        })
-        .unwrap()
-        .unwrap();
-    });
-    locked_rx.recv().unwrap();
-    (release_tx, h)
-}
-
 #[test]
 fn reads_time_out_behind_a_held_write_guard() {
     let timeout = Duration::from_millis(60);
     let map = one_shard(timeout);
     map.insert(1, 10).unwrap();
-    let (release, h) = hold_shard_for_writing(&map, 1);
+    let (release, h) = hold(&map, 1, true);
     for r in [map.get_cloned(&1).map(|_| ()), map.contains_key(&1).map(|_| ()), map.len().map(|_| ())] {
         match r {
             Err(MapError::Timeout { waited, .. }) => assert!(waited >= timeout, "{waited:?}"),
