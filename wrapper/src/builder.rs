@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::audit::ValuePolicy;
+use crate::audit::{encoder, AuditSetup, Auditor, MapAudit, ValuePolicy};
 use crate::{MapError, MapWrapper};
 
 /// The most shards a map may have.
@@ -83,12 +83,19 @@ pub struct Builder<K, V, S = RandomState> {
     config: Config,
     shards: Option<usize>,
     hasher: S,
+    audit: Option<AuditSetup<K, V>>,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
 impl<K, V> Builder<K, V, RandomState> {
     pub(crate) fn new() -> Self {
-        Builder { config: Config::default(), shards: None, hasher: RandomState::new(), _types: PhantomData }
+        Builder {
+            config: Config::default(),
+            shards: None,
+            hasher: RandomState::new(),
+            audit: None,
+            _types: PhantomData,
+        }
     }
 }
 
@@ -135,9 +142,47 @@ impl<K, V, S> Builder<K, V, S> {
         self
     }
 
+    /// Audits every mutation into `auditor`'s sink, keys and values encoded with serde per
+    /// [`key_policy`](Builder::key_policy) and [`value_policy`](Builder::value_policy). See
+    /// [`crate::audit`] for what is recorded and what happens when the sink fails.
+    ///
+    /// `build()` fails with [`MapError::InvalidConfig`] when a policy is
+    /// [`ValuePolicy::Digest`] and the auditor has no digest key.
+    ///
+    /// ```
+    /// use map_wrapper::audit::{Auditor, MemorySink};
+    /// use map_wrapper::{MapWrapper, OpContext};
+    ///
+    /// let sink = MemorySink::new();
+    /// let map: MapWrapper<String, i64> =
+    ///     MapWrapper::builder().name("balances").auditor(Auditor::new(sink.clone())).build()?;
+    /// map.with(&OpContext::new().actor("alice")).insert("acct-1".into(), 10)?;
+    /// let rec = &sink.records()[0];
+    /// assert_eq!((rec.op.as_str(), rec.actor.as_str(), rec.outcome.as_str()), ("insert", "alice", "ok"));
+    /// # Ok::<(), map_wrapper::MapError>(())
+    /// ```
+    pub fn auditor(mut self, auditor: Auditor) -> Self
+    where
+        K: serde::Serialize + 'static,
+        V: serde::Serialize + 'static,
+    {
+        self.audit = Some(AuditSetup { auditor, key: encoder::<K>, value: Some(encoder::<V>) });
+        self
+    }
+
+    /// Like [`auditor`](Builder::auditor), but values are never encoded: every record shows
+    /// them as `{"redacted": true}` whatever the value policy, so `V` needs no `Serialize`.
+    pub fn auditor_redacted(mut self, auditor: Auditor) -> Self
+    where
+        K: serde::Serialize + 'static,
+    {
+        self.audit = Some(AuditSetup { auditor, key: encoder::<K>, value: None });
+        self
+    }
+
     /// The hasher used for keys (which also picks the shard).
     pub fn hasher<S2>(self, hasher: S2) -> Builder<K, V, S2> {
-        Builder { config: self.config, shards: self.shards, hasher, _types: PhantomData }
+        Builder { config: self.config, shards: self.shards, hasher, audit: self.audit, _types: PhantomData }
     }
 
     fn config(&self) -> Result<Config, MapError> {
@@ -183,7 +228,13 @@ impl<K, V, S: BuildHasher> Builder<K, V, S> {
     /// [`MapError::InvalidConfig`] naming the setting at fault.
     pub fn build(self) -> Result<MapWrapper<K, V, S>, MapError> {
         let config = self.config()?;
-        Ok(MapWrapper::from_config(config, self.hasher))
+        let audit = match self.audit {
+            Some(setup) => Some(Box::new(MapAudit::build(setup, config.key_policy, config.value_policy)?)),
+            None => None,
+        };
+        let mut map = MapWrapper::from_config(config, self.hasher);
+        map.audit = audit;
+        Ok(map)
     }
 }
 
