@@ -18,16 +18,16 @@ use super::sink::{AuditSink, Durability, SinkError, Ticket};
 /// write and sync failures.
 pub trait SegmentWriter: Send {
     /// Writes all of `buf` (as [`Write::write_all`]).
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
+    fn append(&mut self, buf: &[u8]) -> io::Result<()>;
     /// Makes what was written durable (as [`File::sync_data`]).
-    fn sync_data(&mut self) -> io::Result<()>;
+    fn sync(&mut self) -> io::Result<()>;
 }
 
 impl SegmentWriter for File {
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
         Write::write_all(self, buf)
     }
-    fn sync_data(&mut self) -> io::Result<()> {
+    fn sync(&mut self) -> io::Result<()> {
         File::sync_data(self)
     }
 }
@@ -332,8 +332,8 @@ impl JsonLinesSink {
         };
         let mut header = String::new();
         chain.seal_header(n, prev_len, recovered, &mut header);
-        file.write_all(header.as_bytes()).map_err(|e| err("cannot write a segment header", e))?;
-        file.sync_data().map_err(|e| err("cannot sync a segment header", e))?;
+        file.append(header.as_bytes()).map_err(|e| err("cannot write a segment header", e))?;
+        file.sync().map_err(|e| err("cannot sync a segment header", e))?;
         Ok(Writer { file, segment: n, segment_bytes: header.len() as u64, chain })
     }
 
@@ -352,8 +352,8 @@ impl JsonLinesSink {
         writer
             .chain
             .seal_event(&AuditEvent::new(EventFields::lifecycle("audit_start", Some(why))), &mut lines);
-        writer.file.write_all(lines.as_bytes()).map_err(|e| err("cannot write to the trail", e))?;
-        writer.file.sync_data().map_err(|e| err("cannot sync the trail", e))?;
+        writer.file.append(lines.as_bytes()).map_err(|e| err("cannot write to the trail", e))?;
+        writer.file.sync().map_err(|e| err("cannot sync the trail", e))?;
         writer.segment_bytes += lines.len() as u64;
         let last = writer.chain.next_seq() - 1;
         let shared = Arc::new(Shared {
@@ -443,7 +443,7 @@ fn run_writer(shared: &Shared, mut w: Writer) {
             shared.progress.notify_all();
         }
         if sync {
-            if let Err(e) = w.file.sync_data() {
+            if let Err(e) = w.file.sync() {
                 // Never sync this file again: after a failed fsync the kernel may have dropped
                 // the dirty pages, and a second fsync would report success for data that is
                 // gone. The segment is poisoned; reopen() starts a new one.
@@ -478,7 +478,7 @@ fn write_batch(
 fn flush_buf(w: &mut Writer, buf: &mut String) -> Result<(), SinkError> {
     if !buf.is_empty() {
         w.file
-            .write_all(buf.as_bytes())
+            .append(buf.as_bytes())
             .map_err(|e| err(&format!("write to {} failed", segment_file_name(w.segment)), e))?;
         w.segment_bytes += buf.len() as u64;
         buf.clear();
@@ -489,7 +489,7 @@ fn flush_buf(w: &mut Writer, buf: &mut String) -> Result<(), SinkError> {
 /// Finishes the current segment (written and synced) and starts the next one.
 fn rotate(shared: &Shared, w: &mut Writer, buf: &mut String) -> Result<(), SinkError> {
     flush_buf(w, buf)?;
-    w.file.sync_data().map_err(|e| err(&format!("fsync of {} failed", segment_file_name(w.segment)), e))?;
+    w.file.sync().map_err(|e| err(&format!("fsync of {} failed", segment_file_name(w.segment)), e))?;
     let next = JsonLinesSink::new_segment(
         &shared.dir,
         &shared.opts,
@@ -595,8 +595,8 @@ impl AuditSink for JsonLinesSink {
         let mut lines = String::new();
         let why = format!("reopened after failure: {}", reason.reason());
         w.chain.seal_event(&AuditEvent::new(EventFields::lifecycle("audit_start", Some(&why))), &mut lines);
-        w.file.write_all(lines.as_bytes()).map_err(|e| err("cannot write to the new segment", e))?;
-        w.file.sync_data().map_err(|e| err("cannot sync the new segment", e))?;
+        w.file.append(lines.as_bytes()).map_err(|e| err("cannot write to the new segment", e))?;
+        w.file.sync().map_err(|e| err("cannot sync the new segment", e))?;
         w.segment_bytes += lines.len() as u64;
         let last = w.chain.next_seq() - 1;
         {
