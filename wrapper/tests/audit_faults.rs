@@ -194,3 +194,59 @@ fn fail_open_keeps_mutating_counts_lost_records_and_writes_a_sink_gap_on_reopen(
     let gap = records(dir.path()).into_iter().find(|r| r.op == "sink_gap").expect("a sink_gap record");
     assert_eq!(gap.reason.unwrap(), format!("{lost} records lost while the sink was unavailable"));
 }
+
+const DISK_FULL_CHILD: &str = "MW_AUDIT_DISK_FULL_CHILD";
+
+/// The child side of the disk-full test: a 64 KiB file-size limit, then inserts until refused.
+fn disk_full_child(dir: &Path) {
+    let limit = libc::rlimit { rlim_cur: 64 << 10, rlim_max: 64 << 10 };
+    // SAFETY: plain libc calls on this (child) process with valid arguments: ignore SIGXFSZ so
+    // a write past the limit fails with EFBIG instead of killing the process, then set the
+    // limit.
+    unsafe {
+        assert_ne!(libc::signal(libc::SIGXFSZ, libc::SIG_IGN), libc::SIG_ERR);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
+    }
+    let sink = JsonLinesSink::open(dir, JsonLinesOptions::default()).unwrap();
+    let map: MapWrapper<u32, String> =
+        MapWrapper::builder().auditor(Auditor::new(sink).durability(Durability::Synced)).build().unwrap();
+    let mut out = io::stdout().lock();
+    for i in 0..100_000u32 {
+        match map.insert(i, "x".repeat(100)) {
+            Ok(_) => writeln!(out, "ack {i}").unwrap(),
+            Err(e) => {
+                writeln!(out, "err {i} {}", e.code()).unwrap();
+                let after = map.insert(i + 1, String::new()).unwrap_err();
+                writeln!(out, "after {}", after.code()).unwrap();
+                return;
+            }
+        }
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_mutations_and_keeps_every_acknowledged_record() {
+    if let Some(dir) = std::env::var_os(DISK_FULL_CHILD) {
+        return disk_full_child(Path::new(&dir));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "a_full_disk_refuses_mutations_and_keeps_every_acknowledged_record", "--nocapture"])
+        .env(DISK_FULL_CHILD, dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let acked: Vec<u32> =
+        stdout.lines().filter_map(|l| l.strip_prefix("ack ")).map(|k| k.parse().unwrap()).collect();
+    assert!(acked.len() > 100, "{stdout}");
+    assert!(stdout.contains("AUDIT_UNAVAILABLE") && stdout.contains("after AUDIT_UNAVAILABLE"), "{stdout}");
+    let recorded = ok_keys(dir.path());
+    assert!(acked.iter().all(|k| recorded.contains(k)), "an acknowledged insert has no record");
+    let report = verify::verify_paths(&[dir.path().to_path_buf()], &Default::default()).unwrap();
+    assert_ne!(report.verdict, verify::Verdict::Tampered, "{}", report.human());
+    // The next process repairs the tail and goes on.
+    drop(JsonLinesSink::open(dir.path(), JsonLinesOptions::default()).unwrap());
+    let report = verify::verify_paths(&[dir.path().to_path_buf()], &Default::default()).unwrap();
+    assert_eq!(report.verdict, verify::Verdict::Intact, "{}", report.human());
+}
