@@ -27,7 +27,7 @@
 //! # When the sink fails
 //!
 //! Fail-closed (the default): once the sink reports a failure, every mutation is refused with
-//! [`MapError::AuditUnavailable`](crate::MapError::AuditUnavailable) before it locks anything,
+//! [`MapError::AuditUnavailable`] before it locks anything,
 //! so the map is read-only until [`Auditor::reopen`] succeeds. Reads keep working. What the
 //! map holds after the failure:
 //!
