@@ -35,6 +35,7 @@ where
 {
     /// Deserializes a map into a new `MapWrapper` with the default configuration.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[allow(clippy::type_complexity)] // a marker type, never spelled out
         struct Pairs<K, V, S>(PhantomData<fn() -> (K, V, S)>);
         impl<'de, K, V, S> Visitor<'de> for Pairs<K, V, S>
         where
