@@ -250,3 +250,32 @@ fn a_full_disk_refuses_mutations_and_keeps_every_acknowledged_record() {
     let report = verify::verify_paths(&[dir.path().to_path_buf()], &Default::default()).unwrap();
     assert_eq!(report.verdict, verify::Verdict::Intact, "{}", report.human());
 }
+
+#[test]
+fn a_segment_file_left_without_its_header_is_removed_on_open_with_a_record() {
+    for leftover in [&b""[..], &b"{\"v\":1,\"segment\":2,\"ts\""[..]] {
+        let dir = tempfile::tempdir().unwrap();
+        drop(JsonLinesSink::open(dir.path(), JsonLinesOptions::default()).unwrap());
+        // A crash between creating segment 2 and writing its whole header.
+        std::fs::write(dir.path().join("segment-000002.jsonl"), leftover).unwrap();
+        let report = verify::verify_paths(&[dir.path().to_path_buf()], &Default::default()).unwrap();
+        assert_ne!(report.verdict, verify::Verdict::Tampered, "{}", report.human());
+
+        let sink = JsonLinesSink::open(dir.path(), JsonLinesOptions::default()).unwrap();
+        let map: MapWrapper<u32, u32> = MapWrapper::builder().auditor(Auditor::new(sink)).build().unwrap();
+        map.insert(1, 1).unwrap();
+        drop(map);
+        let report = verify::verify_paths(&[dir.path().to_path_buf()], &Default::default()).unwrap();
+        assert_eq!(report.verdict, verify::Verdict::Intact, "{}", report.human());
+        let gap = records(dir.path()).into_iter().find(|r| r.op == "sink_gap").expect("a sink_gap record");
+        assert_eq!(
+            gap.reason.unwrap(),
+            format!(
+                "removed segment-000002.jsonl: {} bytes of an incomplete segment header left by an interrupted \
+                 segment creation",
+                leftover.len()
+            )
+        );
+        assert!(ok_keys(dir.path()).contains(&1));
+    }
+}

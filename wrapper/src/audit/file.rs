@@ -170,6 +170,28 @@ fn scan_segment(path: &Path) -> io::Result<Tail> {
     Ok(tail)
 }
 
+/// The segments of `dir`, after removing a last segment file that holds no complete line: a
+/// crash (or a failed write) interrupted its creation before its header was whole, so it
+/// holds no record. Says what it removed.
+fn segments_without_headerless_last(dir: &Path) -> Result<(Vec<(u64, PathBuf)>, Option<String>), SinkError> {
+    let mut segments = list_segments(dir).map_err(|e| err("cannot list the audit directory", e))?;
+    let mut note = None;
+    if let Some((n, path)) = segments.last() {
+        let bytes = std::fs::read(path).map_err(|e| err(&format!("cannot read {}", path.display()), e))?;
+        if !bytes.contains(&b'\n') {
+            std::fs::remove_file(path).map_err(|e| err(&format!("cannot remove {}", path.display()), e))?;
+            sync_dir(dir).map_err(|e| err("cannot sync the audit directory", e))?;
+            note = Some(format!(
+                "removed {}: {} bytes of an incomplete segment header left by an interrupted segment creation",
+                segment_file_name(*n),
+                bytes.len()
+            ));
+            segments.pop();
+        }
+    }
+    Ok((segments, note))
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -265,7 +287,7 @@ impl JsonLinesSink {
     pub fn open(dir: impl AsRef<Path>, opts: JsonLinesOptions) -> Result<Self, SinkError> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| err("cannot create the audit directory", e))?;
-        let segments = list_segments(&dir).map_err(|e| err("cannot list the audit directory", e))?;
+        let (segments, removed) = segments_without_headerless_last(&dir)?;
         let (writer, note) = match segments.last() {
             None => (Self::new_segment(&dir, &opts, Chain::new(opts.chain_key.clone()), 1, 0, false)?, None),
             Some((n, path)) => {
@@ -307,7 +329,8 @@ impl JsonLinesSink {
                 (Writer { file, segment: *n, segment_bytes: tail.intact_len, chain }, note)
             }
         };
-        Self::start(dir, opts, writer, note.as_deref().map(|n| ("sink_gap", n)), "opened")
+        let gaps: Vec<String> = removed.into_iter().chain(note).collect();
+        Self::start(dir, opts, writer, &gaps, "opened")
     }
 
     /// Creates segment `n` with its header, syncs it and the directory.
@@ -342,12 +365,14 @@ impl JsonLinesSink {
         dir: PathBuf,
         opts: JsonLinesOptions,
         mut writer: Writer,
-        first: Option<(&'static str, &str)>,
+        gaps: &[String],
         why: &str,
     ) -> Result<Self, SinkError> {
         let mut lines = String::new();
-        if let Some((op, reason)) = first {
-            writer.chain.seal_event(&AuditEvent::new(EventFields::lifecycle(op, Some(reason))), &mut lines);
+        for gap in gaps {
+            writer
+                .chain
+                .seal_event(&AuditEvent::new(EventFields::lifecycle("sink_gap", Some(gap))), &mut lines);
         }
         writer
             .chain
@@ -585,15 +610,17 @@ impl AuditSink for JsonLinesSink {
             let _ = t.join();
         }
         let dir = &self.shared.dir;
-        let (n, path) = list_segments(dir)
-            .map_err(|e| err("cannot list the audit directory", e))?
-            .pop()
-            .ok_or_else(|| SinkError::new("the audit directory has no segment"))?;
+        let (mut segments, removed) = segments_without_headerless_last(dir)?;
+        let (n, path) = segments.pop().ok_or_else(|| SinkError::new("the audit directory has no segment"))?;
         let tail = scan_segment(&path).map_err(|e| err("cannot read the failed segment", e))?;
         let chain = Chain::resume(self.shared.opts.chain_key.clone(), tail.last_seq + 1, tail.last_hash);
         let mut w = JsonLinesSink::new_segment(dir, &self.shared.opts, chain, n + 1, tail.intact_len, true)?;
         let mut lines = String::new();
-        let why = format!("reopened after failure: {}", reason.reason());
+        let mut why = format!("reopened after failure: {}", reason.reason());
+        if let Some(removed) = removed {
+            why.push_str("; ");
+            why.push_str(&removed);
+        }
         w.chain.seal_event(&AuditEvent::new(EventFields::lifecycle("audit_start", Some(&why))), &mut lines);
         w.file.append(lines.as_bytes()).map_err(|e| err("cannot write to the new segment", e))?;
         w.file.sync().map_err(|e| err("cannot sync the new segment", e))?;
