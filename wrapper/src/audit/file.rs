@@ -170,10 +170,13 @@ fn scan_segment(path: &Path) -> io::Result<Tail> {
     Ok(tail)
 }
 
+/// Segment files by number.
+type Segments = Vec<(u64, PathBuf)>;
+
 /// The segments of `dir`, after removing a last segment file that holds no complete line: a
 /// crash (or a failed write) interrupted its creation before its header was whole, so it
 /// holds no record. Says what it removed.
-fn segments_without_headerless_last(dir: &Path) -> Result<(Vec<(u64, PathBuf)>, Option<String>), SinkError> {
+fn segments_without_headerless_last(dir: &Path) -> Result<(Segments, Option<String>), SinkError> {
     let mut segments = list_segments(dir).map_err(|e| err("cannot list the audit directory", e))?;
     let mut note = None;
     if let Some((n, path)) = segments.last() {
