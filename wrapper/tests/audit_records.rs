@@ -329,3 +329,22 @@ fn per_key_order_matches_the_values_each_key_held_under_contention() {
     assert_eq!(n, THREADS as i64 * OPS);
     assert_eq!(seen, finals);
 }
+
+#[test]
+fn a_closure_that_panics_after_changing_a_value_is_recorded_as_panicked() {
+    let sink = MemorySink::new();
+    let map = audited(&sink);
+    map.insert("k".into(), 1).unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        map.update("k", |v| {
+            *v = 99;
+            panic!("user code");
+        })
+    }));
+    assert!(r.is_err(), "the panic goes on to the caller");
+    assert_eq!(map.get_cloned("k").unwrap(), Some(99));
+    let rec = sink.records().pop().unwrap();
+    assert_eq!((rec.op.as_str(), rec.outcome.as_str()), ("update", "panicked"));
+    assert_eq!((rec.old, rec.new), (full(json!(1)), full(json!(99))));
+    map.insert("k".into(), 2).unwrap(); // the shard was released
+}
