@@ -5,7 +5,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -228,6 +228,20 @@ struct Shared {
     failed: AtomicBool,
     dir: PathBuf,
     opts: JsonLinesOptions,
+    records: AtomicU64,
+    batches: AtomicU64,
+    syncs: AtomicU64,
+}
+
+/// What a [`JsonLinesSink`]'s writer has done since it was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct JsonLinesStats {
+    /// Records written (lifecycle records included).
+    pub records: u64,
+    /// Batches handed to the OS (one `write` each, unless a rotation splits one).
+    pub batches: u64,
+    /// `fdatasync` calls made for waiters (group commits).
+    pub syncs: u64,
 }
 
 /// What the writer thread owns.
@@ -400,6 +414,9 @@ impl JsonLinesSink {
             failed: AtomicBool::new(false),
             dir,
             opts,
+            records: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
         });
         let thread = spawn_writer(Arc::clone(&shared), writer)?;
         Ok(JsonLinesSink { shared, thread: Mutex::new(Some(thread)) })
@@ -408,6 +425,15 @@ impl JsonLinesSink {
     /// The directory of the trail.
     pub fn dir(&self) -> &Path {
         &self.shared.dir
+    }
+
+    /// What the writer has done so far (records, batches, group-commit syncs).
+    pub fn stats(&self) -> JsonLinesStats {
+        JsonLinesStats {
+            records: self.shared.records.load(Ordering::Relaxed),
+            batches: self.shared.batches.load(Ordering::Relaxed),
+            syncs: self.shared.syncs.load(Ordering::Relaxed),
+        }
     }
 
     /// Writes an `audit_stop` record, syncs, and stops the writer. Appends after this fail.
@@ -462,6 +488,8 @@ fn run_writer(shared: &Shared, mut w: Writer) {
         if let Err(e) = write_batch(shared, &mut w, &batch, &mut buf) {
             return fail(shared, e);
         }
+        shared.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        shared.batches.fetch_add(u64::from(!batch.is_empty()), Ordering::Relaxed);
         batch.clear();
         let last = w.chain.next_seq() - 1;
         {
@@ -477,6 +505,7 @@ fn run_writer(shared: &Shared, mut w: Writer) {
                 // gone. The segment is poisoned; reopen() starts a new one.
                 return fail(shared, err(&format!("fsync of {} failed", segment_file_name(w.segment)), e));
             }
+            shared.syncs.fetch_add(1, Ordering::Relaxed);
             let mut st = shared.state.lock();
             st.synced = last;
             shared.progress.notify_all();

@@ -60,7 +60,7 @@ mod sink;
 pub mod verify;
 
 pub use file::{
-    list_segments, parse_segment_file_name, segment_file_name, JsonLinesOptions, JsonLinesSink,
+    list_segments, parse_segment_file_name, segment_file_name, JsonLinesOptions, JsonLinesSink, JsonLinesStats,
     SegmentWriter, WriterHook,
 };
 pub use record::{
