@@ -76,6 +76,7 @@ struct Alt {
 }
 
 fn tracing_alternative(threads: usize, dir: &Path) -> Alt {
+    std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("tracing.jsonl");
     let (writer, guard) = tracing_appender::non_blocking(File::create(&path).unwrap());
     let dispatch = tracing::Dispatch::new(tracing_subscriber::fmt().json().with_writer(writer).finish());
@@ -97,7 +98,10 @@ fn tracing_alternative(threads: usize, dir: &Path) -> Alt {
     );
     drop(guard); // flushes what the appender still holds
     let lines = BufReader::new(File::open(&path).unwrap()).lines().count() as u64;
-    Alt { per_sec: ops as f64 / elapsed.as_secs_f64(), lost_pct: 100.0 * (ops - lines.min(ops)) as f64 / ops as f64 }
+    Alt {
+        per_sec: ops as f64 / elapsed.as_secs_f64(),
+        lost_pct: 100.0 * (ops - lines.min(ops)) as f64 / ops as f64,
+    }
 }
 
 struct Audited {
@@ -111,7 +115,12 @@ fn audited(threads: usize, durability: Durability, dir: &Path, check: bool) -> A
     let sink = Arc::new(JsonLinesSink::open(dir, JsonLinesOptions::default()).unwrap());
     let auditor = Auditor::from_arc(sink.clone() as Arc<dyn AuditSink>).durability(durability);
     let map: Arc<MapWrapper<u64, u64>> = Arc::new(
-        MapWrapper::builder().name("bench").timeout(Duration::from_secs(30)).auditor(auditor).build().unwrap(),
+        MapWrapper::builder()
+            .name("bench")
+            .timeout(Duration::from_secs(30))
+            .auditor(auditor)
+            .build()
+            .unwrap(),
     );
     let m = Arc::clone(&map);
     let (ops, elapsed) = run(
@@ -130,8 +139,8 @@ fn audited(threads: usize, durability: Durability, dir: &Path, check: bool) -> A
     drop(map);
     sink.close().unwrap();
     let stats = sink.stats();
-    // audit_start and audit_stop are the two records that are not operations.
-    let lost = ops as i64 + 2 - stats.records as i64;
+    // The writer counts audit_stop (audit_start is written by open) besides the operations.
+    let lost = ops as i64 + 1 - stats.records as i64;
     let mut verify_per_sec = 0.0;
     if check {
         let start = Instant::now();
@@ -173,14 +182,19 @@ fn main() {
     let mut buffered = Vec::new();
     let mut verify_rate = 0.0;
     for threads in THREADS {
-        let dir = |name: &str| tempfile::tempdir_in(base.path()).unwrap().keep().join(name);
-        let alt = tracing_alternative(threads, &dir("alt"));
-        let b = audited(threads, Durability::Buffered, &dir("buffered"), threads == 2);
+        // Each cell in a fresh directory, removed (and the disk synced) before the next, so
+        // that one cell's dirty pages do not slow the next cell's fsyncs.
+        let fresh = || {
+            let _ = std::process::Command::new("sync").status();
+            tempfile::tempdir_in(base.path()).unwrap()
+        };
+        let alt = tracing_alternative(threads, fresh().path());
+        let b = audited(threads, Durability::Buffered, fresh().path(), threads == 2);
         if threads == 2 {
             verify_rate = b.verify_per_sec;
         }
-        let f = audited(threads, Durability::Flushed, &dir("flushed"), false);
-        let s = audited(threads, Durability::Synced, &dir("synced"), false);
+        let f = audited(threads, Durability::Flushed, fresh().path(), false);
+        let s = audited(threads, Durability::Synced, fresh().path(), false);
         let limit = threads as f64 / fsync.as_secs_f64();
         println!(
             "{threads:>7} | {:>6.3} M/s lost {:>4.1}% | {:>6.3} M/s {:>5.2}x | {:>6.3} M/s {:>5.2}x | {:>7.0}/s {:>5.1} rec/fsync {:>4.2}x limit",

@@ -60,8 +60,8 @@ mod sink;
 pub mod verify;
 
 pub use file::{
-    list_segments, parse_segment_file_name, segment_file_name, JsonLinesOptions, JsonLinesSink, JsonLinesStats,
-    SegmentWriter, WriterHook,
+    list_segments, parse_segment_file_name, segment_file_name, JsonLinesOptions, JsonLinesSink,
+    JsonLinesStats, SegmentWriter, WriterHook,
 };
 pub use record::{
     digest_hex, from_hex, to_hex, AuditEvent, AuditRecord, Chain, ChainKey, Encoded, EventFields,

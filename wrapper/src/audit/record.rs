@@ -259,13 +259,18 @@ impl ChainKey {
     /// The hash of a line whose body (the object without its `hash` member) is `body`, after
     /// a line whose hash was `prev` (64 lowercase hex digits).
     pub fn seal(&self, prev: &str, body: &[u8]) -> [u8; 32] {
+        self.seal_parts(prev, &[body])
+    }
+
+    /// [`seal`](ChainKey::seal) of a body given in consecutive pieces.
+    pub fn seal_parts(&self, prev: &str, body: &[&[u8]]) -> [u8; 32] {
         match self {
             ChainKey::Sha256 => {
                 let mut h = Sha256::new();
                 h.update(DOMAIN);
                 h.update(prev.as_bytes());
                 h.update(b"\n");
-                h.update(body);
+                body.iter().for_each(|part| h.update(part));
                 h.finalize().into()
             }
             ChainKey::Hmac { key, .. } => {
@@ -273,7 +278,7 @@ impl ChainKey {
                 m.update(DOMAIN);
                 m.update(prev.as_bytes());
                 m.update(b"\n");
-                m.update(body);
+                body.iter().for_each(|part| m.update(part));
                 m.finalize().into_bytes().into()
             }
         }
@@ -386,9 +391,10 @@ impl Chain {
     }
 }
 
-/// Splits a line (without its `\n`) into its body (the object without `hash`, closing brace
-/// included) and its hash, if it has the fixed suffix every line ends with.
-pub(crate) fn split_line(line: &[u8]) -> Option<(Vec<u8>, &str)> {
+/// Splits a line (without its `\n`) into its head (the object without `hash` and without its
+/// closing brace: the body is the head plus `}`) and its hash, if it has the fixed suffix every
+/// line ends with.
+pub(crate) fn split_line(line: &[u8]) -> Option<(&[u8], &str)> {
     if line.len() < HASH_SUFFIX_LEN + 2 {
         return None;
     }
@@ -399,10 +405,7 @@ pub(crate) fn split_line(line: &[u8]) -> Option<(Vec<u8>, &str)> {
     if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
         return None;
     }
-    let mut body = Vec::with_capacity(cut + 1);
-    body.extend_from_slice(head);
-    body.push(b'}');
-    Some((body, hash))
+    Some((head, hash))
 }
 
 #[cfg(test)]
@@ -449,12 +452,13 @@ mod tests {
         let mut out = String::new();
         chain.seal_event(&event("insert"), &mut out);
         let line = out.trim_end().as_bytes();
-        let (body, hash) = split_line(line).unwrap();
+        let (head, hash) = split_line(line).unwrap();
         let mut h = Sha256::new();
         h.update(b"map-wrapper/audit/v1\n");
         h.update(GENESIS.as_bytes());
         h.update(b"\n");
-        h.update(&body);
+        h.update(head);
+        h.update(b"}");
         assert_eq!(to_hex(&h.finalize()), hash);
         assert_eq!(chain.last_hash(), hash);
     }

@@ -18,7 +18,11 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
 
 use super::file::{list_segments, parse_segment_file_name};
 use super::record::{split_line, to_hex, AuditRecord, ChainKey, FORMAT_VERSION, GENESIS};
@@ -210,24 +214,81 @@ pub fn verify_bytes(files: &[(String, Vec<u8>)], opts: &VerifyOptions) -> Result
     Verifier::new(opts).run(files)
 }
 
-/// A line of a trail: a segment header or a record.
+/// A line of a trail (a segment header or a record), parsed once, borrowing the line: the
+/// members of both kinds, each with its type (unknown or duplicate members are errors).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // some members are parsed only to check that they are there with their type
+struct View<'a> {
+    v: u64,
+    seq: Option<u64>,
+    #[serde(borrow)]
+    ts: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    map: Option<Cow<'a, str>>,
+    shard: Option<u64>,
+    #[serde(borrow)]
+    op: Option<Cow<'a, str>>,
+    key: Option<IgnoredAny>,
+    old: Option<IgnoredAny>,
+    new: Option<IgnoredAny>,
+    #[serde(borrow)]
+    actor: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    trace_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    tags: Option<BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
+    #[serde(borrow)]
+    outcome: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    reason: Option<Cow<'a, str>>,
+    latency_ns: Option<u64>,
+    segment: Option<u64>,
+    #[serde(borrow)]
+    chain: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    key_id: Option<Cow<'a, str>>,
+    first_seq: Option<u64>,
+    prev_len: Option<u64>,
+    recovered: Option<bool>,
+    #[serde(borrow)]
+    prev: Cow<'a, str>,
+    #[serde(borrow)]
+    hash: Cow<'a, str>,
+}
+
+impl View<'_> {
+    /// The members every record has (`map`, `shard`, `key`, `old`, `new`, `trace_id` and
+    /// `reason` may be `null`).
+    fn missing_record_member(&self) -> Option<&'static str> {
+        [
+            ("ts", self.ts.is_none()),
+            ("op", self.op.is_none()),
+            ("actor", self.actor.is_none()),
+            ("tags", self.tags.is_none()),
+            ("outcome", self.outcome.is_none()),
+            ("latency_ns", self.latency_ns.is_none()),
+        ]
+        .into_iter()
+        .find_map(|(name, missing)| missing.then_some(name))
+    }
+}
+
+/// A line of a trail: its parsed members, the bytes before its `hash` member, its hash.
 #[derive(Debug)]
 struct Line<'a> {
-    value: serde_json::Value,
-    body: Vec<u8>,
+    value: View<'a>,
+    head: &'a [u8],
     hash: &'a str,
 }
 
 fn parse_line(bytes: &[u8]) -> Result<Line<'_>, String> {
-    let (body, hash) = split_line(bytes).ok_or("the line does not end with a well-formed \"hash\" member")?;
-    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
-    if !value.is_object() {
-        return Err("not a JSON object".into());
-    }
-    if value.get("v").and_then(serde_json::Value::as_u64) != Some(u64::from(FORMAT_VERSION)) {
+    let (head, hash) = split_line(bytes).ok_or("the line does not end with a well-formed \"hash\" member")?;
+    let value: View<'_> = serde_json::from_slice(bytes).map_err(|e| format!("not a v1 audit line: {e}"))?;
+    if value.v != u64::from(FORMAT_VERSION) {
         return Err(format!("\"v\" is not {FORMAT_VERSION}"));
     }
-    Ok(Line { value, body, hash })
+    Ok(Line { value, head, hash })
 }
 
 struct Verifier<'o> {
@@ -271,9 +332,8 @@ impl<'o> Verifier<'o> {
             if let Some((_, next)) = files.get(i + 1) {
                 let first = next.split(|&b| b == b'\n').next().unwrap_or_default();
                 if let Ok(h) = parse_line(first) {
-                    let prev_len = h.value.get("prev_len").and_then(serde_json::Value::as_u64);
-                    let recovered =
-                        h.value.get("recovered").and_then(serde_json::Value::as_bool) == Some(true);
+                    let prev_len = h.value.prev_len;
+                    let recovered = h.value.recovered == Some(true);
                     if let Some(pl) = prev_len.and_then(|p| usize::try_from(p).ok()) {
                         if recovered && pl < bytes.len() {
                             self.report.notes.push(format!(
@@ -294,7 +354,7 @@ impl<'o> Verifier<'o> {
             if let Some((next_name, next)) = files.get(i + 1) {
                 let first = next.split(|&b| b == b'\n').next().unwrap_or_default();
                 if let Ok(h) = parse_line(first) {
-                    if let Some(pl) = h.value.get("prev_len").and_then(serde_json::Value::as_u64) {
+                    if let Some(pl) = h.value.prev_len {
                         if pl != limit as u64 {
                             self.tamper(
                                 next_name,
@@ -377,22 +437,22 @@ impl<'o> Verifier<'o> {
         pos: usize,
     ) -> Result<Result<(), (Option<u64>, String)>, VerifyError> {
         let v = &line.value;
-        let seq = v.get("seq").and_then(serde_json::Value::as_u64);
-        if let Some(segment) = v.get("segment").and_then(serde_json::Value::as_u64) {
+        let seq = v.seq;
+        if let Some(segment) = v.segment {
             if pos != 0 {
                 return Ok(Err((self.next_seq, "a segment header in the middle of a file".into())));
             }
-            let chain = v.get("chain").and_then(serde_json::Value::as_str).unwrap_or_default();
+            let chain = v.chain.as_deref().unwrap_or_default();
             match (chain, &self.opts.hmac_key) {
                 ("sha256", None) => self.key = Some(ChainKey::Sha256),
                 ("hmac-sha256", Some(k)) => {
-                    let id = v.get("key_id").and_then(serde_json::Value::as_str).unwrap_or_default();
+                    let id = v.key_id.as_deref().unwrap_or_default();
                     self.key = Some(ChainKey::Hmac { id: id.into(), key: k.clone() });
                 }
                 ("hmac-sha256", None) => {
                     return Err(VerifyError::Usage(format!(
-                        "{name} is HMAC-chained (key id {}): pass its key with --hmac-key-file",
-                        v.get("key_id").unwrap_or(&serde_json::Value::Null)
+                        "{name} is HMAC-chained (key id {:?}): pass its key with --hmac-key-file",
+                        v.key_id.as_deref().unwrap_or_default()
                     )))
                 }
                 ("sha256", Some(_)) => {
@@ -414,7 +474,7 @@ impl<'o> Verifier<'o> {
                 _ => {}
             }
             self.segment = Some(segment);
-            let first_seq = v.get("first_seq").and_then(serde_json::Value::as_u64);
+            let first_seq = v.first_seq;
             match (self.next_seq, first_seq) {
                 (Some(want), Some(got)) if want != got => {
                     return Ok(Err((
@@ -430,8 +490,8 @@ impl<'o> Verifier<'o> {
             let Some(seq) = seq else {
                 return Ok(Err((self.next_seq, "a record without seq".into())));
             };
-            if let Err(e) = serde_json::from_value::<AuditRecord>(line.value.clone()) {
-                return Ok(Err((Some(seq), format!("not an AuditRecord v1: {e}"))));
+            if let Some(member) = v.missing_record_member() {
+                return Ok(Err((Some(seq), format!("the record has no \"{member}\""))));
             }
             if self.key.is_none() {
                 // A trail without headers (a MemorySink's text) is plain SHA-256.
@@ -453,7 +513,7 @@ impl<'o> Verifier<'o> {
             self.report.first_seq.get_or_insert(seq);
             self.report.last_seq = Some(seq);
         }
-        let prev = v.get("prev").and_then(serde_json::Value::as_str).unwrap_or_default();
+        let prev: &str = &v.prev;
         let expected_prev = match &self.prev_hash {
             Some(h) => Some(h.as_str()),
             // The very first line of a trail links to the genesis value, unless the trail
@@ -470,7 +530,7 @@ impl<'o> Verifier<'o> {
             }
         }
         let key = self.key.as_ref().expect("set above");
-        let computed = to_hex(&key.seal(prev, &line.body));
+        let computed = to_hex(&key.seal_parts(prev, &[line.head, b"}"]));
         if computed != line.hash {
             return Ok(Err((
                 seq.or(self.next_seq),
