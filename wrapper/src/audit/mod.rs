@@ -299,16 +299,25 @@ pub(crate) enum Outcome<'e> {
     Ok,
     /// A policy refused it; nothing changed.
     Refused(&'e MapError),
-    /// A user closure panicked after changing the value in place.
-    Panicked,
+    /// A user closure panicked; the text says what the map holds after it.
+    Panicked(&'static str),
 }
+
+/// The reason recorded when a closure that changes a value in place panics.
+pub(crate) const PANICKED_IN_PLACE: &str =
+    "the closure panicked; the value keeps what it did before the panic";
+/// The reason recorded when a closure panics before the map changed anything.
+pub(crate) const PANICKED_NO_CHANGE: &str = "the closure panicked; nothing changed";
+/// The reason recorded when a `retain` predicate panics.
+pub(crate) const PANICKED_RETAIN: &str =
+    "the predicate panicked; entries it removed before the panic are recorded as removed, the rest is unchanged";
 
 impl Outcome<'_> {
     pub(crate) fn of<R>(r: &std::thread::Result<R>) -> Self {
         if r.is_ok() {
             Outcome::Ok
         } else {
-            Outcome::Panicked
+            Outcome::Panicked(PANICKED_IN_PLACE)
         }
     }
 }
@@ -390,10 +399,7 @@ impl<K, V> MapAudit<K, V> {
         let (outcome, reason) = match outcome {
             Outcome::Ok => ("ok".to_string(), None),
             Outcome::Refused(e) => (e.code().to_ascii_lowercase(), Some(e.to_string())),
-            Outcome::Panicked => (
-                "panicked".to_string(),
-                Some("the closure panicked; the value keeps what it did before the panic".to_string()),
-            ),
+            Outcome::Panicked(why) => ("panicked".to_string(), Some(why.to_string())),
         };
         let event = AuditEvent::new(EventFields {
             map: Some(map),
