@@ -34,9 +34,9 @@ fn stats_count_every_outcome_exactly() {
     for _ in 0..4 {
         assert_eq!(map.with(&cancelled).remove(&1).unwrap_err().code(), "CANCELLED");
     }
-    // A deadline already past: a timeout, but not the map's fault (ignored).
+    // A deadline already past: not the map's fault (ignored).
     let expired = OpContext::new().deadline(Instant::now());
-    assert_eq!(map.with(&expired).insert(1, 1).unwrap_err().code(), "TIMEOUT");
+    assert_eq!(map.with(&expired).insert(1, 1).unwrap_err().code(), "DEADLINE_EXCEEDED");
     // Would-deadlock: failed.
     let guard = map.get(&5).unwrap().unwrap();
     for _ in 0..2 {
@@ -59,7 +59,8 @@ fn stats_count_every_outcome_exactly() {
     assert_eq!(op("remove").ignored, 4);
     assert!(s.op("retain").is_none(), "kinds that never ran are left out");
     assert_eq!((s.total.ok, s.total.slow, s.total.failed, s.total.ignored), (26, 3, 2, 6));
-    assert_eq!((s.timeouts, s.cancellations, s.would_deadlocks, s.panics, s.rejected), (1, 4, 2, 1, 0));
+    assert_eq!((s.timeouts, s.deadlines_exceeded), (0, 1));
+    assert_eq!((s.cancellations, s.would_deadlocks, s.panics, s.rejected), (4, 2, 1, 0));
     // Sampling 1: every ok, slow and failed call is timed; on the test clock, only the slow
     // updates took any time.
     assert_eq!(s.latency.count, 26 + 3 + 2);
@@ -300,4 +301,26 @@ fn stats_are_exact_under_a_storm_of_threads() {
     assert_eq!(s.latency.count, THREADS as u64 * OPS, "sampling 1: every call timed");
     let b = s.breaker.unwrap();
     assert_eq!((b.state, b.window_calls), (BreakerState::MetricsOnly, 100), "a full count window");
+}
+
+#[test]
+fn a_rejected_mutation_is_audited_as_circuit_open_and_changes_nothing() {
+    use map_wrapper::audit::{Auditor, MemorySink};
+    let sink = MemorySink::new();
+    let map: MapWrapper<String, u32> = MapWrapper::builder()
+        .name("audited")
+        .auditor(Auditor::new(sink.clone()))
+        .breaker(BreakerConfig::new())
+        .build()
+        .unwrap();
+    map.insert("a".into(), 1).unwrap();
+    map.breaker().unwrap().force_open();
+    assert_eq!(map.insert("a".into(), 2).unwrap_err().code(), "CIRCUIT_OPEN");
+    assert_eq!(map.remove("a").unwrap_err().code(), "CIRCUIT_OPEN");
+    map.breaker().unwrap().close();
+    assert_eq!(map.get_cloned("a").unwrap(), Some(1));
+    let records = sink.records();
+    let outcomes: Vec<(&str, &str)> = records.iter().map(|r| (r.op.as_str(), r.outcome.as_str())).collect();
+    assert_eq!(outcomes, vec![("insert", "ok"), ("insert", "circuit_open"), ("remove", "circuit_open")]);
+    assert_eq!(map.stats().rejected, 2);
 }

@@ -38,9 +38,31 @@
 //! [`MapError::Timeout`] (its shard stayed locked past the deadline),
 //! [`MapError::Cancelled`] (its token was cancelled) or [`MapError::WouldDeadlock`] (this
 //! thread already holds the shard); on a map with a circuit breaker, also
-//! [`MapError::CircuitOpen`] (refused before taking any lock). A single-key operation that returns an error changed
-//! nothing; what a bulk operation (`retain`, `clear`, `extend`) leaves after an error is
-//! documented on it.
+//! [`MapError::CircuitOpen`] (refused before taking any lock). A single-key operation that
+//! returns an error changed nothing; what a bulk operation (`retain`, `clear`, `extend`)
+//! leaves after an error is documented on it.
+//!
+//! ## Audit trail
+//!
+//! Give a map an [`audit::Auditor`] and every store and delete is recorded, one
+//! [`audit::AuditRecord`] per affected key, hash-chained, in the order of each key's
+//! mutations; see [`audit`] for what is recorded and what happens when the sink fails, and
+//! `docs/AUDIT_FORMAT.md` for the bytes on disk. The `map-wrapper-audit` binary verifies a
+//! trail.
+//!
+//! ```
+//! use map_wrapper::audit::{Auditor, Durability, JsonLinesSink};
+//! use map_wrapper::MapWrapper;
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let sink = JsonLinesSink::open(dir.path(), Default::default()).unwrap();
+//! let map: MapWrapper<String, u64> = MapWrapper::builder()
+//!     .name("orders")
+//!     .auditor(Auditor::new(sink).durability(Durability::Synced).default_actor("order-svc"))
+//!     .build()?;
+//! map.insert("o-1".into(), 300)?; // returns once its record is on disk
+//! # Ok::<(), map_wrapper::MapError>(())
+//! ```
 //!
 //! ## Circuit breaker and statistics
 //!
@@ -71,6 +93,9 @@
 //! ## Feature flags
 //!
 //! - `serde`: `Serialize` and `Deserialize` for [`MapWrapper`] (as a map), through serde.
+//!   (serde and serde_json themselves are always used, to encode audit records.)
+//! - `cli` (default): the `map-wrapper-audit` binary (brings in clap). Library users who do
+//!   not need it can turn default features off.
 //! - `metrics`: [`Stats::publish_metrics`] and a breaker-state gauge, through the `metrics`
 //!   facade crate (any exporter: Prometheus, StatsD, …).
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
@@ -100,7 +125,7 @@ pub use cancel::CancelToken;
 pub use clock::{Clock, TestClock};
 pub use context::{ContextGuard, OpContext};
 pub use error::{MapError, Severity};
-pub use map::{Entry, MapWrapper, Ref, Upserted, WithContext};
+pub use map::{Entry, Iter, MapWrapper, Ref, Upserted, WithContext};
 pub use stats::{BreakerStats, LatencyStats, OpStats, Stats, DEFAULT_LATENCY_SAMPLING};
 
 /// `MapWrapper` can be shared between threads when its keys and values can.

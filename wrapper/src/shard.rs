@@ -225,24 +225,23 @@ impl<'a, 'c> Waiter<'a, 'c> {
         self.failed(Failure::Cancelled, err)
     }
 
+    /// Starts the operation's clock now instead of at its first wait: for operations that visit
+    /// many shards, whose one deadline must count from the call (they read the clock once; the
+    /// single-key fast path does not).
+    pub(crate) fn start_clock(&mut self) {
+        let now = Instant::now();
+        self.window = Some((now, self.eff.deadline_from(now, self.default_timeout)));
+    }
+
     fn precheck(&mut self) -> Result<(), MapError> {
         if self.eff.is_cancelled() {
             return Err(self.cancelled());
         }
         if !self.checked_absolute {
             self.checked_absolute = true;
-            if let Some(d) = self.eff.absolute_deadline() {
-                let now = Instant::now();
-                if now >= d {
-                    let err = MapError::Timeout {
-                        map: self.map_name.clone(),
-                        op: self.op,
-                        shard: usize::MAX,
-                        waited: Duration::ZERO,
-                        timeout: Duration::ZERO,
-                    };
-                    return Err(self.failed(Failure::Expired, err));
-                }
+            if self.eff.absolute_deadline().is_some_and(|d| Instant::now() >= d) {
+                let err = MapError::DeadlineExceeded { map: self.map_name.clone(), op: self.op };
+                return Err(self.failed(Failure::Expired, err));
             }
         }
         Ok(())
@@ -254,28 +253,28 @@ impl<'a, 'c> Waiter<'a, 'c> {
         idx: usize,
         mut try_until: impl FnMut(Instant) -> Option<G>,
     ) -> Result<G, MapError> {
-        if self.window.is_none() {
-            if let Some((m, obs)) = &mut self.observed {
-                m.contended(obs);
-            }
+        if let Some((m, obs)) = &mut self.observed {
+            m.contended(obs);
         }
-        let (start, deadline) = *self.window.get_or_insert_with(|| {
-            let now = Instant::now();
-            (now, self.eff.deadline_from(now, self.default_timeout))
-        });
+        let wait_start = Instant::now();
+        let (start, deadline) = *self
+            .window
+            .get_or_insert_with(|| (wait_start, self.eff.deadline_from(wait_start, self.default_timeout)));
         let poll = self.eff.has_cancel();
         loop {
             let now = Instant::now();
             if now >= deadline {
-                let waited = now - start;
+                // The operation's own time at its deadline (for an operation that visits many
+                // shards, more than the wait for this one).
+                let elapsed = now - start;
                 let err = MapError::Timeout {
                     map: self.map_name.clone(),
                     op: self.op,
                     shard: idx,
-                    waited,
+                    waited: now - wait_start,
                     timeout: deadline.saturating_duration_since(start),
                 };
-                return Err(self.failed(Failure::Timeout { waited }, err));
+                return Err(self.failed(Failure::Timeout { waited: elapsed }, err));
             }
             let until = if poll { deadline.min(now + CANCEL_POLL) } else { deadline };
             if let Some(g) = try_until(until) {

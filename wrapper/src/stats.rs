@@ -524,7 +524,8 @@ impl Monitor {
             map: self.map.clone(),
             ops,
             total,
-            timeouts: sum(Slot::Timeout) + sum(Slot::Expired),
+            timeouts: sum(Slot::Timeout),
+            deadlines_exceeded: sum(Slot::Expired),
             cancellations: sum(Slot::Cancelled),
             would_deadlocks: sum(Slot::WouldDeadlock),
             panics: sum(Slot::Panicked),
@@ -594,9 +595,11 @@ pub struct Stats {
     pub ops: Vec<OpStats>,
     /// All kinds together (`op` is `"all"`).
     pub total: OpStats,
-    /// Operations that timed out waiting for a lock, or whose deadline had passed before
-    /// they started.
+    /// Operations that timed out waiting for a lock.
     pub timeouts: u64,
+    /// Operations whose caller's deadline had passed before they started
+    /// ([`MapError::DeadlineExceeded`]); ignored by the breaker (not the map's doing).
+    pub deadlines_exceeded: u64,
     /// Operations cancelled by their caller.
     pub cancellations: u64,
     /// Operations refused because they would have deadlocked.
@@ -621,6 +624,7 @@ impl Stats {
             ops: Vec::new(),
             total: OpStats { op: "all", ..OpStats::default() },
             timeouts: 0,
+            deadlines_exceeded: 0,
             cancellations: 0,
             would_deadlocks: 0,
             panics: 0,
@@ -638,7 +642,7 @@ impl Stats {
 
     /// Reports this snapshot through the `metrics` facade: counters `map_wrapper_ops_total`
     /// (labels `map`, `op`, `outcome`), `map_wrapper_timeouts_total`,
-    /// `map_wrapper_cancellations_total`, `map_wrapper_would_deadlocks_total`,
+    /// `map_wrapper_deadlines_exceeded_total`, `map_wrapper_cancellations_total`, `map_wrapper_would_deadlocks_total`,
     /// `map_wrapper_rejected_total`; gauges `map_wrapper_latency_seconds` (label `quantile`:
     /// `0.5`, `0.9`, `0.99`, `1`) and `map_wrapper_breaker_state` (0 closed, 1 open,
     /// 2 half-open, 3 forced open, 4 disabled, 5 metrics-only). Call it periodically.
@@ -658,6 +662,8 @@ impl Stats {
             }
         }
         metrics::counter!("map_wrapper_timeouts_total", "map" => map.clone()).absolute(self.timeouts);
+        metrics::counter!("map_wrapper_deadlines_exceeded_total", "map" => map.clone())
+            .absolute(self.deadlines_exceeded);
         metrics::counter!("map_wrapper_cancellations_total", "map" => map.clone())
             .absolute(self.cancellations);
         metrics::counter!("map_wrapper_would_deadlocks_total", "map" => map.clone())
@@ -704,7 +710,7 @@ pub struct OpStats {
     pub slow: u64,
     /// Timed out or refused as a would-be deadlock.
     pub failed: u64,
-    /// Cancelled, started after their deadline, or a caller's closure panicked.
+    /// Cancelled, started after their caller's deadline, or a caller's closure panicked.
     pub ignored: u64,
     /// Rejected by the circuit breaker.
     pub rejected: u64,
