@@ -8,11 +8,19 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
 use super::record::{split_line, AuditEvent, Chain, ChainKey, EventFields};
 use super::sink::{AuditSink, Durability, SinkError, Ticket};
+
+/// How long the writer lets records gather before writing them when nobody waits for them
+/// (`Buffered`): the most a `Buffered` record waits before reaching the OS.
+const BATCH_DELAY: Duration = Duration::from_millis(2);
+
+/// How many queued records wake the writer at once.
+const BATCH_WAKE: usize = 4096;
 
 /// The file a segment is written through. [`File`] is the real one; tests wrap it to inject
 /// write and sync failures.
@@ -215,6 +223,8 @@ struct State {
     synced: u64,
     /// Highest seq some waiter wants on disk.
     sync_wanted: u64,
+    /// Highest seq some waiter wants handed to the OS.
+    flush_wanted: u64,
     failed: Option<SinkError>,
     stopping: bool,
 }
@@ -406,6 +416,7 @@ impl JsonLinesSink {
                 written: last,
                 synced: last,
                 sync_wanted: 0,
+                flush_wanted: 0,
                 failed: None,
                 stopping: false,
             }),
@@ -477,8 +488,18 @@ fn run_writer(shared: &Shared, mut w: Writer) {
     loop {
         let stopping = {
             let mut st = shared.state.lock();
-            while st.events.is_empty() && st.sync_wanted <= st.synced && !st.stopping {
-                shared.work.wait(&mut st);
+            // Without a waiter, let a batch build up for up to BATCH_DELAY (or BATCH_WAKE
+            // records): one wake-up and one write for many records instead of one each.
+            loop {
+                let wanted = st.sync_wanted > st.synced || st.flush_wanted > st.written || st.stopping;
+                if wanted || st.events.len() >= BATCH_WAKE {
+                    break;
+                }
+                if st.events.is_empty() {
+                    shared.work.wait(&mut st);
+                } else if shared.work.wait_for(&mut st, BATCH_DELAY).timed_out() {
+                    break;
+                }
             }
             std::mem::swap(&mut batch, &mut st.events);
             shared.progress.notify_all();
@@ -586,7 +607,7 @@ impl AuditSink for JsonLinesSink {
         let seq = st.next_seq;
         st.next_seq += 1;
         st.events.push(event);
-        if st.events.len() == 1 {
+        if st.events.len() == 1 || st.events.len() == BATCH_WAKE {
             self.shared.work.notify_one();
         }
         Ok(Ticket::new(seq, st.epoch))
@@ -597,6 +618,10 @@ impl AuditSink for JsonLinesSink {
             return Ok(());
         }
         let mut st = self.shared.state.lock();
+        if st.flush_wanted < ticket.id {
+            st.flush_wanted = ticket.id;
+            self.shared.work.notify_one();
+        }
         loop {
             if st.epoch != ticket.epoch {
                 return Err(SinkError::new("the record was lost in a sink failure before the reopen"));
@@ -665,6 +690,7 @@ impl AuditSink for JsonLinesSink {
             st.written = last;
             st.synced = last;
             st.sync_wanted = 0;
+            st.flush_wanted = 0;
             st.epoch += 1;
             st.failed = None;
             self.shared.failed.store(false, Ordering::Release);

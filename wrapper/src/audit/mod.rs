@@ -239,8 +239,13 @@ pub(crate) fn encoder<T: Serialize + 'static>(
 ) -> Encoder<T> {
     match policy {
         ValuePolicy::Full => Box::new(|v: &T| {
-            Encoded(Some(match serde_json::to_string(v) {
-                Ok(json) => format!("{{\"full\":{json}}}"),
+            let mut buf = Vec::with_capacity(48);
+            buf.extend_from_slice(b"{\"full\":");
+            Encoded(Some(match serde_json::to_writer(&mut buf, v) {
+                Ok(()) => {
+                    buf.push(b'}');
+                    String::from_utf8(buf).expect("serde_json writes UTF-8")
+                }
                 Err(e) => unencodable(&e),
             }))
         }),
@@ -387,11 +392,11 @@ impl<K, V> MapAudit<K, V> {
         change: Change,
     ) -> Result<Option<Ticket>, MapError> {
         let tags = eff.tags();
-        let (outcome, reason) = match outcome {
-            Outcome::Ok => ("ok".to_string(), None),
-            Outcome::Refused(e) => (e.code().to_ascii_lowercase(), Some(e.to_string())),
+        let (outcome, reason): (std::borrow::Cow<'_, str>, _) = match outcome {
+            Outcome::Ok => ("ok".into(), None),
+            Outcome::Refused(e) => (e.code().to_ascii_lowercase().into(), Some(e.to_string())),
             Outcome::Panicked => (
-                "panicked".to_string(),
+                "panicked".into(),
                 Some("the closure panicked; the value keeps what it did before the panic".to_string()),
             ),
         };

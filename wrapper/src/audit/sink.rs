@@ -11,8 +11,10 @@ use super::record::{AuditEvent, AuditRecord, Chain, ChainKey};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Durability {
-    /// The record is queued to the sink's writer; the operation does not wait for it. A crash
-    /// loses what is still queued.
+    /// The record is queued to the sink's writer; the operation does not wait for it. The
+    /// [`JsonLinesSink`](crate::audit::JsonLinesSink) writer hands queued records to the OS in
+    /// batches, at the latest about 2 ms after they were queued. A crash of the process loses
+    /// what is still queued.
     #[default]
     Buffered,
     /// The record has been handed to the operating system (`write(2)` returned): it survives
