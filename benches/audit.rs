@@ -26,6 +26,22 @@ fn cell() -> Duration {
     Duration::from_millis(ms)
 }
 
+/// CPU time (user + system) the whole process has used so far.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage writes into the zeroed struct we own; RUSAGE_SELF is always valid.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, &mut usage), 0);
+        usage
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// CPU time of the last `run`, per operation, in ns (a figure that load on a shared machine
+/// disturbs less than wall-clock throughput).
+static CPU_NS_PER_OP: AtomicU64 = AtomicU64::new(0);
+
 /// Runs `op(thread, i)` on `threads` threads for about `dur` (each thread with the guard
 /// `setup` returns); returns (operations, elapsed).
 fn run<G>(
@@ -57,13 +73,15 @@ fn run<G>(
         })
         .collect();
     barrier.wait();
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), cpu_time());
     std::thread::sleep(dur);
     stop.store(true, Ordering::Relaxed);
     for h in handles {
         h.join().unwrap();
     }
-    (total.load(Ordering::Relaxed), start.elapsed())
+    let ops = total.load(Ordering::Relaxed);
+    CPU_NS_PER_OP.store((cpu_time() - cpu).as_nanos() as u64 / ops.max(1), Ordering::Relaxed);
+    (ops, start.elapsed())
 }
 
 /// Even `i`: insert; odd `i`: remove the same key.
@@ -74,6 +92,7 @@ fn key(t: u64, i: u64) -> u64 {
 struct Alt {
     per_sec: f64,
     lost_pct: f64,
+    cpu_ns: u64,
 }
 
 fn tracing_alternative(threads: usize, dir: &Path) -> Alt {
@@ -97,16 +116,20 @@ fn tracing_alternative(threads: usize, dir: &Path) -> Alt {
             }
         },
     );
+    let cpu_ns = CPU_NS_PER_OP.load(Ordering::Relaxed);
     drop(guard); // flushes what the appender still holds
     let lines = BufReader::new(File::open(&path).unwrap()).lines().count() as u64;
     Alt {
         per_sec: ops as f64 / elapsed.as_secs_f64(),
         lost_pct: 100.0 * (ops - lines.min(ops)) as f64 / ops as f64,
+        cpu_ns,
     }
 }
 
 struct Audited {
     per_sec: f64,
+    /// CPU ns per op, the writer thread's share included (the `run` ends before `close`).
+    cpu_ns: u64,
     lost: i64,
     records_per_sync: f64,
     verify_per_sec: f64,
@@ -137,6 +160,7 @@ fn audited(threads: usize, durability: Durability, dir: &Path, check: bool) -> A
             }
         },
     );
+    let cpu_ns = CPU_NS_PER_OP.load(Ordering::Relaxed);
     drop(map);
     sink.close().unwrap();
     let stats = sink.stats();
@@ -151,6 +175,7 @@ fn audited(threads: usize, durability: Durability, dir: &Path, check: bool) -> A
     }
     Audited {
         per_sec: ops as f64 / elapsed.as_secs_f64(),
+        cpu_ns,
         lost,
         records_per_sync: stats.records as f64 / stats.syncs.max(1) as f64,
         verify_per_sec,
@@ -212,6 +237,15 @@ fn main() {
             s.per_sec,
             s.records_per_sync,
             s.per_sec / limit,
+        );
+        println!(
+            "{:>7} | CPU/op {:>6} ns      | {:>6} ns {:>5.2}x   | {:>6} ns            | {:>6} ns",
+            "",
+            alt.cpu_ns,
+            b.cpu_ns,
+            alt.cpu_ns as f64 / b.cpu_ns.max(1) as f64,
+            f.cpu_ns,
+            s.cpu_ns
         );
         assert_eq!((b.lost, f.lost, s.lost), (0, 0, 0), "an audited map lost records");
         buffered.push(b.per_sec);
