@@ -198,20 +198,137 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, VerifyError> {
 }
 
 /// Verifies the trail made of `paths` (files and directories of segments), in order.
+///
+/// Files are checked in parallel (one thread per CPU, each reading one file at a time), then
+/// the links between them are checked in order.
 pub fn verify_paths(paths: &[PathBuf], opts: &VerifyOptions) -> Result<Report, VerifyError> {
     let files = collect_files(paths)?;
-    let mut loaded = Vec::with_capacity(files.len());
-    for f in &files {
-        let bytes = std::fs::read(f).map_err(|source| VerifyError::Io { path: f.clone(), source })?;
-        loaded.push((f.display().to_string(), bytes));
-    }
-    verify_bytes(&loaded, opts)
+    let load = |i: usize| std::fs::read(&files[i]).map(Cow::Owned).map_err(io_error(&files[i]));
+    let first_line = |i: usize| -> Result<Vec<u8>, VerifyError> {
+        use std::io::BufRead;
+        let file = std::fs::File::open(&files[i]).map_err(io_error(&files[i]))?;
+        let mut line = Vec::new();
+        std::io::BufReader::new(file).read_until(b'\n', &mut line).map_err(io_error(&files[i]))?;
+        Ok(line)
+    };
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    verify_sources(&names, &load, &first_line, opts)
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> VerifyError + '_ {
+    move |source| VerifyError::Io { path: path.to_path_buf(), source }
 }
 
 /// Verifies a trail given as `(name, bytes)` pieces in order (segment files, or the text of a
 /// [`MemorySink`](crate::audit::MemorySink), which has no headers).
 pub fn verify_bytes(files: &[(String, Vec<u8>)], opts: &VerifyOptions) -> Result<Report, VerifyError> {
-    Verifier::new(opts).run(files)
+    let names: Vec<String> = files.iter().map(|(n, _)| n.clone()).collect();
+    let load = |i: usize| Ok(Cow::Borrowed(files[i].1.as_slice()));
+    let first_line = |i: usize| {
+        let bytes = &files[i].1;
+        Ok(bytes[..bytes.iter().position(|&b| b == b'\n').map_or(bytes.len(), |e| e + 1)].to_vec())
+    };
+    verify_sources(&names, &load, &first_line, opts)
+}
+
+/// What checking one file on its own found, for the merge.
+struct FileOutcome<'o> {
+    verifier: Verifier<'o>,
+    /// Bytes of the file that belong to the trail (see `limit` in `check_file`).
+    limit: usize,
+    full_len: usize,
+}
+
+/// The first line of a file, as the merge needs it to link the file to the one before.
+#[derive(Debug, Clone)]
+struct FirstLine {
+    prev: String,
+    seq: Option<u64>,
+    segment: Option<u64>,
+    prev_len: Option<u64>,
+}
+
+/// Checks file `i` on its own (the chain inside it), detached from the files before it.
+fn check_file<'o, 'b>(
+    i: usize,
+    names: &[String],
+    load: &(dyn Fn(usize) -> Result<Cow<'b, [u8]>, VerifyError> + Sync),
+    first_line: &(dyn Fn(usize) -> Result<Vec<u8>, VerifyError> + Sync),
+    opts: &'o VerifyOptions,
+) -> Result<FileOutcome<'o>, VerifyError> {
+    let bytes = load(i)?;
+    let mut verifier = Verifier::new(opts);
+    verifier.detached = i > 0;
+    // Where this file's lines end: its length, or less when the next segment's header
+    // declares (recovered after a failure) that only a prefix was intact.
+    let mut limit = bytes.len();
+    if i + 1 < names.len() {
+        let first = first_line(i + 1)?;
+        if let Ok(h) = parse_line(first.strip_suffix(b"\n").unwrap_or(&first)) {
+            if let Some(pl) = h.value.prev_len.and_then(|p| usize::try_from(p).ok()) {
+                if h.value.recovered == Some(true) && pl < bytes.len() {
+                    verifier.report.notes.push(format!(
+                        "{}: {} bytes after offset {pl} were discarded when the sink recovered from a failure \
+                         (declared by the next segment's header)",
+                        names[i],
+                        bytes.len() - pl
+                    ));
+                    limit = pl;
+                }
+            }
+        }
+    }
+    verifier.file(&names[i], &bytes[..limit], i + 1 == names.len())?;
+    Ok(FileOutcome { verifier, limit, full_len: bytes.len() })
+}
+
+fn verify_sources<'b>(
+    names: &[String],
+    load: &(dyn Fn(usize) -> Result<Cow<'b, [u8]>, VerifyError> + Sync),
+    first_line: &(dyn Fn(usize) -> Result<Vec<u8>, VerifyError> + Sync),
+    opts: &VerifyOptions,
+) -> Result<Report, VerifyError> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let outcomes: Vec<std::sync::Mutex<Option<Result<FileOutcome<'_>, VerifyError>>>> =
+        names.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(names.len());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= names.len() {
+                    break;
+                }
+                let outcome = check_file(i, names, load, first_line, opts);
+                *outcomes[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+            });
+        }
+    });
+    let mut outcomes = outcomes
+        .into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()).expect("every file was checked"));
+    let first = outcomes.next().expect("at least one file")?;
+    let mut merged = first.verifier;
+    merged.report.segments = 1;
+    let mut prev_limit = (first.limit, first.full_len);
+    for (i, outcome) in outcomes.enumerate() {
+        if merged.report.problem.is_some() || merged.report.torn_tail.is_some() {
+            break;
+        }
+        let outcome = outcome?;
+        merged.link(&names[i + 1], &outcome.verifier, prev_limit, &names[i]);
+        if merged.report.problem.is_none() {
+            merged.absorb(outcome.verifier);
+        }
+        prev_limit = (outcome.limit, outcome.full_len);
+    }
+    let mut report = merged.report;
+    if report.problem.is_some() {
+        report.verdict = Verdict::Tampered;
+    } else if report.torn_tail.is_some() {
+        report.verdict = Verdict::TornTail;
+    }
+    Ok(report)
 }
 
 /// A line of a trail (a segment header or a record), parsed once, borrowing the line: the
@@ -298,6 +415,9 @@ struct Verifier<'o> {
     prev_hash: Option<String>,
     next_seq: Option<u64>,
     segment: Option<u64>,
+    /// Checking a file on its own: its first line's links are checked by the merge.
+    detached: bool,
+    first: Option<FirstLine>,
 }
 
 impl<'o> Verifier<'o> {
@@ -320,65 +440,61 @@ impl<'o> Verifier<'o> {
             prev_hash: None,
             next_seq: None,
             segment: None,
+            detached: false,
+            first: None,
         }
     }
 
-    fn run(mut self, files: &[(String, Vec<u8>)]) -> Result<Report, VerifyError> {
-        for (i, (name, bytes)) in files.iter().enumerate() {
-            self.report.segments += 1;
-            // Where this file's lines end: its length, or less when the next segment's header
-            // declares (recovered after a failure) that only a prefix was intact.
-            let mut limit = bytes.len();
-            if let Some((_, next)) = files.get(i + 1) {
-                let first = next.split(|&b| b == b'\n').next().unwrap_or_default();
-                if let Ok(h) = parse_line(first) {
-                    let prev_len = h.value.prev_len;
-                    let recovered = h.value.recovered == Some(true);
-                    if let Some(pl) = prev_len.and_then(|p| usize::try_from(p).ok()) {
-                        if recovered && pl < bytes.len() {
-                            self.report.notes.push(format!(
-                                "{name}: {} bytes after offset {pl} were discarded when the sink recovered from a \
-                                 failure (declared by the next segment's header)",
-                                bytes.len() - pl
-                            ));
-                            limit = pl;
-                        }
-                    }
-                }
-            }
-            let last_file = i + 1 == files.len();
-            if !self.file(name, &bytes[..limit], last_file)? {
-                break;
-            }
-            // The next segment's header must say how long this one is.
-            if let Some((next_name, next)) = files.get(i + 1) {
-                let first = next.split(|&b| b == b'\n').next().unwrap_or_default();
-                if let Ok(h) = parse_line(first) {
-                    if let Some(pl) = h.value.prev_len {
-                        if pl != limit as u64 {
-                            self.tamper(
-                                next_name,
-                                0,
-                                1,
-                                None,
-                                format!(
-                                    "the header says the previous segment is {pl} bytes long, but {name} is {} \
-                                     bytes",
-                                    bytes.len()
-                                ),
-                            );
-                            break;
-                        }
-                    }
-                }
-            }
+    /// Checks that `next` (a file checked on its own) continues this trail: its first line
+    /// links to our last one, and a segment header's number, `first_seq` and `prev_len` fit.
+    fn link(&mut self, name: &str, next: &Verifier<'_>, (limit, full_len): (usize, usize), prev_name: &str) {
+        let Some(first) = &next.first else { return };
+        let want_prev = self.prev_hash.as_deref().unwrap_or(GENESIS);
+        let problem = if let (Some(seg), Some(prev)) = (first.segment, self.segment) {
+            (seg != prev + 1).then(|| format!("segment {seg} follows segment {prev}"))
+        } else {
+            None
+        };
+        let problem = problem
+            .or_else(|| match (first.seq, self.next_seq) {
+                (Some(got), Some(want)) if got != want => Some(if first.segment.is_some() {
+                    format!("the header's first_seq is {got}, expected {want}")
+                } else {
+                    format!("seq {got} where {want} was expected")
+                }),
+                _ => None,
+            })
+            .or_else(|| match first.prev_len {
+                Some(pl) if pl != limit as u64 => Some(format!(
+                    "the header says the previous segment is {pl} bytes long, but {prev_name} is {full_len} bytes"
+                )),
+                _ => None,
+            })
+            .or_else(|| {
+                (first.prev != want_prev)
+                    .then(|| format!("\"prev\" is {}, but the previous line's hash is {want_prev}", first.prev))
+            });
+        if let Some(what) = problem {
+            let seq = if first.segment.is_some() { self.next_seq } else { first.seq };
+            self.tamper(name, 0, 1, seq, what);
         }
-        if self.report.problem.is_some() {
-            self.report.verdict = Verdict::Tampered;
-        } else if self.report.torn_tail.is_some() {
-            self.report.verdict = Verdict::TornTail;
-        }
-        Ok(self.report)
+    }
+
+    /// Adds what `next` (the following file, checked on its own and linked) found.
+    fn absorb(&mut self, next: Verifier<'_>) {
+        let r = next.report;
+        self.report.segments += 1;
+        self.report.records += r.records;
+        self.report.first_seq = self.report.first_seq.or(r.first_seq);
+        self.report.last_seq = r.last_seq.or(self.report.last_seq);
+        self.report.last_hash = r.last_hash.or(self.report.last_hash.take());
+        self.report.chain = r.chain;
+        self.report.problem = self.report.problem.take().or(r.problem);
+        self.report.torn_tail = self.report.torn_tail.take().or(r.torn_tail);
+        self.report.notes.extend(r.notes);
+        self.prev_hash = next.prev_hash.or(self.prev_hash.take());
+        self.next_seq = next.next_seq.or(self.next_seq);
+        self.segment = next.segment.or(self.segment);
     }
 
     fn tamper(&mut self, file: &str, offset: usize, line: u64, seq: Option<u64>, what: String) {
@@ -468,7 +584,7 @@ impl<'o> Verifier<'o> {
                 Some(prev) if segment != prev + 1 => {
                     return Ok(Err((self.next_seq, format!("segment {segment} follows segment {prev}"))));
                 }
-                None if segment != 1 => self.report.notes.push(format!(
+                None if segment != 1 && !self.detached => self.report.notes.push(format!(
                     "the trail starts at segment {segment}: the link to earlier segments was not checked"
                 )),
                 _ => {}
@@ -518,9 +634,17 @@ impl<'o> Verifier<'o> {
             Some(h) => Some(h.as_str()),
             // The very first line of a trail links to the genesis value, unless the trail
             // handed to us starts at a later segment.
-            None if self.segment.map_or(true, |s| s == 1) => Some(GENESIS),
+            None if !self.detached && self.segment.map_or(true, |s| s == 1) => Some(GENESIS),
             None => None,
         };
+        if self.first.is_none() {
+            self.first = Some(FirstLine {
+                prev: prev.to_string(),
+                seq: seq.or(v.first_seq),
+                segment: v.segment,
+                prev_len: v.prev_len,
+            });
+        }
         if let Some(want) = expected_prev {
             if prev != want {
                 return Ok(Err((
