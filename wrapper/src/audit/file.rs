@@ -203,6 +203,40 @@ fn segments_without_headerless_last(dir: &Path) -> Result<(Segments, Option<Stri
     Ok((segments, note))
 }
 
+/// The name of the lock file in a trail directory.
+pub(crate) const LOCK_FILE: &str = ".lock";
+
+/// Takes the trail's lock file: one sink per directory at a time, across processes. The lock
+/// goes with the returned file (and with the process).
+fn lock_dir(dir: &Path) -> Result<File, SinkError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))
+        .map_err(|e| err("cannot open the trail's lock file", e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: flock on a file descriptor we own and keep open for the call; it touches no
+        // memory of ours.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            return Err(if e.kind() == io::ErrorKind::WouldBlock {
+                SinkError::new(format!(
+                    "{} is already open by another audit sink (this or another process): one writer per \
+                     trail",
+                    dir.display()
+                ))
+            } else {
+                err("cannot lock the trail", e)
+            });
+        }
+    }
+    Ok(file)
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -274,6 +308,8 @@ struct Writer {
 ///   length and last hash. The directory is synced when a segment is created.
 /// - **Torn tail**: on open, a last line cut short by a crash is cut off, and a `sink_gap`
 ///   record says how many bytes at which offset.
+/// - **One writer per trail**: the directory's `.lock` file is locked (`flock`) while the sink
+///   is open; a second sink on the same directory, in this process or another, is refused.
 /// - **Failure**: a write or sync error stops the sink (every waiter and later append gets
 ///   the error). A sync error poisons the segment: it is never written or synced again;
 ///   [`reopen`](AuditSink::reopen) continues in a new segment.
@@ -294,6 +330,8 @@ struct Writer {
 pub struct JsonLinesSink {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Held open for the sink's life: the directory's lock (see `lock_dir`).
+    _lock: File,
 }
 
 impl std::fmt::Debug for JsonLinesSink {
@@ -314,6 +352,7 @@ impl JsonLinesSink {
     pub fn open(dir: impl AsRef<Path>, opts: JsonLinesOptions) -> Result<Self, SinkError> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| err("cannot create the audit directory", e))?;
+        let lock = lock_dir(&dir)?;
         let (segments, removed) = segments_without_headerless_last(&dir)?;
         let (writer, note) = match segments.last() {
             None => (Self::new_segment(&dir, &opts, Chain::new(opts.chain_key.clone()), 1, 0, false)?, None),
@@ -357,7 +396,7 @@ impl JsonLinesSink {
             }
         };
         let gaps: Vec<String> = removed.into_iter().chain(note).collect();
-        Self::start(dir, opts, writer, &gaps, "opened")
+        Self::start(dir, opts, writer, &gaps, "opened", lock)
     }
 
     /// Creates segment `n` with its header, syncs it and the directory.
@@ -394,6 +433,7 @@ impl JsonLinesSink {
         mut writer: Writer,
         gaps: &[String],
         why: &str,
+        lock: File,
     ) -> Result<Self, SinkError> {
         let mut lines = String::new();
         for gap in gaps {
@@ -430,7 +470,7 @@ impl JsonLinesSink {
             syncs: AtomicU64::new(0),
         });
         let thread = spawn_writer(Arc::clone(&shared), writer)?;
-        Ok(JsonLinesSink { shared, thread: Mutex::new(Some(thread)) })
+        Ok(JsonLinesSink { shared, thread: Mutex::new(Some(thread)), _lock: lock })
     }
 
     /// The directory of the trail.
