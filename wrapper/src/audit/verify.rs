@@ -278,8 +278,66 @@ fn check_file<'o, 'b>(
             }
         }
     }
-    verifier.file(&names[i], &bytes[..limit], i + 1 == names.len())?;
-    Ok(FileOutcome { verifier, limit, full_len: bytes.len() })
+    let data = &bytes[..limit];
+    // At least two pieces even on one CPU, so the piece-linking code is always exercised.
+    let chunks = split_in_chunks(data, std::thread::available_parallelism().map_or(2, |n| n.get().max(2)));
+    let last_file = i + 1 == names.len();
+    let mut parts: Vec<Result<Verifier<'o>, VerifyError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .iter()
+            .enumerate()
+            .map(|(j, &(start, end))| {
+                let notes = if j == 0 { std::mem::take(&mut verifier.report.notes) } else { Vec::new() };
+                scope.spawn(move || {
+                    let mut v = Verifier::new(opts);
+                    v.report.notes = notes;
+                    (v.detached, v.mid_file, v.base) = (i > 0 || j > 0, j > 0, start);
+                    v.file(&names[i], &data[start..end], last_file && end == data.len())?;
+                    Ok(v)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    });
+    let mut parts = parts.drain(..);
+    let mut file = parts.next().expect("one chunk at least")?;
+    for (j, part) in parts.enumerate() {
+        let mut part = part?;
+        if file.report.problem.is_some() || file.report.torn_tail.is_some() {
+            break;
+        }
+        // Chunks count their lines from 1: make them lines of the file.
+        let start = chunks[j + 1].0;
+        let lines_before = data[..start].iter().filter(|&&b| b == b'\n').count() as u64;
+        for p in part.report.problem.iter_mut().chain(part.report.torn_tail.iter_mut()) {
+            p.line += lines_before;
+        }
+        file.link(&names[i], &part, None, (start, lines_before + 1));
+        if file.report.problem.is_none() {
+            file.absorb(part, false);
+        }
+    }
+    Ok(FileOutcome { verifier: file, limit, full_len: bytes.len() })
+}
+
+/// Splits `data` into up to `n` pieces of whole lines (at least 1 MiB each), as
+/// `(start, end)` offsets.
+fn split_in_chunks(data: &[u8], n: usize) -> Vec<(usize, usize)> {
+    let size = (data.len() / n.max(1)).max(1 << 20);
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    while start < data.len() {
+        let mut end = (start + size).min(data.len());
+        if end < data.len() {
+            end = data[end..].iter().position(|&b| b == b'\n').map_or(data.len(), |p| end + p + 1);
+        }
+        chunks.push((start, end));
+        start = end;
+    }
+    if chunks.is_empty() {
+        chunks.push((0, 0));
+    }
+    chunks
 }
 
 fn verify_sources<'b>(
@@ -288,37 +346,18 @@ fn verify_sources<'b>(
     first_line: &(dyn Fn(usize) -> Result<Vec<u8>, VerifyError> + Sync),
     opts: &VerifyOptions,
 ) -> Result<Report, VerifyError> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let outcomes: Vec<std::sync::Mutex<Option<Result<FileOutcome<'_>, VerifyError>>>> =
-        names.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(names.len());
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= names.len() {
-                    break;
-                }
-                let outcome = check_file(i, names, load, first_line, opts);
-                *outcomes[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
-            });
-        }
-    });
-    let mut outcomes = outcomes
-        .into_iter()
-        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()).expect("every file was checked"));
-    let first = outcomes.next().expect("at least one file")?;
+    let first = check_file(0, names, load, first_line, opts)?;
     let mut merged = first.verifier;
     merged.report.segments = 1;
     let mut prev_limit = (first.limit, first.full_len);
-    for (i, outcome) in outcomes.enumerate() {
+    for i in 1..names.len() {
         if merged.report.problem.is_some() || merged.report.torn_tail.is_some() {
             break;
         }
-        let outcome = outcome?;
-        merged.link(&names[i + 1], &outcome.verifier, prev_limit, &names[i]);
+        let outcome = check_file(i, names, load, first_line, opts)?;
+        merged.link(&names[i], &outcome.verifier, Some((prev_limit, &names[i - 1])), (0, 1));
         if merged.report.problem.is_none() {
-            merged.absorb(outcome.verifier);
+            merged.absorb(outcome.verifier, true);
         }
         prev_limit = (outcome.limit, outcome.full_len);
     }
@@ -415,8 +454,13 @@ struct Verifier<'o> {
     prev_hash: Option<String>,
     next_seq: Option<u64>,
     segment: Option<u64>,
-    /// Checking a file on its own: its first line's links are checked by the merge.
+    /// Checking a file or a piece of one on its own: its first line's links are checked by
+    /// the merge.
     detached: bool,
+    /// Checking a piece of a file that does not start the file (a header there is misplaced).
+    mid_file: bool,
+    /// Offset of the piece in its file.
+    base: usize,
     first: Option<FirstLine>,
 }
 
@@ -441,13 +485,23 @@ impl<'o> Verifier<'o> {
             next_seq: None,
             segment: None,
             detached: false,
+            mid_file: false,
+            base: 0,
             first: None,
         }
     }
 
     /// Checks that `next` (a file checked on its own) continues this trail: its first line
     /// links to our last one, and a segment header's number, `first_seq` and `prev_len` fit.
-    fn link(&mut self, name: &str, next: &Verifier<'_>, (limit, full_len): (usize, usize), prev_name: &str) {
+    /// `prev_file`: when `next` is the next file, this file's (limit, length) and name;
+    /// `at`: where `next` starts (offset, line) in its file.
+    fn link(
+        &mut self,
+        name: &str,
+        next: &Verifier<'_>,
+        prev_file: Option<((usize, usize), &str)>,
+        at: (usize, u64),
+    ) {
         let Some(first) = &next.first else { return };
         let want_prev = self.prev_hash.as_deref().unwrap_or(GENESIS);
         let problem = if let (Some(seg), Some(prev)) = (first.segment, self.segment) {
@@ -464,8 +518,8 @@ impl<'o> Verifier<'o> {
                 }),
                 _ => None,
             })
-            .or_else(|| match first.prev_len {
-                Some(pl) if pl != limit as u64 => Some(format!(
+            .or_else(|| match (first.prev_len, prev_file) {
+                (Some(pl), Some(((limit, full_len), prev_name))) if pl != limit as u64 => Some(format!(
                     "the header says the previous segment is {pl} bytes long, but {prev_name} is {full_len} bytes"
                 )),
                 _ => None,
@@ -476,14 +530,14 @@ impl<'o> Verifier<'o> {
             });
         if let Some(what) = problem {
             let seq = if first.segment.is_some() { self.next_seq } else { first.seq };
-            self.tamper(name, 0, 1, seq, what);
+            self.tamper(name, at.0, at.1, seq, what);
         }
     }
 
     /// Adds what `next` (the following file, checked on its own and linked) found.
-    fn absorb(&mut self, next: Verifier<'_>) {
+    fn absorb(&mut self, next: Verifier<'_>, new_file: bool) {
         let r = next.report;
-        self.report.segments += 1;
+        self.report.segments += u64::from(new_file);
         self.report.records += r.records;
         self.report.first_seq = self.report.first_seq.or(r.first_seq);
         self.report.last_seq = r.last_seq.or(self.report.last_seq);
@@ -524,19 +578,19 @@ impl<'o> Verifier<'o> {
                     if last_file && is_last_line {
                         self.report.torn_tail = Some(Problem {
                             file: name.to_string(),
-                            offset: pos as u64,
+                            offset: (self.base + pos) as u64,
                             line: line_no,
                             seq: self.next_seq,
                             what: format!("{} bytes: {what}", bytes.len() - pos),
                         });
                     } else {
-                        self.tamper(name, pos, line_no, self.next_seq, what);
+                        self.tamper(name, self.base + pos, line_no, self.next_seq, what);
                     }
                     return Ok(false);
                 }
             };
             if let Err((seq, what)) = self.check(&line, name, pos)? {
-                self.tamper(name, pos, line_no, seq, what);
+                self.tamper(name, self.base + pos, line_no, seq, what);
                 return Ok(false);
             }
             pos = end + 1;
@@ -555,7 +609,7 @@ impl<'o> Verifier<'o> {
         let v = &line.value;
         let seq = v.seq;
         if let Some(segment) = v.segment {
-            if pos != 0 {
+            if pos != 0 || self.mid_file {
                 return Ok(Err((self.next_seq, "a segment header in the middle of a file".into())));
             }
             let chain = v.chain.as_deref().unwrap_or_default();
@@ -693,4 +747,53 @@ pub fn history(paths: &[PathBuf], key: &str) -> Result<Vec<AuditRecord>, VerifyE
 /// The segment number in a path's file name, if it is a segment file.
 pub fn segment_of(path: &Path) -> Option<u64> {
     path.file_name()?.to_str().and_then(parse_segment_file_name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditSink, Auditor, MemorySink};
+    use crate::MapWrapper;
+
+    /// A headerless trail of `n` inserts, big enough to be checked in several pieces.
+    fn trail(n: u32) -> String {
+        let sink = MemorySink::new();
+        let map: MapWrapper<u32, String> =
+            MapWrapper::builder().name("big").auditor(Auditor::new(sink.clone())).build().unwrap();
+        for i in 0..n {
+            map.insert(i, "x".repeat(100)).unwrap();
+        }
+        sink.flush().unwrap();
+        sink.text()
+    }
+
+    fn check(text: &str) -> Report {
+        verify_bytes(&[("t".into(), text.as_bytes().to_vec())], &Default::default()).unwrap()
+    }
+
+    #[test]
+    fn a_big_trail_is_checked_in_pieces_and_reports_file_positions() {
+        let text = trail(9000);
+        let chunks = split_in_chunks(text.as_bytes(), 2);
+        assert_eq!(chunks.len(), 2, "the trail is big enough to be split");
+        let report = check(&text);
+        assert_eq!((report.verdict, report.records), (Verdict::Intact, 9000));
+
+        // An edit deep in the second piece: reported with its line and offset in the file.
+        let lines: Vec<&str> = text.lines().collect();
+        let target = 8000;
+        let offset: usize = lines[..target - 1].iter().map(|l| l.len() + 1).sum();
+        let edited = text.replacen(&format!("\"seq\":{target},"), &format!("\"seq\":{target} ,"), 1);
+        let p = check(&edited).problem.unwrap();
+        assert_eq!((p.line, p.offset as usize, p.seq), (target as u64, offset, Some(target as u64)));
+
+        // The line that starts the second piece deleted: caught by the link between pieces.
+        let start = chunks[1].0;
+        let line_no = text[..start].matches('\n').count() + 1;
+        let end = start + text[start..].find('\n').unwrap() + 1;
+        let deleted = format!("{}{}", &text[..start], &text[end..]);
+        let p = check(&deleted).problem.unwrap();
+        assert_eq!((p.line, p.offset as usize), (line_no as u64, start));
+        assert_eq!(p.seq, Some(line_no as u64 + 1), "{}", p.what);
+    }
 }
