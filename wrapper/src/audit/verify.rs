@@ -308,7 +308,7 @@ fn check_file<'o, 'b>(
         }
         // Chunks count their lines from 1: make them lines of the file.
         let start = chunks[j + 1].0;
-        let lines_before = data[..start].iter().filter(|&&b| b == b'\n').count() as u64;
+        let lines_before = memchr::memchr_iter(b'\n', &data[..start]).count() as u64;
         for p in part.report.problem.iter_mut().chain(part.report.torn_tail.iter_mut()) {
             p.line += lines_before;
         }
@@ -329,7 +329,7 @@ fn split_in_chunks(data: &[u8], n: usize) -> Vec<(usize, usize)> {
     while start < data.len() {
         let mut end = (start + size).min(data.len());
         if end < data.len() {
-            end = data[end..].iter().position(|&b| b == b'\n').map_or(data.len(), |p| end + p + 1);
+            end = memchr::memchr(b'\n', &data[end..]).map_or(data.len(), |p| end + p + 1);
         }
         chunks.push((start, end));
         start = end;
@@ -564,7 +564,7 @@ impl<'o> Verifier<'o> {
         let mut line_no = 0u64;
         while pos < bytes.len() {
             line_no += 1;
-            let nl = bytes[pos..].iter().position(|&b| b == b'\n').map(|i| pos + i);
+            let nl = memchr::memchr(b'\n', &bytes[pos..]).map(|i| pos + i);
             let end = nl.unwrap_or(bytes.len());
             let raw = &bytes[pos..end];
             let is_last_line = nl.map_or(true, |e| e + 1 == bytes.len());
