@@ -282,15 +282,28 @@ fn check_file<'o, 'b>(
     // At least two pieces even on one CPU, so the piece-linking code is always exercised.
     let chunks = split_in_chunks(data, std::thread::available_parallelism().map_or(2, |n| n.get().max(2)));
     let last_file = i + 1 == names.len();
+    // Pieces after the first do not see the header: they get its chain from here.
+    let header_chain = memchr::memchr(b'\n', data)
+        .and_then(|e| parse_line(&data[..e]).ok())
+        .and_then(|h| h.value.chain.map(|c| c.into_owned()));
+    let piece_key = match (header_chain.as_deref(), &opts.hmac_key) {
+        (Some("hmac-sha256"), Some(k)) => Some(ChainKey::Hmac { id: String::new(), key: k.clone() }),
+        _ => Some(ChainKey::Sha256),
+    };
     let mut parts: Vec<Result<Verifier<'o>, VerifyError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = chunks
             .iter()
             .enumerate()
             .map(|(j, &(start, end))| {
                 let notes = if j == 0 { std::mem::take(&mut verifier.report.notes) } else { Vec::new() };
+                let (key, chain) = (piece_key.clone(), header_chain.clone());
                 scope.spawn(move || {
                     let mut v = Verifier::new(opts);
                     v.report.notes = notes;
+                    if j > 0 {
+                        v.key = key;
+                        v.report.chain = chain.unwrap_or_else(|| "sha256".into());
+                    }
                     (v.detached, v.mid_file, v.base) = (i > 0 || j > 0, j > 0, start);
                     v.file(&names[i], &data[start..end], last_file && end == data.len())?;
                     Ok(v)
@@ -769,6 +782,32 @@ mod tests {
 
     fn check(text: &str) -> Report {
         verify_bytes(&[("t".into(), text.as_bytes().to_vec())], &Default::default()).unwrap()
+    }
+
+    #[test]
+    fn a_big_hmac_segment_is_checked_in_pieces_with_its_key() {
+        use crate::audit::{ChainKey, JsonLinesOptions, JsonLinesSink};
+        let dir = tempfile::tempdir().unwrap();
+        let opts = JsonLinesOptions {
+            chain_key: ChainKey::Hmac { id: "k".into(), key: b"key".to_vec() },
+            ..Default::default()
+        };
+        let sink = JsonLinesSink::open(dir.path(), opts).unwrap();
+        let map: MapWrapper<u32, String> = MapWrapper::builder().auditor(Auditor::new(sink)).build().unwrap();
+        for i in 0..9000 {
+            map.insert(i, "x".repeat(100)).unwrap();
+        }
+        drop(map);
+        let files = collect_files(&[dir.path().to_path_buf()]).unwrap();
+        assert!(std::fs::metadata(&files[0]).unwrap().len() > 2 << 20, "big enough to be split");
+        let key = VerifyOptions { hmac_key: Some(b"key".to_vec()) };
+        let report = verify_paths(&[dir.path().to_path_buf()], &key).unwrap();
+        assert_eq!(
+            (report.verdict, report.records, report.chain.as_str()),
+            (Verdict::Intact, 9002, "hmac-sha256")
+        );
+        let wrong = VerifyOptions { hmac_key: Some(b"other".to_vec()) };
+        assert_eq!(verify_paths(&[dir.path().to_path_buf()], &wrong).unwrap().verdict, Verdict::Tampered);
     }
 
     #[test]
