@@ -237,6 +237,17 @@ pub(crate) fn encoder<T: Serialize + 'static>(
     policy: ValuePolicy,
     key: Option<Arc<DigestKey>>,
 ) -> Encoder<T> {
+    let encode = raw_encoder::<T>(policy, key);
+    // A `Serialize` impl that panics must not cost the record of a change already made: the
+    // record says the value could not be encoded.
+    Box::new(move |v: &T| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| encode(v))).unwrap_or_else(|_| {
+            Encoded(Some("{\"unencodable\":\"the Serialize implementation panicked\"}".into()))
+        })
+    })
+}
+
+fn raw_encoder<T: Serialize + 'static>(policy: ValuePolicy, key: Option<Arc<DigestKey>>) -> Encoder<T> {
     match policy {
         ValuePolicy::Full => Box::new(|v: &T| {
             let mut buf = Vec::with_capacity(48);

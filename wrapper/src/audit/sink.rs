@@ -257,8 +257,9 @@ impl AuditSink for TracingSink {
     }
 }
 
-/// Sends every record to several sinks; each keeps its own order and chain. Fails if any of
-/// them fails (a record that one sink lost is a lost record).
+/// Sends every record to several sinks, in order; each keeps its own order and chain. Fails
+/// if any of them fails (a record that one sink lost is a lost record); the sinks before the
+/// failing one keep the record they took.
 #[derive(Clone)]
 pub struct TeeSink {
     sinks: Vec<Arc<dyn AuditSink>>,
