@@ -697,6 +697,11 @@ impl AuditSink for JsonLinesSink {
     /// Continues a failed trail in a new segment. The failed segment is never written or
     /// synced again; the new one's header records how many of its bytes were intact
     /// (`prev_len`) and `"recovered": true`, and an `audit_start` record gives the failure.
+    ///
+    /// Limitation: the intact part of the failed segment is read back through the page cache.
+    /// After an fsync failure some of those pages may never reach the disk; if the machine
+    /// then crashes, the failed segment can be shorter than the new header says, and the
+    /// verifier reports the trail as tampered at that header.
     fn reopen(&self) -> Result<(), SinkError> {
         let mut thread = self.thread.lock();
         let reason = match &self.shared.state.lock().failed {
