@@ -580,7 +580,14 @@ where
         what: impl FnOnce(&MapAudit<K, V>) -> Change,
     ) -> Result<Option<Ticket>, MapError> {
         match (&self.map.audit, t0) {
-            (Some(a), Some(t0)) => a.record(&self.map.name, shard, op.op, &op.eff, t0, outcome, what(a)),
+            (Some(a), Some(t0)) => {
+                // The encoders run the user's `Serialize`: a call back into the map from there
+                // is refused instead of deadlocking on the shard we hold.
+                let held = shard.map(|idx| HeldMark::new(self.map.id, idx, true));
+                let change = what(a);
+                drop(held);
+                a.record(&self.map.name, shard, op.op, &op.eff, t0, outcome, change)
+            }
             _ => Ok(None),
         }
     }

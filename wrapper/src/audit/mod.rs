@@ -237,10 +237,26 @@ pub(crate) fn encoder<T: Serialize + 'static>(
     policy: ValuePolicy,
     key: Option<Arc<DigestKey>>,
 ) -> Encoder<T> {
+    let encode = raw_encoder::<T>(policy, key);
+    // A `Serialize` impl that panics must not cost the record of a change already made: the
+    // record says the value could not be encoded.
+    Box::new(move |v: &T| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| encode(v))).unwrap_or_else(|_| {
+            Encoded(Some("{\"unencodable\":\"the Serialize implementation panicked\"}".into()))
+        })
+    })
+}
+
+fn raw_encoder<T: Serialize + 'static>(policy: ValuePolicy, key: Option<Arc<DigestKey>>) -> Encoder<T> {
     match policy {
         ValuePolicy::Full => Box::new(|v: &T| {
-            Encoded(Some(match serde_json::to_string(v) {
-                Ok(json) => format!("{{\"full\":{json}}}"),
+            let mut buf = Vec::with_capacity(48);
+            buf.extend_from_slice(b"{\"full\":");
+            Encoded(Some(match serde_json::to_writer(&mut buf, v) {
+                Ok(()) => {
+                    buf.push(b'}');
+                    String::from_utf8(buf).expect("serde_json writes UTF-8")
+                }
                 Err(e) => unencodable(&e),
             }))
         }),
@@ -396,10 +412,10 @@ impl<K, V> MapAudit<K, V> {
         change: Change,
     ) -> Result<Option<Ticket>, MapError> {
         let tags = eff.tags();
-        let (outcome, reason) = match outcome {
-            Outcome::Ok => ("ok".to_string(), None),
-            Outcome::Refused(e) => (e.code().to_ascii_lowercase(), Some(e.to_string())),
-            Outcome::Panicked(why) => ("panicked".to_string(), Some(why.to_string())),
+        let (outcome, reason): (std::borrow::Cow<'_, str>, _) = match outcome {
+            Outcome::Ok => ("ok".into(), None),
+            Outcome::Refused(e) => (e.code().to_ascii_lowercase().into(), Some(e.to_string())),
+            Outcome::Panicked(why) => ("panicked".into(), Some(why.to_string())),
         };
         let event = AuditEvent::new(EventFields {
             map: Some(map),
