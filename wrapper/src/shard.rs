@@ -139,7 +139,7 @@ impl<'a, 'c> Waiter<'a, 'c> {
     #[inline]
     fn rejection(&mut self) -> Option<MapError> {
         match &mut self.observed {
-            Some((m, obs)) => obs.take_rejection().map(|r| m.circuit_open(r)),
+            Some((m, obs)) => obs.take_rejection().map(|r| m.circuit_open(self.op, obs, r)),
             None => None,
         }
     }

@@ -399,22 +399,27 @@ impl Monitor {
             contended: false,
             plain: rejected.is_none() && !probe && !sampled,
         };
-        if let Some(retry_after) = rejected {
-            self.counters.add(stripe, kind, Slot::Rejected);
-            if let Some(b) = &self.breaker {
-                b.rejected(op, retry_after);
-            }
-            return obs;
-        }
+        // A rejection is counted and reported when the operation hands it out (at its first
+        // lock), not here: an operation that never needs a lock (`extend` of nothing) is not
+        // refused.
         if sampled || probe {
             obs.start = Some(self.clock.now_nanos());
         }
         obs
     }
 
-    /// The error for a rejected operation.
+    /// The error for a rejected operation, counted and reported as it is handed out.
     #[cold]
-    pub(crate) fn circuit_open(&self, retry_after: Duration) -> MapError {
+    pub(crate) fn circuit_open(
+        &self,
+        op: &'static str,
+        obs: &Observation,
+        retry_after: Duration,
+    ) -> MapError {
+        self.counters.add(usize::from(obs.stripe), usize::from(obs.kind), Slot::Rejected);
+        if let Some(b) = &self.breaker {
+            b.rejected(op, retry_after);
+        }
         MapError::CircuitOpen { map: self.map.clone(), retry_after }
     }
 
@@ -445,8 +450,10 @@ impl Monitor {
     fn finish_slow(&self, kind: usize, obs: &Observation) {
         let mut now = None;
         let (slot, verdict, latency) = match obs.failure {
-            // Counted when it was rejected.
-            Some(Failure::Rejected(_)) => return,
+            // Counted when the rejection was handed out.
+            Some(Failure::Rejected(None)) => return,
+            // Rejected, but it never asked for a lock: it did nothing, successfully.
+            Some(Failure::Rejected(Some(_))) => (Slot::Ok, Verdict::Ignored, None),
             // Recorded at the deadline: the time it waited.
             Some(Failure::Timeout { waited }) => {
                 (Slot::Timeout, Verdict::Failed { slow: true }, Some(duration_nanos(waited)))
