@@ -52,6 +52,10 @@ mod error;
 mod map;
 mod shard;
 
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
 #[cfg(feature = "serde")]
 mod serde_impl;
 
@@ -62,6 +66,7 @@ pub use cancel::CancelToken;
 pub use context::{ContextGuard, OpContext};
 pub use error::{MapError, Severity};
 pub use map::{Entry, MapWrapper, Ref, Upserted, WithContext};
+pub use map_wrapper_macros::{guarded_map, GuardedMap};
 
 /// `MapWrapper` can be shared between threads when its keys and values can.
 #[allow(dead_code)]

@@ -1,0 +1,142 @@
+//! `#[guarded_map]`: rewrites each `HashMap<K, V>` field into `MapWrapper<K, V>`, then
+//! generates what `#[derive(GuardedMap)]` would.
+//!
+//! On a mistake it emits the struct as written (minus the `#[guard]` attributes, which only
+//! this macro understands) next to the errors, so that the rest of the crate still sees the
+//! struct and one mistake does not cascade into many (as dtolnay's `readonly` does).
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned, ToTokens};
+use syn::spanned::Spanned;
+use syn::{Fields, Item, ItemStruct, PathArguments};
+
+use crate::ast::{Container, Field, MapKind, Mode, Shape};
+use crate::attr::{ContainerOpts, GUARD};
+use crate::ctxt::Ctxt;
+use crate::derive::{ENUM, TUPLE, UNION, UNIT};
+use crate::{check, expand};
+
+/// The rewritten struct and its impls, or the struct as written and every error.
+pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
+    let mut cx = Ctxt::default();
+    let opts = ContainerOpts::from_args(&mut cx, args);
+    let item = match syn::parse2::<Item>(input.clone()) {
+        Ok(item) => item,
+        Err(e) => {
+            cx.syn_error(e);
+            return with_errors(cx, input);
+        }
+    };
+    let mut item = match item {
+        Item::Struct(s) => s,
+        Item::Enum(e) => {
+            cx.error_spanned_by(e.enum_token, ENUM.replace("`GuardedMap`", "`#[guarded_map]`"));
+            return with_errors(cx, e.into_token_stream());
+        }
+        Item::Union(u) => {
+            cx.error_spanned_by(u.union_token, UNION.replace("`GuardedMap`", "`#[guarded_map]`"));
+            return with_errors(cx, u.into_token_stream());
+        }
+        other => {
+            cx.error_spanned_by(&other, "`#[guarded_map]` applies to a struct with named fields");
+            return with_errors(cx, other.into_token_stream());
+        }
+    };
+    let named = match &item.fields {
+        Fields::Named(named) => named,
+        Fields::Unnamed(fields) => {
+            cx.error_spanned_by(fields, TUPLE.replace("`GuardedMap`", "`#[guarded_map]`"));
+            return with_errors(cx, stripped(item));
+        }
+        Fields::Unit => {
+            cx.error_spanned_by(&item.ident, UNIT.replace("`GuardedMap`", "`#[guarded_map]`"));
+            return with_errors(cx, stripped(item));
+        }
+    };
+    let fields = Field::all(&mut cx, Mode::Attribute, named);
+    let container = Container {
+        ident: &item.ident,
+        vis: &item.vis,
+        generics: &item.generics,
+        attrs: &item.attrs,
+        opts,
+        fields,
+        mode: Mode::Attribute,
+    };
+    let plans = check::check(&mut cx, &container);
+    if cx_has_errors(&mut cx) {
+        drop(container);
+        return with_errors(cx, stripped(item));
+    }
+    let impls = expand::impls(&container, &plans);
+    let krate = expand::crate_path(&container);
+
+    // The new field types, and a mention of each replaced `HashMap` path so that the user's
+    // `use std::collections::HashMap;` stays used (no unused-import warning).
+    let mut new_types = Vec::new();
+    let mut mentions = Vec::new();
+    for (i, (f, plan)) in container.fields.iter().zip(&plans).enumerate() {
+        let (Shape::Map(map), Some(_)) = (&f.shape, plan) else { continue };
+        if map.kind != MapKind::HashMap {
+            continue;
+        }
+        let (k, v) = (map.key, map.value);
+        let s = map.hasher.into_iter();
+        new_types.push((i, quote_spanned!(f.original.ty.span()=> #krate::MapWrapper<#k, #v #(, #s)*>)));
+        let mut path = map.path.clone();
+        if let Some(last) = path.segments.last_mut() {
+            let units = (0..2 + usize::from(map.hasher.is_some())).map(|_| quote!(()));
+            last.arguments = PathArguments::AngleBracketed(syn::parse_quote!(<#(#units),*>));
+        }
+        mentions.push(path);
+    }
+    drop(container);
+    let mut item = stripped_struct(&mut item);
+    if let Fields::Named(named) = &mut item.fields {
+        for (i, ty) in new_types {
+            if let Some(field) = named.named.iter_mut().nth(i) {
+                field.ty = syn::Type::Verbatim(ty);
+            }
+        }
+    }
+    let mentions = (!mentions.is_empty()).then(|| {
+        quote! {
+            const _: #krate::__private::PhantomData<(#(#mentions,)*)> = #krate::__private::PhantomData;
+        }
+    });
+    quote! {
+        #item
+        #mentions
+        #impls
+    }
+}
+
+fn cx_has_errors(cx: &mut Ctxt) -> bool {
+    match std::mem::take(cx).check() {
+        Ok(()) => false,
+        Err(e) => {
+            cx.syn_error(e);
+            true
+        }
+    }
+}
+
+/// `tokens` followed by the compile errors in `cx`.
+fn with_errors(cx: Ctxt, tokens: TokenStream) -> TokenStream {
+    let errors = cx.check().err().map(syn::Error::into_compile_error);
+    quote!(#tokens #errors)
+}
+
+/// The struct as written, without `#[guard]` attributes.
+fn stripped(mut item: ItemStruct) -> TokenStream {
+    stripped_struct(&mut item).into_token_stream()
+}
+
+fn stripped_struct(item: &mut ItemStruct) -> ItemStruct {
+    let mut item = item.clone();
+    item.attrs.retain(|a| !a.path().is_ident(GUARD));
+    for field in item.fields.iter_mut() {
+        field.attrs.retain(|a| !a.path().is_ident(GUARD));
+    }
+    item
+}

@@ -1,0 +1,316 @@
+//! Code generation: the constructor, `Default`, and the accessors of each guarded map.
+//!
+//! Everything is named by absolute path through `<crate>::__private` (default
+//! `::map_wrapper::__private`), so that a user's own `Result`, `Ok`, `Default` or `core` in
+//! scope cannot change what the generated code means.
+
+use std::collections::BTreeSet;
+
+use proc_macro2::{Literal, TokenStream, TokenTree};
+use quote::{format_ident, quote, quote_spanned, ToTokens};
+use syn::ext::IdentExt;
+use syn::spanned::Spanned;
+use syn::{Attribute, GenericParam, Ident, Type, WherePredicate};
+
+use crate::ast::{Container, Field, MapType, Shape};
+use crate::check::{Plan, Policy};
+
+/// The operations generated per map field, as `<field>_<suffix>`.
+pub(crate) const ACCESSOR_SUFFIXES: [&str; 7] =
+    ["get", "get_cloned", "contains_key", "insert", "remove", "update", "len"];
+
+/// The associated functions generated on the struct.
+pub(crate) const CONSTRUCTORS: &[&str] = &["new", "with_auditor"];
+
+/// The path to the runtime crate: `crate = "…"`, or `::map_wrapper`.
+pub(crate) fn crate_path(c: &Container<'_>) -> TokenStream {
+    match &c.opts.krate {
+        Some(k) => k.value.to_token_stream(),
+        None => quote!(::map_wrapper),
+    }
+}
+
+/// The impls for a checked struct; `plans` is aligned with `c.fields`.
+pub(crate) fn impls(c: &Container<'_>, plans: &[Option<Plan>]) -> TokenStream {
+    let krate = crate_path(c);
+    let private = quote!(#krate::__private);
+    let ident = c.ident;
+    let (impl_generics, ty_generics, where_clause) = c.generics.split_for_impl();
+    let params = type_params(c);
+    // Doc links are resolved from the user's crate, where `map_wrapper` is in the extern prelude.
+    let docs_krate = krate.to_string().replace(' ', "");
+    let docs_krate = docs_krate.trim_start_matches("::");
+    let fresh = Fresh::new(c);
+
+    let mut inits = Vec::new();
+    let mut default_bounds: Vec<WherePredicate> = Vec::new();
+    let mut accessors = Vec::new();
+    let mut summary = Vec::new();
+    for (f, plan) in c.fields.iter().zip(plans) {
+        let field = f.ident;
+        let cfgs = attrs_named(&f.original.attrs, "cfg");
+        match (plan, &f.shape) {
+            (Some(plan), Shape::Map(map)) => {
+                let build = build_map(&private, map, plan);
+                inits.push(quote!(#(#cfgs)* #field: #build));
+                accessors.push(accessors_of(&krate, &private, docs_krate, &fresh, f, map, plan));
+                summary.push(format!(
+                    "- `{}`: timeout {} ms, slow above {} ms, {}{}",
+                    plan.name,
+                    plan.timeout_ms,
+                    plan.slow_ms,
+                    match plan.shards {
+                        Some(n) => format!("{n} shards"),
+                        None => "the default number of shards".to_string(),
+                    },
+                    match plan.policy {
+                        Policy::Full => "",
+                        Policy::Digest => ", values audited as digests",
+                        Policy::Redacted => ", values redacted from the audit trail",
+                    }
+                ));
+            }
+            _ => {
+                let ty = &f.original.ty;
+                if mentions_any(ty, &params) {
+                    default_bounds.push(syn::parse_quote_spanned!(ty.span()=> #ty: #private::Default));
+                }
+                let init = quote_spanned!(ty.span()=> <#ty as #private::Default>::default());
+                inits.push(quote!(#(#cfgs)* #field: #init));
+            }
+        }
+    }
+
+    let vis = c.vis;
+    let struct_name = ident.unraw().to_string();
+    let new_doc = format!(
+        "Makes a `{struct_name}` whose maps are empty and configured as declared:\n\n{}\n\n\
+         Every other field gets its `Default`. The settings were checked when this code was \
+         generated, so this cannot fail.",
+        summary.join("\n")
+    );
+    let mut default_where = c.generics.where_clause.clone().unwrap_or_else(|| syn::parse_quote!(where));
+    default_where.predicates.extend(default_bounds.iter().cloned());
+    let new_where = (!default_bounds.is_empty()).then(|| quote!(where #(#default_bounds,)*));
+
+    quote! {
+        #[automatically_derived]
+        // The accessors are generated whether or not the program uses them.
+        #[allow(dead_code)]
+        impl #impl_generics #ident #ty_generics #where_clause {
+            #[doc = #new_doc]
+            #vis fn new() -> Self #new_where {
+                Self { #(#inits,)* }
+            }
+
+            #(#accessors)*
+        }
+
+        #[automatically_derived]
+        impl #impl_generics #private::Default for #ident #ty_generics #default_where {
+            #[inline]
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+    }
+}
+
+/// `MapWrapper::builder()` with the map's checked settings, built.
+fn build_map(private: &TokenStream, map: &MapType<'_>, plan: &Plan) -> TokenStream {
+    let name = syn::LitStr::new(&plan.name, map.path.span());
+    let timeout = Literal::u64_unsuffixed(plan.timeout_ms);
+    let slow = Literal::u64_unsuffixed(plan.slow_ms);
+    let shards = plan.shards.map(|n| {
+        let n = Literal::u64_unsuffixed(n);
+        quote!(.shards(#n))
+    });
+    let policy = match plan.policy {
+        Policy::Full => quote!(Full),
+        Policy::Digest => quote!(Digest),
+        Policy::Redacted => quote!(Redacted),
+    };
+    let hasher = map.hasher.map(|s| quote_spanned!(s.span()=> .hasher(<#s as #private::Default>::default())));
+    quote! {
+        #private::built_checked(
+            #private::MapWrapper::builder()
+                .name(#name)
+                .timeout(#private::Duration::from_millis(#timeout))
+                .slow_threshold(#private::Duration::from_millis(#slow))
+                #shards
+                .value_policy(#private::ValuePolicy::#policy)
+                #hasher
+                .build()
+        )
+    }
+}
+
+/// `field()` and the `field_<op>` methods of one map field.
+fn accessors_of(
+    krate: &TokenStream,
+    p: &TokenStream,
+    docs_krate: &str,
+    fresh: &Fresh,
+    f: &Field<'_>,
+    map: &MapType<'_>,
+    plan: &Plan,
+) -> TokenStream {
+    let field = f.ident;
+    let base = field.unraw();
+    let vis = &f.original.vis;
+    let cfgs = attrs_named(&f.original.attrs, "cfg");
+    let docs = attrs_named(&f.original.attrs, "doc");
+    let name = &plan.name;
+    let (k, v) = (map.key, map.value);
+    let s = map.hasher.into_iter().collect::<Vec<_>>();
+    let map_ty = quote!(#krate::MapWrapper<#k, #v #(, #s)*>);
+    let hasher_bound = quote!(#(#s: #p::BuildHasher,)*);
+    let (q, r, func) = (&fresh.q, &fresh.r, &fresh.f);
+    let borrowed =
+        quote!(#k: #p::Borrow<#q> + #p::Hash + #p::Eq, #q: #p::Hash + #p::Eq + ?#p::Sized, #hasher_bound);
+    let op_doc = |what: &str, op: &str| {
+        format!(
+            "{what} in the `{name}` map (field [`{base}`](Self::{base})); see \
+             [`MapWrapper::{op}`]({docs_krate}::MapWrapper::{op}), which says what it locks.\n\n\
+             # Errors\n\n`Timeout`, `Cancelled`, `WouldDeadlock`, … as \
+             [`MapWrapper::{op}`]({docs_krate}::MapWrapper::{op}); on error nothing changed."
+        )
+    };
+    let field_doc = (docs.is_empty()).then(|| {
+        let text = format!("The `{name}` map.");
+        quote!(#[doc = #text])
+    });
+    let get_doc = op_doc("A read guard on the value under `key`, or `None`. The guard keeps the key's shard read-locked while it lives", "get");
+    let get_cloned_doc = op_doc("A clone of the value under `key`, or `None`", "get_cloned");
+    let contains_doc = op_doc("Whether `key` is present", "contains_key");
+    let insert_doc = op_doc("Inserts `value` under `key` and returns the value it replaced", "insert");
+    let remove_doc = op_doc("Removes `key` and returns its value", "remove");
+    let update_doc = op_doc("Changes the value under `key` in place with `f` (under the shard's write lock); returns what `f` returns, or `None` when the key is absent", "update");
+    let len_doc = op_doc("The number of entries", "len");
+    let [get, get_cloned, contains_key, insert, remove, update, len] =
+        ACCESSOR_SUFFIXES.map(|suffix| format_ident!("{}_{}", base, suffix, span = field.span()));
+    let mw = quote!(#krate::MapWrapper);
+    let res = |ok: TokenStream| quote!(#p::Result<#ok, #p::MapError>);
+    let (r_get, r_opt_v, r_bool, r_opt_r, r_len) = (
+        res(quote!(#p::Option<#p::Ref<'_, #k, #v>>)),
+        res(quote!(#p::Option<#v>)),
+        res(quote!(bool)),
+        res(quote!(#p::Option<#r>)),
+        res(quote!(usize)),
+    );
+    quote! {
+        #(#cfgs)*
+        #(#docs)*
+        #field_doc
+        #[inline]
+        #vis fn #field(&self) -> &#map_ty {
+            &self.#field
+        }
+
+        #(#cfgs)*
+        #[doc = #get_doc]
+        #[inline]
+        #vis fn #get<#q>(&self, key: &#q) -> #r_get where #borrowed {
+            #mw::get(&self.#field, key)
+        }
+
+        #(#cfgs)*
+        #[doc = #get_cloned_doc]
+        #[inline]
+        #vis fn #get_cloned<#q>(&self, key: &#q) -> #r_opt_v where #borrowed #v: #p::Clone {
+            #mw::get_cloned(&self.#field, key)
+        }
+
+        #(#cfgs)*
+        #[doc = #contains_doc]
+        #[inline]
+        #vis fn #contains_key<#q>(&self, key: &#q) -> #r_bool where #borrowed {
+            #mw::contains_key(&self.#field, key)
+        }
+
+        #(#cfgs)*
+        #[doc = #insert_doc]
+        #[inline]
+        #vis fn #insert(&self, key: #k, value: #v) -> #r_opt_v where #k: #p::Hash + #p::Eq, #hasher_bound {
+            #mw::insert(&self.#field, key, value)
+        }
+
+        #(#cfgs)*
+        #[doc = #remove_doc]
+        #[inline]
+        #vis fn #remove<#q>(&self, key: &#q) -> #r_opt_v where #borrowed {
+            #mw::remove(&self.#field, key)
+        }
+
+        #(#cfgs)*
+        #[doc = #update_doc]
+        #[inline]
+        #vis fn #update<#q, #r, #func>(&self, key: &#q, f: #func) -> #r_opt_r
+        where
+            #borrowed
+            #func: #p::FnOnce(&mut #v) -> #r,
+        {
+            #mw::update(&self.#field, key, f)
+        }
+
+        #(#cfgs)*
+        #[doc = #len_doc]
+        #[inline]
+        #vis fn #len(&self) -> #r_len where #k: #p::Hash + #p::Eq, #hasher_bound {
+            #mw::len(&self.#field)
+        }
+    }
+}
+
+/// The attributes of `attrs` whose path is `name`.
+fn attrs_named<'a>(attrs: &'a [Attribute], name: &str) -> Vec<&'a Attribute> {
+    attrs.iter().filter(|a| a.path().is_ident(name)).collect()
+}
+
+/// The names of the struct's type parameters.
+fn type_params(c: &Container<'_>) -> BTreeSet<String> {
+    c.generics.type_params().map(|t| t.ident.to_string()).collect()
+}
+
+/// Whether `ty` names one of `params` (a token walk: enough to decide whether a `Default`
+/// bound is needed, which only has to hold for generic field types).
+fn mentions_any(ty: &Type, params: &BTreeSet<String>) -> bool {
+    fn walk(tokens: TokenStream, params: &BTreeSet<String>) -> bool {
+        tokens.into_iter().any(|t| match t {
+            TokenTree::Ident(i) => params.contains(&i.to_string()),
+            TokenTree::Group(g) => walk(g.stream(), params),
+            _ => false,
+        })
+    }
+    !params.is_empty() && walk(ty.to_token_stream(), params)
+}
+
+/// Names for the generic parameters of the accessors that do not collide with the struct's.
+struct Fresh {
+    q: Ident,
+    r: Ident,
+    f: Ident,
+}
+
+impl Fresh {
+    fn new(c: &Container<'_>) -> Fresh {
+        let taken: BTreeSet<String> = c
+            .generics
+            .params
+            .iter()
+            .filter_map(|p| match p {
+                GenericParam::Type(t) => Some(t.ident.to_string()),
+                GenericParam::Const(k) => Some(k.ident.to_string()),
+                GenericParam::Lifetime(_) => None,
+            })
+            .collect();
+        let pick = |base: &str| {
+            let name = std::iter::once(base.to_string())
+                .chain((1..).map(|n| format!("{base}{n}")))
+                .find(|n| !taken.contains(n))
+                .unwrap_or_else(|| base.to_string());
+            format_ident!("{}", name)
+        };
+        Fresh { q: pick("Q"), r: pick("R"), f: pick("F") }
+    }
+}
