@@ -140,3 +140,110 @@ fn stripped_struct(item: &mut ItemStruct) -> ItemStruct {
     }
     item
 }
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+    use syn::{File, ImplItem, Item};
+
+    fn expand(args: proc_macro2::TokenStream, input: proc_macro2::TokenStream) -> File {
+        syn::parse2(super::expand(args, input)).expect("the expansion is valid Rust")
+    }
+
+    fn inherent_fn<'a>(file: &'a File, name: &str) -> &'a syn::ImplItemFn {
+        file.items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Impl(imp) if imp.trait_.is_none() => Some(imp),
+                _ => None,
+            })
+            .flat_map(|imp| &imp.items)
+            .find_map(|item| match item {
+                ImplItem::Fn(f) if f.sig.ident == name => Some(f),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no generated fn `{name}`"))
+    }
+
+    fn has_attr(attrs: &[syn::Attribute], name: &str) -> bool {
+        attrs.iter().any(|a| a.path().is_ident(name))
+    }
+
+    #[test]
+    fn field_docs_and_visibility_go_to_the_accessor() {
+        let file = expand(
+            quote!(),
+            quote! {
+                pub struct Billing {
+                    /// Open invoices.
+                    pub(crate) invoices: HashMap<u64, String>,
+                }
+            },
+        );
+        let accessor = inherent_fn(&file, "invoices");
+        let docs: Vec<String> = accessor
+            .attrs
+            .iter()
+            .filter(|a| a.path().is_ident("doc"))
+            .map(|a| quote!(#a).to_string())
+            .collect();
+        assert_eq!(docs, vec![quote!(#[doc = r" Open invoices."]).to_string()]);
+        assert!(has_attr(&accessor.attrs, "inline"));
+        assert!(matches!(accessor.vis, syn::Visibility::Restricted(_)), "pub(crate) kept");
+        let insert = inherent_fn(&file, "invoices_insert");
+        assert!(matches!(insert.vis, syn::Visibility::Restricted(_)));
+        assert!(has_attr(&insert.attrs, "doc") && has_attr(&insert.attrs, "inline"));
+        let new = inherent_fn(&file, "new");
+        assert!(matches!(new.vis, syn::Visibility::Public(_)), "new() has the struct's visibility");
+    }
+
+    #[test]
+    fn every_impl_is_marked_automatically_derived() {
+        let file = expand(
+            quote!(),
+            quote!(
+                struct Billing {
+                    invoices: HashMap<u64, String>,
+                }
+            ),
+        );
+        let impls: Vec<_> = file
+            .items
+            .iter()
+            .filter_map(|i| if let Item::Impl(imp) = i { Some(imp) } else { None })
+            .collect();
+        assert_eq!(impls.len(), 2, "the inherent impl and Default");
+        assert!(impls.iter().all(|imp| has_attr(&imp.attrs, "automatically_derived")));
+    }
+
+    #[test]
+    fn on_a_mistake_the_struct_is_emitted_as_written_next_to_the_errors() {
+        let out = super::expand(
+            quote!(timeout_ms = "soon"),
+            quote! {
+                struct Billing {
+                    #[guard(colour)]
+                    invoices: HashMap<u64, String>,
+                }
+            },
+        );
+        let file: File = syn::parse2(out).expect("valid Rust");
+        let structs: Vec<_> =
+            file.items.iter().filter_map(|i| if let Item::Struct(s) = i { Some(s) } else { None }).collect();
+        assert_eq!(structs.len(), 1);
+        let field = structs[0].fields.iter().next().expect("one field");
+        let ty = &field.ty;
+        assert_eq!(quote!(#ty).to_string(), quote!(HashMap<u64, String>).to_string(), "type unchanged");
+        assert!(field.attrs.is_empty(), "#[guard] removed: it means nothing without the macro");
+        let errors = file
+            .items
+            .iter()
+            .filter(|i| matches!(i, Item::Macro(m) if m.mac.path.segments.last().is_some_and(|s| s.ident == "compile_error")))
+            .count();
+        assert_eq!(errors, 2, "both mistakes reported");
+        assert!(
+            !file.items.iter().any(|i| matches!(i, Item::Impl(_))),
+            "no impls for a struct with mistakes"
+        );
+    }
+}

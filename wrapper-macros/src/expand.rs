@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use proc_macro2::{Literal, TokenStream, TokenTree};
+use proc_macro2::{Group, Literal, Span, TokenStream, TokenTree};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
@@ -166,8 +166,13 @@ fn accessors_of(
     let map_ty = quote!(#krate::MapWrapper<#k, #v #(, #s)*>);
     let hasher_bound = quote!(#(#s: #p::BuildHasher,)*);
     let (q, r, func) = (&fresh.q, &fresh.r, &fresh.f);
-    let borrowed =
-        quote!(#k: #p::Borrow<#q> + #p::Hash + #p::Eq, #q: #p::Hash + #p::Eq + ?#p::Sized, #hasher_bound);
+    // Bounds spanned at the key type, every token of them, so that a key that is not
+    // `Hash + Eq` is reported there rather than at the attribute.
+    let key_bound = respan(quote!(#k: #p::Hash + #p::Eq), k.span());
+    let borrowed = respan(
+        quote!(#k: #p::Borrow<#q> + #p::Hash + #p::Eq, #q: #p::Hash + #p::Eq + ?#p::Sized, #hasher_bound),
+        k.span(),
+    );
     let op_doc = |what: &str, op: &str| {
         format!(
             "{what} in the `{name}` map (field [`{base}`](Self::{base})); see \
@@ -198,7 +203,9 @@ fn accessors_of(
         res(quote!(#p::Option<#r>)),
         res(quote!(usize)),
     );
-    quote! {
+    // Spanned at the field, so that "defined here" and unmet bounds (a key type that is not
+    // `Hash`) point at the field rather than at the attribute.
+    quote_spanned! {field.span()=>
         #(#cfgs)*
         #(#docs)*
         #field_doc
@@ -231,7 +238,7 @@ fn accessors_of(
         #(#cfgs)*
         #[doc = #insert_doc]
         #[inline]
-        #vis fn #insert(&self, key: #k, value: #v) -> #r_opt_v where #k: #p::Hash + #p::Eq, #hasher_bound {
+        #vis fn #insert(&self, key: #k, value: #v) -> #r_opt_v where #key_bound, #hasher_bound {
             #mw::insert(&self.#field, key, value)
         }
 
@@ -256,10 +263,28 @@ fn accessors_of(
         #(#cfgs)*
         #[doc = #len_doc]
         #[inline]
-        #vis fn #len(&self) -> #r_len where #k: #p::Hash + #p::Eq, #hasher_bound {
+        #vis fn #len(&self) -> #r_len where #key_bound, #hasher_bound {
             #mw::len(&self.#field)
         }
     }
+}
+
+/// `tokens` with every token, nested ones included, at `span`: rustc reports an unmet bound at
+/// the span of the whole predicate, which is the call site as soon as one token comes from it.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut t| {
+            if let TokenTree::Group(g) = &t {
+                let mut group = Group::new(g.delimiter(), respan(g.stream(), span));
+                group.set_span(span);
+                t = TokenTree::Group(group);
+            } else {
+                t.set_span(span);
+            }
+            t
+        })
+        .collect()
 }
 
 /// The attributes of `attrs` whose path is `name`.
@@ -267,9 +292,10 @@ fn attrs_named<'a>(attrs: &'a [Attribute], name: &str) -> Vec<&'a Attribute> {
     attrs.iter().filter(|a| a.path().is_ident(name)).collect()
 }
 
-/// The names of the struct's type parameters.
+/// The names of the struct's type and const parameters.
 fn type_params(c: &Container<'_>) -> BTreeSet<String> {
-    c.generics.type_params().map(|t| t.ident.to_string()).collect()
+    let types = c.generics.type_params().map(|t| t.ident.to_string());
+    types.chain(c.generics.const_params().map(|k| k.ident.to_string())).collect()
 }
 
 /// Whether `ty` names one of `params` (a token walk: enough to decide whether a `Default`

@@ -1,0 +1,23 @@
+use std::collections::HashMap;
+
+use map_wrapper::guarded_map;
+
+#[guarded_map]
+#[derive(Debug)]
+#[allow(non_camel_case_types)]
+struct billing_state {
+    #[cfg(any())]
+    never: HashMap<u64, String>,
+    #[cfg(all())]
+    #[allow(unused)]
+    always: HashMap<u64, String>,
+    r#type: HashMap<u8, u8>,
+}
+
+fn main() {
+    let b = billing_state::new();
+    assert!(b.always_len().is_ok());
+    assert!(b.type_insert(1, 1).is_ok());
+    assert_eq!(b.always().name(), "billing_state.always");
+    assert!(format!("{b:?}").starts_with("billing_state"));
+}
