@@ -7,8 +7,9 @@ use std::time::Duration;
 ///
 /// Every variant has a stable [`code`](MapError::code) for logs and dashboards, says whether a
 /// retry can help ([`is_retryable`](MapError::is_retryable)) and how serious it is
-/// ([`severity`](MapError::severity)). When an operation returns an error, the map is exactly as
-/// it was before the call: no error leaves a half-applied mutation behind.
+/// ([`severity`](MapError::severity)). When a single-key operation returns an error, the map is
+/// exactly as it was before the call: no error leaves a half-applied mutation behind (for the
+/// bulk operations see [`MapWrapper`](crate::MapWrapper)'s documentation).
 ///
 /// The enum is `#[non_exhaustive]`: match on [`code`](MapError::code) or keep a `_` arm.
 ///

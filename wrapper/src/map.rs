@@ -37,7 +37,11 @@ use crate::{MapError, OpContext};
 /// [`retain`](MapWrapper::retain), …) and asks for the same shard in a way that would hang gets
 /// [`MapError::WouldDeadlock`] at once. Reading a shard it already reads is allowed.
 ///
-/// **Errors.** When an operation returns an error, it changed nothing.
+/// **Errors.** When a single-key operation returns an error, it changed nothing. The
+/// operations that visit every shard (`retain`, `clear`) check for a would-deadlock before
+/// they change anything, but a timeout or cancellation on a later shard leaves the shards
+/// already visited changed; [`extend`](MapWrapper::extend) keeps the pairs it inserted before
+/// the error.
 ///
 /// # Examples
 ///
@@ -678,6 +682,7 @@ where
         mut f: impl FnMut(usize, &mut Table<K, V>) -> D,
     ) -> Result<(), MapError> {
         let mut waiter = self.begin(op);
+        waiter.refuse_if_holding_any()?;
         for (idx, shard) in self.map.shards.iter().enumerate() {
             let mut table = waiter.write(idx, shard)?;
             let garbage = f(idx, &mut table);

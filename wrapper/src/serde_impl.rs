@@ -35,7 +35,9 @@ where
 {
     /// Deserializes a map into a new `MapWrapper` with the default configuration.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Pairs<K, V, S>(PhantomData<fn() -> (K, V, S)>);
+        /// Types only; `fn` keeps the visitor `Send`/`Sync` whatever K, V and S are.
+        type Marker<K, V, S> = PhantomData<fn() -> (K, V, S)>;
+        struct Pairs<K, V, S>(Marker<K, V, S>);
         impl<'de, K, V, S> Visitor<'de> for Pairs<K, V, S>
         where
             K: Deserialize<'de> + Hash + Eq,

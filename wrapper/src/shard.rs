@@ -64,6 +64,11 @@ fn holding(map: u64, shard: usize) -> Holding {
     .unwrap_or(Holding::Nothing)
 }
 
+/// A shard of `map` this thread holds in any way, if any.
+fn any_held(map: u64) -> Option<usize> {
+    HELD.try_with(|h| h.borrow().iter().find(|e| e.map == map).map(|e| e.shard)).ok().flatten()
+}
+
 /// Marks a shard as held by this thread for as long as it lives. Created when a guard leaves
 /// the map (a [`Ref`](crate::Ref)) or a user closure runs under the lock, so that a call back
 /// into the map from there is refused instead of deadlocking.
@@ -164,6 +169,15 @@ impl<'a, 'c> Waiter<'a, 'c> {
             return Ok(g);
         }
         self.slow(idx, |until| lock.try_write_until(until))
+    }
+
+    /// For operations that write every shard: refuses up front, before changing anything, if
+    /// this thread holds any shard of the map (the operation would reach it and deadlock).
+    pub(crate) fn refuse_if_holding_any(&self) -> Result<(), MapError> {
+        match any_held(self.map_id) {
+            Some(shard) => Err(self.would_deadlock(shard)),
+            None => Ok(()),
+        }
     }
 
     fn would_deadlock(&self, shard: usize) -> MapError {
