@@ -120,7 +120,7 @@ fn many_threads_share_one_struct_and_lose_nothing() {
             // records a card and a note of its own.
             shared.balances_update("pool", |b| *b += 1).unwrap();
             shared.cards_insert(t as u64 * PER_THREAD + i, format!("tok-{t}-{i}")).unwrap();
-            shared.notes().entry(t as u32).and_modify(|n| n.push('.')).or_insert_with(String::new).unwrap();
+            shared.notes().entry(t as u32).and_modify(|n| n.push('.')).or_default().unwrap();
         }
     });
     assert_eq!(ledger.balances_get_cloned("pool").unwrap(), Some((THREADS as u64 * PER_THREAD) as i64));
