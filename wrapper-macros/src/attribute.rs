@@ -27,7 +27,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
             return with_errors(cx, input);
         }
     };
-    let mut item = match item {
+    let item = match item {
         Item::Struct(s) => s,
         Item::Enum(e) => {
             cx.error_spanned_by(e.enum_token, ENUM.replace("`GuardedMap`", "`#[guarded_map]`"));
@@ -46,11 +46,11 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         Fields::Named(named) => named,
         Fields::Unnamed(fields) => {
             cx.error_spanned_by(fields, TUPLE.replace("`GuardedMap`", "`#[guarded_map]`"));
-            return with_errors(cx, stripped(item));
+            return with_errors(cx, stripped(&item).into_token_stream());
         }
         Fields::Unit => {
             cx.error_spanned_by(&item.ident, UNIT.replace("`GuardedMap`", "`#[guarded_map]`"));
-            return with_errors(cx, stripped(item));
+            return with_errors(cx, stripped(&item).into_token_stream());
         }
     };
     let fields = Field::all(&mut cx, Mode::Attribute, named);
@@ -64,9 +64,9 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         mode: Mode::Attribute,
     };
     let plans = check::check(&mut cx, &container);
-    if cx_has_errors(&mut cx) {
-        drop(container);
-        return with_errors(cx, stripped(item));
+    if let Err(errors) = cx.check() {
+        let (item, errors) = (stripped(&item), errors.into_compile_error());
+        return quote!(#item #errors);
     }
     let impls = expand::impls(&container, &plans);
     let krate = expand::crate_path(&container);
@@ -90,8 +90,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         }
         mentions.push(path);
     }
-    drop(container);
-    let mut item = stripped_struct(&mut item);
+    let mut item = stripped(&item);
     if let Fields::Named(named) = &mut item.fields {
         for (i, ty) in new_types {
             if let Some(field) = named.named.iter_mut().nth(i) {
@@ -111,16 +110,6 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     }
 }
 
-fn cx_has_errors(cx: &mut Ctxt) -> bool {
-    match std::mem::take(cx).check() {
-        Ok(()) => false,
-        Err(e) => {
-            cx.syn_error(e);
-            true
-        }
-    }
-}
-
 /// `tokens` followed by the compile errors in `cx`.
 fn with_errors(cx: Ctxt, tokens: TokenStream) -> TokenStream {
     let errors = cx.check().err().map(syn::Error::into_compile_error);
@@ -128,11 +117,7 @@ fn with_errors(cx: Ctxt, tokens: TokenStream) -> TokenStream {
 }
 
 /// The struct as written, without `#[guard]` attributes.
-fn stripped(mut item: ItemStruct) -> TokenStream {
-    stripped_struct(&mut item).into_token_stream()
-}
-
-fn stripped_struct(item: &mut ItemStruct) -> ItemStruct {
+fn stripped(item: &ItemStruct) -> ItemStruct {
     let mut item = item.clone();
     item.attrs.retain(|a| !a.path().is_ident(GUARD));
     for field in item.fields.iter_mut() {

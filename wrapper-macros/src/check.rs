@@ -8,7 +8,7 @@ use proc_macro2::Span;
 use syn::ext::IdentExt;
 use syn::punctuated::Punctuated;
 
-use crate::ast::{Container, MapKind, Mode, Shape};
+use crate::ast::{Container, Mode, Shape};
 use crate::attr::{Setting, GUARD};
 use crate::ctxt::Ctxt;
 use crate::expand::{ACCESSOR_SUFFIXES, CONSTRUCTORS};
@@ -102,8 +102,8 @@ pub(crate) fn check(cx: &mut Ctxt, c: &Container<'_>) -> Vec<Option<Plan>> {
             cx.error_at(digest, "`redact` and `digest` are two value policies for one map: choose one");
         }
 
-        let map = match &f.shape {
-            Shape::Map(map) if !skipped => map,
+        match &f.shape {
+            Shape::Map(_) if !skipped => {}
             Shape::Map(_) => {
                 plans.push(None);
                 continue;
@@ -152,8 +152,7 @@ pub(crate) fn check(cx: &mut Ctxt, c: &Container<'_>) -> Vec<Option<Plan>> {
                 plans.push(None);
                 continue;
             }
-        };
-        debug_assert!(map.kind == MapKind::MapWrapper || c.mode == Mode::Attribute);
+        }
 
         let name = match &f.opts.name {
             Some(n) => {
