@@ -1,3 +1,5 @@
+// A field without `Default` does not break the struct: only `new()` and `Default` need it,
+// and calling them says which field's type is missing it.
 use std::collections::HashMap;
 use map_wrapper::guarded_map;
 
@@ -9,4 +11,6 @@ struct Billing {
     clock: Clock,
 }
 
-fn main() {}
+fn main() {
+    let _ = Billing::new();
+}

@@ -10,7 +10,7 @@ use proc_macro2::{Group, Literal, Span, TokenStream, TokenTree};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
-use syn::{Attribute, GenericParam, Ident, Type, WherePredicate};
+use syn::{Attribute, GenericParam, Ident, Lifetime};
 
 use crate::ast::{Container, Field, MapType, Shape};
 use crate::check::{Plan, Policy};
@@ -36,14 +36,13 @@ pub(crate) fn impls(c: &Container<'_>, plans: &[Option<Plan>]) -> TokenStream {
     let private = quote!(#krate::__private);
     let ident = c.ident;
     let (impl_generics, ty_generics, where_clause) = c.generics.split_for_impl();
-    let params = type_params(c);
     // Doc links are resolved from the user's crate, where `map_wrapper` is in the extern prelude.
     let docs_krate = krate.to_string().replace(' ', "");
     let docs_krate = docs_krate.trim_start_matches("::");
     let fresh = Fresh::new(c);
 
     let mut inits = Vec::new();
-    let mut default_bounds: Vec<WherePredicate> = Vec::new();
+    let mut default_bounds: Vec<TokenStream> = Vec::new();
     let mut accessors = Vec::new();
     let mut summary = Vec::new();
     for (f, plan) in c.fields.iter().zip(plans) {
@@ -72,9 +71,9 @@ pub(crate) fn impls(c: &Container<'_>, plans: &[Option<Plan>]) -> TokenStream {
             }
             _ => {
                 let ty = &f.original.ty;
-                if mentions_any(ty, &params) {
-                    default_bounds.push(syn::parse_quote_spanned!(ty.span()=> #ty: #private::Default));
-                }
+                // Deferred (see `Fresh::deferred`): a field type without `Default` makes `new()`
+                // and `Default` unavailable instead of failing the whole struct.
+                default_bounds.push(fresh.deferred(quote!(#ty: #private::Default), ty.span()));
                 let init = quote_spanned!(ty.span()=> <#ty as #private::Default>::default());
                 inits.push(quote!(#(#cfgs)* #field: #init));
             }
@@ -90,7 +89,9 @@ pub(crate) fn impls(c: &Container<'_>, plans: &[Option<Plan>]) -> TokenStream {
         summary.join("\n")
     );
     let mut default_where = c.generics.where_clause.clone().unwrap_or_else(|| syn::parse_quote!(where));
-    default_where.predicates.extend(default_bounds.iter().cloned());
+    for bound in &default_bounds {
+        default_where.predicates.push(syn::parse_quote!(#bound));
+    }
     let new_where = (!default_bounds.is_empty()).then(|| quote!(where #(#default_bounds,)*));
 
     quote! {
@@ -173,6 +174,7 @@ fn accessors_of(
         quote!(#k: #p::Borrow<#q> + #p::Hash + #p::Eq, #q: #p::Hash + #p::Eq + ?#p::Sized, #hasher_bound),
         k.span(),
     );
+    let value_clone = fresh.deferred(quote!(#v: #p::Clone), v.span());
     let op_doc = |what: &str, op: &str| {
         format!(
             "{what} in the `{name}` map (field [`{base}`](Self::{base})); see \
@@ -224,7 +226,7 @@ fn accessors_of(
         #(#cfgs)*
         #[doc = #get_cloned_doc]
         #[inline]
-        #vis fn #get_cloned<#q>(&self, key: &#q) -> #r_opt_v where #borrowed #v: #p::Clone {
+        #vis fn #get_cloned<#q>(&self, key: &#q) -> #r_opt_v where #borrowed #value_clone {
             #mw::get_cloned(&self.#field, key)
         }
 
@@ -292,30 +294,12 @@ fn attrs_named<'a>(attrs: &'a [Attribute], name: &str) -> Vec<&'a Attribute> {
     attrs.iter().filter(|a| a.path().is_ident(name)).collect()
 }
 
-/// The names of the struct's type and const parameters.
-fn type_params(c: &Container<'_>) -> BTreeSet<String> {
-    let types = c.generics.type_params().map(|t| t.ident.to_string());
-    types.chain(c.generics.const_params().map(|k| k.ident.to_string())).collect()
-}
-
-/// Whether `ty` names one of `params` (a token walk: enough to decide whether a `Default`
-/// bound is needed, which only has to hold for generic field types).
-fn mentions_any(ty: &Type, params: &BTreeSet<String>) -> bool {
-    fn walk(tokens: TokenStream, params: &BTreeSet<String>) -> bool {
-        tokens.into_iter().any(|t| match t {
-            TokenTree::Ident(i) => params.contains(&i.to_string()),
-            TokenTree::Group(g) => walk(g.stream(), params),
-            _ => false,
-        })
-    }
-    !params.is_empty() && walk(ty.to_token_stream(), params)
-}
-
 /// Names for the generic parameters of the accessors that do not collide with the struct's.
 struct Fresh {
     q: Ident,
     r: Ident,
     f: Ident,
+    lifetime: Lifetime,
 }
 
 impl Fresh {
@@ -324,10 +308,10 @@ impl Fresh {
             .generics
             .params
             .iter()
-            .filter_map(|p| match p {
-                GenericParam::Type(t) => Some(t.ident.to_string()),
-                GenericParam::Const(k) => Some(k.ident.to_string()),
-                GenericParam::Lifetime(_) => None,
+            .map(|p| match p {
+                GenericParam::Type(t) => t.ident.to_string(),
+                GenericParam::Const(k) => k.ident.to_string(),
+                GenericParam::Lifetime(l) => l.lifetime.ident.to_string(),
             })
             .collect();
         let pick = |base: &str| {
@@ -337,6 +321,17 @@ impl Fresh {
                 .unwrap_or_else(|| base.to_string());
             format_ident!("{}", name)
         };
-        Fresh { q: pick("Q"), r: pick("R"), f: pick("F") }
+        let lifetime = Lifetime::new(&format!("'{}", pick("__guarded")), Span::call_site());
+        Fresh { q: pick("Q"), r: pick("R"), f: pick("F"), lifetime }
+    }
+
+    /// `bound` as a where-predicate that rustc checks where the method is called, not where it
+    /// is defined: a bound on a concrete type (`Clock: Default`) that does not hold is an error
+    /// at its definition, but under a `for<'x>` binder it only makes the method unavailable.
+    /// So a value type that is not `Clone` loses `field_get_cloned`, not the whole struct.
+    /// Spanned at `span` (the type), where rustc's "required by this bound" note points.
+    fn deferred(&self, bound: TokenStream, span: Span) -> TokenStream {
+        let lifetime = &self.lifetime;
+        respan(quote!(for<#lifetime> #bound), span)
     }
 }
