@@ -52,6 +52,9 @@ pub(crate) fn impls(c: &Container<'_>, plans: &[Option<Plan>]) -> TokenStream {
             (Some(plan), Shape::Map(map)) => {
                 let build = build_map(&private, map, plan);
                 inits.push(quote!(#(#cfgs)* #field: #build));
+                if let Some(hasher) = map.hasher {
+                    default_bounds.push(fresh.deferred(quote!(#hasher: #private::Default), hasher.span()));
+                }
                 accessors.push(accessors_of(&krate, &private, docs_krate, &fresh, f, map, plan));
                 summary.push(format!(
                     "- `{}`: timeout {} ms, slow above {} ms, {}{}",

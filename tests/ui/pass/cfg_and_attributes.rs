@@ -12,12 +12,15 @@ struct billing_state {
     #[allow(unused)]
     always: HashMap<u64, String>,
     r#type: HashMap<u8, u8>,
+    wrapped: map_wrapper::MapWrapper<u8, u8>,
 }
 
 fn main() {
     let b = billing_state::new();
     assert!(b.always_len().is_ok());
     assert!(b.type_insert(1, 1).is_ok());
+    assert_eq!(b.wrapped().name(), "billing_state.wrapped");
+    assert!(b.wrapped_insert(1, 1).is_ok());
     assert_eq!(b.always().name(), "billing_state.always");
     assert!(format!("{b:?}").starts_with("billing_state"));
 }
