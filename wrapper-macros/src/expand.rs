@@ -75,8 +75,11 @@ pub(crate) fn impls(c: &Container<'_>, plans: &[Option<Plan>]) -> TokenStream {
             _ => {
                 let ty = &f.original.ty;
                 // Deferred (see `Fresh::deferred`): a field type without `Default` makes `new()`
-                // and `Default` unavailable instead of failing the whole struct.
-                default_bounds.push(fresh.deferred(quote!(#ty: #private::Default), ty.span()));
+                // and `Default` unavailable instead of failing the whole struct. Not for a
+                // `#[cfg]` field, whose type may not exist when the field does not.
+                if cfgs.is_empty() {
+                    default_bounds.push(fresh.deferred(quote!(#ty: #private::Default), ty.span()));
+                }
                 let init = quote_spanned!(ty.span()=> <#ty as #private::Default>::default());
                 inits.push(quote!(#(#cfgs)* #field: #init));
             }

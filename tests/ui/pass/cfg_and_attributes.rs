@@ -8,6 +8,8 @@ use map_wrapper::guarded_map;
 struct billing_state {
     #[cfg(any())]
     never: HashMap<u64, String>,
+    #[cfg(any())]
+    never_plain: a_crate_that_is_not_there::Type,
     #[cfg(all())]
     #[allow(unused)]
     always: HashMap<u64, String>,
