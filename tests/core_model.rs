@@ -94,11 +94,21 @@ fn step(map: &MapWrapper<u8, u16>, model: &mut HashMap<u8, u16>, op: &Op) {
             assert_eq!(got, expect);
         }
         Op::Alter(k, new) => {
+            let current = model.get(&k).copied();
             let expect_old = match new {
                 Some(v) => model.insert(k, v),
                 None => model.remove(&k),
             };
-            assert_eq!(map.alter(k, |_| new).unwrap(), expect_old);
+            let mut given = None;
+            assert_eq!(
+                map.alter(k, |old| {
+                    given = Some(old.copied());
+                    new
+                })
+                .unwrap(),
+                expect_old
+            );
+            assert_eq!(given, Some(current), "alter's closure gets the current value");
         }
         Op::Upsert(k, v) => {
             let expect = if let Some(old) = model.get_mut(&k) {

@@ -1,7 +1,6 @@
 //! Storms: hundreds of threads started at once on one map; afterwards the map agrees with what
 //! the threads' own logs say. Bounded in time by the per-operation deadline and a watchdog.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,70 +57,11 @@ fn concurrent_removes_of_one_key_succeed_exactly_once() {
     });
 }
 
-/// Each thread owns a disjoint range of keys for inserts/removes (so its own log is the truth
-/// for those keys) and also reads and updates a shared hot set that everybody touches.
+/// Hundreds of threads at once: each owns a key range and checks every result against its own
+/// log; all of them hammer a shared hot set; the final map equals the union of the logs.
 #[test]
 fn hundreds_of_threads_agree_with_their_own_logs() {
-    const THREADS: usize = 300;
-    const OPS: u64 = 400;
-    const HOT: u64 = 16;
-    // Far above every thread's own key range (t * 10_000 + 0..64).
-    const HOT_BASE: u64 = u64::MAX - HOT;
-    within(Duration::from_secs(240), || {
-        let m = map(16);
-        for h in 0..HOT {
-            m.insert(HOT_BASE + h, 0).unwrap();
-        }
-        let m2 = Arc::clone(&m);
-        let logs = storm(THREADS, move |t| {
-            let base = t as u64 * 10_000;
-            let mut mine: HashMap<u64, u64> = HashMap::new();
-            let mut hot_increments = 0u64;
-            let mut x = t as u64 * 0x9E37_79B9 + 1;
-            for i in 0..OPS {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let key = base + x % 64;
-                match x % 10 {
-                    0..=3 => {
-                        assert_eq!(m2.insert(key, i).unwrap(), mine.insert(key, i));
-                    }
-                    4 | 5 => {
-                        assert_eq!(m2.remove(&key).unwrap(), mine.remove(&key));
-                    }
-                    6 => {
-                        assert_eq!(m2.get_cloned(&key).unwrap(), mine.get(&key).copied());
-                    }
-                    7 | 8 => {
-                        let hot = HOT_BASE + x % HOT;
-                        m2.update(&hot, |v| *v += 1).unwrap().expect("hot key present");
-                        hot_increments += 1;
-                    }
-                    _ => {
-                        let hot = HOT_BASE + x % HOT;
-                        assert!(m2.get_cloned(&hot).unwrap().is_some());
-                    }
-                }
-            }
-            (mine, hot_increments)
-        });
-
-        let mut expected: HashMap<u64, u64> = HashMap::new();
-        let mut increments = 0;
-        for (mine, inc) in logs {
-            expected.extend(mine);
-            increments += inc;
-        }
-        let hot_total: u64 = (0..HOT).map(|h| m.remove(&(HOT_BASE + h)).unwrap().unwrap()).sum();
-        assert_eq!(hot_total, increments, "no update lost");
-        let mut got = m.snapshot().unwrap();
-        got.sort_unstable();
-        let mut want: Vec<_> = expected.into_iter().collect();
-        want.sort_unstable();
-        assert_eq!(got.len(), want.len());
-        assert_eq!(got, want);
-    });
+    within(Duration::from_secs(240), || suite::model_storm(map(16), 300, 400));
 }
 
 #[test]

@@ -1,78 +1,27 @@
 //! Reliability of the core map: a storm of a thousand threads checked against a model, and
 //! linearizability of small concurrent histories. Sizes grow with `MAPWRAPPER_LONG=1`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
 use map_wrapper::MapWrapper;
 use suite::linearizability::{check, Clock, Event, KeyOp};
-use suite::{scale, storm, within};
+use suite::{scale, within};
 
-/// ≥ 1,000 threads started at once; each owns a key range (its log is the truth there) and
-/// all of them increment a shared hot set. CI: 1,000 × 100 ops; long run: 1,000 × 10,000.
+/// ≥ 1,000 threads started at once, checked against a model (see `suite::model_storm`).
+/// CI: 1,000 × 100 ops; long run: 1,000 × 10,000 (10 M).
 #[test]
 fn a_thousand_threads_started_at_once_agree_with_the_model() {
-    const THREADS: usize = 1000;
     let ops = scale(100, 10_000) as u64;
-    const HOT: u64 = 8;
-    const HOT_BASE: u64 = u64::MAX - HOT;
     suite::watch_for_deadlocks();
     within(Duration::from_secs(if suite::long_run() { 3600 } else { 300 }), move || {
-        let m: Arc<MapWrapper<u64, u64>> = Arc::new(
+        let m = Arc::new(
             MapWrapper::builder().name("storm-1000").timeout(Duration::from_secs(60)).build().unwrap(),
         );
-        for h in 0..HOT {
-            m.insert(HOT_BASE + h, 0).unwrap();
-        }
-        let m2 = Arc::clone(&m);
-        let logs = storm(THREADS, move |t| {
-            let base = t as u64 * 1_000;
-            let mut mine = HashMap::new();
-            let mut increments = 0u64;
-            let mut x = (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            for i in 0..ops {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let key = base + x % 32;
-                match x % 8 {
-                    0..=2 => assert_eq!(m2.insert(key, i).unwrap(), mine.insert(key, i)),
-                    3 => assert_eq!(m2.remove(&key).unwrap(), mine.remove(&key)),
-                    4 => assert_eq!(m2.get_cloned(&key).unwrap(), mine.get(&key).copied()),
-                    5 => {
-                        let upserted = m2.entry(key).and_modify(|v| *v += 1).or_insert(i).unwrap();
-                        match mine.get_mut(&key) {
-                            Some(v) => {
-                                *v += 1;
-                                assert_eq!(upserted, map_wrapper::Upserted::Existing);
-                            }
-                            None => {
-                                mine.insert(key, i);
-                            }
-                        }
-                    }
-                    _ => {
-                        m2.update(&(HOT_BASE + x % HOT), |v| *v += 1).unwrap().unwrap();
-                        increments += 1;
-                    }
-                }
-            }
-            (mine, increments)
-        });
-        let mut want = Vec::new();
-        let mut increments = 0;
-        for (mine, inc) in logs {
-            want.extend(mine);
-            increments += inc;
-        }
-        let hot: u64 = (0..HOT).map(|h| m.remove(&(HOT_BASE + h)).unwrap().unwrap()).sum();
-        assert_eq!(hot, increments, "no increment lost");
-        let mut got = m.snapshot().unwrap();
-        got.sort_unstable();
-        want.sort_unstable();
-        assert_eq!(got, want, "0 divergences from the model");
+        let ran = suite::model_storm(m, 1000, ops);
+        eprintln!("storm: 1000 threads, {ran} operations, 0 divergences");
     });
 }
 

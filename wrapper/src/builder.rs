@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::audit::ValuePolicy;
+use crate::audit::{encoder, AuditSetup, Auditor, MapAudit, ValuePolicy};
 use crate::{MapError, MapWrapper};
 
 /// The most shards a map may have.
@@ -82,13 +82,22 @@ pub fn default_shards() -> usize {
 pub struct Builder<K, V, S = RandomState> {
     config: Config,
     shards: Option<usize>,
+    slow_threshold: Option<Duration>,
     hasher: S,
+    audit: Option<AuditSetup<K, V>>,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
 impl<K, V> Builder<K, V, RandomState> {
     pub(crate) fn new() -> Self {
-        Builder { config: Config::default(), shards: None, hasher: RandomState::new(), _types: PhantomData }
+        Builder {
+            config: Config::default(),
+            shards: None,
+            slow_threshold: None,
+            hasher: RandomState::new(),
+            audit: None,
+            _types: PhantomData,
+        }
     }
 }
 
@@ -116,10 +125,10 @@ impl<K, V, S> Builder<K, V, S> {
     }
 
     /// How long a completed operation may take before it counts as slow (for the circuit
-    /// breaker and stats). Default: [`DEFAULT_SLOW_THRESHOLD`] (50 ms). Must be below the
-    /// timeout.
+    /// breaker and stats). Must be above zero and below the timeout. Default:
+    /// [`DEFAULT_SLOW_THRESHOLD`] (50 ms), or half the timeout when that is shorter.
     pub fn slow_threshold(mut self, threshold: Duration) -> Self {
-        self.config.slow_threshold = threshold;
+        self.slow_threshold = Some(threshold);
         self
     }
 
@@ -135,9 +144,54 @@ impl<K, V, S> Builder<K, V, S> {
         self
     }
 
+    /// Audits every mutation into `auditor`'s sink, keys and values encoded with serde per
+    /// [`key_policy`](Builder::key_policy) and [`value_policy`](Builder::value_policy). See
+    /// [`crate::audit`] for what is recorded and what happens when the sink fails.
+    ///
+    /// `build()` fails with [`MapError::InvalidConfig`] when a policy is
+    /// [`ValuePolicy::Digest`] and the auditor has no digest key.
+    ///
+    /// ```
+    /// use map_wrapper::audit::{Auditor, MemorySink};
+    /// use map_wrapper::{MapWrapper, OpContext};
+    ///
+    /// let sink = MemorySink::new();
+    /// let map: MapWrapper<String, i64> =
+    ///     MapWrapper::builder().name("balances").auditor(Auditor::new(sink.clone())).build()?;
+    /// map.with(&OpContext::new().actor("alice")).insert("acct-1".into(), 10)?;
+    /// let rec = &sink.records()[0];
+    /// assert_eq!((rec.op.as_str(), rec.actor.as_str(), rec.outcome.as_str()), ("insert", "alice", "ok"));
+    /// # Ok::<(), map_wrapper::MapError>(())
+    /// ```
+    pub fn auditor(mut self, auditor: Auditor) -> Self
+    where
+        K: serde::Serialize + 'static,
+        V: serde::Serialize + 'static,
+    {
+        self.audit = Some(AuditSetup { auditor, key: encoder::<K>, value: Some(encoder::<V>) });
+        self
+    }
+
+    /// Like [`auditor`](Builder::auditor), but values are never encoded: every record shows
+    /// them as `{"redacted": true}` whatever the value policy, so `V` needs no `Serialize`.
+    pub fn auditor_redacted(mut self, auditor: Auditor) -> Self
+    where
+        K: serde::Serialize + 'static,
+    {
+        self.audit = Some(AuditSetup { auditor, key: encoder::<K>, value: None });
+        self
+    }
+
     /// The hasher used for keys (which also picks the shard).
     pub fn hasher<S2>(self, hasher: S2) -> Builder<K, V, S2> {
-        Builder { config: self.config, shards: self.shards, hasher, _types: PhantomData }
+        Builder {
+            config: self.config,
+            shards: self.shards,
+            slow_threshold: self.slow_threshold,
+            hasher,
+            audit: self.audit,
+            _types: PhantomData,
+        }
     }
 
     fn config(&self) -> Result<Config, MapError> {
@@ -162,16 +216,20 @@ impl<K, V, S> Builder<K, V, S> {
                 reason: format!("must be a power of two from 1 to {MAX_SHARDS}, got {shards}"),
             });
         }
-        if self.config.slow_threshold >= self.config.timeout && !self.config.timeout.is_zero() {
-            return Err(MapError::InvalidConfig {
-                field: "slow_threshold",
-                reason: format!(
-                    "must be below the timeout ({:?}), got {:?}",
-                    self.config.timeout, self.config.slow_threshold
-                ),
-            });
-        }
-        Ok(Config { shards, ..self.config.clone() })
+        let timeout = self.config.timeout;
+        let slow_threshold = match self.slow_threshold {
+            // A zero timeout never waits, so slowness is all in the work itself.
+            None if timeout.is_zero() => DEFAULT_SLOW_THRESHOLD,
+            None => DEFAULT_SLOW_THRESHOLD.min(timeout / 2),
+            Some(t) if t.is_zero() || (t >= timeout && !timeout.is_zero()) => {
+                return Err(MapError::InvalidConfig {
+                    field: "slow_threshold",
+                    reason: format!("must be above zero and below the timeout ({timeout:?}), got {t:?}"),
+                });
+            }
+            Some(t) => t,
+        };
+        Ok(Config { shards, slow_threshold, ..self.config.clone() })
     }
 }
 
@@ -183,7 +241,13 @@ impl<K, V, S: BuildHasher> Builder<K, V, S> {
     /// [`MapError::InvalidConfig`] naming the setting at fault.
     pub fn build(self) -> Result<MapWrapper<K, V, S>, MapError> {
         let config = self.config()?;
-        Ok(MapWrapper::from_config(config, self.hasher))
+        let audit = match self.audit {
+            Some(setup) => Some(Box::new(MapAudit::build(setup, config.key_policy, config.value_policy)?)),
+            None => None,
+        };
+        let mut map = MapWrapper::from_config(config, self.hasher);
+        map.audit = audit;
+        Ok(map)
     }
 }
 
@@ -229,6 +293,19 @@ mod tests {
             .timeout(Duration::from_millis(10))
             .slow_threshold(Duration::from_millis(10));
         assert_eq!(err(b).0, "slow_threshold");
+        assert_eq!(err(MapWrapper::builder().slow_threshold(Duration::ZERO)).0, "slow_threshold");
+    }
+
+    #[test]
+    fn a_tight_timeout_alone_is_valid_and_scales_the_slow_threshold() {
+        let m: MapWrapper<u8, u8> = MapWrapper::builder().timeout(Duration::from_millis(20)).build().unwrap();
+        assert_eq!(m.default_timeout(), Duration::from_millis(20));
+        let cfg = MapWrapper::<u8, u8>::builder().timeout(Duration::from_millis(20)).config().unwrap();
+        assert_eq!(cfg.slow_threshold, Duration::from_millis(10));
+        let cfg = MapWrapper::<u8, u8>::builder().timeout(Duration::ZERO).config().unwrap();
+        assert_eq!(cfg.slow_threshold, DEFAULT_SLOW_THRESHOLD);
+        let cfg = MapWrapper::<u8, u8>::builder().config().unwrap();
+        assert_eq!(cfg.slow_threshold, DEFAULT_SLOW_THRESHOLD);
     }
 
     #[test]

@@ -41,9 +41,34 @@
 //! nothing; what a bulk operation (`retain`, `clear`, `extend`) leaves after an error is
 //! documented on it.
 //!
+//! ## Audit trail
+//!
+//! Give a map an [`audit::Auditor`] and every store and delete is recorded, one
+//! [`audit::AuditRecord`] per affected key, hash-chained, in the order of each key's
+//! mutations; see [`audit`] for what is recorded and what happens when the sink fails, and
+//! `docs/AUDIT_FORMAT.md` for the bytes on disk. The `map-wrapper-audit` binary verifies a
+//! trail.
+//!
+//! ```
+//! use map_wrapper::audit::{Auditor, Durability, JsonLinesSink};
+//! use map_wrapper::MapWrapper;
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let sink = JsonLinesSink::open(dir.path(), Default::default()).unwrap();
+//! let map: MapWrapper<String, u64> = MapWrapper::builder()
+//!     .name("orders")
+//!     .auditor(Auditor::new(sink).durability(Durability::Synced).default_actor("order-svc"))
+//!     .build()?;
+//! map.insert("o-1".into(), 300)?; // returns once its record is on disk
+//! # Ok::<(), map_wrapper::MapError>(())
+//! ```
+//!
 //! ## Feature flags
 //!
 //! - `serde`: `Serialize` and `Deserialize` for [`MapWrapper`] (as a map), through serde.
+//!   (serde and serde_json themselves are always used, to encode audit records.)
+//! - `cli` (default): the `map-wrapper-audit` binary (brings in clap). Library users who do
+//!   not need it can turn default features off.
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod audit;
@@ -67,7 +92,7 @@ pub use builder::{
 pub use cancel::CancelToken;
 pub use context::{ContextGuard, OpContext};
 pub use error::{MapError, Severity};
-pub use map::{Entry, MapWrapper, Ref, Upserted, WithContext};
+pub use map::{Entry, Iter, MapWrapper, Ref, Upserted, WithContext};
 pub use map_wrapper_macros::{guarded_map, GuardedMap};
 
 /// `MapWrapper` can be shared between threads when its keys and values can.

@@ -7,11 +7,12 @@ use std::hash::{BuildHasher, Hash};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hashbrown::hash_table;
 use parking_lot::{MappedRwLockReadGuard, RwLock, RwLockReadGuard};
 
+use crate::audit::{Change, Encoded, MapAudit, Outcome, Ticket};
 use crate::builder::{Builder, Config};
 use crate::context::Effective;
 use crate::shard::{HeldMark, Shard, Table, Waiter};
@@ -77,6 +78,9 @@ pub struct MapWrapper<K, V, S = RandomState> {
     /// Unique in the process; tells this map's shards apart in the held-shard registry.
     id: u64,
     timeout: Duration,
+    slow_threshold: Duration,
+    /// The audit side (`None`: not audited, and the operations pay one `Option` check).
+    pub(crate) audit: Option<Box<MapAudit<K, V>>>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -119,6 +123,8 @@ impl<K, V, S> MapWrapper<K, V, S> {
             name: Arc::from(config.name.unwrap_or_else(|| format!("map-{id}"))),
             id,
             timeout: config.timeout,
+            slow_threshold: config.slow_threshold,
+            audit: None,
         }
     }
 
@@ -135,6 +141,11 @@ impl<K, V, S> MapWrapper<K, V, S> {
     /// The timeout an operation gets when its context sets none.
     pub fn default_timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// How long a completed operation may take before it counts as slow.
+    pub fn slow_threshold(&self) -> Duration {
+        self.slow_threshold
     }
 
     /// The map's hasher.
@@ -170,6 +181,13 @@ impl<K, V, S> MapWrapper<K, V, S> {
     fn shard_of(&self, hash: u64) -> usize {
         let mask = (1usize << self.shard_bits) - 1;
         (hash.rotate_left(7 + self.shard_bits) as usize) & mask
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<K: Hash + Eq, V, S: BuildHasher> MapWrapper<K, V, S> {
+    pub(crate) fn read_all_for_serde(&self) -> Result<Vec<ReadAll<'_, K, V>>, MapError> {
+        self.plain().read_all("serialize")
     }
 }
 
@@ -413,7 +431,7 @@ where
         /// assert_eq!(map.get_cloned(&2)?, Some(40));
         /// # Ok::<(), map_wrapper::MapError>(())
         /// ```
-        fn iter(&self) -> Result<std::vec::IntoIter<(K, V)>, MapError> where { K: Clone, V: Clone };
+        fn iter(&self) -> Result<Iter<K, V>, MapError> where { K: Clone, V: Clone };
     }
 
     /// Inserts every pair of `iter`, in order; returns how many were inserted.
@@ -492,16 +510,126 @@ where
         move |(k, _)| self.map.hasher.hash_one(k)
     }
 
+    /// Audit, before a mutation: refuses it when the map is fail-closed and its sink is down
+    /// (nothing is locked or changed), else starts its latency clock.
+    #[inline]
+    fn audit_begin(&self) -> Result<Option<Instant>, MapError> {
+        match &self.map.audit {
+            None => Ok(None),
+            Some(a) => a.begin(&self.map.name).map(Some),
+        }
+    }
+
+    /// Audit: builds and enqueues the record of one change or refusal; called under the shard
+    /// lock for a change, so a key's records follow the order of its mutations. `what`
+    /// encodes key and values and runs only when the map is audited.
+    #[inline]
+    fn audit(
+        &self,
+        op: &Waiter<'_, '_>,
+        t0: Option<Instant>,
+        shard: Option<usize>,
+        outcome: Outcome<'_>,
+        what: impl FnOnce(&MapAudit<K, V>) -> Change,
+    ) -> Result<Option<Ticket>, MapError> {
+        match (&self.map.audit, t0) {
+            (Some(a), Some(t0)) => a.record(&self.map.name, shard, op.op, &op.eff, t0, outcome, what(a)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Audit: records that a policy refused the operation and hands the error back.
+    #[cold]
+    fn audit_refused(
+        &self,
+        op: &Waiter<'_, '_>,
+        t0: Option<Instant>,
+        shard: usize,
+        key: Option<&K>,
+        e: MapError,
+    ) -> MapError {
+        let key = |a: &MapAudit<K, V>| key.map_or(Encoded::NONE, |k| a.key(k));
+        let _ = self.audit(op, t0, Some(shard), Outcome::Refused(&e), |a| Change {
+            key: key(a),
+            old: Encoded::NONE,
+            new: Encoded::NONE,
+        });
+        e
+    }
+
+    /// Audit, after the lock is released: waits until the record is as durable as the
+    /// auditor requires.
+    #[inline]
+    fn audit_settle(&self, ticket: Option<Ticket>) -> Result<(), MapError> {
+        match (&self.map.audit, ticket) {
+            (Some(a), Some(t)) => a.settle(&self.map.name, Some(t)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs a closure that changes a value in place; on an audited map a panic is caught, so
+    /// that the change made before it is recorded before the panic goes on.
+    #[inline]
+    fn guarded<R>(&self, f: impl FnOnce() -> R) -> std::thread::Result<R> {
+        if self.map.audit.is_some() {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        } else {
+            Ok(f())
+        }
+    }
+
+    /// The encoded value before an in-place change, when audited.
+    fn audit_old(&self, v: &V) -> Encoded {
+        self.map.audit.as_ref().map_or(Encoded::NONE, |a| a.value(v))
+    }
+
     /// See [`MapWrapper::insert`].
     pub fn insert(self, key: K, value: V) -> Result<Option<V>, MapError> {
+        let t0 = self.audit_begin()?;
         let (hash, idx) = self.locate(&key);
         let mut op = self.begin("insert");
-        let mut table = op.write(idx, &self.map.shards[idx])?;
+        let mut table = op
+            .write(idx, &self.map.shards[idx])
+            .map_err(|e| self.audit_refused(&op, t0, idx, Some(&key), e))?;
+        let (old, ticket) = self.put(&op, t0, idx, &mut table, hash, key, value);
+        drop(table);
+        self.audit_settle(ticket?)?;
+        Ok(old)
+    }
+
+    /// Stores `value` under `key` in a locked shard and records it: the body of `insert` and
+    /// of each pair of `extend`.
+    #[allow(clippy::too_many_arguments)]
+    fn put(
+        &self,
+        op: &Waiter<'_, '_>,
+        t0: Option<Instant>,
+        idx: usize,
+        table: &mut Table<K, V>,
+        hash: u64,
+        key: K,
+        value: V,
+    ) -> (Option<V>, Result<Option<Ticket>, MapError>) {
         match table.entry(hash, |(k, _)| *k == key, self.rehasher()) {
-            hash_table::Entry::Occupied(mut o) => Ok(Some(std::mem::replace(&mut o.get_mut().1, value))),
+            hash_table::Entry::Occupied(mut o) => {
+                let old = std::mem::replace(&mut o.get_mut().1, value);
+                let (k, new) = o.get();
+                let t = self.audit(op, t0, Some(idx), Outcome::Ok, |a| Change {
+                    key: a.key(k),
+                    old: a.value(&old),
+                    new: a.value(new),
+                });
+                (Some(old), t)
+            }
             hash_table::Entry::Vacant(v) => {
-                v.insert((key, value));
-                Ok(None)
+                let o = v.insert((key, value));
+                let (k, new) = o.get();
+                let t = self.audit(op, t0, Some(idx), Outcome::Ok, |a| Change {
+                    key: a.key(k),
+                    old: Encoded::NONE,
+                    new: a.value(new),
+                });
+                (None, t)
             }
         }
     }
@@ -607,9 +735,11 @@ where
         Q: Hash + Eq + ?Sized,
         F: FnOnce(&K, &V) -> bool,
     {
+        let t0 = self.audit_begin()?;
         let (hash, idx) = self.locate(key);
         let mut op = self.begin(op);
-        let mut table = op.write(idx, &self.map.shards[idx])?;
+        let mut table =
+            op.write(idx, &self.map.shards[idx]).map_err(|e| self.audit_refused(&op, t0, idx, None, e))?;
         let Ok(entry) = table.find_entry(hash, |(k, _)| k.borrow() == key) else {
             return Ok(None);
         };
@@ -621,7 +751,15 @@ where
         if keep {
             return Ok(None);
         }
-        Ok(Some(entry.remove().0))
+        let (k, v) = entry.remove().0;
+        let ticket = self.audit(&op, t0, Some(idx), Outcome::Ok, |a| Change {
+            key: a.key(&k),
+            old: a.value(&v),
+            new: Encoded::NONE,
+        });
+        drop(table);
+        self.audit_settle(ticket?)?;
+        Ok(Some((k, v)))
     }
 
     /// See [`MapWrapper::update`].
@@ -631,13 +769,28 @@ where
         Q: Hash + Eq + ?Sized,
         F: FnOnce(&mut V) -> R,
     {
+        let t0 = self.audit_begin()?;
         let (hash, idx) = self.locate(key);
         let mut op = self.begin("update");
-        let mut table = op.write(idx, &self.map.shards[idx])?;
-        Ok(table.find_mut(hash, |(k, _)| k.borrow() == key).map(|(_, v)| {
+        let mut table =
+            op.write(idx, &self.map.shards[idx]).map_err(|e| self.audit_refused(&op, t0, idx, None, e))?;
+        let Some((k, v)) = table.find_mut(hash, |(k, _)| k.borrow() == key) else {
+            return Ok(None);
+        };
+        let old = self.audit_old(v);
+        let r = self.guarded(|| {
             let _held = HeldMark::new(self.map.id, idx, true);
             f(v)
-        }))
+        });
+        let ticket = self.audit(&op, t0, Some(idx), Outcome::of(&r), |a| Change {
+            key: a.key(k),
+            old,
+            new: a.value(v),
+        });
+        drop(table);
+        let settled = ticket.and_then(|t| self.audit_settle(t));
+        let r = r.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        settled.map(|()| Some(r))
     }
 
     /// See [`MapWrapper::alter`].
@@ -645,28 +798,58 @@ where
     where
         F: FnOnce(Option<&V>) -> Option<V>,
     {
+        let t0 = self.audit_begin()?;
         let (hash, idx) = self.locate(&key);
         let mut op = self.begin("alter");
-        let mut table = op.write(idx, &self.map.shards[idx])?;
+        let mut table = op
+            .write(idx, &self.map.shards[idx])
+            .map_err(|e| self.audit_refused(&op, t0, idx, Some(&key), e))?;
         let held = HeldMark::new(self.map.id, idx, true);
-        match table.entry(hash, |(k, _)| *k == key, self.rehasher()) {
+        let record = |k: &K, old: Option<&V>, new: Option<&V>| {
+            self.audit(&op, t0, Some(idx), Outcome::Ok, |a| Change {
+                key: a.key(k),
+                old: a.value_opt(old),
+                new: a.value_opt(new),
+            })
+        };
+        let mut removed_key = None;
+        let (old, ticket) = match table.entry(hash, |(k, _)| *k == key, self.rehasher()) {
             hash_table::Entry::Occupied(mut o) => {
                 let new = f(Some(&o.get().1));
                 drop(held);
                 match new {
-                    Some(v) => Ok(Some(std::mem::replace(&mut o.get_mut().1, v))),
-                    None => Ok(Some(o.remove().0 .1)),
+                    Some(v) => {
+                        let old = std::mem::replace(&mut o.get_mut().1, v);
+                        let (k, new) = o.get();
+                        let t = record(k, Some(&old), Some(new));
+                        (Some(old), t)
+                    }
+                    None => {
+                        let (k, old) = o.remove().0;
+                        let t = record(&k, Some(&old), None);
+                        // The stored key is dropped after unlocking: its `Drop` may use the map.
+                        removed_key = Some(k);
+                        (Some(old), t)
+                    }
                 }
             }
             hash_table::Entry::Vacant(slot) => {
                 let new = f(None);
                 drop(held);
-                if let Some(v) = new {
-                    slot.insert((key, v));
+                match new {
+                    Some(v) => {
+                        let o = slot.insert((key, v));
+                        let (k, new) = o.get();
+                        (None, record(k, None, Some(new)))
+                    }
+                    None => (None, Ok(None)),
                 }
-                Ok(None)
             }
-        }
+        };
+        drop(table);
+        drop(removed_key);
+        self.audit_settle(ticket?)?;
+        Ok(old)
     }
 
     /// See [`MapWrapper::entry`].
@@ -676,30 +859,102 @@ where
 
     /// Runs `f` on each shard in turn under a write lock, all under one deadline; drops what
     /// `f` hands back only after the shard is unlocked (a value's `Drop` may use the map).
+    /// `f` also returns whether recording what it did succeeded; the first failure stops the
+    /// walk. Waits for the durability of the last record before returning (error or not).
     fn each_shard_mut<D>(
         self,
         op: &'static str,
-        mut f: impl FnMut(usize, &mut Table<K, V>) -> D,
+        mut f: impl FnMut(
+            &Waiter<'_, '_>,
+            Option<Instant>,
+            usize,
+            &mut Table<K, V>,
+        ) -> (D, Result<Option<Ticket>, MapError>),
     ) -> Result<(), MapError> {
+        let t0 = self.audit_begin()?;
         let mut waiter = self.begin(op);
-        waiter.refuse_if_holding_any()?;
+        if let Err(e) = waiter.refuse_if_holding_any() {
+            let shard = if let MapError::WouldDeadlock { shard, .. } = e { shard } else { 0 };
+            return Err(self.audit_refused(&waiter, t0, shard, None, e));
+        }
+        waiter.start_clock();
+        let mut last = None;
+        let mut result = Ok(());
         for (idx, shard) in self.map.shards.iter().enumerate() {
-            let mut table = waiter.write(idx, shard)?;
-            let garbage = f(idx, &mut table);
+            let mut table = match waiter.write(idx, shard) {
+                Ok(t) => t,
+                Err(e) => {
+                    result = Err(self.audit_refused(&waiter, t0, idx, None, e));
+                    break;
+                }
+            };
+            let (garbage, recorded) = f(&waiter, t0, idx, &mut table);
             drop(table);
             drop(garbage);
+            match recorded {
+                Ok(t) => last = t.or(last),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        self.audit_settle(last)?;
+        result
+    }
+
+    /// Records the removal of each of `gone` (under the shard lock); the last ticket.
+    fn audit_removed(
+        &self,
+        op: &Waiter<'_, '_>,
+        t0: Option<Instant>,
+        idx: usize,
+        gone: &[(K, V)],
+    ) -> Result<Option<Ticket>, MapError> {
+        let mut last = None;
+        if t0.is_some() {
+            for (k, v) in gone {
+                let t = self.audit(op, t0, Some(idx), Outcome::Ok, |a| Change {
+                    key: a.key(k),
+                    old: a.value(v),
+                    new: Encoded::NONE,
+                })?;
+                last = t.or(last);
+            }
+        }
+        Ok(last)
+    }
+
+    /// Runs `f` on each shard in turn under a read lock, all under one deadline, until it
+    /// returns `false`.
+    fn each_shard(
+        self,
+        op: &'static str,
+        mut f: impl FnMut(usize, &Table<K, V>) -> bool,
+    ) -> Result<(), MapError> {
+        let mut waiter = self.begin(op);
+        waiter.start_clock();
+        for (idx, shard) in self.map.shards.iter().enumerate() {
+            let table = waiter.read(idx, shard)?;
+            if !f(idx, &table) {
+                break;
+            }
         }
         Ok(())
     }
 
-    /// Runs `f` on each shard in turn under a read lock, all under one deadline.
-    fn each_shard(self, op: &'static str, mut f: impl FnMut(usize, &Table<K, V>)) -> Result<(), MapError> {
+    /// Read-locks every shard at once, in index order, under one deadline: a consistent view of
+    /// the whole map (used to serialize it). Writers of any shard wait until the guards drop.
+    #[cfg(feature = "serde")]
+    pub(crate) fn read_all(self, op: &'static str) -> Result<Vec<ReadAll<'m, K, V>>, MapError> {
         let mut waiter = self.begin(op);
+        waiter.start_clock();
+        let mut guards = Vec::with_capacity(self.map.shards.len());
         for (idx, shard) in self.map.shards.iter().enumerate() {
             let table = waiter.read(idx, shard)?;
-            f(idx, &table);
+            guards.push(ReadAll { table, _held: HeldMark::new(self.map.id, idx, false) });
         }
-        Ok(())
+        Ok(guards)
     }
 
     /// See [`MapWrapper::retain`].
@@ -709,11 +964,13 @@ where
     {
         let id = self.map.id;
         let mut removed = 0;
-        self.each_shard_mut("retain", |idx, table| {
-            let _held = HeldMark::new(id, idx, true);
+        self.each_shard_mut("retain", |op, t0, idx, table| {
+            let held = HeldMark::new(id, idx, true);
             let gone: Vec<(K, V)> = table.extract_if(|(k, v)| !f(k, v)).collect();
+            drop(held);
             removed += gone.len();
-            gone
+            let recorded = self.audit_removed(op, t0, idx, &gone);
+            (gone, recorded)
         })?;
         Ok(removed)
     }
@@ -721,9 +978,11 @@ where
     /// See [`MapWrapper::clear`].
     pub fn clear(self) -> Result<usize, MapError> {
         let mut removed = 0;
-        self.each_shard_mut("clear", |_, table| {
+        self.each_shard_mut("clear", |op, t0, idx, table| {
             removed += table.len();
-            std::mem::take(table)
+            let gone: Vec<(K, V)> = std::mem::take(table).into_iter().collect();
+            let recorded = self.audit_removed(op, t0, idx, &gone);
+            (gone, recorded)
         })?;
         Ok(removed)
     }
@@ -731,14 +990,20 @@ where
     /// See [`MapWrapper::len`].
     pub fn len(self) -> Result<usize, MapError> {
         let mut n = 0;
-        self.each_shard("len", |_, t| n += t.len())?;
+        self.each_shard("len", |_, t| {
+            n += t.len();
+            true
+        })?;
         Ok(n)
     }
 
     /// See [`MapWrapper::is_empty`].
     pub fn is_empty(self) -> Result<bool, MapError> {
         let mut empty = true;
-        self.each_shard("is_empty", |_, t| empty &= t.is_empty())?;
+        self.each_shard("is_empty", |_, t| {
+            empty = t.is_empty();
+            empty
+        })?;
         Ok(empty)
     }
 
@@ -751,6 +1016,7 @@ where
         self.each_shard("for_each", |idx, t| {
             let _held = HeldMark::new(id, idx, false);
             t.iter().for_each(|(k, v)| f(k, v));
+            true
         })
     }
 
@@ -761,40 +1027,75 @@ where
         V: Clone,
     {
         let mut out = Vec::new();
-        self.each_shard("snapshot", |_, t| out.extend(t.iter().cloned()))?;
+        self.each_shard("snapshot", |_, t| {
+            out.extend(t.iter().cloned());
+            true
+        })?;
         Ok(out)
     }
 
     /// See [`MapWrapper::iter`].
-    pub fn iter(self) -> Result<std::vec::IntoIter<(K, V)>, MapError>
+    pub fn iter(self) -> Result<Iter<K, V>, MapError>
     where
         K: Clone,
         V: Clone,
     {
-        Ok(self.snapshot()?.into_iter())
+        Ok(Iter { entries: self.snapshot()?.into_iter() })
     }
 
     /// See [`MapWrapper::extend`].
     pub fn extend<I: IntoIterator<Item = (K, V)>>(self, iter: I) -> Result<usize, MapError> {
+        let t0 = self.audit_begin()?;
         let mut waiter = self.begin("extend");
+        waiter.start_clock();
         let mut n = 0;
+        let (mut last, mut result) = (None, Ok(()));
         for (key, value) in iter {
             let (hash, idx) = self.locate(&key);
-            let mut table = waiter.write(idx, &self.map.shards[idx])?;
-            let old = match table.entry(hash, |(k, _)| *k == key, self.rehasher()) {
-                hash_table::Entry::Occupied(mut o) => Some(std::mem::replace(&mut o.get_mut().1, value)),
-                hash_table::Entry::Vacant(v) => {
-                    v.insert((key, value));
-                    None
+            let mut table = match waiter.write(idx, &self.map.shards[idx]) {
+                Ok(t) => t,
+                Err(e) => {
+                    result = Err(self.audit_refused(&waiter, t0, idx, Some(&key), e));
+                    break;
                 }
             };
+            let (old, recorded) = self.put(&waiter, t0, idx, &mut table, hash, key, value);
             drop(table);
             drop(old);
             n += 1;
+            match recorded {
+                Ok(t) => last = t.or(last),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
         }
-        Ok(n)
+        self.audit_settle(last)?;
+        result.map(|()| n)
     }
 }
+
+/// An iterator over a snapshot of a [`MapWrapper`]'s entries; made by [`MapWrapper::iter`].
+/// It holds no lock.
+#[derive(Debug, Clone)]
+pub struct Iter<K, V> {
+    entries: std::vec::IntoIter<(K, V)>,
+}
+
+impl<K, V> Iterator for Iter<K, V> {
+    type Item = (K, V);
+    fn next(&mut self) -> Option<(K, V)> {
+        self.entries.next()
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.entries.size_hint()
+    }
+}
+
+impl<K, V> ExactSizeIterator for Iter<K, V> {}
+
+impl<K, V> std::iter::FusedIterator for Iter<K, V> {}
 
 /// A pending upsert of one key; made by [`MapWrapper::entry`]. Nothing happens until one of
 /// the `or_*` methods runs it.
@@ -852,21 +1153,45 @@ where
     /// closures. `make` runs under the lock.
     pub fn or_insert_with<F: FnOnce() -> V>(self, make: F) -> Result<Upserted, MapError> {
         let Entry { with, key, modify } = self;
+        let t0 = with.audit_begin()?;
         let (hash, idx) = with.locate(&key);
         let mut op = with.begin("entry");
-        let mut table = op.write(idx, &with.map.shards[idx])?;
-        let _held = HeldMark::new(with.map.id, idx, true);
-        match table.entry(hash, |(k, _)| *k == key, with.rehasher()) {
+        let mut table = op
+            .write(idx, &with.map.shards[idx])
+            .map_err(|e| with.audit_refused(&op, t0, idx, Some(&key), e))?;
+        let held = HeldMark::new(with.map.id, idx, true);
+        let (upserted, ticket, panicked) = match table.entry(hash, |(k, _)| *k == key, with.rehasher()) {
             hash_table::Entry::Occupied(mut o) => {
-                modify(&mut o.get_mut().1);
-                Ok(Upserted::Existing)
+                let old = with.audit_old(&o.get().1);
+                let r = with.guarded(|| modify(&mut o.get_mut().1));
+                drop(held);
+                let (k, new) = o.get();
+                let t = with.audit(&op, t0, Some(idx), Outcome::of(&r), |a| Change {
+                    key: a.key(k),
+                    old,
+                    new: a.value(new),
+                });
+                (Upserted::Existing, t, r.err())
             }
             hash_table::Entry::Vacant(slot) => {
                 let value = make();
-                slot.insert((key, value));
-                Ok(Upserted::Inserted)
+                drop(held);
+                let o = slot.insert((key, value));
+                let (k, new) = o.get();
+                let t = with.audit(&op, t0, Some(idx), Outcome::Ok, |a| Change {
+                    key: a.key(k),
+                    old: Encoded::NONE,
+                    new: a.value(new),
+                });
+                (Upserted::Inserted, t, None)
             }
+        };
+        drop(table);
+        let settled = ticket.and_then(|t| with.audit_settle(t));
+        if let Some(panic) = panicked {
+            std::panic::resume_unwind(panic);
         }
+        settled.map(|()| upserted)
     }
 }
 
@@ -877,6 +1202,13 @@ impl<K: fmt::Debug, V, S, M> fmt::Debug for Entry<'_, '_, K, V, S, M> {
             .field("key", &self.key)
             .finish_non_exhaustive()
     }
+}
+
+/// One shard read-locked by `WithContext::read_all`, marked as held by this thread.
+#[cfg(feature = "serde")]
+pub(crate) struct ReadAll<'a, K, V> {
+    pub(crate) table: RwLockReadGuard<'a, Table<K, V>>,
+    _held: HeldMark,
 }
 
 /// A read guard on one value of a [`MapWrapper`]; made by [`MapWrapper::get`].

@@ -188,23 +188,22 @@ impl<'a, 'c> Waiter<'a, 'c> {
         MapError::Cancelled { map: self.map_name.clone(), op: self.op }
     }
 
+    /// Starts the operation's clock now instead of at its first wait: for operations that visit
+    /// many shards, whose one deadline must count from the call (they read the clock once; the
+    /// single-key fast path does not).
+    pub(crate) fn start_clock(&mut self) {
+        let now = Instant::now();
+        self.window = Some((now, self.eff.deadline_from(now, self.default_timeout)));
+    }
+
     fn precheck(&mut self) -> Result<(), MapError> {
         if self.eff.is_cancelled() {
             return Err(self.cancelled());
         }
         if !self.checked_absolute {
             self.checked_absolute = true;
-            if let Some(d) = self.eff.absolute_deadline() {
-                let now = Instant::now();
-                if now >= d {
-                    return Err(MapError::Timeout {
-                        map: self.map_name.clone(),
-                        op: self.op,
-                        shard: usize::MAX,
-                        waited: Duration::ZERO,
-                        timeout: Duration::ZERO,
-                    });
-                }
+            if self.eff.absolute_deadline().is_some_and(|d| Instant::now() >= d) {
+                return Err(MapError::DeadlineExceeded { map: self.map_name.clone(), op: self.op });
             }
         }
         Ok(())
@@ -216,10 +215,10 @@ impl<'a, 'c> Waiter<'a, 'c> {
         idx: usize,
         mut try_until: impl FnMut(Instant) -> Option<G>,
     ) -> Result<G, MapError> {
-        let (start, deadline) = *self.window.get_or_insert_with(|| {
-            let now = Instant::now();
-            (now, self.eff.deadline_from(now, self.default_timeout))
-        });
+        let wait_start = Instant::now();
+        let (start, deadline) = *self
+            .window
+            .get_or_insert_with(|| (wait_start, self.eff.deadline_from(wait_start, self.default_timeout)));
         let poll = self.eff.has_cancel();
         loop {
             let now = Instant::now();
@@ -228,7 +227,7 @@ impl<'a, 'c> Waiter<'a, 'c> {
                     map: self.map_name.clone(),
                     op: self.op,
                     shard: idx,
-                    waited: now - start,
+                    waited: now - wait_start,
                     timeout: deadline.saturating_duration_since(start),
                 });
             }
