@@ -1,6 +1,6 @@
 //! Billing: a domain struct with plain `HashMap` fields, guarded by one attribute, shared by
-//! checkout, settlement and reporting threads. Prints what happened, including a timeout and
-//! a refused deadlock.
+//! checkout, settlement and reporting threads, all its maps audited into one trail. Prints
+//! what happened (including a timeout and a refused deadlock), the trail, and its verdict.
 //!
 //! Run: `cargo run --example billing`
 
@@ -10,12 +10,14 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use map_wrapper::audit::verify::{self, VerifyOptions};
+use map_wrapper::audit::{Auditor, MemorySink};
 use map_wrapper::{guarded_map, MapError, OpContext};
 
 type InvoiceId = u64;
 type CustomerId = String;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 struct Invoice {
     customer: CustomerId,
     cents: i64,
@@ -40,8 +42,11 @@ const CUSTOMERS: [&str; 4] = ["acme", "globex", "initech", "umbrella"];
 const CHECKOUTS: u64 = 4;
 const INVOICES_PER_CHECKOUT: u64 = 50;
 
-fn main() -> Result<(), MapError> {
-    let billing = Arc::new(Billing { currency: "EUR".into(), ..Billing::new() });
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // One auditor for the whole struct: every map writes to the same hash-chained trail.
+    let trail = MemorySink::new();
+    let auditor = Auditor::new(trail.clone()).default_actor("billing-admin");
+    let billing = Arc::new(Billing { currency: "EUR".into(), ..Billing::with_auditor(&auditor)? });
     println!(
         "== {} maps, {} ms timeout: {}, {}, {}",
         billing.currency,
@@ -50,10 +55,13 @@ fn main() -> Result<(), MapError> {
         billing.balances().name(),
         billing.cards().name()
     );
+    let _setup = OpContext::new().actor("billing-setup").enter();
     for (i, customer) in CUSTOMERS.iter().enumerate() {
         billing.cards_insert(customer.to_string(), format!("tok_{i:04}"))?;
         billing.balances_insert(customer.to_string(), 0)?;
     }
+
+    drop(_setup);
 
     // 1. Checkout threads issue invoices and charge balances; a settlement thread pays every
     //    third invoice as soon as it sees it. All share one struct, no lock in sight.
@@ -126,6 +134,7 @@ fn main() -> Result<(), MapError> {
     let report = {
         let billing = Arc::clone(&billing);
         thread::spawn(move || -> Result<(), MapError> {
+            let _as = OpContext::new().actor("monthly-report").enter();
             let owed = billing.balances_get("acme")?.expect("acme has a balance");
             held_tx.send(*owed).expect("main thread waits");
             thread::sleep(Duration::from_millis(500));
@@ -152,5 +161,38 @@ fn main() -> Result<(), MapError> {
         Some(Err(e)) => println!("\n== re-entrant read inside an update refused [{}]:\n   {e}", e.code()),
         other => println!("\n== unexpected: {other:?}"),
     }
+
+    // 4. The trail: one record per store and delete, from every thread, in one chain.
+    let records = trail.records();
+    let mut per_map: Vec<((String, String, String), usize)> = Vec::new();
+    for r in &records {
+        let id = (r.map.clone().unwrap_or_default(), r.op.clone(), r.outcome.clone());
+        match per_map.iter_mut().find(|(k, _)| *k == id) {
+            Some((_, n)) => *n += 1,
+            None => per_map.push((id, 1)),
+        }
+    }
+    per_map.sort();
+    println!("\n== audit trail: {} records", records.len());
+    for ((map, op, outcome), n) in per_map {
+        println!("   {map:<17} {op:<7} {outcome:<8} x{n}");
+    }
+    println!("   the cards map, as the trail shows it (tokens redacted):");
+    for r in records.iter().filter(|r| r.map.as_deref() == Some("billing.cards")).take(2) {
+        let new = r.new.as_ref().map_or("-".to_string(), |v| v.to_string());
+        println!(
+            "   #{} {} key={} new={new} actor={}",
+            r.seq,
+            r.op,
+            r.key.as_ref().map_or("-".into(), |k| k.to_string()),
+            r.actor
+        );
+    }
+    println!("   card tokens anywhere in the trail: {}", trail.text().matches("tok_").count());
+    let report = verify::verify_bytes(
+        &[("billing trail".into(), trail.text().into_bytes())],
+        &VerifyOptions::default(),
+    )?;
+    println!("\n== verify the trail: {}", report.verdict_line());
     Ok(())
 }

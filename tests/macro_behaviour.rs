@@ -1,6 +1,7 @@
 //! What a user of `#[guarded_map]` relies on at run time: the generated struct's maps are
 //! named and configured as declared, its accessors are the map's operations, it can be shared
-//! by many threads, and its accessors give up after the struct's timeout.
+//! by many threads, its accessors give up after the struct's timeout, and with one auditor
+//! its trail names every map `"Struct.field"` and keeps redacted values out.
 
 use std::collections::HashMap;
 use std::sync::mpsc;
@@ -8,7 +9,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use map_wrapper::{guarded_map, GuardedMap, MapError, MapWrapper};
+use map_wrapper::audit::verify::{self, Verdict};
+use map_wrapper::audit::{Auditor, MemorySink};
+use map_wrapper::{guarded_map, GuardedMap, MapError, MapWrapper, OpContext};
 use suite::storm;
 
 #[guarded_map(timeout_ms = 120, audit = "ledger")]
@@ -24,12 +27,18 @@ struct Ledger {
     label: String,
 }
 
+#[guarded_map(timeout_ms = 2, slow_ms = 1)]
+struct Tight {
+    m: HashMap<u8, u8>,
+}
+
 #[guarded_map]
 struct Plain {
     entries: HashMap<u32, u32>,
 }
 
-#[guarded_map(shards = 65536, slow_ms = 0, timeout_ms = 1)]
+// The smallest timeout, with the runtime's default slow threshold for it (half of it).
+#[guarded_map(shards = 65536, timeout_ms = 1)]
 struct AtTheLimits {
     #[guard(
         name = "n123456789n123456789n123456789n123456789n123456789n123456789n123456789n123456789n123456789n123456789n123456789n123456789n123456789n123456789n123456789n123456789n123456789n123456789n123456789n123456789n123456789n123456789n123456789n123456789n123456789n12345"
@@ -74,6 +83,7 @@ fn defaults_and_limits_are_the_runtime_ones() {
     assert_eq!(limits.m().shard_count(), map_wrapper::MAX_SHARDS);
     assert_eq!(limits.m().name().len(), map_wrapper::MAX_NAME_LEN);
     assert_eq!(limits.m().default_timeout(), Duration::from_millis(1));
+    assert_eq!(Tight::new().m().default_timeout(), Duration::from_millis(2));
 }
 
 #[test]
@@ -199,4 +209,85 @@ fn a_field_timeout_overrides_the_struct_timeout() {
     assert!(started.elapsed() >= Duration::from_millis(300), "returned after {:?}", started.elapsed());
     release_tx.send(()).unwrap();
     handle.join().unwrap();
+}
+
+#[test]
+fn one_auditor_names_every_map_struct_dot_field_and_keeps_redacted_values_out() {
+    const THREADS: usize = 8;
+    let sink = MemorySink::new();
+    let ledger = Arc::new(Ledger::with_auditor(&Auditor::new(sink.clone())).unwrap());
+    let shared = Arc::clone(&ledger);
+    storm(THREADS, move |t| {
+        let _as = OpContext::new().actor(format!("teller-{t}")).enter();
+        shared.balances_insert(format!("acct-{t}"), t as i64).unwrap();
+        shared.balances_update(&format!("acct-{t}"), |b| *b += 100).unwrap();
+        shared.cards_insert(t as u64, format!("tok-SECRET-{t}")).unwrap();
+        if t % 2 == 0 {
+            shared.cards_remove(&(t as u64)).unwrap();
+        }
+        shared.notes_insert(t as u32, format!("note-{t}")).unwrap();
+    });
+    // Reads are not audited; the skipped raw map is not a guarded map at all.
+    assert_eq!(ledger.balances_get_cloned("acct-3").unwrap(), Some(103));
+
+    let records = sink.records();
+    let count =
+        |map: &str, op: &str| records.iter().filter(|r| r.map.as_deref() == Some(map) && r.op == op).count();
+    assert_eq!(count("ledger.balances", "insert"), THREADS);
+    assert_eq!(count("ledger.balances", "update"), THREADS);
+    assert_eq!(count("ledger.cards", "insert"), THREADS);
+    assert_eq!(count("ledger.cards", "remove"), THREADS / 2);
+    assert_eq!(count("ledger.notes_v2", "insert"), THREADS);
+    assert_eq!(records.len(), 4 * THREADS + THREADS / 2, "one record per mutation, no other");
+
+    for r in &records {
+        assert_eq!(r.outcome, "ok");
+        let key = r.key.as_ref().map(|k| k.to_string()).unwrap_or_default();
+        // Each teller's records carry its actor (the ambient context of its thread).
+        let teller = (0..THREADS).find(|t| key.contains(&t.to_string())).expect("a key of some teller");
+        assert_eq!(r.actor, format!("teller-{teller}"), "{r:?}");
+        match r.map.as_deref() {
+            Some("ledger.cards") => {
+                for value in [&r.old, &r.new].into_iter().flatten() {
+                    assert_eq!(value, &serde_json::json!({"redacted": true}), "{r:?}");
+                }
+            }
+            Some("ledger.balances") if r.op == "insert" => {
+                assert_eq!(r.new, Some(serde_json::json!({"full": teller as i64})));
+            }
+            _ => {}
+        }
+    }
+    let text = sink.text();
+    assert!(!text.contains("SECRET"), "a redacted value reached the trail");
+    assert!(text.contains("note-3"), "values of other maps are recorded in full");
+
+    // One sink, one chain: the whole struct's trail verifies as one.
+    let report = verify::verify_bytes(&[("memory".into(), text.into_bytes())], &Default::default()).unwrap();
+    assert_eq!(report.verdict, Verdict::Intact, "{}", report.human());
+    assert_eq!(report.records, records.len() as u64);
+}
+
+#[guarded_map(audit = "vault")]
+struct Vault {
+    #[guard(digest)]
+    pins: HashMap<u32, String>,
+}
+
+#[test]
+fn a_digest_map_needs_a_digest_key_and_then_records_no_plain_value() {
+    let refused = Vault::with_auditor(&Auditor::new(MemorySink::new()));
+    assert_eq!(refused.err().map(|e| e.code()), Some("INVALID_CONFIG"));
+
+    let sink = MemorySink::new();
+    let auditor =
+        Auditor::new(sink.clone()).digest_key("k1", b"a test key of at least 32 bytes.....".to_vec());
+    let vault = Vault::with_auditor(&auditor).unwrap();
+    vault.pins_insert(1, "PIN-4321".into()).unwrap();
+    let records = sink.records();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].map.as_deref(), Some("vault.pins"));
+    assert!(!sink.text().contains("PIN-4321"));
+    // Without an auditor the same struct audits nothing and needs no key.
+    assert!(Vault::new().pins_insert(1, "x".into()).is_ok());
 }

@@ -13,8 +13,13 @@ struct Slow {
     m: HashMap<u8, u8>,
 }
 
-#[guarded_map(timeout_ms = 20)]
-struct BelowDefaultSlow {
+#[guarded_map(slow_ms = 0)]
+struct ZeroSlow {
+    m: HashMap<u8, u8>,
+}
+
+#[guarded_map(timeout_ms = 100, slow_ms = 40)]
+struct FieldBelowSlow {
     m: HashMap<u8, u8>,
     #[guard(timeout_ms = 30)]
     n: HashMap<u8, u8>,

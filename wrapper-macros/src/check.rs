@@ -14,13 +14,12 @@ use crate::ctxt::Ctxt;
 use crate::expand::{ACCESSOR_SUFFIXES, CONSTRUCTORS};
 
 // The runtime's defaults and limits, repeated here because a proc-macro cannot read another
-// crate's constants. `tests/macro_behaviour.rs` and the `shards_at_the_limit` UI case pin them
-// to `map_wrapper::{DEFAULT_TIMEOUT, DEFAULT_SLOW_THRESHOLD, MAX_SHARDS}`.
+// crate's constants. `defaults_and_limits_are_the_runtime_ones` in `tests/macro_behaviour.rs`
+// pins them to `map_wrapper::{DEFAULT_TIMEOUT, MAX_SHARDS, MAX_NAME_LEN}`. The slow threshold
+// is left to the runtime's default (which depends on the timeout) unless `slow_ms` is given.
 
 /// `map_wrapper::DEFAULT_TIMEOUT`, in milliseconds.
 pub(crate) const DEFAULT_TIMEOUT_MS: u64 = 500;
-/// `map_wrapper::DEFAULT_SLOW_THRESHOLD`, in milliseconds.
-pub(crate) const DEFAULT_SLOW_MS: u64 = 50;
 /// `map_wrapper::MAX_SHARDS`.
 pub(crate) const MAX_SHARDS: u64 = 1 << 16;
 /// `map_wrapper::MAX_NAME_LEN`, in bytes.
@@ -38,7 +37,8 @@ pub(crate) enum Policy {
 pub(crate) struct Plan {
     pub(crate) name: String,
     pub(crate) timeout_ms: u64,
-    pub(crate) slow_ms: u64,
+    /// `None`: the runtime's default for the map's timeout.
+    pub(crate) slow_ms: Option<u64>,
     pub(crate) shards: Option<u64>,
     pub(crate) policy: Policy,
 }
@@ -65,9 +65,16 @@ pub(crate) fn check(cx: &mut Ctxt, c: &Container<'_>) -> Vec<Option<Plan>> {
         }
         None => DEFAULT_TIMEOUT_MS,
     };
-    let slow_ms = c.opts.slow_ms.as_ref().map_or(DEFAULT_SLOW_MS, |s| s.value);
-    if timeout_ms > 0 {
-        check_slow_below_timeout(cx, c.opts.slow_ms.as_ref(), c.opts.timeout_ms.as_ref(), timeout_ms, None);
+    let slow_ms = c.opts.slow_ms.as_ref().map(|s| s.value);
+    if let Some(slow) = &c.opts.slow_ms {
+        if slow.value == 0 {
+            cx.error_at(slow.span, "`slow_ms` must be at least 1, e.g. `slow_ms = 20`");
+        } else if slow.value >= timeout_ms && timeout_ms > 0 {
+            cx.error_at(
+                slow.span,
+                format!("`slow_ms = {}` must be below the timeout ({timeout_ms} ms): lower it", slow.value),
+            );
+        }
     }
     if let Some(shards) = &c.opts.shards {
         if !shards.value.is_power_of_two() || shards.value > MAX_SHARDS {
@@ -213,13 +220,14 @@ pub(crate) fn check(cx: &mut Ctxt, c: &Container<'_>) -> Vec<Option<Plan>> {
         let field_timeout = match &f.opts.timeout_ms {
             Some(t) => {
                 check_timeout(cx, t);
-                if t.value > 0 {
-                    check_slow_below_timeout(
-                        cx,
-                        c.opts.slow_ms.as_ref(),
-                        Some(t),
-                        t.value,
-                        Some(&field_name),
+                if let Some(slow) = c.opts.slow_ms.as_ref().filter(|s| s.value > 0 && s.value >= t.value) {
+                    cx.error_at(
+                        t.span,
+                        format!(
+                            "the `timeout_ms = {}` of field `{field_name}` must be above the struct's \
+                             `slow_ms = {}`",
+                            t.value, slow.value
+                        ),
                     );
                 }
                 t.value
@@ -271,45 +279,6 @@ fn check_timeout(cx: &mut Ctxt, t: &Setting<u64>) {
             t.span,
             "`timeout_ms` must be at least 1: a map whose every wait fails at once is not guarded",
         );
-    }
-}
-
-/// The slow threshold must be below each map's timeout (`Builder::slow_threshold`). The
-/// error points at what the user wrote: for the struct's own timeout, `slow_ms` when given;
-/// for a field's `timeout_ms` (`field` is its name), that timeout.
-fn check_slow_below_timeout(
-    cx: &mut Ctxt,
-    slow: Option<&Setting<u64>>,
-    timeout: Option<&Setting<u64>>,
-    timeout_ms: u64,
-    field: Option<&str>,
-) {
-    let slow_ms = slow.map_or(DEFAULT_SLOW_MS, |s| s.value);
-    if slow_ms < timeout_ms {
-        return;
-    }
-    let threshold = match slow {
-        Some(s) => format!("the struct's `slow_ms = {}`", s.value),
-        None => format!("the slow-operation threshold ({DEFAULT_SLOW_MS} ms by default)"),
-    };
-    match (field, timeout, slow) {
-        (None, _, Some(slow)) => cx.error_at(
-            slow.span,
-            format!("`slow_ms = {slow_ms}` must be below the timeout ({timeout_ms} ms): lower it"),
-        ),
-        (None, Some(t), None) => cx.error_at(
-            t.span,
-            format!(
-                "`timeout_ms = {timeout_ms}` must be above {threshold}: raise it, or set `slow_ms` \
-                 below {timeout_ms} on the struct"
-            ),
-        ),
-        (Some(field), Some(t), _) => cx.error_at(
-            t.span,
-            format!("the `timeout_ms = {timeout_ms}` of field `{field}` must be above {threshold}"),
-        ),
-        // The default timeout is above the default threshold.
-        _ => {}
     }
 }
 

@@ -42,6 +42,8 @@ pub(crate) fn impls(c: &Container<'_>, plans: &[Option<Plan>]) -> TokenStream {
     let fresh = Fresh::new(c);
 
     let mut inits = Vec::new();
+    let mut audited_inits = Vec::new();
+    let mut audit_bounds: Vec<TokenStream> = Vec::new();
     let mut default_bounds: Vec<TokenStream> = Vec::new();
     let mut accessors = Vec::new();
     let mut summary = Vec::new();
@@ -50,17 +52,38 @@ pub(crate) fn impls(c: &Container<'_>, plans: &[Option<Plan>]) -> TokenStream {
         let cfgs = attrs_named(&f.original.attrs, "cfg");
         match (plan, &f.shape) {
             (Some(plan), Shape::Map(map)) => {
-                let build = build_map(&private, map, plan);
-                inits.push(quote!(#(#cfgs)* #field: #build));
+                let builder = builder_of(&private, map, plan);
+                inits.push(quote!(#(#cfgs)* #field: #private::built_checked(#builder.build())));
+                let (k, v) = (map.key, map.value);
+                // Keys are always recorded; values not when redacted (then `V` needs no
+                // `Serialize`). Deferred, so that a struct whose values cannot be serialized
+                // still has everything but `with_auditor`.
+                let serialize = |ty: &syn::Type| {
+                    let bound = fresh.to_static(quote!(#ty: #private::Serialize + 'static));
+                    fresh.deferred(bound, ty.span())
+                };
+                audit_bounds.push(serialize(k));
+                let audit = if plan.policy == Policy::Redacted {
+                    quote!(auditor_redacted)
+                } else {
+                    audit_bounds.push(serialize(v));
+                    quote!(auditor)
+                };
+                audited_inits.push(quote! {
+                    #(#cfgs)* #field: #builder.#audit(#private::Clone::clone(auditor)).build()?
+                });
                 if let Some(hasher) = map.hasher {
                     default_bounds.push(fresh.deferred(quote!(#hasher: #private::Default), hasher.span()));
                 }
                 accessors.push(accessors_of(&krate, &private, docs_krate, &fresh, f, map, plan));
                 summary.push(format!(
-                    "- `{}`: timeout {} ms, slow above {} ms, {}{}",
+                    "- `{}`: timeout {} ms, {}, {}{}",
                     plan.name,
                     plan.timeout_ms,
-                    plan.slow_ms,
+                    match plan.slow_ms {
+                        Some(ms) => format!("slow above {ms} ms"),
+                        None => "the default slow threshold".to_string(),
+                    },
                     match plan.shards {
                         Some(n) => format!("{n} shards"),
                         None => "the default number of shards".to_string(),
@@ -82,10 +105,14 @@ pub(crate) fn impls(c: &Container<'_>, plans: &[Option<Plan>]) -> TokenStream {
                 }
                 let init = quote_spanned!(ty.span()=> <#ty as #private::Default>::default());
                 inits.push(quote!(#(#cfgs)* #field: #init));
+                let static_init = fresh.to_static(init);
+                audited_inits.push(quote!(#(#cfgs)* #field: #static_init));
             }
         }
     }
 
+    dedup(&mut default_bounds);
+    dedup(&mut audit_bounds);
     let vis = c.vis;
     let struct_name = ident.unraw().to_string();
     let new_doc = format!(
@@ -99,6 +126,14 @@ pub(crate) fn impls(c: &Container<'_>, plans: &[Option<Plan>]) -> TokenStream {
         default_where.predicates.push(syn::parse_quote!(#bound));
     }
     let new_where = (!default_bounds.is_empty()).then(|| quote!(where #(#default_bounds,)*));
+    let (static_impl_generics, static_ty_generics, static_where) = fresh.static_generics(c.generics);
+    let with_auditor_doc = format!(
+        "Makes a `{struct_name}` like [`new`](Self::new), whose maps all write their audit records \
+         to `auditor`: one sink, so one total order and one hash chain for the whole struct. Maps \
+         marked `#[guard(redact)]` record no values (their value type needs no `Serialize`).\n\n\
+         # Errors\n\n`MapError::InvalidConfig` when a map is marked `#[guard(digest)]` and \
+         `auditor` has no digest key."
+    );
 
     quote! {
         #[automatically_derived]
@@ -113,6 +148,24 @@ pub(crate) fn impls(c: &Container<'_>, plans: &[Option<Plan>]) -> TokenStream {
             #(#accessors)*
         }
 
+        // Audit records outlive the operation, so audited keys and values are `'static`: the
+        // struct's lifetimes are `'static` here (which also keeps rustc from seeing two
+        // bounds that differ only in lifetimes as ambiguous).
+        #[automatically_derived]
+        #[allow(dead_code)]
+        impl #static_impl_generics #ident #static_ty_generics #static_where {
+            #[doc = #with_auditor_doc]
+            #vis fn with_auditor(
+                auditor: &#private::Auditor,
+            ) -> #private::Result<Self, #private::MapError>
+            where
+                #(#audit_bounds,)*
+                #(#default_bounds,)*
+            {
+                #private::Result::Ok(Self { #(#audited_inits,)* })
+            }
+        }
+
         #[automatically_derived]
         impl #impl_generics #private::Default for #ident #ty_generics #default_where {
             #[inline]
@@ -123,11 +176,14 @@ pub(crate) fn impls(c: &Container<'_>, plans: &[Option<Plan>]) -> TokenStream {
     }
 }
 
-/// `MapWrapper::builder()` with the map's checked settings, built.
-fn build_map(private: &TokenStream, map: &MapType<'_>, plan: &Plan) -> TokenStream {
+/// `MapWrapper::builder()` with the map's checked settings, not yet built.
+fn builder_of(private: &TokenStream, map: &MapType<'_>, plan: &Plan) -> TokenStream {
     let name = syn::LitStr::new(&plan.name, map.path.span());
     let timeout = Literal::u64_unsuffixed(plan.timeout_ms);
-    let slow = Literal::u64_unsuffixed(plan.slow_ms);
+    let slow = plan.slow_ms.map(|ms| {
+        let ms = Literal::u64_unsuffixed(ms);
+        quote!(.slow_threshold(#private::Duration::from_millis(#ms)))
+    });
     let shards = plan.shards.map(|n| {
         let n = Literal::u64_unsuffixed(n);
         quote!(.shards(#n))
@@ -139,16 +195,13 @@ fn build_map(private: &TokenStream, map: &MapType<'_>, plan: &Plan) -> TokenStre
     };
     let hasher = map.hasher.map(|s| quote_spanned!(s.span()=> .hasher(<#s as #private::Default>::default())));
     quote! {
-        #private::built_checked(
-            #private::MapWrapper::builder()
-                .name(#name)
-                .timeout(#private::Duration::from_millis(#timeout))
-                .slow_threshold(#private::Duration::from_millis(#slow))
-                #shards
-                .value_policy(#private::ValuePolicy::#policy)
-                #hasher
-                .build()
-        )
+        #private::MapWrapper::builder()
+            .name(#name)
+            .timeout(#private::Duration::from_millis(#timeout))
+            #slow
+            #shards
+            .value_policy(#private::ValuePolicy::#policy)
+            #hasher
     }
 }
 
@@ -277,6 +330,12 @@ fn accessors_of(
     }
 }
 
+/// Removes repeated bounds (two fields of one type), keeping the first.
+fn dedup(bounds: &mut Vec<TokenStream>) {
+    let mut seen = BTreeSet::new();
+    bounds.retain(|b| seen.insert(b.to_string()));
+}
+
 /// `tokens` with every token, nested ones included, at `span`: rustc reports an unmet bound at
 /// the span of the whole predicate, which is the call site as soon as one token comes from it.
 fn respan(tokens: TokenStream, span: Span) -> TokenStream {
@@ -306,6 +365,8 @@ struct Fresh {
     r: Ident,
     f: Ident,
     lifetime: Lifetime,
+    /// The struct's lifetime parameters, without the quote.
+    struct_lifetimes: BTreeSet<String>,
 }
 
 impl Fresh {
@@ -328,7 +389,67 @@ impl Fresh {
             format_ident!("{}", name)
         };
         let lifetime = Lifetime::new(&format!("'{}", pick("__guarded")), Span::call_site());
-        Fresh { q: pick("Q"), r: pick("R"), f: pick("F"), lifetime }
+        let struct_lifetimes = c.generics.lifetimes().map(|l| l.lifetime.ident.to_string()).collect();
+        Fresh { q: pick("Q"), r: pick("R"), f: pick("F"), lifetime, struct_lifetimes }
+    }
+
+    /// `tokens` with each of the struct's lifetimes replaced by `to`.
+    fn replace_lifetimes(&self, tokens: TokenStream, to: &Lifetime) -> TokenStream {
+        let mut out = Vec::new();
+        let mut tokens = tokens.into_iter().peekable();
+        while let Some(t) = tokens.next() {
+            match t {
+                TokenTree::Punct(p) if p.as_char() == '\'' => {
+                    let is_ours = matches!(tokens.peek(), Some(TokenTree::Ident(i)) if self.struct_lifetimes.contains(&i.to_string()));
+                    if is_ours {
+                        tokens.next();
+                        out.extend(to.to_token_stream());
+                    } else {
+                        out.push(TokenTree::Punct(p));
+                    }
+                }
+                TokenTree::Group(g) => {
+                    let mut group = Group::new(g.delimiter(), self.replace_lifetimes(g.stream(), to));
+                    group.set_span(g.span());
+                    out.push(TokenTree::Group(group));
+                }
+                other => out.push(other),
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// `tokens` with the struct's lifetimes made `'static`.
+    fn to_static(&self, tokens: TokenStream) -> TokenStream {
+        self.replace_lifetimes(tokens, &Lifetime::new("'static", Span::call_site()))
+    }
+
+    /// The struct's generics with its lifetimes made `'static`: impl parameters (no
+    /// lifetimes, no defaults), type arguments, and where clause.
+    fn static_generics(&self, generics: &syn::Generics) -> (TokenStream, TokenStream, TokenStream) {
+        let mut params = Vec::new();
+        let mut args = Vec::new();
+        for p in &generics.params {
+            match p {
+                GenericParam::Lifetime(_) => args.push(quote!('static)),
+                GenericParam::Type(t) => {
+                    let mut t = t.clone();
+                    (t.eq_token, t.default) = (None, None);
+                    args.push(t.ident.to_token_stream());
+                    params.push(self.to_static(t.to_token_stream()));
+                }
+                GenericParam::Const(k) => {
+                    let mut k = k.clone();
+                    (k.eq_token, k.default) = (None, None);
+                    args.push(k.ident.to_token_stream());
+                    params.push(self.to_static(k.to_token_stream()));
+                }
+            }
+        }
+        let where_clause = generics.where_clause.as_ref().map(|w| self.to_static(w.to_token_stream()));
+        let impl_params = (!params.is_empty()).then(|| quote!(<#(#params),*>));
+        let ty_args = (!args.is_empty()).then(|| quote!(<#(#args),*>));
+        (quote!(#impl_params), quote!(#ty_args), quote!(#where_clause))
     }
 
     /// `bound` as a where-predicate that rustc checks where the method is called, not where it
@@ -336,8 +457,13 @@ impl Fresh {
     /// at its definition, but under a `for<'x>` binder it only makes the method unavailable.
     /// So a value type that is not `Clone` loses `field_get_cloned`, not the whole struct.
     /// Spanned at `span` (the type), where rustc's "required by this bound" note points.
+    ///
+    /// The struct's own lifetimes in `bound` are replaced by the binder's: two bounds that
+    /// differ only in lifetimes (`&'a str: Default`, `&'b str: Default`) would make rustc's
+    /// choice between them ambiguous, while `for<'x> &'x str: Default` is one bound.
     fn deferred(&self, bound: TokenStream, span: Span) -> TokenStream {
         let lifetime = &self.lifetime;
+        let bound = self.replace_lifetimes(bound, lifetime);
         respan(quote!(for<#lifetime> #bound), span)
     }
 }

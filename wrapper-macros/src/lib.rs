@@ -26,6 +26,9 @@ use proc_macro::TokenStream;
 /// - `new()` (with the struct's visibility) and `Default`: every map empty and configured as
 ///   declared, every other field its `Default`. The settings are checked at compile time, so
 ///   neither can fail.
+/// - `with_auditor(&Auditor) -> Result<Self, MapError>`: the same, with every map writing its
+///   audit records to that one auditor (one sink, one chain). Keys and values must be
+///   `Serialize`, except the values of `#[guard(redact)]` maps, which are never recorded.
 /// - per map field, with the field's visibility and doc comment: `field()` returning
 ///   `&MapWrapper<K, V>`, and `field_get`, `field_get_cloned`, `field_contains_key`,
 ///   `field_insert`, `field_remove`, `field_update`, `field_len`, the map's operations (each
@@ -35,7 +38,8 @@ use proc_macro::TokenStream;
 ///
 /// On the attribute: `audit = "billing"` (the maps' name prefix; default the struct's
 /// name), `timeout_ms = 200` (each operation's deadline; default 500), `slow_ms = 20` (the
-/// slow-operation threshold, below every timeout; default 50), `shards = 16` (a power of two;
+/// slow-operation threshold, from 1 to below every timeout; default the runtime's: 50, or half
+/// a shorter timeout), `shards = 16` (a power of two;
 /// default from the number of CPUs), `crate = "path::to::map_wrapper"` (where the runtime
 /// crate is, when it is re-exported).
 ///
@@ -64,10 +68,20 @@ use proc_macro::TokenStream;
 ///
 /// let billing = Billing::new();
 /// billing.invoices_insert(1, "coffee".to_string())?;
+/// billing.cards_insert("alice".to_string(), "tok_4242".to_string())?;
 /// assert_eq!(billing.invoices_get_cloned(&1)?, Some("coffee".to_string()));
 /// assert_eq!(billing.invoices().name(), "billing.invoices");
 /// assert_eq!(billing.cards().default_timeout(), Duration::from_millis(200));
 /// assert_eq!(billing.label, "");
+///
+/// // The same struct with an audit trail: every map records into one sink.
+/// use map_wrapper::audit::{Auditor, MemorySink};
+/// let trail = MemorySink::new();
+/// let audited = Billing::with_auditor(&Auditor::new(trail.clone()))?;
+/// audited.cards_insert("alice".to_string(), "tok_4242".to_string())?;
+/// let record = &trail.records()[0];
+/// assert_eq!(record.map.as_deref(), Some("billing.cards"));
+/// assert!(!trail.text().contains("tok_4242")); // redacted
 /// # Ok::<(), map_wrapper::MapError>(())
 /// ```
 #[proc_macro_attribute]

@@ -14,7 +14,9 @@ pub use core::option::Option;
 pub use core::result::Result;
 pub use core::time::Duration;
 
-pub use crate::audit::ValuePolicy;
+pub use serde::Serialize;
+
+pub use crate::audit::{Auditor, ValuePolicy};
 pub use crate::{MapError, MapWrapper, Ref};
 
 /// The map a generated constructor built from settings the macro checked.
@@ -22,8 +24,9 @@ pub use crate::{MapError, MapWrapper, Ref};
 /// The `Err` arm cannot be reached from user input: the macro passes `build()` only literal
 /// settings it has checked at compile time against the same rules `Builder::config` applies
 /// (name 1 to `MAX_NAME_LEN` bytes without control characters, shards a power of two up to
-/// `MAX_SHARDS`, timeout at least 1 ms, slow threshold below the timeout), and
-/// `default_shards()` is always valid. Reaching it would mean the macro and the builder
+/// `MAX_SHARDS`, timeout at least 1 ms, a given slow threshold from 1 ms to below the
+/// timeout), and leaves the rest to defaults that are always valid (`default_shards()`, the
+/// slow threshold derived from the timeout). Reaching it would mean the macro and the builder
 /// disagree, a bug in this crate, which `tests/macro_behaviour.rs` and the UI pass cases at
 /// the limits guard against.
 #[inline]
