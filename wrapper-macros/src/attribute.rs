@@ -180,6 +180,8 @@ mod tests {
         assert!(has_attr(&insert.attrs, "doc") && has_attr(&insert.attrs, "inline"));
         let new = inherent_fn(&file, "new");
         assert!(matches!(new.vis, syn::Visibility::Public(_)), "new() has the struct's visibility");
+        let audited = inherent_fn(&file, "with_auditor");
+        assert!(matches!(audited.vis, syn::Visibility::Public(_)));
     }
 
     #[test]
@@ -197,7 +199,7 @@ mod tests {
             .iter()
             .filter_map(|i| if let Item::Impl(imp) = i { Some(imp) } else { None })
             .collect();
-        assert_eq!(impls.len(), 2, "the inherent impl and Default");
+        assert_eq!(impls.len(), 3, "the accessors, with_auditor (its own generics), Default");
         assert!(impls.iter().all(|imp| has_attr(&imp.attrs, "automatically_derived")));
     }
 
