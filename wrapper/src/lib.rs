@@ -63,6 +63,14 @@
 //! # Ok::<(), map_wrapper::MapError>(())
 //! ```
 //!
+//! ## One attribute on your own struct
+//!
+//! [`#[guarded_map]`](macro@guarded_map) turns the `HashMap` fields of a struct into
+//! `MapWrapper`s named `"Struct.field"`, with a constructor that cannot fail, accessors per
+//! field, and `with_auditor` to audit them all into one trail;
+//! [`#[derive(GuardedMap)]`](derive@GuardedMap) does the same for fields already declared
+//! `MapWrapper`. Mistakes are compile errors at the offending token.
+//!
 //! ## Feature flags
 //!
 //! - `serde`: `Serialize` and `Deserialize` for [`MapWrapper`] (as a map), through serde.
