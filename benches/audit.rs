@@ -4,7 +4,8 @@
 //! run. For `Synced` also the records per fsync and the fsync limit (threads ÷ the fdatasync
 //! time measured in the same run); and `verify` records/s.
 //!
-//! `cargo bench --bench audit` (each cell runs `AUDIT_BENCH_MS` milliseconds, default 500).
+//! `cargo bench --bench audit` (each cell runs `AUDIT_BENCH_MS` milliseconds, default 500;
+//! `AUDIT_BENCH_THREADS=1,64` picks thread counts; `AUDIT_BENCH_DIR` where files go).
 //! Not a test: it asserts nothing about speed.
 
 use std::fs::File;
@@ -24,6 +25,22 @@ fn cell() -> Duration {
     let ms = std::env::var("AUDIT_BENCH_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(500);
     Duration::from_millis(ms)
 }
+
+/// CPU time (user + system) the whole process has used so far.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage writes into the zeroed struct we own; RUSAGE_SELF is always valid.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, &mut usage), 0);
+        usage
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// CPU time of the last `run`, per operation, in ns (a figure that load on a shared machine
+/// disturbs less than wall-clock throughput).
+static CPU_NS_PER_OP: AtomicU64 = AtomicU64::new(0);
 
 /// Runs `op(thread, i)` on `threads` threads for about `dur` (each thread with the guard
 /// `setup` returns); returns (operations, elapsed).
@@ -56,13 +73,15 @@ fn run<G>(
         })
         .collect();
     barrier.wait();
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), cpu_time());
     std::thread::sleep(dur);
     stop.store(true, Ordering::Relaxed);
     for h in handles {
         h.join().unwrap();
     }
-    (total.load(Ordering::Relaxed), start.elapsed())
+    let ops = total.load(Ordering::Relaxed);
+    CPU_NS_PER_OP.store((cpu_time() - cpu).as_nanos() as u64 / ops.max(1), Ordering::Relaxed);
+    (ops, start.elapsed())
 }
 
 /// Even `i`: insert; odd `i`: remove the same key.
@@ -73,6 +92,7 @@ fn key(t: u64, i: u64) -> u64 {
 struct Alt {
     per_sec: f64,
     lost_pct: f64,
+    cpu_ns: u64,
 }
 
 fn tracing_alternative(threads: usize, dir: &Path) -> Alt {
@@ -96,16 +116,20 @@ fn tracing_alternative(threads: usize, dir: &Path) -> Alt {
             }
         },
     );
+    let cpu_ns = CPU_NS_PER_OP.load(Ordering::Relaxed);
     drop(guard); // flushes what the appender still holds
     let lines = BufReader::new(File::open(&path).unwrap()).lines().count() as u64;
     Alt {
         per_sec: ops as f64 / elapsed.as_secs_f64(),
         lost_pct: 100.0 * (ops - lines.min(ops)) as f64 / ops as f64,
+        cpu_ns,
     }
 }
 
 struct Audited {
     per_sec: f64,
+    /// CPU ns per op, the writer thread's share included (the `run` ends before `close`).
+    cpu_ns: u64,
     lost: i64,
     records_per_sync: f64,
     verify_per_sec: f64,
@@ -136,6 +160,7 @@ fn audited(threads: usize, durability: Durability, dir: &Path, check: bool) -> A
             }
         },
     );
+    let cpu_ns = CPU_NS_PER_OP.load(Ordering::Relaxed);
     drop(map);
     sink.close().unwrap();
     let stats = sink.stats();
@@ -150,22 +175,26 @@ fn audited(threads: usize, durability: Durability, dir: &Path, check: bool) -> A
     }
     Audited {
         per_sec: ops as f64 / elapsed.as_secs_f64(),
+        cpu_ns,
         lost,
         records_per_sync: stats.records as f64 / stats.syncs.max(1) as f64,
         verify_per_sec,
     }
 }
 
-/// Mean time of `write` + `fdatasync` of one small record.
+/// Median time of `write` + `fdatasync` of one small record (median: the disk is shared).
 fn fdatasync_time(dir: &Path) -> Duration {
     let mut f = File::create(dir.join("fsync-probe")).unwrap();
-    let n = 200;
-    let start = Instant::now();
-    for _ in 0..n {
-        f.write_all(&[b'x'; 200]).unwrap();
-        f.sync_data().unwrap();
-    }
-    start.elapsed() / n
+    let mut times: Vec<Duration> = (0..101)
+        .map(|_| {
+            let start = Instant::now();
+            f.write_all(&[b'x'; 200]).unwrap();
+            f.sync_data().unwrap();
+            start.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[times.len() / 2]
 }
 
 fn main() {
@@ -173,15 +202,18 @@ fn main() {
         return; // `cargo test --benches` lists benchmarks; this one has nothing to list
     }
     let base = tempfile::tempdir_in(std::env::var("AUDIT_BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
-    let fsync = fdatasync_time(base.path());
-    println!("fdatasync of a 200-byte append: {:.3} ms", fsync.as_secs_f64() * 1e3);
+    println!("fdatasync: median of 101 appends of 200 bytes, measured before each Synced cell");
     println!(
         "{:>7} | {:>18} | {:>18} | {:>18} | {:>34}",
         "threads", "dashmap+tracing", "Buffered", "Flushed", "Synced"
     );
     let mut buffered = Vec::new();
     let mut verify_rate = 0.0;
-    for threads in THREADS {
+    let threads_list: Vec<usize> = std::env::var("AUDIT_BENCH_THREADS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|t| t.trim().parse().ok()).collect())
+        .unwrap_or_else(|| THREADS.to_vec());
+    for &threads in &threads_list {
         // Each cell in a fresh directory, removed (and the disk synced) before the next, so
         // that one cell's dirty pages do not slow the next cell's fsyncs.
         let fresh = || {
@@ -194,10 +226,11 @@ fn main() {
             verify_rate = b.verify_per_sec;
         }
         let f = audited(threads, Durability::Flushed, fresh().path(), false);
+        let fsync = fdatasync_time(fresh().path());
         let s = audited(threads, Durability::Synced, fresh().path(), false);
         let limit = threads as f64 / fsync.as_secs_f64();
         println!(
-            "{threads:>7} | {:>6.3} M/s lost {:>4.1}% | {:>6.3} M/s {:>5.2}x | {:>6.3} M/s {:>5.2}x | {:>7.0}/s {:>5.1} rec/fsync {:>4.2}x limit",
+            "{threads:>7} | {:>6.3} M/s lost {:>4.1}% | {:>6.3} M/s {:>5.2}x | {:>6.3} M/s {:>5.2}x | {:>7.0}/s {:>5.1} rec/fsync {:>4.2}x limit (fsync {:.2} ms)",
             alt.per_sec / 1e6,
             alt.lost_pct,
             b.per_sec / 1e6,
@@ -207,10 +240,22 @@ fn main() {
             s.per_sec,
             s.records_per_sync,
             s.per_sec / limit,
+            fsync.as_secs_f64() * 1e3,
+        );
+        println!(
+            "{:>7} | CPU/op {:>6} ns      | {:>6} ns {:>5.2}x   | {:>6} ns            | {:>6} ns",
+            "",
+            alt.cpu_ns,
+            b.cpu_ns,
+            alt.cpu_ns as f64 / b.cpu_ns.max(1) as f64,
+            f.cpu_ns,
+            s.cpu_ns
         );
         assert_eq!((b.lost, f.lost, s.lost), (0, 0, 0), "an audited map lost records");
         buffered.push(b.per_sec);
     }
-    println!("Buffered at 64 threads / at 2 threads: {:.2}x", buffered[3] / buffered[1]);
+    if buffered.len() == THREADS.len() {
+        println!("Buffered at 64 threads / at 2 threads: {:.2}x", buffered[3] / buffered[1]);
+    }
     println!("verify: {:.2} M records/s", verify_rate / 1e6);
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use hashbrown::hash_table;
 use parking_lot::{MappedRwLockReadGuard, RwLock, RwLockReadGuard};
 
-use crate::audit::{Change, Encoded, MapAudit, Outcome, Ticket};
+use crate::audit::{Change, Encoded, MapAudit, Outcome, Ticket, PANICKED_NO_CHANGE, PANICKED_RETAIN};
 use crate::builder::{Builder, Config};
 use crate::context::Effective;
 use crate::shard::{HeldMark, Shard, Table, Waiter};
@@ -533,7 +533,14 @@ where
         what: impl FnOnce(&MapAudit<K, V>) -> Change,
     ) -> Result<Option<Ticket>, MapError> {
         match (&self.map.audit, t0) {
-            (Some(a), Some(t0)) => a.record(&self.map.name, shard, op.op, &op.eff, t0, outcome, what(a)),
+            (Some(a), Some(t0)) => {
+                // The encoders run the user's `Serialize`: a call back into the map from there
+                // is refused instead of deadlocking on the shard we hold.
+                let held = shard.map(|idx| HeldMark::new(self.map.id, idx, true));
+                let change = what(a);
+                drop(held);
+                a.record(&self.map.name, shard, op.op, &op.eff, t0, outcome, change)
+            }
             _ => Ok(None),
         }
     }
@@ -805,28 +812,35 @@ where
             .write(idx, &self.map.shards[idx])
             .map_err(|e| self.audit_refused(&op, t0, idx, Some(&key), e))?;
         let held = HeldMark::new(self.map.id, idx, true);
-        let record = |k: &K, old: Option<&V>, new: Option<&V>| {
-            self.audit(&op, t0, Some(idx), Outcome::Ok, |a| Change {
+        let record = |outcome: Outcome<'_>, k: &K, old: Option<&V>, new: Option<&V>| {
+            self.audit(&op, t0, Some(idx), outcome, |a| Change {
                 key: a.key(k),
                 old: a.value_opt(old),
                 new: a.value_opt(new),
             })
         };
+        let no_change = Outcome::Panicked(PANICKED_NO_CHANGE);
+        let mut panicked = None;
         let mut removed_key = None;
         let (old, ticket) = match table.entry(hash, |(k, _)| *k == key, self.rehasher()) {
             hash_table::Entry::Occupied(mut o) => {
-                let new = f(Some(&o.get().1));
+                let new = self.guarded(|| f(Some(&o.get().1)));
                 drop(held);
                 match new {
-                    Some(v) => {
+                    Err(panic) => {
+                        panicked = Some(panic);
+                        let (k, v) = o.get();
+                        (None, record(no_change, k, Some(v), Some(v)))
+                    }
+                    Ok(Some(v)) => {
                         let old = std::mem::replace(&mut o.get_mut().1, v);
                         let (k, new) = o.get();
-                        let t = record(k, Some(&old), Some(new));
+                        let t = record(Outcome::Ok, k, Some(&old), Some(new));
                         (Some(old), t)
                     }
-                    None => {
+                    Ok(None) => {
                         let (k, old) = o.remove().0;
-                        let t = record(&k, Some(&old), None);
+                        let t = record(Outcome::Ok, &k, Some(&old), None);
                         // The stored key is dropped after unlocking: its `Drop` may use the map.
                         removed_key = Some(k);
                         (Some(old), t)
@@ -834,21 +848,29 @@ where
                 }
             }
             hash_table::Entry::Vacant(slot) => {
-                let new = f(None);
+                let new = self.guarded(|| f(None));
                 drop(held);
                 match new {
-                    Some(v) => {
+                    Err(panic) => {
+                        panicked = Some(panic);
+                        (None, record(no_change, &key, None, None))
+                    }
+                    Ok(Some(v)) => {
                         let o = slot.insert((key, v));
                         let (k, new) = o.get();
-                        (None, record(k, None, Some(new)))
+                        (None, record(Outcome::Ok, k, None, Some(new)))
                     }
-                    None => (None, Ok(None)),
+                    Ok(None) => (None, Ok(None)),
                 }
             }
         };
         drop(table);
         drop(removed_key);
-        self.audit_settle(ticket?)?;
+        let settled = ticket.and_then(|t| self.audit_settle(t));
+        if let Some(panic) = panicked {
+            std::panic::resume_unwind(panic);
+        }
+        settled?;
         Ok(old)
     }
 
@@ -964,14 +986,43 @@ where
     {
         let id = self.map.id;
         let mut removed = 0;
-        self.each_shard_mut("retain", |op, t0, idx, table| {
-            let held = HeldMark::new(id, idx, true);
-            let gone: Vec<(K, V)> = table.extract_if(|(k, v)| !f(k, v)).collect();
-            drop(held);
-            removed += gone.len();
-            let recorded = self.audit_removed(op, t0, idx, &gone);
-            (gone, recorded)
-        })?;
+        let mut panicked = None;
+        let result =
+            self.each_shard_mut("retain", |op, t0, idx, table| {
+                if panicked.is_some() {
+                    // After a panic the walk goes on without touching anything, to unlock cleanly.
+                    return (Vec::new(), Ok(None));
+                }
+                let held = HeldMark::new(id, idx, true);
+                let gone: Vec<(K, V)> = table
+                    .extract_if(|(k, v)| {
+                        if panicked.is_some() {
+                            return false;
+                        }
+                        match self.guarded(|| !f(k, v)) {
+                            Ok(remove) => remove,
+                            Err(panic) => {
+                                panicked = Some(panic);
+                                false
+                            }
+                        }
+                    })
+                    .collect();
+                drop(held);
+                removed += gone.len();
+                let mut recorded = self.audit_removed(op, t0, idx, &gone);
+                if panicked.is_some() {
+                    let failed = self.audit(op, t0, Some(idx), Outcome::Panicked(PANICKED_RETAIN), |_| {
+                        Change { key: Encoded::NONE, old: Encoded::NONE, new: Encoded::NONE }
+                    });
+                    recorded = recorded.and_then(|last| Ok(failed?.or(last)));
+                }
+                (gone, recorded)
+            });
+        if let Some(panic) = panicked {
+            std::panic::resume_unwind(panic);
+        }
+        result?;
         Ok(removed)
     }
 

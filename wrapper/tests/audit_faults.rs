@@ -279,3 +279,16 @@ fn a_segment_file_left_without_its_header_is_removed_on_open_with_a_record() {
         assert!(ok_keys(dir.path()).contains(&1));
     }
 }
+
+#[test]
+fn a_trail_directory_takes_one_sink_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = JsonLinesSink::open(dir.path(), JsonLinesOptions::default()).unwrap();
+    let second = JsonLinesSink::open(dir.path(), JsonLinesOptions::default()).unwrap_err();
+    assert!(second.reason().contains("already open"), "{second}");
+    drop(first);
+    let again = JsonLinesSink::open(dir.path(), JsonLinesOptions::default()).unwrap();
+    drop(again);
+    let report = verify::verify_paths(&[dir.path().to_path_buf()], &Default::default()).unwrap();
+    assert_eq!(report.verdict, verify::Verdict::Intact, "{}", report.human());
+}

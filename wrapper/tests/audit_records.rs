@@ -348,3 +348,41 @@ fn a_closure_that_panics_after_changing_a_value_is_recorded_as_panicked() {
     assert_eq!((rec.old, rec.new), (full(json!(1)), full(json!(99))));
     map.insert("k".into(), 2).unwrap(); // the shard was released
 }
+
+/// A value whose `Serialize` misbehaves: it panics, or it calls back into its map.
+struct Nasty {
+    panic: bool,
+    map: Option<Arc<MapWrapper<u8, Nasty>>>,
+}
+
+impl serde::Serialize for Nasty {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.panic {
+            panic!("serializer bug");
+        }
+        if let Some(map) = &self.map {
+            let Err(err) = map.insert(1, Nasty { panic: false, map: None }) else {
+                panic!("a write to the held shard went through");
+            };
+            return s.serialize_str(err.code());
+        }
+        s.serialize_str("fine")
+    }
+}
+
+#[test]
+fn a_serialize_impl_that_panics_or_reenters_the_map_still_gets_its_record() {
+    let sink = MemorySink::new();
+    let map: Arc<MapWrapper<u8, Nasty>> =
+        Arc::new(MapWrapper::builder().shards(1).auditor(Auditor::new(sink.clone())).build().unwrap());
+    map.insert(1, Nasty { panic: true, map: None }).unwrap();
+    map.insert(2, Nasty { panic: false, map: Some(Arc::clone(&map)) }).unwrap();
+    let recs = sink.records();
+    let ops: Vec<(&str, &str)> = recs.iter().map(|r| (r.op.as_str(), r.outcome.as_str())).collect();
+    // The call back into the map is refused (and audited as such) while the outer record is
+    // being encoded, so its record comes first.
+    assert_eq!(ops, [("insert", "ok"), ("insert", "would_deadlock"), ("insert", "ok")]);
+    assert_eq!(recs[0].new, Some(json!({ "unencodable": "the Serialize implementation panicked" })));
+    assert_eq!(recs[2].new, full(json!("WOULD_DEADLOCK")), "refused, not deadlocked");
+    map.remove(&2).unwrap(); // breaks the Arc cycle
+}

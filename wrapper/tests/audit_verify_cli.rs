@@ -257,3 +257,18 @@ fn show_prints_one_keys_history() {
     assert_eq!(ops, ["insert", "update", "remove"], "{out}");
     assert!(out.lines().nth(1).unwrap().contains("old={\"full\":1} new={\"full\":2}"), "{out}");
 }
+
+#[test]
+fn the_last_line_of_a_segment_removed_is_caught_at_the_next_header() {
+    let d = tmp();
+    trail(d.path(), ChainKey::Sha256, 1200);
+    let segs = map_wrapper::audit::list_segments(d.path()).unwrap();
+    let text = std::fs::read_to_string(&segs[0].1).unwrap();
+    let mut l: Vec<String> = text.lines().map(|l| format!("{l}\n")).collect();
+    let removed: serde_json::Value = serde_json::from_str(&l.pop().unwrap()).unwrap();
+    std::fs::write(&segs[0].1, l.concat()).unwrap();
+    let (code, r) = verify(d.path(), &[]);
+    assert_eq!(code, 1, "{r}");
+    assert_eq!(first_bad(&r), (removed["seq"].as_u64().unwrap(), 0));
+    assert!(r["problem"]["file"].as_str().unwrap().ends_with("segment-000002.jsonl"), "{r}");
+}

@@ -237,10 +237,26 @@ pub(crate) fn encoder<T: Serialize + 'static>(
     policy: ValuePolicy,
     key: Option<Arc<DigestKey>>,
 ) -> Encoder<T> {
+    let encode = raw_encoder::<T>(policy, key);
+    // A `Serialize` impl that panics must not cost the record of a change already made: the
+    // record says the value could not be encoded.
+    Box::new(move |v: &T| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| encode(v))).unwrap_or_else(|_| {
+            Encoded(Some("{\"unencodable\":\"the Serialize implementation panicked\"}".into()))
+        })
+    })
+}
+
+fn raw_encoder<T: Serialize + 'static>(policy: ValuePolicy, key: Option<Arc<DigestKey>>) -> Encoder<T> {
     match policy {
         ValuePolicy::Full => Box::new(|v: &T| {
-            Encoded(Some(match serde_json::to_string(v) {
-                Ok(json) => format!("{{\"full\":{json}}}"),
+            let mut buf = Vec::with_capacity(48);
+            buf.extend_from_slice(b"{\"full\":");
+            Encoded(Some(match serde_json::to_writer(&mut buf, v) {
+                Ok(()) => {
+                    buf.push(b'}');
+                    String::from_utf8(buf).expect("serde_json writes UTF-8")
+                }
                 Err(e) => unencodable(&e),
             }))
         }),
@@ -299,16 +315,25 @@ pub(crate) enum Outcome<'e> {
     Ok,
     /// A policy refused it; nothing changed.
     Refused(&'e MapError),
-    /// A user closure panicked after changing the value in place.
-    Panicked,
+    /// A user closure panicked; the text says what the map holds after it.
+    Panicked(&'static str),
 }
+
+/// The reason recorded when a closure that changes a value in place panics.
+pub(crate) const PANICKED_IN_PLACE: &str =
+    "the closure panicked; the value keeps what it did before the panic";
+/// The reason recorded when a closure panics before the map changed anything.
+pub(crate) const PANICKED_NO_CHANGE: &str = "the closure panicked; nothing changed";
+/// The reason recorded when a `retain` predicate panics.
+pub(crate) const PANICKED_RETAIN: &str =
+    "the predicate panicked; entries it removed before the panic are recorded as removed, the rest is unchanged";
 
 impl Outcome<'_> {
     pub(crate) fn of<R>(r: &std::thread::Result<R>) -> Self {
         if r.is_ok() {
             Outcome::Ok
         } else {
-            Outcome::Panicked
+            Outcome::Panicked(PANICKED_IN_PLACE)
         }
     }
 }
@@ -387,13 +412,10 @@ impl<K, V> MapAudit<K, V> {
         change: Change,
     ) -> Result<Option<Ticket>, MapError> {
         let tags = eff.tags();
-        let (outcome, reason) = match outcome {
-            Outcome::Ok => ("ok".to_string(), None),
-            Outcome::Refused(e) => (e.code().to_ascii_lowercase(), Some(e.to_string())),
-            Outcome::Panicked => (
-                "panicked".to_string(),
-                Some("the closure panicked; the value keeps what it did before the panic".to_string()),
-            ),
+        let (outcome, reason): (std::borrow::Cow<'_, str>, _) = match outcome {
+            Outcome::Ok => ("ok".into(), None),
+            Outcome::Refused(e) => (e.code().to_ascii_lowercase().into(), Some(e.to_string())),
+            Outcome::Panicked(why) => ("panicked".into(), Some(why.to_string())),
         };
         let event = AuditEvent::new(EventFields {
             map: Some(map),

@@ -146,19 +146,42 @@ impl<'a> EventFields<'a> {
 
 /// Appends `s` as a JSON string.
 pub(crate) fn push_json_str(out: &mut String, s: &str) {
-    // serde_json's escaping is the canonical one (see AUDIT_FORMAT.md); writing to a String
-    // cannot fail.
-    let quoted = serde_json::to_string(s).expect("a str always serializes");
-    out.push_str(&quoted);
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        // Nothing to escape: the common case, without an allocation.
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        // serde_json's escaping is the canonical one (see AUDIT_FORMAT.md).
+        out.push_str(&serde_json::to_string(s).expect("a str always serializes"));
+    }
+}
+
+/// Appends the current UTC time as RFC 3339 with microseconds: `2026-11-27T16:06:50.123456Z`.
+pub(crate) fn push_now(out: &mut String) {
+    use chrono::{Datelike, Timelike};
+    let now = chrono::Utc::now();
+    write!(
+        out,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        now.year(),
+        now.month(),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        // `Utc::now()` never yields a leap second; the modulo keeps 6 digits regardless.
+        (now.nanosecond() % 1_000_000_000) / 1000,
+    )
+    .expect("write to String");
 }
 
 impl AuditEvent {
     /// Encodes `fields`, time-stamped now, into an event.
     pub fn new(fields: EventFields<'_>) -> Self {
-        let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let mut body = String::with_capacity(192);
+        let mut body = String::with_capacity(320);
         body.push_str("\"ts\":\"");
-        body.push_str(&ts);
+        push_now(&mut body);
         body.push_str("\",\"map\":");
         match fields.map {
             Some(m) => push_json_str(&mut body, m),
@@ -477,6 +500,24 @@ mod tests {
         b.seal_event(&e, &mut lb);
         let rec: AuditRecord = serde_json::from_str(lb.trim_end()).unwrap();
         assert_eq!((rec.seq, rec.prev.as_str()), (2, first.as_str()));
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_microseconds() {
+        let mut ts = String::new();
+        push_now(&mut ts);
+        let parsed = chrono::DateTime::parse_from_rfc3339(&ts).unwrap();
+        assert_eq!(ts, parsed.to_utc().to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+        assert!((chrono::Utc::now() - parsed.to_utc()).num_seconds() < 5);
+    }
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_does() {
+        for s in ["plain", "quote\"", "back\\slash", "tab\t", "nul\0", "é✓", ""] {
+            let mut out = String::new();
+            push_json_str(&mut out, s);
+            assert_eq!(out, serde_json::to_string(s).unwrap());
+        }
     }
 
     #[test]

@@ -11,8 +11,10 @@ use super::record::{AuditEvent, AuditRecord, Chain, ChainKey};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Durability {
-    /// The record is queued to the sink's writer; the operation does not wait for it. A crash
-    /// loses what is still queued.
+    /// The record is queued to the sink's writer; the operation does not wait for it. The
+    /// [`JsonLinesSink`](crate::audit::JsonLinesSink) writer hands queued records to the OS in
+    /// batches, at the latest about 2 ms after they were queued. A crash of the process loses
+    /// what is still queued.
     #[default]
     Buffered,
     /// The record has been handed to the operating system (`write(2)` returned): it survives
@@ -255,8 +257,9 @@ impl AuditSink for TracingSink {
     }
 }
 
-/// Sends every record to several sinks; each keeps its own order and chain. Fails if any of
-/// them fails (a record that one sink lost is a lost record).
+/// Sends every record to several sinks, in order; each keeps its own order and chain. Fails
+/// if any of them fails (a record that one sink lost is a lost record); the sinks before the
+/// failing one keep the record they took.
 #[derive(Clone)]
 pub struct TeeSink {
     sinks: Vec<Arc<dyn AuditSink>>,

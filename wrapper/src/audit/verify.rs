@@ -198,20 +198,189 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, VerifyError> {
 }
 
 /// Verifies the trail made of `paths` (files and directories of segments), in order.
+///
+/// Files are checked in parallel (one thread per CPU, each reading one file at a time), then
+/// the links between them are checked in order.
 pub fn verify_paths(paths: &[PathBuf], opts: &VerifyOptions) -> Result<Report, VerifyError> {
     let files = collect_files(paths)?;
-    let mut loaded = Vec::with_capacity(files.len());
-    for f in &files {
-        let bytes = std::fs::read(f).map_err(|source| VerifyError::Io { path: f.clone(), source })?;
-        loaded.push((f.display().to_string(), bytes));
-    }
-    verify_bytes(&loaded, opts)
+    let load = |i: usize| std::fs::read(&files[i]).map(Cow::Owned).map_err(io_error(&files[i]));
+    let first_line = |i: usize| -> Result<Vec<u8>, VerifyError> {
+        use std::io::BufRead;
+        let file = std::fs::File::open(&files[i]).map_err(io_error(&files[i]))?;
+        let mut line = Vec::new();
+        std::io::BufReader::new(file).read_until(b'\n', &mut line).map_err(io_error(&files[i]))?;
+        Ok(line)
+    };
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    verify_sources(&names, &load, &first_line, opts)
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> VerifyError + '_ {
+    move |source| VerifyError::Io { path: path.to_path_buf(), source }
 }
 
 /// Verifies a trail given as `(name, bytes)` pieces in order (segment files, or the text of a
 /// [`MemorySink`](crate::audit::MemorySink), which has no headers).
 pub fn verify_bytes(files: &[(String, Vec<u8>)], opts: &VerifyOptions) -> Result<Report, VerifyError> {
-    Verifier::new(opts).run(files)
+    let names: Vec<String> = files.iter().map(|(n, _)| n.clone()).collect();
+    let load = |i: usize| Ok(Cow::Borrowed(files[i].1.as_slice()));
+    let first_line = |i: usize| {
+        let bytes = &files[i].1;
+        Ok(bytes[..bytes.iter().position(|&b| b == b'\n').map_or(bytes.len(), |e| e + 1)].to_vec())
+    };
+    verify_sources(&names, &load, &first_line, opts)
+}
+
+/// What checking one file on its own found, for the merge.
+struct FileOutcome<'o> {
+    verifier: Verifier<'o>,
+    /// Bytes of the file that belong to the trail (see `limit` in `check_file`).
+    limit: usize,
+    full_len: usize,
+}
+
+/// The first line of a file, as the merge needs it to link the file to the one before.
+#[derive(Debug, Clone)]
+struct FirstLine {
+    prev: String,
+    seq: Option<u64>,
+    segment: Option<u64>,
+    prev_len: Option<u64>,
+}
+
+/// Checks file `i` on its own (the chain inside it), detached from the files before it.
+fn check_file<'o, 'b>(
+    i: usize,
+    names: &[String],
+    load: &(dyn Fn(usize) -> Result<Cow<'b, [u8]>, VerifyError> + Sync),
+    first_line: &(dyn Fn(usize) -> Result<Vec<u8>, VerifyError> + Sync),
+    opts: &'o VerifyOptions,
+) -> Result<FileOutcome<'o>, VerifyError> {
+    let bytes = load(i)?;
+    let mut verifier = Verifier::new(opts);
+    verifier.detached = i > 0;
+    // Where this file's lines end: its length, or less when the next segment's header
+    // declares (recovered after a failure) that only a prefix was intact.
+    let mut limit = bytes.len();
+    if i + 1 < names.len() {
+        let first = first_line(i + 1)?;
+        if let Ok(h) = parse_line(first.strip_suffix(b"\n").unwrap_or(&first)) {
+            if let Some(pl) = h.value.prev_len.and_then(|p| usize::try_from(p).ok()) {
+                if h.value.recovered == Some(true) && pl < bytes.len() {
+                    verifier.report.notes.push(format!(
+                        "{}: {} bytes after offset {pl} were discarded when the sink recovered from a failure \
+                         (declared by the next segment's header)",
+                        names[i],
+                        bytes.len() - pl
+                    ));
+                    limit = pl;
+                }
+            }
+        }
+    }
+    let data = &bytes[..limit];
+    // At least two pieces even on one CPU, so the piece-linking code is always exercised.
+    let chunks = split_in_chunks(data, std::thread::available_parallelism().map_or(2, |n| n.get().max(2)));
+    let last_file = i + 1 == names.len();
+    // Pieces after the first do not see the header: they get its chain from here.
+    let header_chain = memchr::memchr(b'\n', data)
+        .and_then(|e| parse_line(&data[..e]).ok())
+        .and_then(|h| h.value.chain.map(|c| c.into_owned()));
+    let piece_key = match (header_chain.as_deref(), &opts.hmac_key) {
+        (Some("hmac-sha256"), Some(k)) => Some(ChainKey::Hmac { id: String::new(), key: k.clone() }),
+        _ => Some(ChainKey::Sha256),
+    };
+    let mut parts: Vec<Result<Verifier<'o>, VerifyError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .iter()
+            .enumerate()
+            .map(|(j, &(start, end))| {
+                let notes = if j == 0 { std::mem::take(&mut verifier.report.notes) } else { Vec::new() };
+                let (key, chain) = (piece_key.clone(), header_chain.clone());
+                scope.spawn(move || {
+                    let mut v = Verifier::new(opts);
+                    v.report.notes = notes;
+                    if j > 0 {
+                        v.key = key;
+                        v.report.chain = chain.unwrap_or_else(|| "sha256".into());
+                    }
+                    (v.detached, v.mid_file, v.base) = (i > 0 || j > 0, j > 0, start);
+                    v.file(&names[i], &data[start..end], last_file && end == data.len())?;
+                    Ok(v)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    });
+    let mut parts = parts.drain(..);
+    let mut file = parts.next().expect("one chunk at least")?;
+    for (j, part) in parts.enumerate() {
+        let mut part = part?;
+        if file.report.problem.is_some() || file.report.torn_tail.is_some() {
+            break;
+        }
+        // Chunks count their lines from 1: make them lines of the file.
+        let start = chunks[j + 1].0;
+        let lines_before = memchr::memchr_iter(b'\n', &data[..start]).count() as u64;
+        for p in part.report.problem.iter_mut().chain(part.report.torn_tail.iter_mut()) {
+            p.line += lines_before;
+        }
+        file.link(&names[i], &part, None, (start, lines_before + 1));
+        if file.report.problem.is_none() {
+            file.absorb(part, false);
+        }
+    }
+    Ok(FileOutcome { verifier: file, limit, full_len: bytes.len() })
+}
+
+/// Splits `data` into up to `n` pieces of whole lines (at least 1 MiB each), as
+/// `(start, end)` offsets.
+fn split_in_chunks(data: &[u8], n: usize) -> Vec<(usize, usize)> {
+    let size = (data.len() / n.max(1)).max(1 << 20);
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    while start < data.len() {
+        let mut end = (start + size).min(data.len());
+        if end < data.len() {
+            end = memchr::memchr(b'\n', &data[end..]).map_or(data.len(), |p| end + p + 1);
+        }
+        chunks.push((start, end));
+        start = end;
+    }
+    if chunks.is_empty() {
+        chunks.push((0, 0));
+    }
+    chunks
+}
+
+fn verify_sources<'b>(
+    names: &[String],
+    load: &(dyn Fn(usize) -> Result<Cow<'b, [u8]>, VerifyError> + Sync),
+    first_line: &(dyn Fn(usize) -> Result<Vec<u8>, VerifyError> + Sync),
+    opts: &VerifyOptions,
+) -> Result<Report, VerifyError> {
+    let first = check_file(0, names, load, first_line, opts)?;
+    let mut merged = first.verifier;
+    merged.report.segments = 1;
+    let mut prev_limit = (first.limit, first.full_len);
+    for i in 1..names.len() {
+        if merged.report.problem.is_some() || merged.report.torn_tail.is_some() {
+            break;
+        }
+        let outcome = check_file(i, names, load, first_line, opts)?;
+        merged.link(&names[i], &outcome.verifier, Some((prev_limit, &names[i - 1])), (0, 1));
+        if merged.report.problem.is_none() {
+            merged.absorb(outcome.verifier, true);
+        }
+        prev_limit = (outcome.limit, outcome.full_len);
+    }
+    let mut report = merged.report;
+    if report.problem.is_some() {
+        report.verdict = Verdict::Tampered;
+    } else if report.torn_tail.is_some() {
+        report.verdict = Verdict::TornTail;
+    }
+    Ok(report)
 }
 
 /// A line of a trail (a segment header or a record), parsed once, borrowing the line: the
@@ -298,6 +467,14 @@ struct Verifier<'o> {
     prev_hash: Option<String>,
     next_seq: Option<u64>,
     segment: Option<u64>,
+    /// Checking a file or a piece of one on its own: its first line's links are checked by
+    /// the merge.
+    detached: bool,
+    /// Checking a piece of a file that does not start the file (a header there is misplaced).
+    mid_file: bool,
+    /// Offset of the piece in its file.
+    base: usize,
+    first: Option<FirstLine>,
 }
 
 impl<'o> Verifier<'o> {
@@ -320,65 +497,71 @@ impl<'o> Verifier<'o> {
             prev_hash: None,
             next_seq: None,
             segment: None,
+            detached: false,
+            mid_file: false,
+            base: 0,
+            first: None,
         }
     }
 
-    fn run(mut self, files: &[(String, Vec<u8>)]) -> Result<Report, VerifyError> {
-        for (i, (name, bytes)) in files.iter().enumerate() {
-            self.report.segments += 1;
-            // Where this file's lines end: its length, or less when the next segment's header
-            // declares (recovered after a failure) that only a prefix was intact.
-            let mut limit = bytes.len();
-            if let Some((_, next)) = files.get(i + 1) {
-                let first = next.split(|&b| b == b'\n').next().unwrap_or_default();
-                if let Ok(h) = parse_line(first) {
-                    let prev_len = h.value.prev_len;
-                    let recovered = h.value.recovered == Some(true);
-                    if let Some(pl) = prev_len.and_then(|p| usize::try_from(p).ok()) {
-                        if recovered && pl < bytes.len() {
-                            self.report.notes.push(format!(
-                                "{name}: {} bytes after offset {pl} were discarded when the sink recovered from a \
-                                 failure (declared by the next segment's header)",
-                                bytes.len() - pl
-                            ));
-                            limit = pl;
-                        }
-                    }
-                }
-            }
-            let last_file = i + 1 == files.len();
-            if !self.file(name, &bytes[..limit], last_file)? {
-                break;
-            }
-            // The next segment's header must say how long this one is.
-            if let Some((next_name, next)) = files.get(i + 1) {
-                let first = next.split(|&b| b == b'\n').next().unwrap_or_default();
-                if let Ok(h) = parse_line(first) {
-                    if let Some(pl) = h.value.prev_len {
-                        if pl != limit as u64 {
-                            self.tamper(
-                                next_name,
-                                0,
-                                1,
-                                None,
-                                format!(
-                                    "the header says the previous segment is {pl} bytes long, but {name} is {} \
-                                     bytes",
-                                    bytes.len()
-                                ),
-                            );
-                            break;
-                        }
-                    }
-                }
-            }
+    /// Checks that `next` (a file checked on its own) continues this trail: its first line
+    /// links to our last one, and a segment header's number, `first_seq` and `prev_len` fit.
+    /// `prev_file`: when `next` is the next file, this file's (limit, length) and name;
+    /// `at`: where `next` starts (offset, line) in its file.
+    fn link(
+        &mut self,
+        name: &str,
+        next: &Verifier<'_>,
+        prev_file: Option<((usize, usize), &str)>,
+        at: (usize, u64),
+    ) {
+        let Some(first) = &next.first else { return };
+        let want_prev = self.prev_hash.as_deref().unwrap_or(GENESIS);
+        let problem = if let (Some(seg), Some(prev)) = (first.segment, self.segment) {
+            (seg != prev + 1).then(|| format!("segment {seg} follows segment {prev}"))
+        } else {
+            None
+        };
+        let problem = problem
+            .or_else(|| match (first.seq, self.next_seq) {
+                (Some(got), Some(want)) if got != want => Some(if first.segment.is_some() {
+                    format!("the header's first_seq is {got}, expected {want}")
+                } else {
+                    format!("seq {got} where {want} was expected")
+                }),
+                _ => None,
+            })
+            .or_else(|| match (first.prev_len, prev_file) {
+                (Some(pl), Some(((limit, full_len), prev_name))) if pl != limit as u64 => Some(format!(
+                    "the header says the previous segment is {pl} bytes long, but {prev_name} is {full_len} bytes"
+                )),
+                _ => None,
+            })
+            .or_else(|| {
+                (first.prev != want_prev)
+                    .then(|| format!("\"prev\" is {}, but the previous line's hash is {want_prev}", first.prev))
+            });
+        if let Some(what) = problem {
+            let seq = if first.segment.is_some() { self.next_seq } else { first.seq };
+            self.tamper(name, at.0, at.1, seq, what);
         }
-        if self.report.problem.is_some() {
-            self.report.verdict = Verdict::Tampered;
-        } else if self.report.torn_tail.is_some() {
-            self.report.verdict = Verdict::TornTail;
-        }
-        Ok(self.report)
+    }
+
+    /// Adds what `next` (the following file, checked on its own and linked) found.
+    fn absorb(&mut self, next: Verifier<'_>, new_file: bool) {
+        let r = next.report;
+        self.report.segments += u64::from(new_file);
+        self.report.records += r.records;
+        self.report.first_seq = self.report.first_seq.or(r.first_seq);
+        self.report.last_seq = r.last_seq.or(self.report.last_seq);
+        self.report.last_hash = r.last_hash.or(self.report.last_hash.take());
+        self.report.chain = r.chain;
+        self.report.problem = self.report.problem.take().or(r.problem);
+        self.report.torn_tail = self.report.torn_tail.take().or(r.torn_tail);
+        self.report.notes.extend(r.notes);
+        self.prev_hash = next.prev_hash.or(self.prev_hash.take());
+        self.next_seq = next.next_seq.or(self.next_seq);
+        self.segment = next.segment.or(self.segment);
     }
 
     fn tamper(&mut self, file: &str, offset: usize, line: u64, seq: Option<u64>, what: String) {
@@ -394,7 +577,7 @@ impl<'o> Verifier<'o> {
         let mut line_no = 0u64;
         while pos < bytes.len() {
             line_no += 1;
-            let nl = bytes[pos..].iter().position(|&b| b == b'\n').map(|i| pos + i);
+            let nl = memchr::memchr(b'\n', &bytes[pos..]).map(|i| pos + i);
             let end = nl.unwrap_or(bytes.len());
             let raw = &bytes[pos..end];
             let is_last_line = nl.map_or(true, |e| e + 1 == bytes.len());
@@ -408,19 +591,19 @@ impl<'o> Verifier<'o> {
                     if last_file && is_last_line {
                         self.report.torn_tail = Some(Problem {
                             file: name.to_string(),
-                            offset: pos as u64,
+                            offset: (self.base + pos) as u64,
                             line: line_no,
                             seq: self.next_seq,
                             what: format!("{} bytes: {what}", bytes.len() - pos),
                         });
                     } else {
-                        self.tamper(name, pos, line_no, self.next_seq, what);
+                        self.tamper(name, self.base + pos, line_no, self.next_seq, what);
                     }
                     return Ok(false);
                 }
             };
             if let Err((seq, what)) = self.check(&line, name, pos)? {
-                self.tamper(name, pos, line_no, seq, what);
+                self.tamper(name, self.base + pos, line_no, seq, what);
                 return Ok(false);
             }
             pos = end + 1;
@@ -439,7 +622,7 @@ impl<'o> Verifier<'o> {
         let v = &line.value;
         let seq = v.seq;
         if let Some(segment) = v.segment {
-            if pos != 0 {
+            if pos != 0 || self.mid_file {
                 return Ok(Err((self.next_seq, "a segment header in the middle of a file".into())));
             }
             let chain = v.chain.as_deref().unwrap_or_default();
@@ -468,7 +651,7 @@ impl<'o> Verifier<'o> {
                 Some(prev) if segment != prev + 1 => {
                     return Ok(Err((self.next_seq, format!("segment {segment} follows segment {prev}"))));
                 }
-                None if segment != 1 => self.report.notes.push(format!(
+                None if segment != 1 && !self.detached => self.report.notes.push(format!(
                     "the trail starts at segment {segment}: the link to earlier segments was not checked"
                 )),
                 _ => {}
@@ -518,9 +701,17 @@ impl<'o> Verifier<'o> {
             Some(h) => Some(h.as_str()),
             // The very first line of a trail links to the genesis value, unless the trail
             // handed to us starts at a later segment.
-            None if self.segment.map_or(true, |s| s == 1) => Some(GENESIS),
+            None if !self.detached && self.segment.map_or(true, |s| s == 1) => Some(GENESIS),
             None => None,
         };
+        if self.first.is_none() {
+            self.first = Some(FirstLine {
+                prev: prev.to_string(),
+                seq: seq.or(v.first_seq),
+                segment: v.segment,
+                prev_len: v.prev_len,
+            });
+        }
         if let Some(want) = expected_prev {
             if prev != want {
                 return Ok(Err((
@@ -569,4 +760,79 @@ pub fn history(paths: &[PathBuf], key: &str) -> Result<Vec<AuditRecord>, VerifyE
 /// The segment number in a path's file name, if it is a segment file.
 pub fn segment_of(path: &Path) -> Option<u64> {
     path.file_name()?.to_str().and_then(parse_segment_file_name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditSink, Auditor, MemorySink};
+    use crate::MapWrapper;
+
+    /// A headerless trail of `n` inserts, big enough to be checked in several pieces.
+    fn trail(n: u32) -> String {
+        let sink = MemorySink::new();
+        let map: MapWrapper<u32, String> =
+            MapWrapper::builder().name("big").auditor(Auditor::new(sink.clone())).build().unwrap();
+        for i in 0..n {
+            map.insert(i, "x".repeat(100)).unwrap();
+        }
+        sink.flush().unwrap();
+        sink.text()
+    }
+
+    fn check(text: &str) -> Report {
+        verify_bytes(&[("t".into(), text.as_bytes().to_vec())], &Default::default()).unwrap()
+    }
+
+    #[test]
+    fn a_big_hmac_segment_is_checked_in_pieces_with_its_key() {
+        use crate::audit::{ChainKey, JsonLinesOptions, JsonLinesSink};
+        let dir = tempfile::tempdir().unwrap();
+        let opts = JsonLinesOptions {
+            chain_key: ChainKey::Hmac { id: "k".into(), key: b"key".to_vec() },
+            ..Default::default()
+        };
+        let sink = JsonLinesSink::open(dir.path(), opts).unwrap();
+        let map: MapWrapper<u32, String> = MapWrapper::builder().auditor(Auditor::new(sink)).build().unwrap();
+        for i in 0..9000 {
+            map.insert(i, "x".repeat(100)).unwrap();
+        }
+        drop(map);
+        let files = collect_files(&[dir.path().to_path_buf()]).unwrap();
+        assert!(std::fs::metadata(&files[0]).unwrap().len() > 2 << 20, "big enough to be split");
+        let key = VerifyOptions { hmac_key: Some(b"key".to_vec()) };
+        let report = verify_paths(&[dir.path().to_path_buf()], &key).unwrap();
+        assert_eq!(
+            (report.verdict, report.records, report.chain.as_str()),
+            (Verdict::Intact, 9002, "hmac-sha256")
+        );
+        let wrong = VerifyOptions { hmac_key: Some(b"other".to_vec()) };
+        assert_eq!(verify_paths(&[dir.path().to_path_buf()], &wrong).unwrap().verdict, Verdict::Tampered);
+    }
+
+    #[test]
+    fn a_big_trail_is_checked_in_pieces_and_reports_file_positions() {
+        let text = trail(9000);
+        let chunks = split_in_chunks(text.as_bytes(), 2);
+        assert_eq!(chunks.len(), 2, "the trail is big enough to be split");
+        let report = check(&text);
+        assert_eq!((report.verdict, report.records), (Verdict::Intact, 9000));
+
+        // An edit deep in the second piece: reported with its line and offset in the file.
+        let lines: Vec<&str> = text.lines().collect();
+        let target = 8000;
+        let offset: usize = lines[..target - 1].iter().map(|l| l.len() + 1).sum();
+        let edited = text.replacen(&format!("\"seq\":{target},"), &format!("\"seq\":{target} ,"), 1);
+        let p = check(&edited).problem.unwrap();
+        assert_eq!((p.line, p.offset as usize, p.seq), (target as u64, offset, Some(target as u64)));
+
+        // The line that starts the second piece deleted: caught by the link between pieces.
+        let start = chunks[1].0;
+        let line_no = text[..start].matches('\n').count() + 1;
+        let end = start + text[start..].find('\n').unwrap() + 1;
+        let deleted = format!("{}{}", &text[..start], &text[end..]);
+        let p = check(&deleted).problem.unwrap();
+        assert_eq!((p.line, p.offset as usize), (line_no as u64, start));
+        assert_eq!(p.seq, Some(line_no as u64 + 1), "{}", p.what);
+    }
 }
