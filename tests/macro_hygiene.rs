@@ -29,6 +29,10 @@ struct MapWrapper;
 #[allow(dead_code)]
 struct MapError;
 #[allow(dead_code)]
+struct Auditor;
+#[allow(dead_code)]
+trait Serialize {}
+#[allow(dead_code)]
 trait Hash {}
 #[allow(dead_code)]
 trait Borrow {}
@@ -71,6 +75,10 @@ fn generated_code_ignores_the_names_in_scope() {
     assert!(inv.type_insert(1, 2).is_ok());
     assert_eq!(inv.r#type().name(), "Inventory.type");
     assert_eq!(inv.note, 0);
+    let trail = ::map_wrapper::audit::MemorySink::new();
+    let audited = Inventory::<'static, u16>::with_auditor(&::map_wrapper::audit::Auditor::new(trail.clone()));
+    assert!(audited.is_ok_and(|inv| inv.stock_insert("nut", 1).is_ok()));
+    assert_eq!(trail.len(), 1);
     let w: Wrapped<u64> = <Wrapped<u64> as std::default::Default>::default();
     assert!(w.m_insert(1, 1).is_ok());
     assert_eq!(w.m().name(), "hygiene.m");
