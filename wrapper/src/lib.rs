@@ -64,6 +64,14 @@
 //! # Ok::<(), map_wrapper::MapError>(())
 //! ```
 //!
+//! ## One attribute on your own struct
+//!
+//! [`#[guarded_map]`](macro@guarded_map) turns the `HashMap` fields of a struct into
+//! `MapWrapper`s named `"Struct.field"`, with a constructor that cannot fail, accessors per
+//! field, and `with_auditor` to audit them all into one trail;
+//! [`#[derive(GuardedMap)]`](derive@GuardedMap) does the same for fields already declared
+//! `MapWrapper`. Mistakes are compile errors at the offending token.
+//!
 //! ## Circuit breaker and statistics
 //!
 //! Every operation ends *ok*, *slow* (above [`Builder::slow_threshold`]), *failed* (timed out
@@ -111,6 +119,10 @@ mod map;
 mod shard;
 mod stats;
 
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
 #[cfg(feature = "serde")]
 mod serde_impl;
 
@@ -126,6 +138,7 @@ pub use clock::{Clock, TestClock};
 pub use context::{ContextGuard, OpContext};
 pub use error::{MapError, Severity};
 pub use map::{Entry, Iter, MapWrapper, Ref, Upserted, WithContext};
+pub use map_wrapper_macros::{guarded_map, GuardedMap};
 pub use stats::{BreakerStats, LatencyStats, OpStats, Stats, DEFAULT_LATENCY_SAMPLING};
 
 /// `MapWrapper` can be shared between threads when its keys and values can.
