@@ -49,7 +49,7 @@ row() { grep "^$1 " "$out/status" | awk '{print $2" ("$3" s)"}'; }
     echo "|---|---|---|"
     echo "| storm: 1,000 threads at once vs a model, deadlock detector on | $(row storm) | $(field storm_ops) operations, $(field storm_threads) threads |"
     echo "| linearizability (Wing–Gong, per key) | $(row linearizability) | $(field histories) histories, $(field overlapping) overlapping operations |"
-    echo "| audit faults at every Nth write/fsync | $(row faults) | $(field runs) runs, $(field acked) acknowledged ops, $(field refused) refused, records lost: $(field records_lost) |"
+    echo "| audit faults at every Nth write/fsync | $(row faults) | $(field runs) runs ($(field faulted) with the sink failed), $(field acked) acknowledged ops, $(field refused) refused, records lost: $(field records_lost) |"
     echo "| panicking user closures | $(row panics) | update, alter, retain, entry |"
     echo "| verifier fuzz (HMAC trail) | $(row fuzz) | $(field tamperings) tamperings, $(field garbage) garbage inputs, missed: $(field missed) |"
     echo "| SIGKILL crash loop (Synced) | $(row crash) | $(grep -o 'audit_crash: [0-9]* passed' "$log" | tail -1 | grep -o '[0-9]*') kills, every acknowledged op found |"

@@ -91,6 +91,8 @@ fn records(dir: &Path) -> Vec<AuditRecord> {
 struct Tally {
     /// Acknowledged operations without an `ok` record (must stay 0).
     lost: usize,
+    /// Runs in which the injected fault made the sink fail.
+    faulted: usize,
     acked: usize,
     refused: usize,
     applied_unrecorded: usize,
@@ -175,13 +177,18 @@ fn faulted_run(fault: Fault, at: usize, durability: Durability) -> Tally {
         }
     }
     if failed {
+        tally.faulted = 1;
         // Read-only until the sink is reopened.
         assert_eq!(map.insert(u64::MAX, 0).unwrap_err().code(), "AUDIT_UNAVAILABLE");
         if fault == Fault::DiskFull {
             // Still full: reopening cannot work until an operator frees space.
             assert!(auditor.reopen().is_err(), "{fault:?}@{at}: reopen on a full disk must fail");
-            inj.at.store(usize::MAX, Ordering::SeqCst);
         }
+    }
+    // The disk is healthy again (space freed, the bad sector behind us). When the run made
+    // fewer writes than N, the fault never fired: such runs are not counted as faulted.
+    inj.at.store(usize::MAX, Ordering::SeqCst);
+    if failed {
         auditor.reopen().unwrap();
     }
     // Service is back (after a reopen if there was a failure).
@@ -211,6 +218,7 @@ fn faults_at_every_nth_write_lose_no_acknowledged_record() {
                 let t = faulted_run(fault, n, durability);
                 runs += 1;
                 total.lost += t.lost;
+                total.faulted += t.faulted;
                 total.acked += t.acked;
                 total.refused += t.refused;
                 total.applied_unrecorded += t.applied_unrecorded;
@@ -218,8 +226,8 @@ fn faults_at_every_nth_write_lose_no_acknowledged_record() {
         }
     }
     eprintln!(
-        "SUMMARY faults runs={runs} acked={} refused={} applied_unrecorded={} records_lost={}",
-        total.acked, total.refused, total.applied_unrecorded, total.lost
+        "SUMMARY faults runs={runs} faulted={} acked={} refused={} applied_unrecorded={} records_lost={}",
+        total.faulted, total.acked, total.refused, total.applied_unrecorded, total.lost
     );
     assert_eq!(total.lost, 0, "acknowledged operations without their record");
 }
