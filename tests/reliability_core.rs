@@ -2,6 +2,7 @@
 //! linearizability of small concurrent histories. Sizes grow with `MAPWRAPPER_LONG=1`.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
@@ -45,18 +46,32 @@ fn history(
     }
     let clock = Arc::new(Clock::default());
     let barrier = Arc::new(Barrier::new(threads));
+    let ready = Arc::new(AtomicUsize::new(0));
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let (map, clock, barrier) = (Arc::clone(&map), Arc::clone(&clock), Arc::clone(&barrier));
+            let ready = Arc::clone(&ready);
             thread::spawn(move || {
                 let mut x =
                     seed.wrapping_mul(31).wrapping_add(t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
                 let mut events = Vec::with_capacity(per_thread);
                 barrier.wait();
+                // Then spin until every thread is here: a barrier wakes threads one by one,
+                // tens of microseconds apart, longer than a whole history takes.
+                ready.fetch_add(1, Ordering::SeqCst);
+                while ready.load(Ordering::SeqCst) < threads {
+                    std::hint::spin_loop();
+                }
                 for i in 0..per_thread {
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
+                    // A short random pause between operations: a thread's whole history would
+                    // otherwise fit in the time the next thread takes to wake up, and nothing
+                    // would overlap.
+                    for _ in 0..(x >> 40) % 64 {
+                        std::hint::spin_loop();
+                    }
                     let key = x % keys;
                     let invoked = clock.tick();
                     let op = match (x >> 8) % 4 {
@@ -94,7 +109,7 @@ fn small_concurrent_histories_are_linearizable() {
         let mut overlapping = 0usize;
         for seed in 0..n as u64 {
             let shards = if seed % 2 == 0 { 1 } else { 4 };
-            let (events, initial) = history(seed, 4, 24, 4, shards);
+            let (events, initial) = history(seed, 3, 48, 4, shards);
             // Count operations that ran concurrently with another one: without overlap the
             // check would prove nothing.
             overlapping += events

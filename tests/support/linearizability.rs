@@ -93,12 +93,12 @@ pub fn check(history: &[Event], initial: &BTreeMap<u64, u64>) -> Result<(), u64>
 
 /// Wing–Gong search with memoization of (set of done operations, state).
 fn check_key(events: &[Event], initial: Option<u64>) -> bool {
-    assert!(events.len() <= 64, "sub-histories are kept small (<= 64 ops per key)");
-    let mut seen: HashSet<(u64, Option<u64>)> = HashSet::new();
+    assert!(events.len() <= 128, "sub-histories are kept small (<= 128 ops per key)");
+    let mut seen: HashSet<(u128, Option<u64>)> = HashSet::new();
     search(events, 0, initial, &mut seen)
 }
 
-fn search(events: &[Event], done: u64, state: Option<u64>, seen: &mut HashSet<(u64, Option<u64>)>) -> bool {
+fn search(events: &[Event], done: u128, state: Option<u64>, seen: &mut HashSet<(u128, Option<u64>)>) -> bool {
     if done.count_ones() as usize == events.len() {
         return true;
     }
@@ -106,14 +106,14 @@ fn search(events: &[Event], done: u64, state: Option<u64>, seen: &mut HashSet<(u
         return false;
     }
     // An operation may go next only if no pending operation returned before it was invoked.
-    let pending = || events.iter().enumerate().filter(|(i, _)| done & (1 << i) == 0);
+    let pending = || events.iter().enumerate().filter(|(i, _)| done & (1u128 << i) == 0);
     let earliest_return = pending().map(|(_, e)| e.returned).min().unwrap_or(u64::MAX);
     for (i, e) in pending() {
         if e.invoked > earliest_return {
             continue;
         }
         if let Some(next) = e.op.apply(state) {
-            if search(events, done | (1 << i), next, seen) {
+            if search(events, done | (1u128 << i), next, seen) {
                 return true;
             }
         }
