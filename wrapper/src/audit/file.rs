@@ -718,6 +718,19 @@ impl AuditSink for JsonLinesSink {
         let chain = Chain::resume(self.shared.opts.chain_key.clone(), tail.last_seq + 1, tail.last_hash);
         let mut w = JsonLinesSink::new_segment(dir, &self.shared.opts, chain, n + 1, tail.intact_len, true)?;
         let mut lines = String::new();
+        // Every record that was given a seq but is not on disk (queued, or in the batch whose
+        // write failed) is lost: say how many, and which seqs they had been given. The trail
+        // continues at the first of them, so its seq stays gap-free; this record is the gap.
+        let issued_last = self.shared.state.lock().next_seq - 1;
+        let lost = issued_last.saturating_sub(tail.last_seq);
+        if lost > 0 {
+            let gap = format!(
+                "{lost} records accepted but not written before the failure (seq {}..{} as issued)",
+                tail.last_seq + 1,
+                issued_last
+            );
+            w.chain.seal_event(&AuditEvent::new(EventFields::lifecycle("sink_gap", Some(&gap))), &mut lines);
+        }
         let mut why = format!("reopened after failure: {}", reason.reason());
         if let Some(removed) = removed {
             why.push_str("; ");

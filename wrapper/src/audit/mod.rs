@@ -41,9 +41,17 @@
 //!   failed are lost although their operations returned `Ok`. Use `Flushed` or `Synced` when
 //!   every acknowledged operation must have its record.
 //!
+//! Either way the loss is in the trail: when a [`JsonLinesSink`] is reopened after a failure,
+//! it writes a `sink_gap` record `"N records accepted but not written before the failure (seq
+//! a..b as issued)"` for every record it had accepted (given a seq) that did not reach the
+//! file. The trail then continues at seq `a`, so `seq` stays gap-free and the gap record says
+//! which seqs were given to records that are not there.
+//!
 //! Fail-open ([`FailMode::FailOpen`], an explicit opt-in): mutations go on while the sink is
-//! down; every record that could not be written is counted ([`Auditor::lost_records`]), and
-//! [`Auditor::reopen`] writes a `sink_gap` record with that count.
+//! down; every record the failed sink refused is counted ([`Auditor::lost_records`]), and
+//! [`Auditor::reopen`] writes a second `sink_gap` record with that count (`"N records lost
+//! while the sink was unavailable"`). The two counts never overlap: a record is either
+//! accepted (the sink's count) or refused (the auditor's).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -204,20 +212,26 @@ impl Auditor {
         self.durability
     }
 
-    /// How many records fail-open maps could not write since the last reopen.
+    /// How many records fail-open maps could not hand to the sink (the sink refused the
+    /// append: it had failed) since the last reopen. Records the sink accepted but lost in the
+    /// failure are not counted here: the sink itself counts them and writes them as a
+    /// `sink_gap` record when it is reopened (see [`JsonLinesSink`](crate::audit::JsonLinesSink)).
     pub fn lost_records(&self) -> u64 {
         self.lost.load(Ordering::Relaxed)
     }
 
     /// Reopens a failed sink; fail-closed maps take mutations again. In fail-open mode,
-    /// also writes a `sink_gap` record with the number of records lost.
+    /// also writes a `sink_gap` record with the number of records refused by the failed sink
+    /// ([`lost_records`](Self::lost_records)); the count is reset only once that record is
+    /// written, so a failed attempt loses no count.
     pub fn reopen(&self) -> Result<(), SinkError> {
         self.sink.reopen()?;
         if self.fail_mode == FailMode::FailOpen {
-            let lost = self.lost.swap(0, Ordering::Relaxed);
+            let lost = self.lost.load(Ordering::Relaxed);
             let reason = format!("{lost} records lost while the sink was unavailable");
             let t = self.sink.append(AuditEvent::new(EventFields::lifecycle("sink_gap", Some(&reason))))?;
             self.sink.wait(&t, self.durability)?;
+            self.lost.fetch_sub(lost, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -444,6 +458,9 @@ impl<K, V> MapAudit<K, V> {
             Some(t) if self.auditor.durability != Durability::Buffered => {
                 match self.auditor.sink.wait(&t, self.auditor.durability) {
                     Ok(()) => Ok(()),
+                    // Fail-open: not counted here; the sink accepted the record and counts it
+                    // in its own `sink_gap` on reopen if it did not reach the file.
+                    Err(_) if self.auditor.fail_mode == FailMode::FailOpen => Ok(()),
                     Err(e) => self.lost(map, &e, "applied, but its record may not be durable"),
                 }
             }
