@@ -310,7 +310,7 @@ fn hmac_trail(n: u64) -> Vec<(String, Vec<u8>)> {
 }
 
 fn verify(files: &[(String, Vec<u8>)]) -> verify::Report {
-    let opts = verify::VerifyOptions { hmac_key: Some(KEY.to_vec()) };
+    let opts = verify::VerifyOptions { hmac_key: Some(KEY.to_vec()), ..Default::default() };
     match verify::verify_bytes(files, &opts) {
         Ok(r) => r,
         // A refusal with a reason (not a panic) is an acceptable answer to garbage; report it

@@ -272,3 +272,40 @@ fn the_last_line_of_a_segment_removed_is_caught_at_the_next_header() {
     assert_eq!(first_bad(&r), (removed["seq"].as_u64().unwrap(), 0));
     assert!(r["problem"]["file"].as_str().unwrap().ends_with("segment-000002.jsonl"), "{r}");
 }
+
+#[test]
+fn deleting_the_oldest_segments_is_tampering_unless_the_prune_point_is_given() {
+    for key in [ChainKey::Sha256, ChainKey::Hmac { id: "k".into(), key: HMAC_KEY.to_vec() }] {
+        let d = tmp();
+        trail(d.path(), key.clone(), 1200);
+        let key_file = d.path().join("key.hex");
+        std::fs::write(&key_file, to_hex(HMAC_KEY)).unwrap();
+        let key_args: Vec<&str> = match key {
+            ChainKey::Hmac { .. } => vec!["--hmac-key-file", key_file.to_str().unwrap()],
+            ChainKey::Sha256 => vec![],
+        };
+        let segs = map_wrapper::audit::list_segments(d.path()).unwrap();
+        assert!(segs.len() >= 3, "{segs:?}");
+        // The hash the second segment continues from: the last line of the first.
+        let first = std::fs::read_to_string(&segs[0].1).unwrap();
+        let last: serde_json::Value = serde_json::from_str(first.lines().last().unwrap()).unwrap();
+        let anchor = last["hash"].as_str().unwrap().to_string();
+        std::fs::remove_file(&segs[0].1).unwrap();
+
+        let (code, r) = verify(d.path(), &key_args);
+        assert_eq!(code, 1, "{r}");
+        assert!(r["problem"]["what"].as_str().unwrap().contains("starts at segment 2"), "{r}");
+
+        // Pruned on purpose: the caller names the hash the trail continues from.
+        let mut args = key_args.clone();
+        args.extend(["--expect-prev", &anchor]);
+        let (code, r) = verify(d.path(), &args);
+        assert_eq!(code, 0, "{r}");
+        assert!(r["notes"][0].as_str().unwrap().contains("starts at segment 2"), "{r}");
+        // A wrong anchor is caught.
+        let mut args = key_args.clone();
+        let wrong = "1".repeat(64);
+        args.extend(["--expect-prev", &wrong]);
+        assert_eq!(verify(d.path(), &args).0, 1);
+    }
+}

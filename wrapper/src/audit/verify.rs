@@ -28,11 +28,26 @@ use super::file::{list_segments, parse_segment_file_name};
 use super::record::{split_line, to_hex, AuditRecord, ChainKey, FORMAT_VERSION, GENESIS};
 
 /// How to verify.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct VerifyOptions {
     /// The HMAC key of an HMAC-chained trail. Without it such a trail cannot be verified
     /// (an error, not a verdict); with it, a trail that is not HMAC-chained is tampered.
     pub hmac_key: Option<Vec<u8>>,
+    /// The trail does not start at its beginning (older segments were pruned on purpose):
+    /// the `prev` the first line must carry, i.e. the hash of the last line before it, kept
+    /// from the pruned part. Without it a trail must start at segment 1, `seq` 1, with
+    /// `prev` = `GENESIS`: a trail whose oldest segments were removed is tampered.
+    pub expect_prev: Option<String>,
+}
+
+/// Hides the HMAC key (its length only).
+impl std::fmt::Debug for VerifyOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyOptions")
+            .field("hmac_key", &self.hmac_key.as_ref().map(|k| format!("<{} bytes>", k.len())))
+            .field("expect_prev", &self.expect_prev)
+            .finish()
+    }
 }
 
 /// The outcome of a verification.
@@ -651,9 +666,23 @@ impl<'o> Verifier<'o> {
                 Some(prev) if segment != prev + 1 => {
                     return Ok(Err((self.next_seq, format!("segment {segment} follows segment {prev}"))));
                 }
-                None if segment != 1 && !self.detached => self.report.notes.push(format!(
-                    "the trail starts at segment {segment}: the link to earlier segments was not checked"
-                )),
+                None if !self.detached => match &self.opts.expect_prev {
+                    None if segment != 1 => {
+                        return Ok(Err((
+                            None,
+                            format!(
+                                "the trail starts at segment {segment}: segments 1..{segment} are missing (a \
+                                 trail pruned on purpose is verified with the hash it continues from: \
+                                 --expect-prev)"
+                            ),
+                        )))
+                    }
+                    Some(anchor) => self.report.notes.push(format!(
+                        "the trail starts at segment {segment} (seq {}), continuing from the given prev {anchor}",
+                        v.first_seq.map_or_else(|| "-".into(), |s| s.to_string())
+                    )),
+                    None => {}
+                },
                 _ => {}
             }
             self.segment = Some(segment);
@@ -663,6 +692,12 @@ impl<'o> Verifier<'o> {
                     return Ok(Err((
                         Some(want),
                         format!("the header's first_seq is {got}, expected {want}"),
+                    )));
+                }
+                (None, Some(got)) if got != 1 && !self.detached && self.opts.expect_prev.is_none() => {
+                    return Ok(Err((
+                        Some(1),
+                        format!("the trail's first header has first_seq {got}, not 1"),
                     )));
                 }
                 (None, Some(got)) => self.next_seq = Some(got),
@@ -689,6 +724,9 @@ impl<'o> Verifier<'o> {
                 Some(want) if seq != want => {
                     return Ok(Err((Some(seq), format!("seq {seq} where {want} was expected"))));
                 }
+                None if seq != 1 && !self.detached && self.opts.expect_prev.is_none() => {
+                    return Ok(Err((Some(seq), format!("the trail starts at seq {seq}, not 1"))));
+                }
                 _ => {}
             }
             self.next_seq = Some(seq + 1);
@@ -699,9 +737,9 @@ impl<'o> Verifier<'o> {
         let prev: &str = &v.prev;
         let expected_prev = match &self.prev_hash {
             Some(h) => Some(h.as_str()),
-            // The very first line of a trail links to the genesis value, unless the trail
-            // handed to us starts at a later segment.
-            None if !self.detached && self.segment.map_or(true, |s| s == 1) => Some(GENESIS),
+            // The very first line of a trail links to the genesis value, or to the hash the
+            // caller says a pruned trail continues from.
+            None if !self.detached => Some(self.opts.expect_prev.as_deref().unwrap_or(GENESIS)),
             None => None,
         };
         if self.first.is_none() {
@@ -785,6 +823,14 @@ mod tests {
     }
 
     #[test]
+    fn verify_options_debug_does_not_print_the_hmac_key() {
+        let o = VerifyOptions { hmac_key: Some(b"secret".to_vec()), ..Default::default() };
+        let s = format!("{o:?}");
+        assert!(!s.contains("115, 101, 99") && !s.contains("secret"), "{s}");
+        assert!(s.contains("<6 bytes>"), "{s}");
+    }
+
+    #[test]
     fn a_big_hmac_segment_is_checked_in_pieces_with_its_key() {
         use crate::audit::{ChainKey, JsonLinesOptions, JsonLinesSink};
         let dir = tempfile::tempdir().unwrap();
@@ -800,13 +846,13 @@ mod tests {
         drop(map);
         let files = collect_files(&[dir.path().to_path_buf()]).unwrap();
         assert!(std::fs::metadata(&files[0]).unwrap().len() > 2 << 20, "big enough to be split");
-        let key = VerifyOptions { hmac_key: Some(b"key".to_vec()) };
+        let key = VerifyOptions { hmac_key: Some(b"key".to_vec()), ..Default::default() };
         let report = verify_paths(&[dir.path().to_path_buf()], &key).unwrap();
         assert_eq!(
             (report.verdict, report.records, report.chain.as_str()),
             (Verdict::Intact, 9002, "hmac-sha256")
         );
-        let wrong = VerifyOptions { hmac_key: Some(b"other".to_vec()) };
+        let wrong = VerifyOptions { hmac_key: Some(b"other".to_vec()), ..Default::default() };
         assert_eq!(verify_paths(&[dir.path().to_path_buf()], &wrong).unwrap().verdict, Verdict::Tampered);
     }
 

@@ -30,6 +30,11 @@ enum Command {
         /// Print the report as one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        /// For a trail whose oldest segments were pruned on purpose: the hash (64 hex
+        /// digits) of the last line before the first segment given; its header's `prev` must
+        /// be this. Without it the trail must start at segment 1.
+        #[arg(long, value_name = "HASH")]
+        expect_prev: Option<String>,
     },
     /// Print every record of one key (a key recorded in full), oldest first.
     Show {
@@ -57,8 +62,8 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Verify { paths, hmac_key_file, json } => {
-            let mut opts = verify::VerifyOptions::default();
+        Command::Verify { paths, hmac_key_file, json, expect_prev } => {
+            let mut opts = verify::VerifyOptions { expect_prev, ..Default::default() };
             if let Some(f) = hmac_key_file {
                 match std::fs::read_to_string(&f).map(|s| from_hex(s.trim())) {
                     Ok(Some(key)) if !key.is_empty() => opts.hmac_key = Some(key),
