@@ -383,3 +383,51 @@ fn a_trail_directory_takes_one_sink_at_a_time() {
     let report = verify::verify_paths(&[dir.path().to_path_buf()], &Default::default()).unwrap();
     assert_eq!(report.verdict, verify::Verdict::Intact, "{}", report.human());
 }
+
+#[test]
+fn a_closed_sink_refuses_mutations_before_they_change_the_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Arc::new(JsonLinesSink::open(dir.path(), JsonLinesOptions::default()).unwrap());
+    let map: MapWrapper<u32, u32> =
+        MapWrapper::builder().auditor(Auditor::from_arc(sink.clone())).build().unwrap();
+    map.insert(1, 1).unwrap();
+    sink.close().unwrap();
+    assert!(sink.health().is_err(), "a closed sink is not healthy");
+    let e = map.insert(2, 2).unwrap_err();
+    assert_eq!(e.code(), "AUDIT_UNAVAILABLE");
+    assert!(!e.to_string().contains("applied"), "refused before the change: {e}");
+    assert_eq!(map.get_cloned(&2).unwrap(), None, "the refused insert changed nothing");
+    assert_eq!(map.remove(&1).unwrap_err().code(), "AUDIT_UNAVAILABLE");
+    assert_eq!(map.get_cloned(&1).unwrap(), Some(1));
+    sink.close().unwrap(); // closing twice is harmless
+}
+
+#[test]
+fn audit_stop_is_the_last_record_when_close_races_with_inserts() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Arc::new(JsonLinesSink::open(dir.path(), JsonLinesOptions::default()).unwrap());
+    let map: Arc<MapWrapper<u32, u32>> =
+        Arc::new(MapWrapper::builder().auditor(Auditor::from_arc(sink.clone())).build().unwrap());
+    let started = Arc::new(std::sync::Barrier::new(5));
+    let workers: Vec<_> = (0..4u32)
+        .map(|t| {
+            let (map, started) = (Arc::clone(&map), Arc::clone(&started));
+            std::thread::spawn(move || {
+                started.wait();
+                // Until the close refuses them (bounded: at most 200 000 inserts each).
+                for i in 0..200_000 {
+                    if map.insert(t * 1_000_000 + i, i).is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    started.wait();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    sink.close().unwrap();
+    workers.into_iter().for_each(|w| w.join().unwrap());
+    let recs = records(dir.path());
+    assert_eq!(recs.last().unwrap().op, "audit_stop", "{} records", recs.len());
+    assert_eq!(recs.iter().filter(|r| r.op == "audit_stop").count(), 1);
+}

@@ -270,6 +270,8 @@ struct Shared {
     /// Wakes waiters and producers blocked on a full queue.
     progress: Condvar,
     failed: AtomicBool,
+    /// Set by `close`: `health` then reports the sink closed.
+    closed: AtomicBool,
     dir: PathBuf,
     opts: JsonLinesOptions,
     records: AtomicU64,
@@ -463,6 +465,7 @@ impl JsonLinesSink {
             work: Condvar::new(),
             progress: Condvar::new(),
             failed: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             dir,
             opts,
             records: AtomicU64::new(0),
@@ -487,24 +490,32 @@ impl JsonLinesSink {
         }
     }
 
-    /// Writes an `audit_stop` record, syncs, and stops the writer. Appends after this fail.
+    /// Writes an `audit_stop` record, syncs, and stops the writer. From then on
+    /// [`health`](AuditSink::health) reports the sink closed (fail-closed maps refuse
+    /// mutations before they change anything) and appends fail. Closing twice is harmless.
+    ///
+    /// # Errors
+    ///
+    /// The sink's failure, if it had failed.
     pub fn close(&self) -> Result<(), SinkError> {
         let Some(thread) = self.thread.lock().take() else {
-            return self.health();
+            return self.shared.state.lock().failed.clone().map_or(Ok(()), Err);
         };
-        let stop = self.append(AuditEvent::new(EventFields::lifecycle("audit_stop", None)));
         {
+            // The `audit_stop` record and `stopping` in one critical section: no append can
+            // come between them, so `audit_stop` is the last record.
             let mut st = self.shared.state.lock();
+            if st.failed.is_none() && !st.stopping {
+                st.next_seq += 1;
+                st.events.push(AuditEvent::new(EventFields::lifecycle("audit_stop", None)));
+            }
             st.stopping = true;
+            self.shared.closed.store(true, Ordering::Release);
             self.shared.work.notify_all();
+            self.shared.progress.notify_all();
         }
         let _ = thread.join();
-        let st = self.shared.state.lock();
-        match (stop, &st.failed) {
-            (_, Some(e)) => Err(e.clone()),
-            (Err(e), None) => Err(e),
-            (Ok(_), None) => Ok(()),
-        }
+        self.shared.state.lock().failed.clone().map_or(Ok(()), Err)
     }
 }
 
@@ -685,11 +696,13 @@ impl AuditSink for JsonLinesSink {
     }
 
     fn health(&self) -> Result<(), SinkError> {
-        if !self.shared.failed.load(Ordering::Acquire) {
+        if !self.shared.failed.load(Ordering::Acquire) && !self.shared.closed.load(Ordering::Acquire) {
             return Ok(());
         }
-        match &self.shared.state.lock().failed {
+        let st = self.shared.state.lock();
+        match &st.failed {
             Some(e) => Err(e.clone()),
+            None if st.stopping => Err(SinkError::new("the audit sink is closed")),
             None => Ok(()),
         }
     }
@@ -704,9 +717,12 @@ impl AuditSink for JsonLinesSink {
     /// verifier reports the trail as tampered at that header.
     fn reopen(&self) -> Result<(), SinkError> {
         let mut thread = self.thread.lock();
-        let reason = match &self.shared.state.lock().failed {
-            Some(e) => e.clone(),
-            None => return Ok(()),
+        let reason = match &self.shared.state.lock() {
+            st if st.stopping => return Err(SinkError::new("the audit sink is closed")),
+            st => match &st.failed {
+                Some(e) => e.clone(),
+                None => return Ok(()),
+            },
         };
         if let Some(t) = thread.take() {
             let _ = t.join();
