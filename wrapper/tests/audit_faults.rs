@@ -431,3 +431,51 @@ fn audit_stop_is_the_last_record_when_close_races_with_inserts() {
     assert_eq!(recs.last().unwrap().op, "audit_stop", "{} records", recs.len());
     assert_eq!(recs.iter().filter(|r| r.op == "audit_stop").count(), 1);
 }
+
+/// A segment writer that panics on its `n`th append (a bug in user code the sink runs).
+struct Panicking {
+    file: File,
+    appends: usize,
+    panic_at: usize,
+}
+
+impl SegmentWriter for Panicking {
+    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.appends += 1;
+        if self.appends == self.panic_at {
+            panic!("segment writer bug");
+        }
+        self.file.write_all(buf)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+#[test]
+fn a_panicking_writer_thread_fails_the_sink_and_wakes_its_waiters() {
+    let dir = tempfile::tempdir().unwrap();
+    // Appends: the header, the opening records, then the first batch panics.
+    let opts = JsonLinesOptions {
+        writer_hook: Some(Arc::new(|file| Box::new(Panicking { file, appends: 0, panic_at: 3 }))),
+        ..Default::default()
+    };
+    let sink = Arc::new(JsonLinesSink::open(dir.path(), opts).unwrap());
+    let auditor = Auditor::from_arc(sink.clone()).durability(Durability::Flushed);
+    let map: Arc<MapWrapper<u32, u32>> = Arc::new(MapWrapper::builder().auditor(auditor).build().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let m = Arc::clone(&map);
+    std::thread::spawn(move || {
+        let _ = tx.send(m.insert(1, 1));
+    });
+    // Generous bound: the waiter is woken by the failure, not by a timeout of ours.
+    let r = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("the waiting insert returned");
+    let e = r.unwrap_err();
+    assert_eq!(e.code(), "AUDIT_UNAVAILABLE");
+    assert!(e.to_string().contains("panicked"), "{e}");
+    let health = sink.health().unwrap_err();
+    assert!(health.to_string().contains("segment writer bug"), "{health}");
+    // Fail-closed: later mutations are refused before they change anything.
+    assert_eq!(map.insert(2, 2).unwrap_err().code(), "AUDIT_UNAVAILABLE");
+    assert_eq!(map.get_cloned(&2).unwrap(), None);
+}

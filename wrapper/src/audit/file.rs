@@ -312,8 +312,9 @@ struct Writer {
 ///   record says how many bytes at which offset.
 /// - **One writer per trail**: the directory's `.lock` file is locked (`flock`) while the sink
 ///   is open; a second sink on the same directory, in this process or another, is refused.
-/// - **Failure**: a write or sync error stops the sink (every waiter and later append gets
-///   the error). A sync error poisons the segment: it is never written or synced again;
+/// - **Failure**: a write or sync error, or a panic in the writer thread (a user
+///   [`SegmentWriter`], say), stops the sink (every waiter and later append gets the error,
+///   and [`health`](AuditSink::health) reports it). A sync error poisons the segment: it is never written or synced again;
 ///   [`reopen`](AuditSink::reopen) continues in a new segment.
 ///
 /// See `docs/AUDIT_FORMAT.md` for the bytes on disk.
@@ -528,7 +529,20 @@ impl Drop for JsonLinesSink {
 fn spawn_writer(shared: Arc<Shared>, writer: Writer) -> Result<JoinHandle<()>, SinkError> {
     std::thread::Builder::new()
         .name("audit-writer".into())
-        .spawn(move || run_writer(&shared, writer))
+        .spawn(move || {
+            // A panic in the writer (a user `SegmentWriter` or `WriterHook`, or a bug) must not
+            // leave a sink that looks healthy with nobody writing: it fails the sink, which
+            // wakes every waiter and blocked producer with the error.
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_writer(&shared, writer)));
+            if let Err(panic) = run {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-string payload".into());
+                fail(&shared, SinkError::new(format!("the audit writer thread panicked: {what}")));
+            }
+        })
         .map_err(|e| err("cannot start the audit writer thread", e))
 }
 
