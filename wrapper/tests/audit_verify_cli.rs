@@ -309,3 +309,32 @@ fn deleting_the_oldest_segments_is_tampering_unless_the_prune_point_is_given() {
         assert_eq!(verify(d.path(), &args).0, 1);
     }
 }
+
+#[test]
+fn an_edited_complete_last_line_is_tampering_and_open_refuses_to_cut_it() {
+    let key = ChainKey::Hmac { id: "k".into(), key: HMAC_KEY.to_vec() };
+    let d = tmp();
+    trail(d.path(), key.clone(), 1 << 20);
+    let key_file = d.path().join("key.hex");
+    std::fs::write(&key_file, to_hex(HMAC_KEY)).unwrap();
+    let mut l = lines(d.path());
+    // Drop audit_stop (undetectable: truncation at a line boundary), then upper-case one hex
+    // digit of the last insert's hash: a complete line that no longer parses.
+    l.pop();
+    let last = l.pop().unwrap();
+    assert!(last.contains("\"op\":\"insert\""));
+    let i = last.len() - 4;
+    let mut b = last.into_bytes();
+    b[i] = b[i].to_ascii_uppercase().max(b'A');
+    l.push(String::from_utf8(b).unwrap());
+    write(d.path(), &l);
+    let before = std::fs::read(seg(d.path())).unwrap();
+
+    let (code, r) = verify(d.path(), &["--hmac-key-file", key_file.to_str().unwrap()]);
+    assert_eq!(code, 1, "{r}");
+    assert_eq!(first_bad(&r), (11, offset(&l, 11)), "{r}");
+
+    let opened = JsonLinesSink::open(d.path(), JsonLinesOptions { chain_key: key, ..Default::default() });
+    assert!(opened.unwrap_err().to_string().contains("tampering"));
+    assert_eq!(std::fs::read(seg(d.path())).unwrap(), before, "nothing was cut off");
+}

@@ -160,10 +160,13 @@ fn scan_segment(path: &Path) -> io::Result<Tail> {
                 tail.intact_len = pos as u64;
             }
             (_, end) => {
-                // Not a valid line: acceptable only as the very last one (a torn write).
-                if end.is_some_and(|e| e + 1 < bytes.len()) {
+                // Not a valid line: acceptable only as an incomplete last one (a torn write: the
+                // writer writes whole lines, so a crash never leaves a complete bad line).
+                // A complete line that does not parse was edited: refuse to write after it, and
+                // never cut it off as if a crash had left it.
+                if end.is_some() {
                     return Err(bad(format!(
-                        "damaged line at byte {pos} before the end of the segment; run \
+                        "damaged complete line at byte {pos} (tampering, not a crash); run \
                          `map-wrapper-audit verify` on the trail"
                     )));
                 }
