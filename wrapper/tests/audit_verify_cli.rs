@@ -338,3 +338,22 @@ fn an_edited_complete_last_line_is_tampering_and_open_refuses_to_cut_it() {
     assert!(opened.unwrap_err().to_string().contains("tampering"));
     assert_eq!(std::fs::read(seg(d.path())).unwrap(), before, "nothing was cut off");
 }
+
+#[test]
+fn opening_an_hmac_trail_with_the_wrong_secret_is_refused_and_writes_nothing() {
+    let d = tmp();
+    trail(d.path(), ChainKey::Hmac { id: "k".into(), key: HMAC_KEY.to_vec() }, 1 << 20);
+    let before = std::fs::read(seg(d.path())).unwrap();
+    let wrong = ChainKey::Hmac { id: "k".into(), key: b"the same id, another secret".to_vec() };
+    let opened = JsonLinesSink::open(d.path(), JsonLinesOptions { chain_key: wrong, ..Default::default() });
+    let e = opened.unwrap_err().to_string();
+    assert!(e.contains("wrong key"), "{e}");
+    assert_eq!(std::fs::read(seg(d.path())).unwrap(), before, "nothing was appended");
+    assert_eq!(map_wrapper::audit::list_segments(d.path()).unwrap().len(), 1);
+    // The right key still opens it.
+    let right = ChainKey::Hmac { id: "k".into(), key: HMAC_KEY.to_vec() };
+    drop(JsonLinesSink::open(d.path(), JsonLinesOptions { chain_key: right, ..Default::default() }).unwrap());
+    let key_file = d.path().join("key.hex");
+    std::fs::write(&key_file, to_hex(HMAC_KEY)).unwrap();
+    assert_eq!(verify(d.path(), &["--hmac-key-file", key_file.to_str().unwrap()]).0, 0);
+}

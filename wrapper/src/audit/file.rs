@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
-use super::record::{split_line, AuditEvent, Chain, ChainKey, EventFields};
+use super::record::{split_line, to_hex, AuditEvent, Chain, ChainKey, EventFields};
 use super::sink::{AuditSink, Durability, SinkError, Ticket};
 
 /// How long the writer lets records gather before writing them when nobody waits for them
@@ -122,7 +122,12 @@ struct Tail {
 /// Reads a segment back: where its intact lines end and what the last one was. A damaged
 /// line that is not the last one is an error (the trail was tampered with: the sink will not
 /// write after it).
-fn scan_segment(path: &Path) -> io::Result<Tail> {
+///
+/// It also checks the links between the segment's lines and the last line's hash under `key`
+/// (when the segment is chained with `key`'s algorithm and key id): a writer given the wrong
+/// HMAC secret, or a last segment edited, is refused instead of extended with lines no key
+/// verifies.
+fn scan_segment(path: &Path, key: &ChainKey) -> io::Result<Tail> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
     let bad =
@@ -136,6 +141,7 @@ fn scan_segment(path: &Path) -> io::Result<Tail> {
         key_id: None,
     };
     let mut pos = 0usize;
+    let mut last_line = 0..0;
     while pos < bytes.len() {
         let end = bytes[pos..].iter().position(|&b| b == b'\n').map(|i| pos + i);
         let line = &bytes[pos..end.unwrap_or(bytes.len())];
@@ -155,6 +161,13 @@ fn scan_segment(path: &Path) -> io::Result<Tail> {
                 } else if let Some(seq) = v.get("seq").and_then(serde_json::Value::as_u64) {
                     tail.last_seq = seq;
                 }
+                if pos > 0 && v["prev"].as_str() != Some(tail.last_hash.as_str()) {
+                    return Err(bad(format!(
+                        "the line at byte {pos} does not link to the one before it (tampering); run \
+                         `map-wrapper-audit verify` on the trail"
+                    )));
+                }
+                last_line = pos..end;
                 tail.last_hash = hash;
                 pos = end + 1;
                 tail.intact_len = pos as u64;
@@ -177,6 +190,20 @@ fn scan_segment(path: &Path) -> io::Result<Tail> {
     }
     if tail.intact_len == 0 {
         return Err(bad("no intact segment header".into()));
+    }
+    if tail.chain == key.algorithm() && tail.key_id.as_deref() == key.key_id() {
+        let line = &bytes[last_line.clone()];
+        let (head, hash) = split_line(line).expect("checked in the loop");
+        let prev: serde_json::Value = serde_json::from_slice(line).map_err(|e| bad(e.to_string()))?;
+        let computed = to_hex(&key.seal_parts(prev["prev"].as_str().unwrap_or_default(), &[head, b"}"]));
+        if computed != hash {
+            return Err(bad(format!(
+                "the last line (byte {}) does not verify with the given {} key: a wrong key (the \
+                 same key id with another secret?) or a tampered segment",
+                last_line.start,
+                key.algorithm()
+            )));
+        }
     }
     Ok(tail)
 }
@@ -363,7 +390,8 @@ impl JsonLinesSink {
         let (writer, note) = match segments.last() {
             None => (Self::new_segment(&dir, &opts, Chain::new(opts.chain_key.clone()), 1, 0, false)?, None),
             Some((n, path)) => {
-                let tail = scan_segment(path).map_err(|e| err("cannot reopen the trail", e))?;
+                let tail =
+                    scan_segment(path, &opts.chain_key).map_err(|e| err("cannot reopen the trail", e))?;
                 if tail.chain != opts.chain_key.algorithm()
                     || tail.key_id.as_deref() != opts.chain_key.key_id()
                 {
@@ -747,7 +775,8 @@ impl AuditSink for JsonLinesSink {
         let dir = &self.shared.dir;
         let (mut segments, removed) = segments_without_headerless_last(dir)?;
         let (n, path) = segments.pop().ok_or_else(|| SinkError::new("the audit directory has no segment"))?;
-        let tail = scan_segment(&path).map_err(|e| err("cannot read the failed segment", e))?;
+        let tail = scan_segment(&path, &self.shared.opts.chain_key)
+            .map_err(|e| err("cannot read the failed segment", e))?;
         let chain = Chain::resume(self.shared.opts.chain_key.clone(), tail.last_seq + 1, tail.last_hash);
         let mut w = JsonLinesSink::new_segment(dir, &self.shared.opts, chain, n + 1, tail.intact_len, true)?;
         let mut lines = String::new();
