@@ -357,3 +357,21 @@ fn opening_an_hmac_trail_with_the_wrong_secret_is_refused_and_writes_nothing() {
     std::fs::write(&key_file, to_hex(HMAC_KEY)).unwrap();
     assert_eq!(verify(d.path(), &["--hmac-key-file", key_file.to_str().unwrap()]).0, 0);
 }
+
+#[test]
+fn a_removed_segment_header_in_an_hmac_trail_is_tampering_not_a_usage_error() {
+    let d = tmp();
+    trail(d.path(), ChainKey::Hmac { id: "k".into(), key: HMAC_KEY.to_vec() }, 1200);
+    let key_file = d.path().join("key.hex");
+    std::fs::write(&key_file, to_hex(HMAC_KEY)).unwrap();
+    let segs = map_wrapper::audit::list_segments(d.path()).unwrap();
+    assert!(segs.len() >= 3, "{segs:?}");
+    let text = std::fs::read_to_string(&segs[1].1).unwrap();
+    std::fs::write(&segs[1].1, text.split_once('\n').unwrap().1).unwrap();
+    let (code, r) = verify(d.path(), &["--hmac-key-file", key_file.to_str().unwrap()]);
+    assert_eq!(code, 1, "{r}");
+    assert!(r["problem"]["file"].as_str().unwrap().ends_with("segment-000002.jsonl"), "{r}");
+    assert_eq!(r["problem"]["line"].as_u64(), Some(1), "{r}");
+    // Without the key, an HMAC trail still cannot be checked at all: a usage error.
+    assert_eq!(verify(d.path(), &[]).0, 3);
+}

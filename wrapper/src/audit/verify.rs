@@ -716,8 +716,11 @@ impl<'o> Verifier<'o> {
             if self.key.is_none() {
                 // A trail without headers (a MemorySink's text) is plain SHA-256.
                 if self.opts.hmac_key.is_some() {
-                    return Err(VerifyError::Usage(format!(
-                        "{name} has no segment header: it cannot be checked with an HMAC key"
+                    // Every segment of an HMAC trail starts with its header (it names the
+                    // chain): a record where a header must be means the header was removed.
+                    return Ok(Err((
+                        Some(seq),
+                        format!("{name} has no segment header (an HMAC trail's segments all start with one)"),
                     )));
                 }
                 self.key = Some(ChainKey::Sha256);
