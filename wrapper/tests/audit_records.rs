@@ -386,3 +386,33 @@ fn a_serialize_impl_that_panics_or_reenters_the_map_still_gets_its_record() {
     assert_eq!(recs[2].new, full(json!("WOULD_DEADLOCK")), "refused, not deadlocked");
     map.remove(&2).unwrap(); // breaks the Arc cycle
 }
+
+/// A value whose `Serialize` fails with an error that quotes the value.
+#[derive(PartialEq, Eq, Hash)]
+struct Card(String);
+
+impl serde::Serialize for Card {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom(format!("unsupported card {}", self.0)))
+    }
+}
+
+#[test]
+fn a_digested_value_that_cannot_be_serialized_is_recorded_without_the_error_text() {
+    let sink = MemorySink::new();
+    let auditor = Auditor::new(sink.clone()).digest_key("k1", b"0123456789abcdef0123456789abcdef".to_vec());
+    let map: MapWrapper<Card, Card> = MapWrapper::builder()
+        .name("cards")
+        .key_policy(ValuePolicy::Digest)
+        .value_policy(ValuePolicy::Digest)
+        .auditor(auditor)
+        .build()
+        .unwrap();
+    map.insert(Card("4111-1111-1111-1111".into()), Card("5500-0000-0000-0004".into())).unwrap();
+    let text = sink.text();
+    assert!(!text.contains("4111") && !text.contains("5500"), "{text}");
+    let rec: AuditRecord = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let withheld = json!({ "unencodable": "data error (text withheld: digested value)" });
+    assert_eq!((rec.key, rec.new), (Some(withheld.clone()), Some(withheld)));
+    intact(&sink);
+}

@@ -287,7 +287,8 @@ fn raw_encoder<T: Serialize + 'static>(policy: ValuePolicy, key: Option<Arc<Dige
                         s.push('}');
                         s
                     }
-                    Err(e) => unencodable(&e),
+                    // Never the error's text: a `Serialize` error may quote the value.
+                    Err(e) => unencodable_withheld(&e),
                 }))
             })
         }
@@ -305,6 +306,18 @@ fn unencodable(e: &serde_json::Error) -> String {
     record::push_json_str(&mut s, &e.to_string());
     s.push('}');
     s
+}
+
+/// Under `Digest`, a value serde cannot encode is recorded without the serializer's error
+/// text (which may quote the value): only the error's category.
+fn unencodable_withheld(e: &serde_json::Error) -> String {
+    let category = match e.classify() {
+        serde_json::error::Category::Io => "io",
+        serde_json::error::Category::Syntax => "syntax",
+        serde_json::error::Category::Data => "data",
+        serde_json::error::Category::Eof => "eof",
+    };
+    format!("{{\"unencodable\":\"{category} error (text withheld: digested value)\"}}")
 }
 
 /// What the builder keeps until `build()`: the auditor and how to make the encoders.
