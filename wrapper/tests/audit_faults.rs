@@ -479,3 +479,29 @@ fn a_panicking_writer_thread_fails_the_sink_and_wakes_its_waiters() {
     assert_eq!(map.insert(2, 2).unwrap_err().code(), "AUDIT_UNAVAILABLE");
     assert_eq!(map.get_cloned(&2).unwrap(), None);
 }
+
+#[test]
+fn open_refuses_a_queue_of_zero_and_a_segment_too_small_for_a_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = JsonLinesSink::open(dir.path(), JsonLinesOptions { queue_capacity: 0, ..Default::default() })
+        .unwrap_err();
+    assert!(e.to_string().contains("queue_capacity"), "{e}");
+    let tiny = JsonLinesOptions { max_segment_bytes: 100, ..Default::default() };
+    let e = JsonLinesSink::open(dir.path(), tiny).unwrap_err();
+    assert!(e.to_string().contains("max_segment_bytes"), "{e}");
+    assert!(map_wrapper::audit::list_segments(dir.path()).unwrap_or_default().is_empty(), "nothing written");
+    // The smallest accepted settings work.
+    let opts = JsonLinesOptions {
+        queue_capacity: 1,
+        max_segment_bytes: map_wrapper::audit::MIN_SEGMENT_BYTES,
+        ..Default::default()
+    };
+    let sink = JsonLinesSink::open(dir.path(), opts).unwrap();
+    let map: MapWrapper<u32, u32> = MapWrapper::builder().auditor(Auditor::new(sink)).build().unwrap();
+    for i in 0..50 {
+        map.insert(i, i).unwrap();
+    }
+    drop(map);
+    let report = verify::verify_paths(&[dir.path().to_path_buf()], &Default::default()).unwrap();
+    assert_eq!((report.verdict, report.records), (verify::Verdict::Intact, 52), "{}", report.human());
+}

@@ -19,6 +19,9 @@ use super::sink::{AuditSink, Durability, SinkError, Ticket};
 /// (`Buffered`): the most a `Buffered` record waits before reaching the OS.
 const BATCH_DELAY: Duration = Duration::from_millis(2);
 
+/// The smallest `max_segment_bytes` accepted: room for a header and a typical record.
+pub const MIN_SEGMENT_BYTES: u64 = 1024;
+
 /// How many queued records wake the writer at once.
 const BATCH_WAKE: usize = 4096;
 
@@ -47,12 +50,12 @@ pub type WriterHook = Arc<dyn Fn(File) -> Box<dyn SegmentWriter> + Send + Sync>;
 #[derive(Clone)]
 pub struct JsonLinesOptions {
     /// A segment is closed and a new one started once it reaches this many bytes. Default:
-    /// 64 MiB.
+    /// 64 MiB; at least [`MIN_SEGMENT_BYTES`].
     pub max_segment_bytes: u64,
     /// SHA-256 (default) or HMAC-SHA256 with a key.
     pub chain_key: ChainKey,
     /// How many records may wait for the writer; an append beyond that waits for room
-    /// (explicit back-pressure, under the caller's shard lock). Default: 65 536.
+    /// (explicit back-pressure, under the caller's shard lock). Default: 65 536; at least 1.
     pub queue_capacity: usize,
     /// Wraps every segment file the sink opens (fault injection in tests). Default: none.
     pub writer_hook: Option<WriterHook>,
@@ -190,6 +193,9 @@ fn scan_segment(path: &Path, key: &ChainKey) -> io::Result<Tail> {
     }
     if tail.intact_len == 0 {
         return Err(bad("no intact segment header".into()));
+    }
+    if tail.last_seq == u64::MAX {
+        return Err(bad("the last seq is u64::MAX: no record can follow it (seq overflow)".into()));
     }
     if tail.chain == key.algorithm() && tail.key_id.as_deref() == key.key_id() {
         let line = &bytes[last_line.clone()];
@@ -381,9 +387,20 @@ impl JsonLinesSink {
     /// # Errors
     ///
     /// I/O errors; a last segment damaged before its end; a trail chained with another
-    /// algorithm or key id than `opts.chain_key`.
+    /// algorithm or key id than `opts.chain_key`, or whose last line does not verify with it;
+    /// `queue_capacity` 0 or `max_segment_bytes` below [`MIN_SEGMENT_BYTES`].
     pub fn open(dir: impl AsRef<Path>, opts: JsonLinesOptions) -> Result<Self, SinkError> {
         let dir = dir.as_ref().to_path_buf();
+        if opts.queue_capacity == 0 {
+            // An append waits for room in the queue: with no room it would wait forever,
+            // under the caller's shard lock.
+            return Err(SinkError::new("JsonLinesOptions::queue_capacity must be at least 1"));
+        }
+        if opts.max_segment_bytes < MIN_SEGMENT_BYTES {
+            return Err(SinkError::new(format!(
+                "JsonLinesOptions::max_segment_bytes must be at least {MIN_SEGMENT_BYTES} (a header and a record)"
+            )));
+        }
         std::fs::create_dir_all(&dir).map_err(|e| err("cannot create the audit directory", e))?;
         let lock = lock_dir(&dir)?;
         let (segments, removed) = segments_without_headerless_last(&dir)?;

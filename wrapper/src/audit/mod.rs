@@ -69,11 +69,11 @@ pub mod verify;
 
 pub use file::{
     list_segments, parse_segment_file_name, segment_file_name, JsonLinesOptions, JsonLinesSink,
-    JsonLinesStats, SegmentWriter, WriterHook,
+    JsonLinesStats, SegmentWriter, WriterHook, MIN_SEGMENT_BYTES,
 };
 pub use record::{
     digest_hex, from_hex, to_hex, AuditEvent, AuditRecord, Chain, ChainKey, Encoded, EventFields,
-    DEFAULT_ACTOR, DOMAIN, FORMAT_VERSION, GENESIS,
+    DEFAULT_ACTOR, DOMAIN, FORMAT_VERSION, GENESIS, OPS,
 };
 pub use sink::{AuditSink, Durability, MemorySink, SinkError, TeeSink, Ticket, TracingSink};
 
@@ -241,6 +241,11 @@ impl Auditor {
     }
 }
 
+/// The longest `Full` encoding of a key or value written to the trail: 16 MiB. A longer one is
+/// recorded as `{"unencodable":"too large: N bytes of JSON, …"}`, so that a record (key, old
+/// and new) stays under the verifier's line limit.
+pub const MAX_VALUE_BYTES: usize = 16 << 20;
+
 /// Encodes a `T` per a policy; made once per map at `build()`.
 pub(crate) type Encoder<T> = Box<dyn Fn(&T) -> Encoded + Send + Sync>;
 
@@ -267,6 +272,11 @@ fn raw_encoder<T: Serialize + 'static>(policy: ValuePolicy, key: Option<Arc<Dige
             let mut buf = Vec::with_capacity(48);
             buf.extend_from_slice(b"{\"full\":");
             Encoded(Some(match serde_json::to_writer(&mut buf, v) {
+                // Keeps every line under the verifier's limit (`verify::MAX_LINE_BYTES`).
+                Ok(()) if buf.len() > MAX_VALUE_BYTES => format!(
+                    "{{\"unencodable\":\"too large: {} bytes of JSON, over the limit of {MAX_VALUE_BYTES}\"}}",
+                    buf.len() - 8
+                ),
                 Ok(()) => {
                     buf.push(b'}');
                     String::from_utf8(buf).expect("serde_json writes UTF-8")
@@ -438,6 +448,7 @@ impl<K, V> MapAudit<K, V> {
         outcome: Outcome<'_>,
         change: Change,
     ) -> Result<Option<Ticket>, MapError> {
+        debug_assert!(record::OPS.contains(&op), "op {op:?} is not in the format's list (record::OPS)");
         let tags = eff.tags();
         let (outcome, reason): (std::borrow::Cow<'_, str>, _) = match outcome {
             Outcome::Ok => ("ok".into(), None),

@@ -25,7 +25,16 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
 use super::file::{list_segments, parse_segment_file_name};
-use super::record::{split_line, to_hex, AuditRecord, ChainKey, FORMAT_VERSION, GENESIS};
+use super::record::{split_line, to_hex, AuditRecord, ChainKey, FORMAT_VERSION, GENESIS, OPS};
+
+/// The longest line a verifier accepts, `\n` excluded: 64 MiB (see the format spec). A longer
+/// line is reported as tampering; the writer never writes one (values are capped at
+/// [`MAX_VALUE_BYTES`](crate::audit::MAX_VALUE_BYTES)).
+pub const MAX_LINE_BYTES: usize = 64 << 20;
+
+/// The most of a file's first line read to find its segment header (headers are under
+/// 1 KiB).
+const MAX_HEADER_READ: u64 = 64 << 10;
 
 /// How to verify.
 #[derive(Clone, Default)]
@@ -223,7 +232,9 @@ pub fn verify_paths(paths: &[PathBuf], opts: &VerifyOptions) -> Result<Report, V
         use std::io::BufRead;
         let file = std::fs::File::open(&files[i]).map_err(io_error(&files[i]))?;
         let mut line = Vec::new();
-        std::io::BufReader::new(file).read_until(b'\n', &mut line).map_err(io_error(&files[i]))?;
+        std::io::Read::take(std::io::BufReader::new(file), MAX_HEADER_READ)
+            .read_until(b'\n', &mut line)
+            .map_err(io_error(&files[i]))?;
         Ok(line)
     };
     let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
@@ -408,24 +419,28 @@ struct View<'a> {
     seq: Option<u64>,
     #[serde(borrow)]
     ts: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    map: Option<Cow<'a, str>>,
-    shard: Option<u64>,
+    #[serde(default)]
+    map: Member<AnyStr>,
+    #[serde(default)]
+    shard: Member<u64>,
     #[serde(borrow)]
     op: Option<Cow<'a, str>>,
-    key: Option<IgnoredAny>,
-    old: Option<IgnoredAny>,
-    new: Option<IgnoredAny>,
+    #[serde(default)]
+    key: Member<IgnoredAny>,
+    #[serde(default)]
+    old: Member<IgnoredAny>,
+    #[serde(default)]
+    new: Member<IgnoredAny>,
     #[serde(borrow)]
     actor: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    trace_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    trace_id: Member<AnyStr>,
     #[serde(borrow)]
     tags: Option<BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
     #[serde(borrow)]
     outcome: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    reason: Option<Cow<'a, str>>,
+    #[serde(default)]
+    reason: Member<AnyStr>,
     latency_ns: Option<u64>,
     segment: Option<u64>,
     #[serde(borrow)]
@@ -441,20 +456,101 @@ struct View<'a> {
     hash: Cow<'a, str>,
 }
 
+/// A member that may be `null` but must be there: `Missing` when the line lacks it (serde's
+/// `Option` alone cannot tell a missing member from `null`).
+#[derive(Debug, Default)]
+enum Member<T> {
+    #[default]
+    Missing,
+    Present(#[allow(dead_code)] Option<T>),
+}
+
+impl<T> Member<T> {
+    fn is_missing(&self) -> bool {
+        matches!(self, Member::Missing)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Member<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Option::<T>::deserialize(d).map(Member::Present)
+    }
+}
+
+/// A JSON string whose value is not needed (checked for its type without allocating).
+#[derive(Debug)]
+struct AnyStr;
+
+impl<'de> Deserialize<'de> for AnyStr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = AnyStr;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<AnyStr, E> {
+                Ok(AnyStr)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Whether `ts` has the exact form of the format: `YYYY-MM-DDTHH:MM:SS.ffffffZ`, a real UTC
+/// time.
+fn valid_ts(ts: &str) -> bool {
+    ts.len() == 27
+        && ts.ends_with('Z')
+        && ts.as_bytes()[19] == b'.'
+        && chrono::NaiveDateTime::parse_from_str(&ts[..26], "%Y-%m-%dT%H:%M:%S%.6f").is_ok()
+}
+
 impl View<'_> {
-    /// The members every record has (`map`, `shard`, `key`, `old`, `new`, `trace_id` and
-    /// `reason` may be `null`).
-    fn missing_record_member(&self) -> Option<&'static str> {
-        [
+    /// The first way this record breaks the record rules of the format (§3): every member
+    /// there (`map`, `shard`, `key`, `old`, `new`, `trace_id` and `reason` may be `null`),
+    /// `ts` in its exact form, a known `op`, a non-empty `actor`, an `outcome` that is a
+    /// lowercase code.
+    fn record_rule_broken(&self) -> Option<String> {
+        let missing = [
             ("ts", self.ts.is_none()),
+            ("map", self.map.is_missing()),
+            ("shard", self.shard.is_missing()),
             ("op", self.op.is_none()),
+            ("key", self.key.is_missing()),
+            ("old", self.old.is_missing()),
+            ("new", self.new.is_missing()),
             ("actor", self.actor.is_none()),
+            ("trace_id", self.trace_id.is_missing()),
             ("tags", self.tags.is_none()),
             ("outcome", self.outcome.is_none()),
+            ("reason", self.reason.is_missing()),
             ("latency_ns", self.latency_ns.is_none()),
         ]
         .into_iter()
-        .find_map(|(name, missing)| missing.then_some(name))
+        .find_map(|(name, missing)| missing.then_some(name));
+        if let Some(member) = missing {
+            return Some(format!("the record has no \"{member}\""));
+        }
+        let (ts, op, actor, outcome) = (
+            self.ts.as_deref().unwrap_or_default(),
+            self.op.as_deref().unwrap_or_default(),
+            self.actor.as_deref().unwrap_or_default(),
+            self.outcome.as_deref().unwrap_or_default(),
+        );
+        if !valid_ts(ts) {
+            return Some(format!("\"ts\" {ts:?} is not a UTC RFC 3339 time with 6 fraction digits"));
+        }
+        if !OPS.contains(&op) {
+            return Some(format!("unknown \"op\" {op:?}"));
+        }
+        if actor.is_empty() {
+            return Some("\"actor\" is empty".into());
+        }
+        if outcome.is_empty() || !outcome.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            return Some(format!("\"outcome\" {outcome:?} is not a lowercase code"));
+        }
+        None
     }
 }
 
@@ -595,6 +691,12 @@ impl<'o> Verifier<'o> {
             let nl = memchr::memchr(b'\n', &bytes[pos..]).map(|i| pos + i);
             let end = nl.unwrap_or(bytes.len());
             let raw = &bytes[pos..end];
+            if raw.len() > MAX_LINE_BYTES {
+                let what =
+                    format!("a line of {} bytes, over the format's limit of {MAX_LINE_BYTES}", raw.len());
+                self.tamper(name, self.base + pos, line_no, self.next_seq, what);
+                return Ok(false);
+            }
             let parsed = match nl {
                 None => Err("the last line has no newline: it was cut short".to_string()),
                 Some(_) => parse_line(raw),
@@ -663,6 +765,12 @@ impl<'o> Verifier<'o> {
                 }
                 (other, _) => return Ok(Err((self.next_seq, format!("unknown chain {other:?}")))),
             }
+            if !v.ts.as_deref().is_some_and(valid_ts) {
+                return Ok(Err((
+                    self.next_seq,
+                    "the header's \"ts\" is missing or not in the exact form".into(),
+                )));
+            }
             self.report.chain = chain.to_string();
             match self.segment {
                 Some(prev) if segment != prev + 1 => {
@@ -710,8 +818,8 @@ impl<'o> Verifier<'o> {
             let Some(seq) = seq else {
                 return Ok(Err((self.next_seq, "a record without seq".into())));
             };
-            if let Some(member) = v.missing_record_member() {
-                return Ok(Err((Some(seq), format!("the record has no \"{member}\""))));
+            if let Some(what) = v.record_rule_broken() {
+                return Ok(Err((Some(seq), what)));
             }
             if self.key.is_none() {
                 // A trail without headers (a MemorySink's text) is plain SHA-256.
@@ -734,7 +842,10 @@ impl<'o> Verifier<'o> {
                 }
                 _ => {}
             }
-            self.next_seq = Some(seq + 1);
+            let Some(next) = seq.checked_add(1) else {
+                return Ok(Err((Some(seq), "seq overflow: no record can follow seq u64::MAX".into())));
+            };
+            self.next_seq = Some(next);
             self.report.records += 1;
             self.report.first_seq.get_or_insert(seq);
             self.report.last_seq = Some(seq);
@@ -825,6 +936,88 @@ mod tests {
 
     fn check(text: &str) -> Report {
         verify_bytes(&[("t".into(), text.as_bytes().to_vec())], &Default::default()).unwrap()
+    }
+
+    /// Re-hashes the first line of a trail after an edit, as anyone can on a SHA-256 chain.
+    fn reseal(line: &str) -> String {
+        let head = &line[..line.len() - crate::audit::record::HASH_SUFFIX_LEN];
+        let hash = to_hex(&ChainKey::Sha256.seal(GENESIS, format!("{head}}}").as_bytes()));
+        format!("{head},\"hash\":\"{hash}\"}}\n")
+    }
+
+    #[test]
+    fn a_record_that_breaks_the_record_rules_is_tampered_even_with_a_correct_hash() {
+        let sink = MemorySink::new();
+        let map: MapWrapper<u32, u32> =
+            MapWrapper::builder().name("m").auditor(Auditor::new(sink.clone())).build().unwrap();
+        map.insert(1, 1).unwrap();
+        let line = sink.text().trim_end().to_string();
+        assert_eq!(check(&reseal(&line)).verdict, Verdict::Intact, "resealing alone changes nothing");
+        let ts_at = line.find("\"ts\":\"").unwrap() + 6;
+        let bad_ts = format!("{}yesterday{}", &line[..ts_at], &line[ts_at + 27..]);
+        for (what, edited, says) in [
+            ("no key", line.replace("\"key\":{\"full\":1},", ""), "no \"key\""),
+            ("no old", line.replace("\"old\":null,", ""), "no \"old\""),
+            ("no map", line.replace("\"map\":\"m\",", ""), "no \"map\""),
+            ("no reason", line.replace("\"reason\":null,", ""), "no \"reason\""),
+            ("empty actor", line.replace("\"actor\":\"unattributed\"", "\"actor\":\"\""), "empty"),
+            ("ts not RFC 3339", bad_ts, "\"ts\""),
+            ("ts without Z", line.replacen("Z\",", "+00:00\",", 1), "\"ts\""),
+            ("unknown op", line.replace("\"op\":\"insert\"", "\"op\":\"frobnicate\""), "unknown \"op\""),
+            ("outcome not a code", line.replace("\"outcome\":\"ok\"", "\"outcome\":\"OK!\""), "outcome"),
+            ("map not a string", line.replace("\"map\":\"m\"", "\"map\":7"), "not a v1 audit line"),
+        ] {
+            assert_ne!(edited, line, "{what}: the edit applies");
+            let r = check(&reseal(&edited));
+            assert_eq!(r.verdict, Verdict::Tampered, "{what}: {}", r.human());
+            let p = r.problem.unwrap();
+            assert!(p.what.contains(says), "{what}: {}", p.what);
+        }
+    }
+
+    #[test]
+    fn a_record_with_seq_u64_max_is_a_verdict_not_a_panic() {
+        use crate::audit::{AuditEvent, Chain, EventFields};
+        let mut chain = Chain::resume(ChainKey::Sha256, u64::MAX - 1, GENESIS.to_string());
+        let mut text = String::new();
+        for _ in 0..2 {
+            chain.seal_event(&AuditEvent::new(EventFields::lifecycle("audit_start", None)), &mut text);
+        }
+        // A lone record with seq u64::MAX - 1 (anchored, so its start is accepted), then
+        // then u64::MAX: a verdict (seq overflow), not a panic.
+        let one_line = text.lines().next().unwrap().to_string() + "\n";
+        let opts = VerifyOptions { expect_prev: Some(GENESIS.into()), ..Default::default() };
+        let r = verify_bytes(&[("t".into(), one_line.into_bytes())], &opts).unwrap();
+        assert_eq!(r.verdict, Verdict::Intact, "{}", r.human());
+        let r = verify_bytes(&[("t".into(), text.clone().into_bytes())], &opts).unwrap();
+        let p = r.problem.expect("u64::MAX is followed by a repeated seq");
+        assert!(p.what.contains("overflow"), "{}", p.what);
+    }
+
+    #[test]
+    fn a_line_over_the_limit_is_tampering_whether_or_not_it_ends() {
+        let mut text = trail(3);
+        let start = text.len();
+        text.push_str(&"x".repeat(MAX_LINE_BYTES + 1));
+        let r = check(&text);
+        assert_eq!(r.verdict, Verdict::Tampered, "no newline: still not a torn tail");
+        let p = r.problem.unwrap();
+        assert_eq!((p.offset as usize, p.line, p.seq), (start, 4, Some(4)));
+        assert!(p.what.contains("over the format's limit"), "{}", p.what);
+        text.push('\n');
+        assert_eq!(check(&text).verdict, Verdict::Tampered);
+    }
+
+    #[test]
+    fn a_value_over_the_size_limit_is_recorded_as_too_large_and_the_trail_verifies() {
+        let sink = MemorySink::new();
+        let map: MapWrapper<u32, String> =
+            MapWrapper::builder().auditor(Auditor::new(sink.clone())).build().unwrap();
+        map.insert(1, "v".repeat(crate::audit::MAX_VALUE_BYTES)).unwrap();
+        let text = sink.text();
+        assert!(text.len() < 4096, "the value is not in the trail");
+        assert!(text.contains("{\"unencodable\":\"too large: 16777218 bytes of JSON"), "{text}");
+        assert_eq!(check(&text).verdict, Verdict::Intact);
     }
 
     #[test]
