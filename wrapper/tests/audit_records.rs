@@ -416,3 +416,18 @@ fn a_digested_value_that_cannot_be_serialized_is_recorded_without_the_error_text
     assert_eq!((rec.key, rec.new), (Some(withheld.clone()), Some(withheld)));
     intact(&sink);
 }
+
+#[test]
+fn an_entry_upsert_on_a_present_key_without_and_modify_writes_no_record() {
+    let sink = MemorySink::new();
+    let map = audited(&sink);
+    map.insert("a".into(), 1).unwrap();
+    assert_eq!(map.entry("a".into()).or_insert(5).unwrap(), map_wrapper::Upserted::Existing);
+    assert_eq!(map.entry("a".into()).or_default().unwrap(), map_wrapper::Upserted::Existing);
+    assert_eq!(map.get_cloned("a").unwrap(), Some(1), "nothing changed");
+    assert_eq!(sink.len(), 1, "only the insert is recorded: {}", sink.text());
+    // With and_modify the change is recorded.
+    map.entry("a".into()).and_modify(|v| *v += 1).or_insert(0).unwrap();
+    assert_eq!(sink.len(), 2);
+    intact(&sink);
+}
