@@ -174,6 +174,8 @@ impl Auditor {
     }
 
     /// How durable a record must be before its operation returns. Default: `Buffered`.
+    /// The sink provides it (see [`Durability`]): over a sink without durable storage
+    /// (`MemorySink`, `TracingSink`) `Flushed` and `Synced` behave as `Buffered`.
     #[must_use]
     pub fn durability(mut self, durability: Durability) -> Self {
         self.durability = durability;
