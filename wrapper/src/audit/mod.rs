@@ -217,7 +217,7 @@ impl Auditor {
     /// How many records fail-open maps could not hand to the sink (the sink refused the
     /// append: it had failed) since the last reopen. Records the sink accepted but lost in the
     /// failure are not counted here: the sink itself counts them and writes them as a
-    /// `sink_gap` record when it is reopened (see [`JsonLinesSink`](crate::audit::JsonLinesSink)).
+    /// `sink_gap` record when it is reopened (see [`JsonLinesSink`]).
     pub fn lost_records(&self) -> u64 {
         self.lost.load(Ordering::Relaxed)
     }
