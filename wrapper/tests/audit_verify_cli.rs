@@ -375,3 +375,27 @@ fn a_removed_segment_header_in_an_hmac_trail_is_tampering_not_a_usage_error() {
     // Without the key, an HMAC trail still cannot be checked at all: a usage error.
     assert_eq!(verify(d.path(), &[]).0, 3);
 }
+
+#[test]
+fn show_prints_only_verified_records_and_fails_on_a_tampered_trail() {
+    let d = tmp();
+    let sink = JsonLinesSink::open(d.path(), JsonLinesOptions::default()).unwrap();
+    let map: MapWrapper<String, u32> =
+        MapWrapper::builder().name("m").auditor(Auditor::new(sink)).build().unwrap();
+    map.insert("alice".into(), 1).unwrap();
+    map.insert("alice".into(), 2).unwrap();
+    map.insert("alice".into(), 3).unwrap();
+    drop(map);
+    let path = d.path().to_str().unwrap();
+    let (code, out) = run(&["show", "--key", "alice", path]);
+    assert_eq!((code, out.lines().count()), (0, 3), "{out}");
+    // Edit the second insert (seq 3): only the first is shown, and the status says tampered.
+    let mut l = lines(d.path());
+    assert!(l[3].contains("\"seq\":3,"), "{}", l[3]);
+    l[3] = l[3].replace("\"new\":{\"full\":2}", "\"new\":{\"full\":9}");
+    write(d.path(), &l);
+    let (code, out) = run(&["show", "--key", "alice", path]);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains("new={\"full\":1}") && !out.contains("\"full\":9"), "{out}");
+}

@@ -846,9 +846,6 @@ impl<'o> Verifier<'o> {
                 return Ok(Err((Some(seq), "seq overflow: no record can follow seq u64::MAX".into())));
             };
             self.next_seq = Some(next);
-            self.report.records += 1;
-            self.report.first_seq.get_or_insert(seq);
-            self.report.last_seq = Some(seq);
         }
         let prev: &str = &v.prev;
         let expected_prev = match &self.prev_hash {
@@ -887,28 +884,62 @@ impl<'o> Verifier<'o> {
         }
         self.prev_hash = Some(line.hash.to_string());
         self.report.last_hash = Some(line.hash.to_string());
+        // Counted only once the whole line checked: `last_seq` is the last record intact.
+        if v.segment.is_none() {
+            if let Some(seq) = seq {
+                self.report.records += 1;
+                self.report.first_seq.get_or_insert(seq);
+                self.report.last_seq = Some(seq);
+            }
+        }
         Ok(Ok(()))
     }
 }
 
+/// One key's history: the records of a trail that verified, and the verification report.
+#[derive(Debug, Clone)]
+pub struct History {
+    /// The key's records, oldest first: only records the verifier checked.
+    pub records: Vec<AuditRecord>,
+    /// The verification of the trail. When it is not [`Verdict::Intact`], `records` stop at
+    /// the last record checked intact.
+    pub report: Report,
+}
+
 /// Every record of the trail at `paths` whose key is `key`: matched against a `Full` key as
 /// JSON (so `42` matches the number 42 and `"a"` the string "a"), or as a plain string.
-/// Lines that do not parse are skipped (run [`verify_paths`] to find them).
-pub fn history(paths: &[PathBuf], key: &str) -> Result<Vec<AuditRecord>, VerifyError> {
+///
+/// The trail is verified first (with `opts`), and only records the verifier checked are
+/// returned: nothing after the first problem, nothing in a region abandoned after a sink
+/// failure. Look at [`History::report`] before trusting a history.
+pub fn history(paths: &[PathBuf], key: &str, opts: &VerifyOptions) -> Result<History, VerifyError> {
+    let report = verify_paths(paths, opts)?;
     let as_json: Option<serde_json::Value> = serde_json::from_str(key).ok();
     let as_str = serde_json::Value::String(key.to_string());
-    let mut out = Vec::new();
-    for f in collect_files(paths)? {
-        let text = std::fs::read(&f).map_err(|source| VerifyError::Io { path: f.clone(), source })?;
-        for line in text.split(|&b| b == b'\n') {
-            let Ok(rec) = serde_json::from_slice::<AuditRecord>(line) else { continue };
-            let full = rec.key.as_ref().and_then(|k| k.get("full"));
-            if full.is_some_and(|k| Some(k) == as_json.as_ref() || *k == as_str) {
-                out.push(rec);
+    let mut records = Vec::new();
+    // The verified records are seq first..=last, in file order, each the first line with its
+    // seq that follows the one before: take exactly those.
+    if let (Some(first), Some(last)) = (report.first_seq, report.last_seq) {
+        let mut want = first;
+        'files: for f in collect_files(paths)? {
+            let text = std::fs::read(&f).map_err(|source| VerifyError::Io { path: f.clone(), source })?;
+            for line in text.split(|&b| b == b'\n') {
+                let Ok(rec) = serde_json::from_slice::<AuditRecord>(line) else { continue };
+                if rec.seq != want {
+                    continue;
+                }
+                let full = rec.key.as_ref().and_then(|k| k.get("full"));
+                if full.is_some_and(|k| Some(k) == as_json.as_ref() || *k == as_str) {
+                    records.push(rec);
+                }
+                if want == last {
+                    break 'files;
+                }
+                want += 1;
             }
         }
     }
-    Ok(out)
+    Ok(History { records, report })
 }
 
 /// The segment number in a path's file name, if it is a segment file.
