@@ -88,9 +88,16 @@ pub fn segment_file_name(n: u64) -> String {
     format!("segment-{n:06}.jsonl")
 }
 
-/// The segment number in a segment file name.
+/// The segment number in a segment file name: only the canonical form
+/// [`segment_file_name`] writes (at least 6 digits, zero-padded, no sign), so one number has
+/// one name.
 pub fn parse_segment_file_name(name: &str) -> Option<u64> {
-    name.strip_prefix("segment-")?.strip_suffix(".jsonl")?.parse().ok()
+    let digits = name.strip_prefix("segment-")?.strip_suffix(".jsonl")?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    (segment_file_name(n) == name).then_some(n)
 }
 
 /// The segment files of `dir`, by number.
@@ -120,6 +127,8 @@ struct Tail {
     last_seq: u64,
     chain: String,
     key_id: Option<String>,
+    /// The `segment` of the header.
+    segment: u64,
 }
 
 /// Reads a segment back: where its intact lines end and what the last one was. A damaged
@@ -142,6 +151,7 @@ fn scan_segment(path: &Path, key: &ChainKey) -> io::Result<Tail> {
         last_seq: 0,
         chain: String::new(),
         key_id: None,
+        segment: 0,
     };
     let mut pos = 0usize;
     let mut last_line = 0..0;
@@ -160,6 +170,14 @@ fn scan_segment(path: &Path, key: &ChainKey) -> io::Result<Tail> {
                     }
                     tail.chain = v["chain"].as_str().unwrap_or_default().to_string();
                     tail.key_id = v["key_id"].as_str().map(str::to_string);
+                    tail.segment = v["segment"].as_u64().unwrap_or(0);
+                    let named = path.file_name().and_then(|n| n.to_str()).and_then(parse_segment_file_name);
+                    if named.is_some_and(|n| n != tail.segment) {
+                        return Err(bad(format!(
+                            "the header says segment {}, the file name another number (tampering)",
+                            tail.segment
+                        )));
+                    }
                     tail.last_seq = v["first_seq"].as_u64().unwrap_or(1).saturating_sub(1);
                 } else if let Some(seq) = v.get("seq").and_then(serde_json::Value::as_u64) {
                     tail.last_seq = seq;

@@ -771,6 +771,12 @@ impl<'o> Verifier<'o> {
                     "the header's \"ts\" is missing or not in the exact form".into(),
                 )));
             }
+            if segment_of(Path::new(name)).is_some_and(|n| n != segment) {
+                return Ok(Err((
+                    self.next_seq,
+                    format!("the header says segment {segment}, but the file is {name}"),
+                )));
+            }
             self.report.chain = chain.to_string();
             match self.segment {
                 Some(prev) if segment != prev + 1 => {
@@ -1049,6 +1055,39 @@ mod tests {
         assert!(text.len() < 4096, "the value is not in the trail");
         assert!(text.contains("{\"unencodable\":\"too large: 16777218 bytes of JSON"), "{text}");
         assert_eq!(check(&text).verdict, Verdict::Intact);
+    }
+
+    #[test]
+    fn only_canonical_segment_file_names_are_segments() {
+        use crate::audit::{parse_segment_file_name, segment_file_name};
+        assert_eq!(parse_segment_file_name("segment-000001.jsonl"), Some(1));
+        assert_eq!(parse_segment_file_name("segment-1234567.jsonl"), Some(1_234_567));
+        assert_eq!(parse_segment_file_name(&segment_file_name(42)), Some(42));
+        for bad in
+            ["segment-1.jsonl", "segment-+00001.jsonl", "segment-0000001.jsonl", "segment-00000a.jsonl"]
+        {
+            assert_eq!(parse_segment_file_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_segment_renamed_to_another_number_is_tampered() {
+        use crate::audit::JsonLinesSink;
+        let dir = tempfile::tempdir().unwrap();
+        let sink = JsonLinesSink::open(dir.path(), Default::default()).unwrap();
+        drop(MapWrapper::<u8, u8>::builder().auditor(Auditor::new(sink)).build().unwrap());
+        let other = tempfile::tempdir().unwrap();
+        let renamed = other.path().join("segment-000007.jsonl");
+        std::fs::copy(dir.path().join("segment-000001.jsonl"), &renamed).unwrap();
+        let opts = VerifyOptions { expect_prev: Some(GENESIS.into()), ..Default::default() };
+        let r = verify_paths(&[renamed], &opts).unwrap();
+        assert_eq!(r.verdict, Verdict::Tampered);
+        assert!(r.problem.unwrap().what.contains("header says segment 1"));
+        // The sink refuses to continue it, too.
+        std::fs::rename(dir.path().join("segment-000001.jsonl"), dir.path().join("segment-000003.jsonl"))
+            .unwrap();
+        let e = JsonLinesSink::open(dir.path(), Default::default()).unwrap_err();
+        assert!(e.to_string().contains("header says segment 1"), "{e}");
     }
 
     #[test]
