@@ -47,7 +47,13 @@ pub struct VerifyOptions {
     /// from the pruned part. Without it a trail must start at segment 1, `seq` 1, with
     /// `prev` = `GENESIS`: a trail whose oldest segments were removed is tampered.
     pub expect_prev: Option<String>,
+    /// Called after each file is checked with (files checked, files in all): the
+    /// `map-wrapper-audit` binary draws its progress bar with it.
+    pub progress: Option<Progress>,
 }
+
+/// A progress callback: (files checked, files in all).
+pub type Progress = std::sync::Arc<dyn Fn(usize, usize) + Send + Sync>;
 
 /// Hides the HMAC key (its length only).
 impl std::fmt::Debug for VerifyOptions {
@@ -55,6 +61,7 @@ impl std::fmt::Debug for VerifyOptions {
         f.debug_struct("VerifyOptions")
             .field("hmac_key", &self.hmac_key.as_ref().map(|k| format!("<{} bytes>", k.len())))
             .field("expect_prev", &self.expect_prev)
+            .field("progress", &self.progress.is_some())
             .finish()
     }
 }
@@ -385,7 +392,13 @@ fn verify_sources<'b>(
     first_line: &(dyn Fn(usize) -> Result<Vec<u8>, VerifyError> + Sync),
     opts: &VerifyOptions,
 ) -> Result<Report, VerifyError> {
+    let progress = |done: usize| {
+        if let Some(p) = &opts.progress {
+            p(done, names.len());
+        }
+    };
     let first = check_file(0, names, load, first_line, opts)?;
+    progress(1);
     let mut merged = first.verifier;
     merged.report.segments = 1;
     let mut prev_limit = (first.limit, first.full_len);
@@ -394,6 +407,7 @@ fn verify_sources<'b>(
             break;
         }
         let outcome = check_file(i, names, load, first_line, opts)?;
+        progress(i + 1);
         merged.link(&names[i], &outcome.verifier, Some((prev_limit, &names[i - 1])), (0, 1));
         if merged.report.problem.is_none() {
             merged.absorb(outcome.verifier, true);
@@ -1088,6 +1102,32 @@ mod tests {
             .unwrap();
         let e = JsonLinesSink::open(dir.path(), Default::default()).unwrap_err();
         assert!(e.to_string().contains("header says segment 1"), "{e}");
+    }
+
+    #[test]
+    fn progress_is_reported_once_per_file_in_order() {
+        use crate::audit::{JsonLinesOptions, JsonLinesSink};
+        let dir = tempfile::tempdir().unwrap();
+        let opts = JsonLinesOptions { max_segment_bytes: 2048, ..Default::default() };
+        let map: MapWrapper<u32, u32> = MapWrapper::builder()
+            .auditor(Auditor::new(JsonLinesSink::open(dir.path(), opts).unwrap()))
+            .build()
+            .unwrap();
+        for i in 0..60 {
+            map.insert(i, i).unwrap();
+        }
+        drop(map);
+        let files = collect_files(&[dir.path().to_path_buf()]).unwrap().len();
+        assert!(files >= 3, "{files}");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = std::sync::Arc::clone(&seen);
+        let opts = VerifyOptions {
+            progress: Some(std::sync::Arc::new(move |done, total| s.lock().unwrap().push((done, total)))),
+            ..Default::default()
+        };
+        assert_eq!(verify_paths(&[dir.path().to_path_buf()], &opts).unwrap().verdict, Verdict::Intact);
+        let want: Vec<_> = (1..=files).map(|d| (d, files)).collect();
+        assert_eq!(*seen.lock().unwrap(), want);
     }
 
     #[test]

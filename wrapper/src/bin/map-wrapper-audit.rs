@@ -2,7 +2,8 @@
 //!
 //! Exit status of `verify`: 0 intact, 1 tampered, 2 only a torn last line, 3 usage or I/O
 //! error. The first line of the output is a one-line verdict a script can read. `show`
-//! verifies first, prints only verified records, and exits with the same status.
+//! verifies first, prints only verified records, and exits with the same status. When stderr
+//! is a terminal, `verify` draws a progress bar there (one step per segment file).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,7 +77,16 @@ fn main() -> ExitCode {
                 Ok(opts) => opts,
                 Err(code) => return code,
             };
-            match verify::verify_paths(&paths, &opts) {
+            let mut opts = opts;
+            let bar = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            if bar {
+                opts.progress = Some(std::sync::Arc::new(progress_bar));
+            }
+            let verified = verify::verify_paths(&paths, &opts);
+            if bar {
+                eprintln!();
+            }
+            match verified {
                 Ok(report) => {
                     if json {
                         println!("{}", serde_json::to_string(&report).expect("a report serializes"));
@@ -103,6 +113,17 @@ fn main() -> ExitCode {
             show(&paths, &key, json, &opts)
         }
     }
+}
+
+/// Draws `[#####.....] done/total segments` on stderr (only when stderr is a terminal).
+fn progress_bar(done: usize, total: usize) {
+    const WIDTH: usize = 30;
+    let filled = done * WIDTH / total.max(1);
+    eprint!(
+        "\rverifying [{}{}] {done}/{total} segment files",
+        "#".repeat(filled),
+        ".".repeat(WIDTH - filled)
+    );
 }
 
 /// The verification options from the command line, or the exit status of a bad key file.
