@@ -286,9 +286,15 @@ const KEY: &[u8] = b"reliability-suite-hmac-key";
 
 /// A real HMAC-chained trail of `n` mutations, as files (name, bytes).
 fn hmac_trail(n: u64) -> Vec<(String, Vec<u8>)> {
+    hmac_trail_in_segments(n, JsonLinesOptions::default().max_segment_bytes)
+}
+
+/// The same, rotating into a new segment every `max_segment_bytes`.
+fn hmac_trail_in_segments(n: u64, max_segment_bytes: u64) -> Vec<(String, Vec<u8>)> {
     let dir = tempfile::tempdir().unwrap();
     let opts = JsonLinesOptions {
         chain_key: ChainKey::Hmac { id: "k1".into(), key: KEY.to_vec() },
+        max_segment_bytes,
         ..Default::default()
     };
     let sink = Arc::new(JsonLinesSink::open(dir.path(), opts).unwrap());
@@ -449,4 +455,43 @@ fn the_verifier_catches_every_single_record_tampering_and_never_panics() {
         garbage * 3 + 1,
         missed.load(Ordering::Relaxed)
     );
+}
+
+/// Tampering across segments: a single-record change in any segment (headers included), or a
+/// whole segment file removed (any but the last: removing the end is truncation), is
+/// TAMPERED, never INTACT, TORN_TAIL or an error.
+#[test]
+fn the_verifier_catches_tampering_in_any_segment_of_a_rotated_trail() {
+    let cases = scale(1_000, 200_000) as u32;
+    let trail = hmac_trail_in_segments(40, 2048);
+    assert!(trail.len() >= 4, "several segments: {}", trail.len());
+    assert_eq!(verify(&trail).verdict, verify::Verdict::Intact);
+    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    runner
+        .run(&(any::<usize>(), proptest::option::weighted(0.9, tamper())), |(file, t)| {
+            let f = file % trail.len();
+            let mut changed = trail.clone();
+            match &t {
+                Some(t) => match apply(&trail[f].1, t) {
+                    Some(bytes) => changed[f].1 = bytes,
+                    None => return Ok(()),
+                },
+                None if f + 1 == trail.len() => return Ok(()),
+                None => {
+                    changed.remove(f);
+                }
+            }
+            let report = verify(&changed);
+            prop_assert_eq!(
+                report.verdict,
+                verify::Verdict::Tampered,
+                "missed {:?} in file {}: {}",
+                t,
+                f,
+                report.verdict_line()
+            );
+            Ok(())
+        })
+        .unwrap();
+    eprintln!("SUMMARY fuzz-segments rotated_cases={cases} rotated_segments={}", trail.len());
 }
