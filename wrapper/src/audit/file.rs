@@ -789,7 +789,10 @@ impl AuditSink for JsonLinesSink {
 
     /// Continues a failed trail in a new segment. The failed segment is never written or
     /// synced again; the new one's header records how many of its bytes were intact
-    /// (`prev_len`) and `"recovered": true`, and an `audit_start` record gives the failure.
+    /// (`prev_len`) and `"recovered": true`. A `sink_gap` record then counts the records the
+    /// sink had accepted (given a seq) that are not in the failed segment, with the seqs they
+    /// had been given (the trail continues at the first of them), and an `audit_start` record
+    /// gives the failure. A closed sink cannot be reopened.
     ///
     /// Limitation: the intact part of the failed segment is read back through the page cache.
     /// After an fsync failure some of those pages may never reach the disk; if the machine
