@@ -254,7 +254,8 @@ fn redacted_and_digested_values_never_reach_any_sink() {
         outputs.push(("file", std::fs::read_to_string(seg.unwrap().path()).unwrap()));
     }
     for (name, text) in &outputs {
-        assert!(!text.contains("4111"), "{name} leaked a value:\n{text}");
+        // The whole secret (with its dashes): a bare "4111" can occur in a hex hash by chance.
+        assert!(!text.contains("4111-1111"), "{name} leaked a value:\n{text}");
         assert!(!text.contains(SECRET_KEY), "{name} leaked a digested key:\n{text}");
     }
     assert!(outputs[1].1.contains("target=audit"), "{}", outputs[1].1);
@@ -410,7 +411,7 @@ fn a_digested_value_that_cannot_be_serialized_is_recorded_without_the_error_text
         .unwrap();
     map.insert(Card("4111-1111-1111-1111".into()), Card("5500-0000-0000-0004".into())).unwrap();
     let text = sink.text();
-    assert!(!text.contains("4111") && !text.contains("5500"), "{text}");
+    assert!(!text.contains("4111-1111") && !text.contains("5500-0000"), "{text}");
     let rec: AuditRecord = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     let withheld = json!({ "unencodable": "data error (text withheld: digested value)" });
     assert_eq!((rec.key, rec.new), (Some(withheld.clone()), Some(withheld)));
