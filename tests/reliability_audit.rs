@@ -294,9 +294,15 @@ const KEY: &[u8] = b"reliability-suite-hmac-key";
 
 /// A real HMAC-chained trail of `n` mutations, as files (name, bytes).
 fn hmac_trail(n: u64) -> Vec<(String, Vec<u8>)> {
+    hmac_trail_in_segments(n, JsonLinesOptions::default().max_segment_bytes)
+}
+
+/// The same, rotating into a new segment every `max_segment_bytes`.
+fn hmac_trail_in_segments(n: u64, max_segment_bytes: u64) -> Vec<(String, Vec<u8>)> {
     let dir = tempfile::tempdir().unwrap();
     let opts = JsonLinesOptions {
         chain_key: ChainKey::Hmac { id: "k1".into(), key: KEY.to_vec() },
+        max_segment_bytes,
         ..Default::default()
     };
     let sink = Arc::new(JsonLinesSink::open(dir.path(), opts).unwrap());
@@ -317,25 +323,16 @@ fn hmac_trail(n: u64) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// The verifier's answer with the suite's HMAC key: a report, or an error with a reason.
+fn verify_result(files: &[(String, Vec<u8>)]) -> Result<verify::Report, verify::VerifyError> {
+    let opts = verify::VerifyOptions { hmac_key: Some(KEY.to_vec()), ..Default::default() };
+    verify::verify_bytes(files, &opts)
+}
+
+/// The report for a trail that must get a verdict (a real trail, changed or not): an error
+/// (exit 3, "could not check") is a failure of the test, not a detection.
 fn verify(files: &[(String, Vec<u8>)]) -> verify::Report {
-    let opts = verify::VerifyOptions { hmac_key: Some(KEY.to_vec()) };
-    match verify::verify_bytes(files, &opts) {
-        Ok(r) => r,
-        // A refusal with a reason (not a panic) is an acceptable answer to garbage; report it
-        // as tampered so the properties below still hold.
-        Err(_) => verify::Report {
-            verdict: verify::Verdict::Tampered,
-            segments: 0,
-            records: 0,
-            first_seq: None,
-            last_seq: None,
-            last_hash: None,
-            chain: String::new(),
-            problem: None,
-            torn_tail: None,
-            notes: vec![],
-        },
-    }
+    verify_result(files).unwrap_or_else(|e| panic!("no verdict for a real trail: {e}"))
 }
 
 #[derive(Debug, Clone)]
@@ -418,10 +415,17 @@ fn the_verifier_catches_every_single_record_tampering_and_never_panics() {
         .run(&tamper(), |t| {
             if let Some(changed) = apply(&bytes, &t) {
                 let report = verify(&[(name.clone(), changed)]);
-                if report.verdict == verify::Verdict::Intact {
+                if report.verdict != verify::Verdict::Tampered {
                     missed.fetch_add(1, Ordering::Relaxed);
                 }
-                prop_assert_ne!(report.verdict, verify::Verdict::Intact, "missed tampering {:?}", t);
+                // Every tampering leaves complete lines: it is TAMPERED, never a torn tail.
+                prop_assert_eq!(
+                    report.verdict,
+                    verify::Verdict::Tampered,
+                    "missed tampering {:?}: {}",
+                    t,
+                    report.verdict_line()
+                );
             }
             Ok(())
         })
@@ -433,22 +437,69 @@ fn the_verifier_catches_every_single_record_tampering_and_never_panics() {
         TestRunner::new(Config { cases: garbage, failure_persistence: None, ..Config::default() });
     runner
         .run(&(proptest::collection::vec(any::<u8>(), 0..600), any::<usize>()), |(junk, cut)| {
-            let _ = verify(&[(name.clone(), junk.clone())]);
+            let _ = verify_result(&[(name.clone(), junk.clone())]);
             let mut spliced = bytes[..cut % bytes.len()].to_vec();
             spliced.extend_from_slice(&junk);
-            let _ = verify(&[(name.clone(), spliced)]);
-            let r = verify(&[(name.clone(), bytes[..cut % bytes.len()].to_vec())]);
-            prop_assert!(r.verdict != verify::Verdict::Tampered || cut % bytes.len() > 0);
+            let _ = verify_result(&[(name.clone(), spliced)]);
+            // A truncation keeps a correct beginning: intact when cut at a line boundary, a
+            // torn tail when cut inside a line, never tampered.
+            let kept = &bytes[..cut % bytes.len()];
+            let r = verify(&[(name.clone(), kept.to_vec())]);
+            let want = if kept.is_empty() || kept.ends_with(b"\n") {
+                verify::Verdict::Intact
+            } else {
+                verify::Verdict::TornTail
+            };
+            prop_assert_eq!(r.verdict, want, "cut at {}: {}", cut % bytes.len(), r.verdict_line());
             Ok(())
         })
         .unwrap();
     let mut huge = bytes.clone();
     huge.extend(std::iter::repeat_n(b'x', 8 << 20));
-    assert_ne!(verify(&[(name.clone(), huge)]).verdict, verify::Verdict::Intact);
+    assert_ne!(verify_result(&[(name.clone(), huge)]).unwrap().verdict, verify::Verdict::Intact);
 
     eprintln!(
         "SUMMARY fuzz tamperings={cases} garbage={} missed={}",
         garbage * 3 + 1,
         missed.load(Ordering::Relaxed)
     );
+}
+
+/// Tampering across segments: a single-record change in any segment (headers included), or a
+/// whole segment file removed (any but the last: removing the end is truncation), is
+/// TAMPERED, never INTACT, TORN_TAIL or an error.
+#[test]
+fn the_verifier_catches_tampering_in_any_segment_of_a_rotated_trail() {
+    let cases = scale(1_000, 200_000) as u32;
+    let trail = hmac_trail_in_segments(40, 2048);
+    assert!(trail.len() >= 4, "several segments: {}", trail.len());
+    assert_eq!(verify(&trail).verdict, verify::Verdict::Intact);
+    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    runner
+        .run(&(any::<usize>(), proptest::option::weighted(0.9, tamper())), |(file, t)| {
+            let f = file % trail.len();
+            let mut changed = trail.clone();
+            match &t {
+                Some(t) => match apply(&trail[f].1, t) {
+                    Some(bytes) => changed[f].1 = bytes,
+                    None => return Ok(()),
+                },
+                None if f + 1 == trail.len() => return Ok(()),
+                None => {
+                    changed.remove(f);
+                }
+            }
+            let report = verify(&changed);
+            prop_assert_eq!(
+                report.verdict,
+                verify::Verdict::Tampered,
+                "missed {:?} in file {}: {}",
+                t,
+                f,
+                report.verdict_line()
+            );
+            Ok(())
+        })
+        .unwrap();
+    eprintln!("SUMMARY fuzz-segments rotated_cases={cases} rotated_segments={}", trail.len());
 }

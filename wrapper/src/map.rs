@@ -923,7 +923,7 @@ where
 
     /// See [`MapWrapper::entry`].
     pub fn entry(self, key: K) -> Entry<'m, 'c, K, V, S, fn(&mut V)> {
-        Entry { with: self, key, modify: |_| {} }
+        Entry { with: self, key, modify: |_| {}, modifies: false }
     }
 
     /// Runs `f` on each shard in turn under a write lock, all under one deadline; drops what
@@ -1202,6 +1202,9 @@ pub struct Entry<'m, 'c, K, V, S, M> {
     with: WithContext<'m, 'c, K, V, S>,
     key: K,
     modify: M,
+    /// Whether `and_modify` was called: without it, an upsert on a present key changes
+    /// nothing and writes no audit record.
+    modifies: bool,
 }
 
 /// What an upsert through [`Entry`] did.
@@ -1229,6 +1232,7 @@ where
                 first(v);
                 f(v);
             },
+            modifies: true,
         }
     }
 
@@ -1248,9 +1252,10 @@ where
     }
 
     /// Inserts what `make` returns if the key is absent, otherwise runs the `and_modify`
-    /// closures. `make` runs under the lock.
+    /// closures. `make` runs under the lock. On a present key without `and_modify` nothing
+    /// changes, and an audited map writes no record.
     pub fn or_insert_with<F: FnOnce() -> V>(self, make: F) -> Result<Upserted, MapError> {
-        let Entry { with, key, modify } = self;
+        let Entry { with, key, modify, modifies } = self;
         let t0 = with.audit_begin()?;
         let (hash, idx) = with.locate(&key);
         let mut op = with.begin("entry");
@@ -1259,6 +1264,11 @@ where
             .map_err(|e| with.audit_refused(&op, t0, idx, Some(&key), e))?;
         let held = HeldMark::new(with.map.id, idx, true);
         let (upserted, ticket, panicked) = match table.entry(hash, |(k, _)| *k == key, with.rehasher()) {
+            // Nothing to modify: the call changes nothing, so it writes no record.
+            hash_table::Entry::Occupied(_) if !modifies => {
+                drop(held);
+                (Upserted::Existing, Ok(None), None)
+            }
             hash_table::Entry::Occupied(mut o) => {
                 let old = with.audit_old(&o.get().1);
                 let r = with.guarded(|| modify(&mut o.get_mut().1));

@@ -272,3 +272,130 @@ fn the_last_line_of_a_segment_removed_is_caught_at_the_next_header() {
     assert_eq!(first_bad(&r), (removed["seq"].as_u64().unwrap(), 0));
     assert!(r["problem"]["file"].as_str().unwrap().ends_with("segment-000002.jsonl"), "{r}");
 }
+
+#[test]
+fn deleting_the_oldest_segments_is_tampering_unless_the_prune_point_is_given() {
+    for key in [ChainKey::Sha256, ChainKey::Hmac { id: "k".into(), key: HMAC_KEY.to_vec() }] {
+        let d = tmp();
+        trail(d.path(), key.clone(), 1200);
+        let key_file = d.path().join("key.hex");
+        std::fs::write(&key_file, to_hex(HMAC_KEY)).unwrap();
+        let key_args: Vec<&str> = match key {
+            ChainKey::Hmac { .. } => vec!["--hmac-key-file", key_file.to_str().unwrap()],
+            ChainKey::Sha256 => vec![],
+        };
+        let segs = map_wrapper::audit::list_segments(d.path()).unwrap();
+        assert!(segs.len() >= 3, "{segs:?}");
+        // The hash the second segment continues from: the last line of the first.
+        let first = std::fs::read_to_string(&segs[0].1).unwrap();
+        let last: serde_json::Value = serde_json::from_str(first.lines().last().unwrap()).unwrap();
+        let anchor = last["hash"].as_str().unwrap().to_string();
+        std::fs::remove_file(&segs[0].1).unwrap();
+
+        let (code, r) = verify(d.path(), &key_args);
+        assert_eq!(code, 1, "{r}");
+        assert!(r["problem"]["what"].as_str().unwrap().contains("starts at segment 2"), "{r}");
+
+        // Pruned on purpose: the caller names the hash the trail continues from.
+        let mut args = key_args.clone();
+        args.extend(["--expect-prev", &anchor]);
+        let (code, r) = verify(d.path(), &args);
+        assert_eq!(code, 0, "{r}");
+        assert!(r["notes"][0].as_str().unwrap().contains("starts at segment 2"), "{r}");
+        // A wrong anchor is caught.
+        let mut args = key_args.clone();
+        let wrong = "1".repeat(64);
+        args.extend(["--expect-prev", &wrong]);
+        assert_eq!(verify(d.path(), &args).0, 1);
+    }
+}
+
+#[test]
+fn an_edited_complete_last_line_is_tampering_and_open_refuses_to_cut_it() {
+    let key = ChainKey::Hmac { id: "k".into(), key: HMAC_KEY.to_vec() };
+    let d = tmp();
+    trail(d.path(), key.clone(), 1 << 20);
+    let key_file = d.path().join("key.hex");
+    std::fs::write(&key_file, to_hex(HMAC_KEY)).unwrap();
+    let mut l = lines(d.path());
+    // Drop audit_stop (undetectable: truncation at a line boundary), then upper-case one hex
+    // digit of the last insert's hash: a complete line that no longer parses.
+    l.pop();
+    let last = l.pop().unwrap();
+    assert!(last.contains("\"op\":\"insert\""));
+    let i = last.len() - 4;
+    let mut b = last.into_bytes();
+    b[i] = b[i].to_ascii_uppercase().max(b'A');
+    l.push(String::from_utf8(b).unwrap());
+    write(d.path(), &l);
+    let before = std::fs::read(seg(d.path())).unwrap();
+
+    let (code, r) = verify(d.path(), &["--hmac-key-file", key_file.to_str().unwrap()]);
+    assert_eq!(code, 1, "{r}");
+    assert_eq!(first_bad(&r), (11, offset(&l, 11)), "{r}");
+
+    let opened = JsonLinesSink::open(d.path(), JsonLinesOptions { chain_key: key, ..Default::default() });
+    assert!(opened.unwrap_err().to_string().contains("tampering"));
+    assert_eq!(std::fs::read(seg(d.path())).unwrap(), before, "nothing was cut off");
+}
+
+#[test]
+fn opening_an_hmac_trail_with_the_wrong_secret_is_refused_and_writes_nothing() {
+    let d = tmp();
+    trail(d.path(), ChainKey::Hmac { id: "k".into(), key: HMAC_KEY.to_vec() }, 1 << 20);
+    let before = std::fs::read(seg(d.path())).unwrap();
+    let wrong = ChainKey::Hmac { id: "k".into(), key: b"the same id, another secret".to_vec() };
+    let opened = JsonLinesSink::open(d.path(), JsonLinesOptions { chain_key: wrong, ..Default::default() });
+    let e = opened.unwrap_err().to_string();
+    assert!(e.contains("wrong key"), "{e}");
+    assert_eq!(std::fs::read(seg(d.path())).unwrap(), before, "nothing was appended");
+    assert_eq!(map_wrapper::audit::list_segments(d.path()).unwrap().len(), 1);
+    // The right key still opens it.
+    let right = ChainKey::Hmac { id: "k".into(), key: HMAC_KEY.to_vec() };
+    drop(JsonLinesSink::open(d.path(), JsonLinesOptions { chain_key: right, ..Default::default() }).unwrap());
+    let key_file = d.path().join("key.hex");
+    std::fs::write(&key_file, to_hex(HMAC_KEY)).unwrap();
+    assert_eq!(verify(d.path(), &["--hmac-key-file", key_file.to_str().unwrap()]).0, 0);
+}
+
+#[test]
+fn a_removed_segment_header_in_an_hmac_trail_is_tampering_not_a_usage_error() {
+    let d = tmp();
+    trail(d.path(), ChainKey::Hmac { id: "k".into(), key: HMAC_KEY.to_vec() }, 1200);
+    let key_file = d.path().join("key.hex");
+    std::fs::write(&key_file, to_hex(HMAC_KEY)).unwrap();
+    let segs = map_wrapper::audit::list_segments(d.path()).unwrap();
+    assert!(segs.len() >= 3, "{segs:?}");
+    let text = std::fs::read_to_string(&segs[1].1).unwrap();
+    std::fs::write(&segs[1].1, text.split_once('\n').unwrap().1).unwrap();
+    let (code, r) = verify(d.path(), &["--hmac-key-file", key_file.to_str().unwrap()]);
+    assert_eq!(code, 1, "{r}");
+    assert!(r["problem"]["file"].as_str().unwrap().ends_with("segment-000002.jsonl"), "{r}");
+    assert_eq!(r["problem"]["line"].as_u64(), Some(1), "{r}");
+    // Without the key, an HMAC trail still cannot be checked at all: a usage error.
+    assert_eq!(verify(d.path(), &[]).0, 3);
+}
+
+#[test]
+fn show_prints_only_verified_records_and_fails_on_a_tampered_trail() {
+    let d = tmp();
+    let sink = JsonLinesSink::open(d.path(), JsonLinesOptions::default()).unwrap();
+    let map: MapWrapper<String, u32> =
+        MapWrapper::builder().name("m").auditor(Auditor::new(sink)).build().unwrap();
+    map.insert("alice".into(), 1).unwrap();
+    map.insert("alice".into(), 2).unwrap();
+    map.insert("alice".into(), 3).unwrap();
+    drop(map);
+    let path = d.path().to_str().unwrap();
+    let (code, out) = run(&["show", "--key", "alice", path]);
+    assert_eq!((code, out.lines().count()), (0, 3), "{out}");
+    // Edit the second insert (seq 3): only the first is shown, and the status says tampered.
+    let mut l = lines(d.path());
+    assert!(l[3].contains("\"seq\":3,"), "{}", l[3]);
+    l[3] = l[3].replace("\"new\":{\"full\":2}", "\"new\":{\"full\":9}");
+    write(d.path(), &l);
+    let (code, out) = run(&["show", "--key", "alice", path]);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains("new={\"full\":1}") && !out.contains("\"full\":9"), "{out}");
+}

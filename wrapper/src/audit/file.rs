@@ -12,12 +12,15 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
-use super::record::{split_line, AuditEvent, Chain, ChainKey, EventFields};
+use super::record::{split_line, to_hex, AuditEvent, Chain, ChainKey, EventFields};
 use super::sink::{AuditSink, Durability, SinkError, Ticket};
 
 /// How long the writer lets records gather before writing them when nobody waits for them
 /// (`Buffered`): the most a `Buffered` record waits before reaching the OS.
 const BATCH_DELAY: Duration = Duration::from_millis(2);
+
+/// The smallest `max_segment_bytes` accepted: room for a header and a typical record.
+pub const MIN_SEGMENT_BYTES: u64 = 1024;
 
 /// How many queued records wake the writer at once.
 const BATCH_WAKE: usize = 4096;
@@ -47,12 +50,12 @@ pub type WriterHook = Arc<dyn Fn(File) -> Box<dyn SegmentWriter> + Send + Sync>;
 #[derive(Clone)]
 pub struct JsonLinesOptions {
     /// A segment is closed and a new one started once it reaches this many bytes. Default:
-    /// 64 MiB.
+    /// 64 MiB; at least [`MIN_SEGMENT_BYTES`].
     pub max_segment_bytes: u64,
     /// SHA-256 (default) or HMAC-SHA256 with a key.
     pub chain_key: ChainKey,
     /// How many records may wait for the writer; an append beyond that waits for room
-    /// (explicit back-pressure, under the caller's shard lock). Default: 65 536.
+    /// (explicit back-pressure, under the caller's shard lock). Default: 65 536; at least 1.
     pub queue_capacity: usize,
     /// Wraps every segment file the sink opens (fault injection in tests). Default: none.
     pub writer_hook: Option<WriterHook>,
@@ -85,9 +88,16 @@ pub fn segment_file_name(n: u64) -> String {
     format!("segment-{n:06}.jsonl")
 }
 
-/// The segment number in a segment file name.
+/// The segment number in a segment file name: only the canonical form
+/// [`segment_file_name`] writes (at least 6 digits, zero-padded, no sign), so one number has
+/// one name.
 pub fn parse_segment_file_name(name: &str) -> Option<u64> {
-    name.strip_prefix("segment-")?.strip_suffix(".jsonl")?.parse().ok()
+    let digits = name.strip_prefix("segment-")?.strip_suffix(".jsonl")?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    (segment_file_name(n) == name).then_some(n)
 }
 
 /// The segment files of `dir`, by number.
@@ -117,12 +127,19 @@ struct Tail {
     last_seq: u64,
     chain: String,
     key_id: Option<String>,
+    /// The `segment` of the header.
+    segment: u64,
 }
 
 /// Reads a segment back: where its intact lines end and what the last one was. A damaged
 /// line that is not the last one is an error (the trail was tampered with: the sink will not
 /// write after it).
-fn scan_segment(path: &Path) -> io::Result<Tail> {
+///
+/// It also checks the links between the segment's lines and the last line's hash under `key`
+/// (when the segment is chained with `key`'s algorithm and key id): a writer given the wrong
+/// HMAC secret, or a last segment edited, is refused instead of extended with lines no key
+/// verifies.
+fn scan_segment(path: &Path, key: &ChainKey) -> io::Result<Tail> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
     let bad =
@@ -134,8 +151,10 @@ fn scan_segment(path: &Path) -> io::Result<Tail> {
         last_seq: 0,
         chain: String::new(),
         key_id: None,
+        segment: 0,
     };
     let mut pos = 0usize;
+    let mut last_line = 0..0;
     while pos < bytes.len() {
         let end = bytes[pos..].iter().position(|&b| b == b'\n').map(|i| pos + i);
         let line = &bytes[pos..end.unwrap_or(bytes.len())];
@@ -151,19 +170,37 @@ fn scan_segment(path: &Path) -> io::Result<Tail> {
                     }
                     tail.chain = v["chain"].as_str().unwrap_or_default().to_string();
                     tail.key_id = v["key_id"].as_str().map(str::to_string);
+                    tail.segment = v["segment"].as_u64().unwrap_or(0);
+                    let named = path.file_name().and_then(|n| n.to_str()).and_then(parse_segment_file_name);
+                    if named.is_some_and(|n| n != tail.segment) {
+                        return Err(bad(format!(
+                            "the header says segment {}, the file name another number (tampering)",
+                            tail.segment
+                        )));
+                    }
                     tail.last_seq = v["first_seq"].as_u64().unwrap_or(1).saturating_sub(1);
                 } else if let Some(seq) = v.get("seq").and_then(serde_json::Value::as_u64) {
                     tail.last_seq = seq;
                 }
+                if pos > 0 && v["prev"].as_str() != Some(tail.last_hash.as_str()) {
+                    return Err(bad(format!(
+                        "the line at byte {pos} does not link to the one before it (tampering); run \
+                         `map-wrapper-audit verify` on the trail"
+                    )));
+                }
+                last_line = pos..end;
                 tail.last_hash = hash;
                 pos = end + 1;
                 tail.intact_len = pos as u64;
             }
             (_, end) => {
-                // Not a valid line: acceptable only as the very last one (a torn write).
-                if end.is_some_and(|e| e + 1 < bytes.len()) {
+                // Not a valid line: acceptable only as an incomplete last one (a torn write: the
+                // writer writes whole lines, so a crash never leaves a complete bad line).
+                // A complete line that does not parse was edited: refuse to write after it, and
+                // never cut it off as if a crash had left it.
+                if end.is_some() {
                     return Err(bad(format!(
-                        "damaged line at byte {pos} before the end of the segment; run \
+                        "damaged complete line at byte {pos} (tampering, not a crash); run \
                          `map-wrapper-audit verify` on the trail"
                     )));
                 }
@@ -174,6 +211,23 @@ fn scan_segment(path: &Path) -> io::Result<Tail> {
     }
     if tail.intact_len == 0 {
         return Err(bad("no intact segment header".into()));
+    }
+    if tail.last_seq == u64::MAX {
+        return Err(bad("the last seq is u64::MAX: no record can follow it (seq overflow)".into()));
+    }
+    if tail.chain == key.algorithm() && tail.key_id.as_deref() == key.key_id() {
+        let line = &bytes[last_line.clone()];
+        let (head, hash) = split_line(line).expect("checked in the loop");
+        let prev: serde_json::Value = serde_json::from_slice(line).map_err(|e| bad(e.to_string()))?;
+        let computed = to_hex(&key.seal_parts(prev["prev"].as_str().unwrap_or_default(), &[head, b"}"]));
+        if computed != hash {
+            return Err(bad(format!(
+                "the last line (byte {}) does not verify with the given {} key: a wrong key (the \
+                 same key id with another secret?) or a tampered segment",
+                last_line.start,
+                key.algorithm()
+            )));
+        }
     }
     Ok(tail)
 }
@@ -270,6 +324,8 @@ struct Shared {
     /// Wakes waiters and producers blocked on a full queue.
     progress: Condvar,
     failed: AtomicBool,
+    /// Set by `close`: `health` then reports the sink closed.
+    closed: AtomicBool,
     dir: PathBuf,
     opts: JsonLinesOptions,
     records: AtomicU64,
@@ -310,8 +366,9 @@ struct Writer {
 ///   record says how many bytes at which offset.
 /// - **One writer per trail**: the directory's `.lock` file is locked (`flock`) while the sink
 ///   is open; a second sink on the same directory, in this process or another, is refused.
-/// - **Failure**: a write or sync error stops the sink (every waiter and later append gets
-///   the error). A sync error poisons the segment: it is never written or synced again;
+/// - **Failure**: a write or sync error, or a panic in the writer thread (a user
+///   [`SegmentWriter`], say), stops the sink (every waiter and later append gets the error,
+///   and [`health`](AuditSink::health) reports it). A sync error poisons the segment: it is never written or synced again;
 ///   [`reopen`](AuditSink::reopen) continues in a new segment.
 ///
 /// See `docs/AUDIT_FORMAT.md` for the bytes on disk.
@@ -348,16 +405,28 @@ impl JsonLinesSink {
     /// # Errors
     ///
     /// I/O errors; a last segment damaged before its end; a trail chained with another
-    /// algorithm or key id than `opts.chain_key`.
+    /// algorithm or key id than `opts.chain_key`, or whose last line does not verify with it;
+    /// `queue_capacity` 0 or `max_segment_bytes` below [`MIN_SEGMENT_BYTES`].
     pub fn open(dir: impl AsRef<Path>, opts: JsonLinesOptions) -> Result<Self, SinkError> {
         let dir = dir.as_ref().to_path_buf();
+        if opts.queue_capacity == 0 {
+            // An append waits for room in the queue: with no room it would wait forever,
+            // under the caller's shard lock.
+            return Err(SinkError::new("JsonLinesOptions::queue_capacity must be at least 1"));
+        }
+        if opts.max_segment_bytes < MIN_SEGMENT_BYTES {
+            return Err(SinkError::new(format!(
+                "JsonLinesOptions::max_segment_bytes must be at least {MIN_SEGMENT_BYTES} (a header and a record)"
+            )));
+        }
         std::fs::create_dir_all(&dir).map_err(|e| err("cannot create the audit directory", e))?;
         let lock = lock_dir(&dir)?;
         let (segments, removed) = segments_without_headerless_last(&dir)?;
         let (writer, note) = match segments.last() {
             None => (Self::new_segment(&dir, &opts, Chain::new(opts.chain_key.clone()), 1, 0, false)?, None),
             Some((n, path)) => {
-                let tail = scan_segment(path).map_err(|e| err("cannot reopen the trail", e))?;
+                let tail =
+                    scan_segment(path, &opts.chain_key).map_err(|e| err("cannot reopen the trail", e))?;
                 if tail.chain != opts.chain_key.algorithm()
                     || tail.key_id.as_deref() != opts.chain_key.key_id()
                 {
@@ -463,6 +532,7 @@ impl JsonLinesSink {
             work: Condvar::new(),
             progress: Condvar::new(),
             failed: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             dir,
             opts,
             records: AtomicU64::new(0),
@@ -487,24 +557,32 @@ impl JsonLinesSink {
         }
     }
 
-    /// Writes an `audit_stop` record, syncs, and stops the writer. Appends after this fail.
+    /// Writes an `audit_stop` record, syncs, and stops the writer. From then on
+    /// [`health`](AuditSink::health) reports the sink closed (fail-closed maps refuse
+    /// mutations before they change anything) and appends fail. Closing twice is harmless.
+    ///
+    /// # Errors
+    ///
+    /// The sink's failure, if it had failed.
     pub fn close(&self) -> Result<(), SinkError> {
         let Some(thread) = self.thread.lock().take() else {
-            return self.health();
+            return self.shared.state.lock().failed.clone().map_or(Ok(()), Err);
         };
-        let stop = self.append(AuditEvent::new(EventFields::lifecycle("audit_stop", None)));
         {
+            // The `audit_stop` record and `stopping` in one critical section: no append can
+            // come between them, so `audit_stop` is the last record.
             let mut st = self.shared.state.lock();
+            if st.failed.is_none() && !st.stopping {
+                st.next_seq += 1;
+                st.events.push(AuditEvent::new(EventFields::lifecycle("audit_stop", None)));
+            }
             st.stopping = true;
+            self.shared.closed.store(true, Ordering::Release);
             self.shared.work.notify_all();
+            self.shared.progress.notify_all();
         }
         let _ = thread.join();
-        let st = self.shared.state.lock();
-        match (stop, &st.failed) {
-            (_, Some(e)) => Err(e.clone()),
-            (Err(e), None) => Err(e),
-            (Ok(_), None) => Ok(()),
-        }
+        self.shared.state.lock().failed.clone().map_or(Ok(()), Err)
     }
 }
 
@@ -517,7 +595,20 @@ impl Drop for JsonLinesSink {
 fn spawn_writer(shared: Arc<Shared>, writer: Writer) -> Result<JoinHandle<()>, SinkError> {
     std::thread::Builder::new()
         .name("audit-writer".into())
-        .spawn(move || run_writer(&shared, writer))
+        .spawn(move || {
+            // A panic in the writer (a user `SegmentWriter` or `WriterHook`, or a bug) must not
+            // leave a sink that looks healthy with nobody writing: it fails the sink, which
+            // wakes every waiter and blocked producer with the error.
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_writer(&shared, writer)));
+            if let Err(panic) = run {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-string payload".into());
+                fail(&shared, SinkError::new(format!("the audit writer thread panicked: {what}")));
+            }
+        })
         .map_err(|e| err("cannot start the audit writer thread", e))
 }
 
@@ -685,18 +776,23 @@ impl AuditSink for JsonLinesSink {
     }
 
     fn health(&self) -> Result<(), SinkError> {
-        if !self.shared.failed.load(Ordering::Acquire) {
+        if !self.shared.failed.load(Ordering::Acquire) && !self.shared.closed.load(Ordering::Acquire) {
             return Ok(());
         }
-        match &self.shared.state.lock().failed {
+        let st = self.shared.state.lock();
+        match &st.failed {
             Some(e) => Err(e.clone()),
+            None if st.stopping => Err(SinkError::new("the audit sink is closed")),
             None => Ok(()),
         }
     }
 
     /// Continues a failed trail in a new segment. The failed segment is never written or
     /// synced again; the new one's header records how many of its bytes were intact
-    /// (`prev_len`) and `"recovered": true`, and an `audit_start` record gives the failure.
+    /// (`prev_len`) and `"recovered": true`. A `sink_gap` record then counts the records the
+    /// sink had accepted (given a seq) that are not in the failed segment, with the seqs they
+    /// had been given (the trail continues at the first of them), and an `audit_start` record
+    /// gives the failure. A closed sink cannot be reopened.
     ///
     /// Limitation: the intact part of the failed segment is read back through the page cache.
     /// After an fsync failure some of those pages may never reach the disk; if the machine
@@ -704,9 +800,12 @@ impl AuditSink for JsonLinesSink {
     /// verifier reports the trail as tampered at that header.
     fn reopen(&self) -> Result<(), SinkError> {
         let mut thread = self.thread.lock();
-        let reason = match &self.shared.state.lock().failed {
-            Some(e) => e.clone(),
-            None => return Ok(()),
+        let reason = match &self.shared.state.lock() {
+            st if st.stopping => return Err(SinkError::new("the audit sink is closed")),
+            st => match &st.failed {
+                Some(e) => e.clone(),
+                None => return Ok(()),
+            },
         };
         if let Some(t) = thread.take() {
             let _ = t.join();
@@ -714,10 +813,24 @@ impl AuditSink for JsonLinesSink {
         let dir = &self.shared.dir;
         let (mut segments, removed) = segments_without_headerless_last(dir)?;
         let (n, path) = segments.pop().ok_or_else(|| SinkError::new("the audit directory has no segment"))?;
-        let tail = scan_segment(&path).map_err(|e| err("cannot read the failed segment", e))?;
+        let tail = scan_segment(&path, &self.shared.opts.chain_key)
+            .map_err(|e| err("cannot read the failed segment", e))?;
         let chain = Chain::resume(self.shared.opts.chain_key.clone(), tail.last_seq + 1, tail.last_hash);
         let mut w = JsonLinesSink::new_segment(dir, &self.shared.opts, chain, n + 1, tail.intact_len, true)?;
         let mut lines = String::new();
+        // Every record that was given a seq but is not on disk (queued, or in the batch whose
+        // write failed) is lost: say how many, and which seqs they had been given. The trail
+        // continues at the first of them, so its seq stays gap-free; this record is the gap.
+        let issued_last = self.shared.state.lock().next_seq - 1;
+        let lost = issued_last.saturating_sub(tail.last_seq);
+        if lost > 0 {
+            let gap = format!(
+                "{lost} records accepted but not written before the failure (seq {}..{} as issued)",
+                tail.last_seq + 1,
+                issued_last
+            );
+            w.chain.seal_event(&AuditEvent::new(EventFields::lifecycle("sink_gap", Some(&gap))), &mut lines);
+        }
         let mut why = format!("reopened after failure: {}", reason.reason());
         if let Some(removed) = removed {
             why.push_str("; ");

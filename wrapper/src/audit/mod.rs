@@ -41,9 +41,17 @@
 //!   failed are lost although their operations returned `Ok`. Use `Flushed` or `Synced` when
 //!   every acknowledged operation must have its record.
 //!
+//! Either way the loss is in the trail: when a [`JsonLinesSink`] is reopened after a failure,
+//! it writes a `sink_gap` record `"N records accepted but not written before the failure (seq
+//! a..b as issued)"` for every record it had accepted (given a seq) that did not reach the
+//! file. The trail then continues at seq `a`, so `seq` stays gap-free and the gap record says
+//! which seqs were given to records that are not there.
+//!
 //! Fail-open ([`FailMode::FailOpen`], an explicit opt-in): mutations go on while the sink is
-//! down; every record that could not be written is counted ([`Auditor::lost_records`]), and
-//! [`Auditor::reopen`] writes a `sink_gap` record with that count.
+//! down; every record the failed sink refused is counted ([`Auditor::lost_records`]), and
+//! [`Auditor::reopen`] writes a second `sink_gap` record with that count (`"N records lost
+//! while the sink was unavailable"`). The two counts never overlap: a record is either
+//! accepted (the sink's count) or refused (the auditor's).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -61,11 +69,11 @@ pub mod verify;
 
 pub use file::{
     list_segments, parse_segment_file_name, segment_file_name, JsonLinesOptions, JsonLinesSink,
-    JsonLinesStats, SegmentWriter, WriterHook,
+    JsonLinesStats, SegmentWriter, WriterHook, MIN_SEGMENT_BYTES,
 };
 pub use record::{
     digest_hex, from_hex, to_hex, AuditEvent, AuditRecord, Chain, ChainKey, Encoded, EventFields,
-    DEFAULT_ACTOR, DOMAIN, FORMAT_VERSION, GENESIS,
+    DEFAULT_ACTOR, DOMAIN, FORMAT_VERSION, GENESIS, OPS,
 };
 pub use sink::{AuditSink, Durability, MemorySink, SinkError, TeeSink, Ticket, TracingSink};
 
@@ -166,6 +174,8 @@ impl Auditor {
     }
 
     /// How durable a record must be before its operation returns. Default: `Buffered`.
+    /// The sink provides it (see [`Durability`]): over a sink without durable storage
+    /// (`MemorySink`, `TracingSink`) `Flushed` and `Synced` behave as `Buffered`.
     #[must_use]
     pub fn durability(mut self, durability: Durability) -> Self {
         self.durability = durability;
@@ -204,20 +214,26 @@ impl Auditor {
         self.durability
     }
 
-    /// How many records fail-open maps could not write since the last reopen.
+    /// How many records fail-open maps could not hand to the sink (the sink refused the
+    /// append: it had failed) since the last reopen. Records the sink accepted but lost in the
+    /// failure are not counted here: the sink itself counts them and writes them as a
+    /// `sink_gap` record when it is reopened (see [`JsonLinesSink`]).
     pub fn lost_records(&self) -> u64 {
         self.lost.load(Ordering::Relaxed)
     }
 
     /// Reopens a failed sink; fail-closed maps take mutations again. In fail-open mode,
-    /// also writes a `sink_gap` record with the number of records lost.
+    /// also writes a `sink_gap` record with the number of records refused by the failed sink
+    /// ([`lost_records`](Self::lost_records)); the count is reset only once that record is
+    /// written, so a failed attempt loses no count.
     pub fn reopen(&self) -> Result<(), SinkError> {
         self.sink.reopen()?;
         if self.fail_mode == FailMode::FailOpen {
-            let lost = self.lost.swap(0, Ordering::Relaxed);
+            let lost = self.lost.load(Ordering::Relaxed);
             let reason = format!("{lost} records lost while the sink was unavailable");
             let t = self.sink.append(AuditEvent::new(EventFields::lifecycle("sink_gap", Some(&reason))))?;
             self.sink.wait(&t, self.durability)?;
+            self.lost.fetch_sub(lost, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -226,6 +242,11 @@ impl Auditor {
         self.digest_key.is_some()
     }
 }
+
+/// The longest `Full` encoding of a key or value written to the trail: 16 MiB. A longer one is
+/// recorded as `{"unencodable":"too large: N bytes of JSON, …"}`, so that a record (key, old
+/// and new) stays under the verifier's line limit.
+pub const MAX_VALUE_BYTES: usize = 16 << 20;
 
 /// Encodes a `T` per a policy; made once per map at `build()`.
 pub(crate) type Encoder<T> = Box<dyn Fn(&T) -> Encoded + Send + Sync>;
@@ -253,6 +274,11 @@ fn raw_encoder<T: Serialize + 'static>(policy: ValuePolicy, key: Option<Arc<Dige
             let mut buf = Vec::with_capacity(48);
             buf.extend_from_slice(b"{\"full\":");
             Encoded(Some(match serde_json::to_writer(&mut buf, v) {
+                // Keeps every line under the verifier's limit (`verify::MAX_LINE_BYTES`).
+                Ok(()) if buf.len() > MAX_VALUE_BYTES => format!(
+                    "{{\"unencodable\":\"too large: {} bytes of JSON, over the limit of {MAX_VALUE_BYTES}\"}}",
+                    buf.len() - 8
+                ),
                 Ok(()) => {
                     buf.push(b'}');
                     String::from_utf8(buf).expect("serde_json writes UTF-8")
@@ -273,7 +299,8 @@ fn raw_encoder<T: Serialize + 'static>(policy: ValuePolicy, key: Option<Arc<Dige
                         s.push('}');
                         s
                     }
-                    Err(e) => unencodable(&e),
+                    // Never the error's text: a `Serialize` error may quote the value.
+                    Err(e) => unencodable_withheld(&e),
                 }))
             })
         }
@@ -291,6 +318,18 @@ fn unencodable(e: &serde_json::Error) -> String {
     record::push_json_str(&mut s, &e.to_string());
     s.push('}');
     s
+}
+
+/// Under `Digest`, a value serde cannot encode is recorded without the serializer's error
+/// text (which may quote the value): only the error's category.
+fn unencodable_withheld(e: &serde_json::Error) -> String {
+    let category = match e.classify() {
+        serde_json::error::Category::Io => "io",
+        serde_json::error::Category::Syntax => "syntax",
+        serde_json::error::Category::Data => "data",
+        serde_json::error::Category::Eof => "eof",
+    };
+    format!("{{\"unencodable\":\"{category} error (text withheld: digested value)\"}}")
 }
 
 /// What the builder keeps until `build()`: the auditor and how to make the encoders.
@@ -411,6 +450,7 @@ impl<K, V> MapAudit<K, V> {
         outcome: Outcome<'_>,
         change: Change,
     ) -> Result<Option<Ticket>, MapError> {
+        debug_assert!(record::OPS.contains(&op), "op {op:?} is not in the format's list (record::OPS)");
         let tags = eff.tags();
         let (outcome, reason): (std::borrow::Cow<'_, str>, _) = match outcome {
             Outcome::Ok => ("ok".into(), None),
@@ -444,6 +484,9 @@ impl<K, V> MapAudit<K, V> {
             Some(t) if self.auditor.durability != Durability::Buffered => {
                 match self.auditor.sink.wait(&t, self.auditor.durability) {
                     Ok(()) => Ok(()),
+                    // Fail-open: not counted here; the sink accepted the record and counts it
+                    // in its own `sink_gap` on reopen if it did not reach the file.
+                    Err(_) if self.auditor.fail_mode == FailMode::FailOpen => Ok(()),
                     Err(e) => self.lost(map, &e, "applied, but its record may not be durable"),
                 }
             }

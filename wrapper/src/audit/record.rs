@@ -24,6 +24,24 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 pub const DEFAULT_ACTOR: &str = "unattributed";
 
 /// Length of `,"hash":"` + 64 hex digits + `"}`: the fixed suffix of every line.
+/// Every `op` a v1 record may have: the map operations, then the lifecycle records. A
+/// verifier reports any other `op` as tampering; a new operation needs a new format version.
+pub const OPS: &[&str] = &[
+    "insert",
+    "remove",
+    "remove_entry",
+    "remove_if",
+    "update",
+    "alter",
+    "entry",
+    "extend",
+    "retain",
+    "clear",
+    "audit_start",
+    "audit_stop",
+    "sink_gap",
+];
+
 pub(crate) const HASH_SUFFIX_LEN: usize = 9 + 64 + 2;
 
 /// One record of the audit trail, as read back from a line (see `docs/AUDIT_FORMAT.md`).
@@ -377,7 +395,10 @@ impl Chain {
         write!(out, "{{\"v\":{FORMAT_VERSION},\"seq\":{seq},").expect("write to String");
         out.push_str(event.body());
         self.finish_line(out, start);
-        self.next_seq += 1;
+        // Saturating: a chain resumed at u64::MAX (only a hostile trail has one; the sink
+        // refuses to open it) repeats its last seq, which any verifier reports, instead of
+        // panicking or wrapping to 0.
+        self.next_seq = self.next_seq.saturating_add(1);
         seq
     }
 

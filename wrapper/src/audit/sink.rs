@@ -8,6 +8,11 @@ use parking_lot::Mutex;
 use super::record::{AuditEvent, AuditRecord, Chain, ChainKey};
 
 /// How durable a record must be before the operation that made it returns.
+///
+/// `Flushed` and `Synced` mean something only for a sink that writes somewhere durable: the
+/// sink's [`AuditSink::wait`] provides them. [`JsonLinesSink`](crate::audit::JsonLinesSink)
+/// does; [`MemorySink`] and [`TracingSink`] return at once, so over them every level behaves as
+/// `Buffered` (a `tracing` subscriber's own buffering decides when its output is written).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Durability {
@@ -75,6 +80,14 @@ pub trait AuditSink: Send + Sync {
 
     /// Returns once the record of `ticket` is at least as durable as `level`, or the error
     /// that keeps it from being so.
+    ///
+    /// Contract: `Ok` for a ticket means every earlier ticket of this sink (appended before
+    /// it) is at least as durable too. Maps rely on it: an operation with several records
+    /// (`clear`, `retain`, `extend`) waits only for its last one.
+    ///
+    /// The default returns `Ok` at once: a sink without durable storage (memory, tracing)
+    /// treats `Flushed` and `Synced` as `Buffered`. Only [`JsonLinesSink`](crate::audit::JsonLinesSink)
+    /// provides them among the built-in sinks.
     fn wait(&self, ticket: &Ticket, level: Durability) -> Result<(), SinkError> {
         let _ = (ticket, level);
         Ok(())

@@ -25,14 +25,45 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
 use super::file::{list_segments, parse_segment_file_name};
-use super::record::{split_line, to_hex, AuditRecord, ChainKey, FORMAT_VERSION, GENESIS};
+use super::record::{split_line, to_hex, AuditRecord, ChainKey, FORMAT_VERSION, GENESIS, OPS};
+
+/// The longest line a verifier accepts, `\n` excluded: 64 MiB (see the format spec). A longer
+/// line is reported as tampering; the writer never writes one (values are capped at
+/// [`MAX_VALUE_BYTES`](crate::audit::MAX_VALUE_BYTES)).
+pub const MAX_LINE_BYTES: usize = 64 << 20;
+
+/// The most of a file's first line read to find its segment header (headers are under
+/// 1 KiB).
+const MAX_HEADER_READ: u64 = 64 << 10;
 
 /// How to verify.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct VerifyOptions {
     /// The HMAC key of an HMAC-chained trail. Without it such a trail cannot be verified
     /// (an error, not a verdict); with it, a trail that is not HMAC-chained is tampered.
     pub hmac_key: Option<Vec<u8>>,
+    /// The trail does not start at its beginning (older segments were pruned on purpose):
+    /// the `prev` the first line must carry, i.e. the hash of the last line before it, kept
+    /// from the pruned part. Without it a trail must start at segment 1, `seq` 1, with
+    /// `prev` = `GENESIS`: a trail whose oldest segments were removed is tampered.
+    pub expect_prev: Option<String>,
+    /// Called after each file is checked with (files checked, files in all): the
+    /// `map-wrapper-audit` binary draws its progress bar with it.
+    pub progress: Option<Progress>,
+}
+
+/// A progress callback: (files checked, files in all).
+pub type Progress = std::sync::Arc<dyn Fn(usize, usize) + Send + Sync>;
+
+/// Hides the HMAC key (its length only).
+impl std::fmt::Debug for VerifyOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyOptions")
+            .field("hmac_key", &self.hmac_key.as_ref().map(|k| format!("<{} bytes>", k.len())))
+            .field("expect_prev", &self.expect_prev)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
 }
 
 /// The outcome of a verification.
@@ -208,7 +239,9 @@ pub fn verify_paths(paths: &[PathBuf], opts: &VerifyOptions) -> Result<Report, V
         use std::io::BufRead;
         let file = std::fs::File::open(&files[i]).map_err(io_error(&files[i]))?;
         let mut line = Vec::new();
-        std::io::BufReader::new(file).read_until(b'\n', &mut line).map_err(io_error(&files[i]))?;
+        std::io::Read::take(std::io::BufReader::new(file), MAX_HEADER_READ)
+            .read_until(b'\n', &mut line)
+            .map_err(io_error(&files[i]))?;
         Ok(line)
     };
     let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
@@ -359,7 +392,13 @@ fn verify_sources<'b>(
     first_line: &(dyn Fn(usize) -> Result<Vec<u8>, VerifyError> + Sync),
     opts: &VerifyOptions,
 ) -> Result<Report, VerifyError> {
+    let progress = |done: usize| {
+        if let Some(p) = &opts.progress {
+            p(done, names.len());
+        }
+    };
     let first = check_file(0, names, load, first_line, opts)?;
+    progress(1);
     let mut merged = first.verifier;
     merged.report.segments = 1;
     let mut prev_limit = (first.limit, first.full_len);
@@ -368,6 +407,7 @@ fn verify_sources<'b>(
             break;
         }
         let outcome = check_file(i, names, load, first_line, opts)?;
+        progress(i + 1);
         merged.link(&names[i], &outcome.verifier, Some((prev_limit, &names[i - 1])), (0, 1));
         if merged.report.problem.is_none() {
             merged.absorb(outcome.verifier, true);
@@ -393,24 +433,28 @@ struct View<'a> {
     seq: Option<u64>,
     #[serde(borrow)]
     ts: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    map: Option<Cow<'a, str>>,
-    shard: Option<u64>,
+    #[serde(default)]
+    map: Member<AnyStr>,
+    #[serde(default)]
+    shard: Member<u64>,
     #[serde(borrow)]
     op: Option<Cow<'a, str>>,
-    key: Option<IgnoredAny>,
-    old: Option<IgnoredAny>,
-    new: Option<IgnoredAny>,
+    #[serde(default)]
+    key: Member<IgnoredAny>,
+    #[serde(default)]
+    old: Member<IgnoredAny>,
+    #[serde(default)]
+    new: Member<IgnoredAny>,
     #[serde(borrow)]
     actor: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    trace_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    trace_id: Member<AnyStr>,
     #[serde(borrow)]
     tags: Option<BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
     #[serde(borrow)]
     outcome: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    reason: Option<Cow<'a, str>>,
+    #[serde(default)]
+    reason: Member<AnyStr>,
     latency_ns: Option<u64>,
     segment: Option<u64>,
     #[serde(borrow)]
@@ -426,20 +470,101 @@ struct View<'a> {
     hash: Cow<'a, str>,
 }
 
+/// A member that may be `null` but must be there: `Missing` when the line lacks it (serde's
+/// `Option` alone cannot tell a missing member from `null`).
+#[derive(Debug, Default)]
+enum Member<T> {
+    #[default]
+    Missing,
+    Present(#[allow(dead_code)] Option<T>),
+}
+
+impl<T> Member<T> {
+    fn is_missing(&self) -> bool {
+        matches!(self, Member::Missing)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Member<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Option::<T>::deserialize(d).map(Member::Present)
+    }
+}
+
+/// A JSON string whose value is not needed (checked for its type without allocating).
+#[derive(Debug)]
+struct AnyStr;
+
+impl<'de> Deserialize<'de> for AnyStr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = AnyStr;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<AnyStr, E> {
+                Ok(AnyStr)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Whether `ts` has the exact form of the format: `YYYY-MM-DDTHH:MM:SS.ffffffZ`, a real UTC
+/// time.
+fn valid_ts(ts: &str) -> bool {
+    ts.len() == 27
+        && ts.ends_with('Z')
+        && ts.as_bytes()[19] == b'.'
+        && chrono::NaiveDateTime::parse_from_str(&ts[..26], "%Y-%m-%dT%H:%M:%S%.6f").is_ok()
+}
+
 impl View<'_> {
-    /// The members every record has (`map`, `shard`, `key`, `old`, `new`, `trace_id` and
-    /// `reason` may be `null`).
-    fn missing_record_member(&self) -> Option<&'static str> {
-        [
+    /// The first way this record breaks the record rules of the format (§3): every member
+    /// there (`map`, `shard`, `key`, `old`, `new`, `trace_id` and `reason` may be `null`),
+    /// `ts` in its exact form, a known `op`, a non-empty `actor`, an `outcome` that is a
+    /// lowercase code.
+    fn record_rule_broken(&self) -> Option<String> {
+        let missing = [
             ("ts", self.ts.is_none()),
+            ("map", self.map.is_missing()),
+            ("shard", self.shard.is_missing()),
             ("op", self.op.is_none()),
+            ("key", self.key.is_missing()),
+            ("old", self.old.is_missing()),
+            ("new", self.new.is_missing()),
             ("actor", self.actor.is_none()),
+            ("trace_id", self.trace_id.is_missing()),
             ("tags", self.tags.is_none()),
             ("outcome", self.outcome.is_none()),
+            ("reason", self.reason.is_missing()),
             ("latency_ns", self.latency_ns.is_none()),
         ]
         .into_iter()
-        .find_map(|(name, missing)| missing.then_some(name))
+        .find_map(|(name, missing)| missing.then_some(name));
+        if let Some(member) = missing {
+            return Some(format!("the record has no \"{member}\""));
+        }
+        let (ts, op, actor, outcome) = (
+            self.ts.as_deref().unwrap_or_default(),
+            self.op.as_deref().unwrap_or_default(),
+            self.actor.as_deref().unwrap_or_default(),
+            self.outcome.as_deref().unwrap_or_default(),
+        );
+        if !valid_ts(ts) {
+            return Some(format!("\"ts\" {ts:?} is not a UTC RFC 3339 time with 6 fraction digits"));
+        }
+        if !OPS.contains(&op) {
+            return Some(format!("unknown \"op\" {op:?}"));
+        }
+        if actor.is_empty() {
+            return Some("\"actor\" is empty".into());
+        }
+        if outcome.is_empty() || !outcome.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            return Some(format!("\"outcome\" {outcome:?} is not a lowercase code"));
+        }
+        None
     }
 }
 
@@ -580,7 +705,12 @@ impl<'o> Verifier<'o> {
             let nl = memchr::memchr(b'\n', &bytes[pos..]).map(|i| pos + i);
             let end = nl.unwrap_or(bytes.len());
             let raw = &bytes[pos..end];
-            let is_last_line = nl.map_or(true, |e| e + 1 == bytes.len());
+            if raw.len() > MAX_LINE_BYTES {
+                let what =
+                    format!("a line of {} bytes, over the format's limit of {MAX_LINE_BYTES}", raw.len());
+                self.tamper(name, self.base + pos, line_no, self.next_seq, what);
+                return Ok(false);
+            }
             let parsed = match nl {
                 None => Err("the last line has no newline: it was cut short".to_string()),
                 Some(_) => parse_line(raw),
@@ -588,7 +718,10 @@ impl<'o> Verifier<'o> {
             let line = match parsed {
                 Ok(l) => l,
                 Err(what) => {
-                    if last_file && is_last_line {
+                    // Torn only when the last bytes have no newline: the writer writes whole
+                    // lines, so a crash can cut a line short but never leaves a complete line
+                    // that does not check. A complete bad line is tampering, even the last.
+                    if last_file && nl.is_none() {
                         self.report.torn_tail = Some(Problem {
                             file: name.to_string(),
                             offset: (self.base + pos) as u64,
@@ -646,14 +779,40 @@ impl<'o> Verifier<'o> {
                 }
                 (other, _) => return Ok(Err((self.next_seq, format!("unknown chain {other:?}")))),
             }
+            if !v.ts.as_deref().is_some_and(valid_ts) {
+                return Ok(Err((
+                    self.next_seq,
+                    "the header's \"ts\" is missing or not in the exact form".into(),
+                )));
+            }
+            if segment_of(Path::new(name)).is_some_and(|n| n != segment) {
+                return Ok(Err((
+                    self.next_seq,
+                    format!("the header says segment {segment}, but the file is {name}"),
+                )));
+            }
             self.report.chain = chain.to_string();
             match self.segment {
                 Some(prev) if segment != prev + 1 => {
                     return Ok(Err((self.next_seq, format!("segment {segment} follows segment {prev}"))));
                 }
-                None if segment != 1 && !self.detached => self.report.notes.push(format!(
-                    "the trail starts at segment {segment}: the link to earlier segments was not checked"
-                )),
+                None if !self.detached => match &self.opts.expect_prev {
+                    None if segment != 1 => {
+                        return Ok(Err((
+                            None,
+                            format!(
+                                "the trail starts at segment {segment}: segments 1..{segment} are missing (a \
+                                 trail pruned on purpose is verified with the hash it continues from: \
+                                 --expect-prev)"
+                            ),
+                        )))
+                    }
+                    Some(anchor) => self.report.notes.push(format!(
+                        "the trail starts at segment {segment} (seq {}), continuing from the given prev {anchor}",
+                        v.first_seq.map_or_else(|| "-".into(), |s| s.to_string())
+                    )),
+                    None => {}
+                },
                 _ => {}
             }
             self.segment = Some(segment);
@@ -665,6 +824,12 @@ impl<'o> Verifier<'o> {
                         format!("the header's first_seq is {got}, expected {want}"),
                     )));
                 }
+                (None, Some(got)) if got != 1 && !self.detached && self.opts.expect_prev.is_none() => {
+                    return Ok(Err((
+                        Some(1),
+                        format!("the trail's first header has first_seq {got}, not 1"),
+                    )));
+                }
                 (None, Some(got)) => self.next_seq = Some(got),
                 (_, None) => return Ok(Err((self.next_seq, "the header has no first_seq".into()))),
                 _ => {}
@@ -673,14 +838,17 @@ impl<'o> Verifier<'o> {
             let Some(seq) = seq else {
                 return Ok(Err((self.next_seq, "a record without seq".into())));
             };
-            if let Some(member) = v.missing_record_member() {
-                return Ok(Err((Some(seq), format!("the record has no \"{member}\""))));
+            if let Some(what) = v.record_rule_broken() {
+                return Ok(Err((Some(seq), what)));
             }
             if self.key.is_none() {
                 // A trail without headers (a MemorySink's text) is plain SHA-256.
                 if self.opts.hmac_key.is_some() {
-                    return Err(VerifyError::Usage(format!(
-                        "{name} has no segment header: it cannot be checked with an HMAC key"
+                    // Every segment of an HMAC trail starts with its header (it names the
+                    // chain): a record where a header must be means the header was removed.
+                    return Ok(Err((
+                        Some(seq),
+                        format!("{name} has no segment header (an HMAC trail's segments all start with one)"),
                     )));
                 }
                 self.key = Some(ChainKey::Sha256);
@@ -689,19 +857,22 @@ impl<'o> Verifier<'o> {
                 Some(want) if seq != want => {
                     return Ok(Err((Some(seq), format!("seq {seq} where {want} was expected"))));
                 }
+                None if seq != 1 && !self.detached && self.opts.expect_prev.is_none() => {
+                    return Ok(Err((Some(seq), format!("the trail starts at seq {seq}, not 1"))));
+                }
                 _ => {}
             }
-            self.next_seq = Some(seq + 1);
-            self.report.records += 1;
-            self.report.first_seq.get_or_insert(seq);
-            self.report.last_seq = Some(seq);
+            let Some(next) = seq.checked_add(1) else {
+                return Ok(Err((Some(seq), "seq overflow: no record can follow seq u64::MAX".into())));
+            };
+            self.next_seq = Some(next);
         }
         let prev: &str = &v.prev;
         let expected_prev = match &self.prev_hash {
             Some(h) => Some(h.as_str()),
-            // The very first line of a trail links to the genesis value, unless the trail
-            // handed to us starts at a later segment.
-            None if !self.detached && self.segment.map_or(true, |s| s == 1) => Some(GENESIS),
+            // The very first line of a trail links to the genesis value, or to the hash the
+            // caller says a pruned trail continues from.
+            None if !self.detached => Some(self.opts.expect_prev.as_deref().unwrap_or(GENESIS)),
             None => None,
         };
         if self.first.is_none() {
@@ -733,28 +904,62 @@ impl<'o> Verifier<'o> {
         }
         self.prev_hash = Some(line.hash.to_string());
         self.report.last_hash = Some(line.hash.to_string());
+        // Counted only once the whole line checked: `last_seq` is the last record intact.
+        if v.segment.is_none() {
+            if let Some(seq) = seq {
+                self.report.records += 1;
+                self.report.first_seq.get_or_insert(seq);
+                self.report.last_seq = Some(seq);
+            }
+        }
         Ok(Ok(()))
     }
 }
 
+/// One key's history: the records of a trail that verified, and the verification report.
+#[derive(Debug, Clone)]
+pub struct History {
+    /// The key's records, oldest first: only records the verifier checked.
+    pub records: Vec<AuditRecord>,
+    /// The verification of the trail. When it is not [`Verdict::Intact`], `records` stop at
+    /// the last record checked intact.
+    pub report: Report,
+}
+
 /// Every record of the trail at `paths` whose key is `key`: matched against a `Full` key as
 /// JSON (so `42` matches the number 42 and `"a"` the string "a"), or as a plain string.
-/// Lines that do not parse are skipped (run [`verify_paths`] to find them).
-pub fn history(paths: &[PathBuf], key: &str) -> Result<Vec<AuditRecord>, VerifyError> {
+///
+/// The trail is verified first (with `opts`), and only records the verifier checked are
+/// returned: nothing after the first problem, nothing in a region abandoned after a sink
+/// failure. Look at [`History::report`] before trusting a history.
+pub fn history(paths: &[PathBuf], key: &str, opts: &VerifyOptions) -> Result<History, VerifyError> {
+    let report = verify_paths(paths, opts)?;
     let as_json: Option<serde_json::Value> = serde_json::from_str(key).ok();
     let as_str = serde_json::Value::String(key.to_string());
-    let mut out = Vec::new();
-    for f in collect_files(paths)? {
-        let text = std::fs::read(&f).map_err(|source| VerifyError::Io { path: f.clone(), source })?;
-        for line in text.split(|&b| b == b'\n') {
-            let Ok(rec) = serde_json::from_slice::<AuditRecord>(line) else { continue };
-            let full = rec.key.as_ref().and_then(|k| k.get("full"));
-            if full.is_some_and(|k| Some(k) == as_json.as_ref() || *k == as_str) {
-                out.push(rec);
+    let mut records = Vec::new();
+    // The verified records are seq first..=last, in file order, each the first line with its
+    // seq that follows the one before: take exactly those.
+    if let (Some(first), Some(last)) = (report.first_seq, report.last_seq) {
+        let mut want = first;
+        'files: for f in collect_files(paths)? {
+            let text = std::fs::read(&f).map_err(|source| VerifyError::Io { path: f.clone(), source })?;
+            for line in text.split(|&b| b == b'\n') {
+                let Ok(rec) = serde_json::from_slice::<AuditRecord>(line) else { continue };
+                if rec.seq != want {
+                    continue;
+                }
+                let full = rec.key.as_ref().and_then(|k| k.get("full"));
+                if full.is_some_and(|k| Some(k) == as_json.as_ref() || *k == as_str) {
+                    records.push(rec);
+                }
+                if want == last {
+                    break 'files;
+                }
+                want += 1;
             }
         }
     }
-    Ok(out)
+    Ok(History { records, report })
 }
 
 /// The segment number in a path's file name, if it is a segment file.
@@ -784,6 +989,155 @@ mod tests {
         verify_bytes(&[("t".into(), text.as_bytes().to_vec())], &Default::default()).unwrap()
     }
 
+    /// Re-hashes the first line of a trail after an edit, as anyone can on a SHA-256 chain.
+    fn reseal(line: &str) -> String {
+        let head = &line[..line.len() - crate::audit::record::HASH_SUFFIX_LEN];
+        let hash = to_hex(&ChainKey::Sha256.seal(GENESIS, format!("{head}}}").as_bytes()));
+        format!("{head},\"hash\":\"{hash}\"}}\n")
+    }
+
+    #[test]
+    fn a_record_that_breaks_the_record_rules_is_tampered_even_with_a_correct_hash() {
+        let sink = MemorySink::new();
+        let map: MapWrapper<u32, u32> =
+            MapWrapper::builder().name("m").auditor(Auditor::new(sink.clone())).build().unwrap();
+        map.insert(1, 1).unwrap();
+        let line = sink.text().trim_end().to_string();
+        assert_eq!(check(&reseal(&line)).verdict, Verdict::Intact, "resealing alone changes nothing");
+        let ts_at = line.find("\"ts\":\"").unwrap() + 6;
+        let bad_ts = format!("{}yesterday{}", &line[..ts_at], &line[ts_at + 27..]);
+        for (what, edited, says) in [
+            ("no key", line.replace("\"key\":{\"full\":1},", ""), "no \"key\""),
+            ("no old", line.replace("\"old\":null,", ""), "no \"old\""),
+            ("no map", line.replace("\"map\":\"m\",", ""), "no \"map\""),
+            ("no reason", line.replace("\"reason\":null,", ""), "no \"reason\""),
+            ("empty actor", line.replace("\"actor\":\"unattributed\"", "\"actor\":\"\""), "empty"),
+            ("ts not RFC 3339", bad_ts, "\"ts\""),
+            ("ts without Z", line.replacen("Z\",", "+00:00\",", 1), "\"ts\""),
+            ("unknown op", line.replace("\"op\":\"insert\"", "\"op\":\"frobnicate\""), "unknown \"op\""),
+            ("outcome not a code", line.replace("\"outcome\":\"ok\"", "\"outcome\":\"OK!\""), "outcome"),
+            ("map not a string", line.replace("\"map\":\"m\"", "\"map\":7"), "not a v1 audit line"),
+        ] {
+            assert_ne!(edited, line, "{what}: the edit applies");
+            let r = check(&reseal(&edited));
+            assert_eq!(r.verdict, Verdict::Tampered, "{what}: {}", r.human());
+            let p = r.problem.unwrap();
+            assert!(p.what.contains(says), "{what}: {}", p.what);
+        }
+    }
+
+    #[test]
+    fn a_record_with_seq_u64_max_is_a_verdict_not_a_panic() {
+        use crate::audit::{AuditEvent, Chain, EventFields};
+        let mut chain = Chain::resume(ChainKey::Sha256, u64::MAX - 1, GENESIS.to_string());
+        let mut text = String::new();
+        for _ in 0..2 {
+            chain.seal_event(&AuditEvent::new(EventFields::lifecycle("audit_start", None)), &mut text);
+        }
+        // A lone record with seq u64::MAX - 1 (anchored, so its start is accepted), then
+        // then u64::MAX: a verdict (seq overflow), not a panic.
+        let one_line = text.lines().next().unwrap().to_string() + "\n";
+        let opts = VerifyOptions { expect_prev: Some(GENESIS.into()), ..Default::default() };
+        let r = verify_bytes(&[("t".into(), one_line.into_bytes())], &opts).unwrap();
+        assert_eq!(r.verdict, Verdict::Intact, "{}", r.human());
+        let r = verify_bytes(&[("t".into(), text.clone().into_bytes())], &opts).unwrap();
+        let p = r.problem.expect("u64::MAX is followed by a repeated seq");
+        assert!(p.what.contains("overflow"), "{}", p.what);
+    }
+
+    #[test]
+    fn a_line_over_the_limit_is_tampering_whether_or_not_it_ends() {
+        let mut text = trail(3);
+        let start = text.len();
+        text.push_str(&"x".repeat(MAX_LINE_BYTES + 1));
+        let r = check(&text);
+        assert_eq!(r.verdict, Verdict::Tampered, "no newline: still not a torn tail");
+        let p = r.problem.unwrap();
+        assert_eq!((p.offset as usize, p.line, p.seq), (start, 4, Some(4)));
+        assert!(p.what.contains("over the format's limit"), "{}", p.what);
+        text.push('\n');
+        assert_eq!(check(&text).verdict, Verdict::Tampered);
+    }
+
+    #[test]
+    fn a_value_over_the_size_limit_is_recorded_as_too_large_and_the_trail_verifies() {
+        let sink = MemorySink::new();
+        let map: MapWrapper<u32, String> =
+            MapWrapper::builder().auditor(Auditor::new(sink.clone())).build().unwrap();
+        map.insert(1, "v".repeat(crate::audit::MAX_VALUE_BYTES)).unwrap();
+        let text = sink.text();
+        assert!(text.len() < 4096, "the value is not in the trail");
+        assert!(text.contains("{\"unencodable\":\"too large: 16777218 bytes of JSON"), "{text}");
+        assert_eq!(check(&text).verdict, Verdict::Intact);
+    }
+
+    #[test]
+    fn only_canonical_segment_file_names_are_segments() {
+        use crate::audit::{parse_segment_file_name, segment_file_name};
+        assert_eq!(parse_segment_file_name("segment-000001.jsonl"), Some(1));
+        assert_eq!(parse_segment_file_name("segment-1234567.jsonl"), Some(1_234_567));
+        assert_eq!(parse_segment_file_name(&segment_file_name(42)), Some(42));
+        for bad in
+            ["segment-1.jsonl", "segment-+00001.jsonl", "segment-0000001.jsonl", "segment-00000a.jsonl"]
+        {
+            assert_eq!(parse_segment_file_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_segment_renamed_to_another_number_is_tampered() {
+        use crate::audit::JsonLinesSink;
+        let dir = tempfile::tempdir().unwrap();
+        let sink = JsonLinesSink::open(dir.path(), Default::default()).unwrap();
+        drop(MapWrapper::<u8, u8>::builder().auditor(Auditor::new(sink)).build().unwrap());
+        let other = tempfile::tempdir().unwrap();
+        let renamed = other.path().join("segment-000007.jsonl");
+        std::fs::copy(dir.path().join("segment-000001.jsonl"), &renamed).unwrap();
+        let opts = VerifyOptions { expect_prev: Some(GENESIS.into()), ..Default::default() };
+        let r = verify_paths(&[renamed], &opts).unwrap();
+        assert_eq!(r.verdict, Verdict::Tampered);
+        assert!(r.problem.unwrap().what.contains("header says segment 1"));
+        // The sink refuses to continue it, too.
+        std::fs::rename(dir.path().join("segment-000001.jsonl"), dir.path().join("segment-000003.jsonl"))
+            .unwrap();
+        let e = JsonLinesSink::open(dir.path(), Default::default()).unwrap_err();
+        assert!(e.to_string().contains("header says segment 1"), "{e}");
+    }
+
+    #[test]
+    fn progress_is_reported_once_per_file_in_order() {
+        use crate::audit::{JsonLinesOptions, JsonLinesSink};
+        let dir = tempfile::tempdir().unwrap();
+        let opts = JsonLinesOptions { max_segment_bytes: 2048, ..Default::default() };
+        let map: MapWrapper<u32, u32> = MapWrapper::builder()
+            .auditor(Auditor::new(JsonLinesSink::open(dir.path(), opts).unwrap()))
+            .build()
+            .unwrap();
+        for i in 0..60 {
+            map.insert(i, i).unwrap();
+        }
+        drop(map);
+        let files = collect_files(&[dir.path().to_path_buf()]).unwrap().len();
+        assert!(files >= 3, "{files}");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = std::sync::Arc::clone(&seen);
+        let opts = VerifyOptions {
+            progress: Some(std::sync::Arc::new(move |done, total| s.lock().unwrap().push((done, total)))),
+            ..Default::default()
+        };
+        assert_eq!(verify_paths(&[dir.path().to_path_buf()], &opts).unwrap().verdict, Verdict::Intact);
+        let want: Vec<_> = (1..=files).map(|d| (d, files)).collect();
+        assert_eq!(*seen.lock().unwrap(), want);
+    }
+
+    #[test]
+    fn verify_options_debug_does_not_print_the_hmac_key() {
+        let o = VerifyOptions { hmac_key: Some(b"secret".to_vec()), ..Default::default() };
+        let s = format!("{o:?}");
+        assert!(!s.contains("115, 101, 99") && !s.contains("secret"), "{s}");
+        assert!(s.contains("<6 bytes>"), "{s}");
+    }
+
     #[test]
     fn a_big_hmac_segment_is_checked_in_pieces_with_its_key() {
         use crate::audit::{ChainKey, JsonLinesOptions, JsonLinesSink};
@@ -800,13 +1154,13 @@ mod tests {
         drop(map);
         let files = collect_files(&[dir.path().to_path_buf()]).unwrap();
         assert!(std::fs::metadata(&files[0]).unwrap().len() > 2 << 20, "big enough to be split");
-        let key = VerifyOptions { hmac_key: Some(b"key".to_vec()) };
+        let key = VerifyOptions { hmac_key: Some(b"key".to_vec()), ..Default::default() };
         let report = verify_paths(&[dir.path().to_path_buf()], &key).unwrap();
         assert_eq!(
             (report.verdict, report.records, report.chain.as_str()),
             (Verdict::Intact, 9002, "hmac-sha256")
         );
-        let wrong = VerifyOptions { hmac_key: Some(b"other".to_vec()) };
+        let wrong = VerifyOptions { hmac_key: Some(b"other".to_vec()), ..Default::default() };
         assert_eq!(verify_paths(&[dir.path().to_path_buf()], &wrong).unwrap().verdict, Verdict::Tampered);
     }
 
