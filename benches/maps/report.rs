@@ -264,7 +264,8 @@ impl Report {
              Bytes per entry = growth of the resident set (`VmRSS`) from before the map was made \
              to after N inserts of u64 → u64, divided by N; *trimmed* is the same after \
              `malloc_trim(0)` (free heap pages returned, so only live data counts); *peak* is \
-             the high-water mark (`VmHWM`) while growing to 1 M, over the same baseline.\n"
+             the high-water mark (`VmHWM`) while growing to 1 M, over the same baseline. Each \
+             figure is the median of three processes (by resident growth).\n"
         );
         let _ = writeln!(
             md,
@@ -276,7 +277,7 @@ impl Report {
             let b = m.at_1m;
             let _ = writeln!(
                 md,
-                "| {} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {} | {:.1} | {} |",
+                "| {} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {} | {:.2} | {} |",
                 m.name.replace('<', "\\<"),
                 a.per_entry(a.rss),
                 a.per_entry(a.rss_trimmed),
