@@ -1,7 +1,7 @@
 //! One shard (a lock around a hash table), the per-thread record of which shards this thread
 //! holds (for deadlock refusal), and lock acquisition bounded by a deadline and a cancel token.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +39,10 @@ thread_local! {
     // Usually empty; one entry per live guard or running closure. A Vec beats a set at these
     // sizes, and `const` init keeps the access a plain TLS read.
     static HELD: RefCell<Vec<Held>> = const { RefCell::new(Vec::new()) };
+    // How many entries HELD has. A `Cell<usize>` needs no destructor, so reading it is one
+    // plain TLS load, where HELD itself costs a lazy-destructor check and a borrow: the fast
+    // path of every operation reads only this.
+    static HELD_COUNT: Cell<usize> = const { Cell::new(0) };
 }
 
 /// What this thread already holds on a shard.
@@ -49,7 +53,16 @@ pub(crate) enum Holding {
     Write,
 }
 
+#[inline]
 fn holding(map: u64, shard: usize) -> Holding {
+    if HELD_COUNT.with(Cell::get) == 0 {
+        return Holding::Nothing;
+    }
+    holding_slow(map, shard)
+}
+
+#[cold]
+fn holding_slow(map: u64, shard: usize) -> Holding {
     HELD.try_with(|h| {
         let h = h.borrow();
         let mut found = Holding::Nothing;
@@ -76,7 +89,10 @@ pub(crate) struct HeldMark {
 impl HeldMark {
     pub(crate) fn new(map: u64, shard: usize, write: bool) -> Self {
         let entry = Held { map, shard, write };
-        let _ = HELD.try_with(|h| h.borrow_mut().push(entry));
+        let _ = HELD.try_with(|h| {
+            h.borrow_mut().push(entry);
+            HELD_COUNT.with(|n| n.set(n.get() + 1));
+        });
         HeldMark { entry, _not_send: PhantomData }
     }
 }
@@ -87,6 +103,7 @@ impl Drop for HeldMark {
             let mut h = h.borrow_mut();
             if let Some(pos) = h.iter().rposition(|e| *e == self.entry) {
                 h.swap_remove(pos);
+                HELD_COUNT.with(|n| n.set(n.get() - 1));
             }
         });
     }
