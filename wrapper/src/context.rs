@@ -1,7 +1,7 @@
 //! [`OpContext`]: the deadline, cancellation and identity of an operation, given per call
 //! (`map.with(&ctx)`) or for everything the current thread does in a scope (`ctx.enter()`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -159,6 +159,7 @@ impl OpContext {
             None => self,
         };
         AMBIENT.with(|a| *a.borrow_mut() = Some(Rc::new(merged)));
+        AMBIENT_SET.with(|s| s.set(true));
         ContextGuard { previous, _not_send: PhantomData }
     }
 
@@ -234,15 +235,26 @@ impl Drop for ContextGuard {
     fn drop(&mut self) {
         let previous = self.previous.take();
         // `try_with`: the guard may be dropped while the thread's locals are torn down.
-        let _ = AMBIENT.try_with(|a| *a.borrow_mut() = previous);
+        let _ = AMBIENT.try_with(|a| {
+            AMBIENT_SET.with(|s| s.set(previous.is_some()));
+            *a.borrow_mut() = previous;
+        });
     }
 }
 
 thread_local! {
     static AMBIENT: RefCell<Option<Rc<OpContext>>> = const { RefCell::new(None) };
+    // Whether AMBIENT holds a context. A destructor-less `Cell<bool>` is one plain TLS load,
+    // where AMBIENT costs a lazy-destructor check, a borrow and an `Rc` clone: every
+    // operation outside a scope reads only this.
+    static AMBIENT_SET: Cell<bool> = const { Cell::new(false) };
 }
 
+#[inline]
 fn ambient() -> Option<Rc<OpContext>> {
+    if !AMBIENT_SET.with(Cell::get) {
+        return None;
+    }
     AMBIENT.try_with(|a| a.borrow().clone()).ok().flatten()
 }
 
@@ -254,6 +266,7 @@ pub(crate) struct Effective<'c> {
 }
 
 impl<'c> Effective<'c> {
+    #[inline]
     pub(crate) fn new(explicit: Option<&'c OpContext>) -> Self {
         Effective { explicit, ambient: ambient() }
     }
