@@ -271,6 +271,13 @@ impl<'c> Effective<'c> {
         Effective { explicit, ambient: ambient() }
     }
 
+    /// Whether the operation runs under no context at all: no token, no deadline but the
+    /// map's timeout, no identity.
+    #[inline]
+    pub(crate) fn is_plain(&self) -> bool {
+        self.explicit.is_none() && self.ambient.is_none()
+    }
+
     fn contexts(&self) -> impl Iterator<Item = &OpContext> {
         self.explicit.into_iter().chain(self.ambient.as_deref())
     }

@@ -141,6 +141,7 @@ impl<'a, 'c> Waiter<'a, 'c> {
     }
 
     /// Read access to `shard` (index `idx`).
+    #[inline]
     pub(crate) fn read<'s, T>(
         &mut self,
         idx: usize,
@@ -168,6 +169,7 @@ impl<'a, 'c> Waiter<'a, 'c> {
     }
 
     /// Write access to `shard` (index `idx`).
+    #[inline]
     pub(crate) fn write<'s, T>(
         &mut self,
         idx: usize,
@@ -191,7 +193,17 @@ impl<'a, 'c> Waiter<'a, 'c> {
         MapError::Cancelled { map: self.map_name.clone(), op: self.op }
     }
 
+    /// Fails a cancelled operation, or one whose absolute deadline has passed, before it
+    /// locks. An operation with no context at all (the common case) has neither to check.
+    #[inline]
     fn precheck(&mut self) -> Result<(), MapError> {
+        if self.eff.is_plain() {
+            return Ok(());
+        }
+        self.precheck_contexts()
+    }
+
+    fn precheck_contexts(&mut self) -> Result<(), MapError> {
         if self.eff.is_cancelled() {
             return Err(self.cancelled());
         }
