@@ -82,13 +82,20 @@ pub fn default_shards() -> usize {
 pub struct Builder<K, V, S = RandomState> {
     config: Config,
     shards: Option<usize>,
+    slow_threshold: Option<Duration>,
     hasher: S,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
 impl<K, V> Builder<K, V, RandomState> {
     pub(crate) fn new() -> Self {
-        Builder { config: Config::default(), shards: None, hasher: RandomState::new(), _types: PhantomData }
+        Builder {
+            config: Config::default(),
+            shards: None,
+            slow_threshold: None,
+            hasher: RandomState::new(),
+            _types: PhantomData,
+        }
     }
 }
 
@@ -116,10 +123,10 @@ impl<K, V, S> Builder<K, V, S> {
     }
 
     /// How long a completed operation may take before it counts as slow (for the circuit
-    /// breaker and stats). Default: [`DEFAULT_SLOW_THRESHOLD`] (50 ms). Must be below the
-    /// timeout.
+    /// breaker and stats). Must be above zero and below the timeout. Default:
+    /// [`DEFAULT_SLOW_THRESHOLD`] (50 ms), or half the timeout when that is shorter.
     pub fn slow_threshold(mut self, threshold: Duration) -> Self {
-        self.config.slow_threshold = threshold;
+        self.slow_threshold = Some(threshold);
         self
     }
 
@@ -137,7 +144,13 @@ impl<K, V, S> Builder<K, V, S> {
 
     /// The hasher used for keys (which also picks the shard).
     pub fn hasher<S2>(self, hasher: S2) -> Builder<K, V, S2> {
-        Builder { config: self.config, shards: self.shards, hasher, _types: PhantomData }
+        Builder {
+            config: self.config,
+            shards: self.shards,
+            slow_threshold: self.slow_threshold,
+            hasher,
+            _types: PhantomData,
+        }
     }
 
     fn config(&self) -> Result<Config, MapError> {
@@ -162,16 +175,20 @@ impl<K, V, S> Builder<K, V, S> {
                 reason: format!("must be a power of two from 1 to {MAX_SHARDS}, got {shards}"),
             });
         }
-        if self.config.slow_threshold >= self.config.timeout && !self.config.timeout.is_zero() {
-            return Err(MapError::InvalidConfig {
-                field: "slow_threshold",
-                reason: format!(
-                    "must be below the timeout ({:?}), got {:?}",
-                    self.config.timeout, self.config.slow_threshold
-                ),
-            });
-        }
-        Ok(Config { shards, ..self.config.clone() })
+        let timeout = self.config.timeout;
+        let slow_threshold = match self.slow_threshold {
+            // A zero timeout never waits, so slowness is all in the work itself.
+            None if timeout.is_zero() => DEFAULT_SLOW_THRESHOLD,
+            None => DEFAULT_SLOW_THRESHOLD.min(timeout / 2),
+            Some(t) if t.is_zero() || (t >= timeout && !timeout.is_zero()) => {
+                return Err(MapError::InvalidConfig {
+                    field: "slow_threshold",
+                    reason: format!("must be above zero and below the timeout ({timeout:?}), got {t:?}"),
+                });
+            }
+            Some(t) => t,
+        };
+        Ok(Config { shards, slow_threshold, ..self.config.clone() })
     }
 }
 
@@ -229,6 +246,19 @@ mod tests {
             .timeout(Duration::from_millis(10))
             .slow_threshold(Duration::from_millis(10));
         assert_eq!(err(b).0, "slow_threshold");
+        assert_eq!(err(MapWrapper::builder().slow_threshold(Duration::ZERO)).0, "slow_threshold");
+    }
+
+    #[test]
+    fn a_tight_timeout_alone_is_valid_and_scales_the_slow_threshold() {
+        let m: MapWrapper<u8, u8> = MapWrapper::builder().timeout(Duration::from_millis(20)).build().unwrap();
+        assert_eq!(m.default_timeout(), Duration::from_millis(20));
+        let cfg = MapWrapper::<u8, u8>::builder().timeout(Duration::from_millis(20)).config().unwrap();
+        assert_eq!(cfg.slow_threshold, Duration::from_millis(10));
+        let cfg = MapWrapper::<u8, u8>::builder().timeout(Duration::ZERO).config().unwrap();
+        assert_eq!(cfg.slow_threshold, DEFAULT_SLOW_THRESHOLD);
+        let cfg = MapWrapper::<u8, u8>::builder().config().unwrap();
+        assert_eq!(cfg.slow_threshold, DEFAULT_SLOW_THRESHOLD);
     }
 
     #[test]

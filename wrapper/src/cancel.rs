@@ -81,8 +81,39 @@ impl CancelToken {
 }
 
 impl Node {
+    /// Walks the ancestors without recursion: a chain of `child()` calls can be deep.
     fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Acquire) || self.parents.iter().any(|p| p.is_cancelled())
+        let mut pending: Vec<&Node> = Vec::new();
+        let mut node = self;
+        loop {
+            if node.cancelled.load(Ordering::Acquire) {
+                return true;
+            }
+            match node.parents.as_slice() {
+                [] => match pending.pop() {
+                    Some(next) => node = next,
+                    None => return false,
+                },
+                [parent] => node = parent,
+                [parent, rest @ ..] => {
+                    pending.extend(rest.iter().map(|a| &**a));
+                    node = parent;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Node {
+    /// Unlinks the ancestors in a loop: the default drop of a deep chain would recurse once per
+    /// ancestor and could overflow the stack.
+    fn drop(&mut self) {
+        let mut stack = std::mem::take(&mut self.parents);
+        while let Some(parent) = stack.pop() {
+            if let Some(mut last) = Arc::into_inner(parent) {
+                stack.append(&mut last.parents);
+            }
+        }
     }
 }
 
@@ -124,6 +155,20 @@ mod tests {
         assert!(!e.is_cancelled());
         b.cancel();
         assert!(e.is_cancelled() && !a.is_cancelled());
+    }
+
+    #[test]
+    fn a_very_deep_chain_neither_overflows_nor_misses_the_root() {
+        let root = CancelToken::new();
+        let mut tip = root.clone();
+        for _ in 0..200_000 {
+            tip = tip.child();
+        }
+        assert!(!tip.is_cancelled());
+        root.cancel();
+        assert!(tip.is_cancelled());
+        drop(root);
+        drop(tip); // iterative drop: no stack overflow
     }
 
     #[test]

@@ -15,8 +15,10 @@ use crate::CancelToken;
 /// given with [`MapWrapper::with`](crate::MapWrapper::with), the ambient context the thread
 /// entered with [`enter`](OpContext::enter), and the map's defaults:
 ///
-/// - **timeout**: how long the operation may wait for a lock; the first one given wins, then
-///   the map's default (500 ms unless configured);
+/// - **timeout**: how long the operation may wait for a lock; when several are given (a
+///   per-call context, nested scopes) the shortest wins, so inner code cannot wait longer than
+///   an enclosing scope allows; when none is given, the map's default (500 ms unless
+///   configured);
 /// - **deadline**: an absolute instant that no operation waits past; every deadline given
 ///   applies (the earliest wins), so a per-call timeout cannot outlive a request's deadline;
 /// - **cancellation**: the operation fails if any of the tokens given is cancelled;
@@ -111,10 +113,10 @@ impl OpContext {
         self
     }
 
-    /// A context for a sub-task: same actor, trace id and tags, a child of the cancel token
-    /// (cancelling the child does not cancel this context), and a deadline no later than this
-    /// context's: this context's timeout, if it has one, becomes an absolute deadline counted
-    /// from now.
+    /// A context for a sub-task: same actor, trace id and tags, a child of the cancel token if
+    /// this context has one (cancelling the child does not cancel this context), and a
+    /// deadline no later than this context's: this context's timeout, if it has one, becomes an
+    /// absolute deadline counted from now.
     ///
     /// ```
     /// use std::time::{Duration, Instant};
@@ -127,17 +129,21 @@ impl OpContext {
     #[must_use]
     pub fn child(&self) -> Self {
         let mut child = self.clone();
-        if let Some(t) = self.timeout {
-            child = child.deadline(Instant::now() + t);
+        // A timeout too large to add to `now` means no deadline at all.
+        if let Some(at) = self.timeout.and_then(|t| Instant::now().checked_add(t)) {
+            child = child.deadline(at);
         }
-        child.cancel = Some(self.cancel.as_ref().map_or_else(CancelToken::new, CancelToken::child));
+        child.cancel = self.cancel.as_ref().map(CancelToken::child);
         child
     }
 
-    /// Makes this context the ambient context of the current thread until the returned guard
-    /// is dropped. Operations that get no explicit context use it; one that does uses both
-    /// (see the precedence rules on [`OpContext`]). Scopes nest: an inner scope adds to the
-    /// outer one and the outer one is back when the inner guard drops.
+    /// Makes this context part of the ambient context of the current thread until the returned
+    /// guard is dropped. Operations that get no explicit context use it; one that does uses
+    /// both (see the precedence rules on [`OpContext`]). Scopes nest: an inner scope adds to the
+    /// outer ones. Guards may be dropped in any order: each removes exactly its own scope.
+    ///
+    /// A guard belongs to its thread (it is not `Send`); do not hold one across an `.await`
+    /// point, where other tasks of the same thread would run inside the scope.
     ///
     /// ```
     /// use map_wrapper::OpContext;
@@ -153,14 +159,15 @@ impl OpContext {
     /// ```
     #[must_use = "the context is left as soon as the guard is dropped"]
     pub fn enter(self) -> ContextGuard {
-        let previous = ambient();
-        let merged = match &previous {
-            Some(outer) => self.over(outer),
-            None => self,
-        };
-        AMBIENT.with(|a| *a.borrow_mut() = Some(Rc::new(merged)));
-        AMBIENT_SET.with(|s| s.set(true));
-        ContextGuard { previous, _not_send: PhantomData }
+        let id = SCOPES.with(|scopes| {
+            let mut scopes = scopes.borrow_mut();
+            scopes.next_id += 1;
+            let id = scopes.next_id;
+            scopes.frames.push((id, self));
+            scopes.remerge();
+            id
+        });
+        ContextGuard { id, _not_send: PhantomData }
     }
 
     /// The ambient context of the current thread (all entered scopes merged), if any. Pass it
@@ -200,9 +207,13 @@ impl OpContext {
         &self.tags
     }
 
-    /// `self` layered over `outer`: `self`'s values win, deadlines and tokens combine.
+    /// `self` layered over `outer`: `self`'s identity wins; timeouts, deadlines and tokens
+    /// combine (the shortest, the earliest, either).
     fn over(mut self, outer: &OpContext) -> OpContext {
-        self.timeout = self.timeout.or(outer.timeout);
+        self.timeout = match (self.timeout, outer.timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         if let Some(d) = outer.deadline {
             self = self.deadline(d);
         }
@@ -222,31 +233,60 @@ impl OpContext {
     }
 }
 
-/// Restores the previous ambient context when dropped. Returned by [`OpContext::enter`].
+/// Removes its scope from the thread's ambient context when dropped. Returned by
+/// [`OpContext::enter`].
 ///
 /// It is neither `Send` nor `Sync`: a scope belongs to the thread that entered it.
 #[derive(Debug)]
 pub struct ContextGuard {
-    previous: Option<Rc<OpContext>>,
+    id: u64,
     _not_send: PhantomData<*const ()>,
 }
 
 impl Drop for ContextGuard {
     fn drop(&mut self) {
-        let previous = self.previous.take();
         // `try_with`: the guard may be dropped while the thread's locals are torn down.
-        let _ = AMBIENT.try_with(|a| {
-            AMBIENT_SET.with(|s| s.set(previous.is_some()));
-            *a.borrow_mut() = previous;
+        let _ = SCOPES.try_with(|scopes| {
+            let mut scopes = scopes.borrow_mut();
+            if let Some(pos) = scopes.frames.iter().rposition(|(id, _)| *id == self.id) {
+                scopes.frames.remove(pos);
+                scopes.remerge();
+            }
         });
     }
 }
 
+/// The scopes entered on one thread, innermost last, and their merge (what operations read).
+#[derive(Default)]
+struct Scopes {
+    next_id: u64,
+    frames: Vec<(u64, OpContext)>,
+    merged: Option<Rc<OpContext>>,
+}
+
+impl Scopes {
+    /// Recomputes the merge after a scope was entered or left (rare next to operations,
+    /// which only clone the `Rc`).
+    fn remerge(&mut self) {
+        self.merged = self
+            .frames
+            .iter()
+            .fold(None, |outer: Option<OpContext>, (_, ctx)| {
+                Some(match outer {
+                    Some(outer) => ctx.clone().over(&outer),
+                    None => ctx.clone(),
+                })
+            })
+            .map(Rc::new);
+        AMBIENT_SET.with(|set| set.set(self.merged.is_some()));
+    }
+}
+
 thread_local! {
-    static AMBIENT: RefCell<Option<Rc<OpContext>>> = const { RefCell::new(None) };
-    // Whether AMBIENT holds a context. A destructor-less `Cell<bool>` is one plain TLS load,
-    // where AMBIENT costs a lazy-destructor check, a borrow and an `Rc` clone: every
-    // operation outside a scope reads only this.
+    static SCOPES: RefCell<Scopes> = RefCell::new(Scopes::default());
+    // Whether SCOPES has a merged context. A destructor-less `Cell<bool>` is one plain TLS
+    // load, where SCOPES costs a lazy-init check, a borrow and an `Rc` clone: every operation
+    // outside a scope reads only this.
     static AMBIENT_SET: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -255,7 +295,7 @@ fn ambient() -> Option<Rc<OpContext>> {
     if !AMBIENT_SET.with(Cell::get) {
         return None;
     }
-    AMBIENT.try_with(|a| a.borrow().clone()).ok().flatten()
+    SCOPES.try_with(|s| s.borrow().merged.clone()).ok().flatten()
 }
 
 /// The contexts one operation runs under: the explicit one (if any) and the ambient one (if
@@ -300,7 +340,7 @@ impl<'c> Effective<'c> {
 
     /// When a wait that starts at `start` must give up.
     pub(crate) fn deadline_from(&self, start: Instant, default_timeout: Duration) -> Instant {
-        let timeout = self.contexts().find_map(|c| c.timeout).unwrap_or(default_timeout);
+        let timeout = self.contexts().filter_map(|c| c.timeout).min().unwrap_or(default_timeout);
         let relative = start.checked_add(timeout).unwrap_or(start + Duration::from_secs(86_400 * 365));
         self.absolute_deadline().map_or(relative, |d| d.min(relative))
     }
@@ -323,17 +363,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn explicit_timeout_beats_ambient_but_ambient_deadline_still_caps() {
+    fn the_shortest_timeout_and_earliest_deadline_win() {
         let far = Instant::now() + Duration::from_secs(3600);
-        let near = Instant::now() + Duration::from_millis(10);
-        let _g = OpContext::new().timeout(Duration::from_secs(1)).deadline(near).enter();
+        let _g = OpContext::new().timeout(Duration::from_secs(1)).enter();
         let ctx = OpContext::new().timeout(Duration::from_secs(30)).deadline(far);
-        let eff = Effective::new(Some(&ctx));
         let start = Instant::now();
-        assert_eq!(
-            eff.deadline_from(start, Duration::from_millis(500)),
-            near.min(start + Duration::from_secs(30))
-        );
+        let eff = Effective::new(Some(&ctx));
+        assert_eq!(eff.deadline_from(start, Duration::from_millis(500)), start + Duration::from_secs(1));
+        let near = start + Duration::from_millis(3);
+        let short = OpContext::new().timeout(Duration::from_millis(5)).deadline(near);
+        let eff = Effective::new(Some(&short));
+        assert_eq!(eff.deadline_from(start, Duration::from_millis(500)), near);
+    }
+
+    #[test]
+    fn an_inner_scope_cannot_wait_longer_than_an_outer_one() {
+        let _outer = OpContext::new().timeout(Duration::from_millis(100)).enter();
+        let _inner = OpContext::new().timeout(Duration::from_secs(10)).enter();
+        let start = Instant::now();
+        let eff = Effective::new(None);
+        assert_eq!(eff.deadline_from(start, Duration::from_secs(30)), start + Duration::from_millis(100));
+    }
+
+    #[test]
+    fn guards_dropped_out_of_order_each_remove_their_own_scope() {
+        let token = CancelToken::new();
+        let g1 = OpContext::new().actor("outer").cancel_token(token.clone()).enter();
+        let g2 = OpContext::new().actor("inner").enter();
+        drop(g1);
+        assert_eq!(OpContext::current().unwrap().get_actor(), Some("inner"));
+        token.cancel();
+        assert!(!Effective::new(None).is_cancelled(), "the outer scope's token left with it");
+        drop(g2);
+        assert!(OpContext::current().is_none());
+    }
+
+    #[test]
+    fn child_of_a_huge_timeout_does_not_overflow() {
+        let child = OpContext::new().timeout(Duration::MAX).child();
+        assert_eq!(child.get_deadline(), None);
+        assert!(child.get_cancel_token().is_none(), "no token to inherit, none invented");
     }
 
     #[test]

@@ -7,8 +7,9 @@ use std::time::Duration;
 ///
 /// Every variant has a stable [`code`](MapError::code) for logs and dashboards, says whether a
 /// retry can help ([`is_retryable`](MapError::is_retryable)) and how serious it is
-/// ([`severity`](MapError::severity)). When an operation returns an error, the map is exactly as
-/// it was before the call: no error leaves a half-applied mutation behind.
+/// ([`severity`](MapError::severity)). When a single-key operation returns an error, the map is
+/// exactly as it was before the call: no error leaves a half-applied mutation behind (for the
+/// bulk operations see [`MapWrapper`](crate::MapWrapper)'s documentation).
 ///
 /// The enum is `#[non_exhaustive]`: match on [`code`](MapError::code) or keep a `_` arm.
 ///
@@ -29,9 +30,9 @@ use std::time::Duration;
 pub enum MapError {
     /// The shard lock was not free before the operation's deadline.
     #[error(
-        "`{op}` on map `{map}` timed out after waiting {waited:?} for shard {shard} (deadline \
-         {timeout:?}); another thread held the shard that long: retry, raise the timeout \
-         (OpContext::timeout or the builder's timeout), or shorten what runs under the lock"
+        "`{op}` on map `{map}` timed out after waiting {waited:?} for shard {shard}, which \
+         another thread held (the operation's time limit is {timeout:?}): retry, raise the \
+         timeout (OpContext::timeout or the builder's timeout), or shorten what runs under the lock"
     )]
     Timeout {
         /// The map's name.
@@ -40,13 +41,26 @@ pub enum MapError {
         op: &'static str,
         /// The shard that could not be locked.
         shard: usize,
-        /// How long the operation waited before giving up.
+        /// How long the operation waited for this shard before giving up.
         waited: Duration,
-        /// The time the operation was allowed, measured from its first wait.
+        /// The time the operation was allowed: from its first wait for a single-key operation,
+        /// from its start for one that visits many shards.
         timeout: Duration,
     },
+    /// The operation's deadline ([`OpContext::deadline`](crate::OpContext::deadline)) had
+    /// already passed when it was called, so it did not start.
+    #[error(
+        "`{op}` on map `{map}` was not started: its deadline had already passed; stop the work \
+         this deadline belongs to, or give it a later deadline"
+    )]
+    DeadlineExceeded {
+        /// The map's name.
+        map: Arc<str>,
+        /// The operation that was not started.
+        op: &'static str,
+    },
     /// The operation's [`CancelToken`](crate::CancelToken) was cancelled before it took the lock.
-    #[error("`{op}` on map `{map}` was cancelled by its caller before it took the lock; nothing changed")]
+    #[error("`{op}` on map `{map}` was cancelled by its caller before it could take the lock it needed")]
     Cancelled {
         /// The map's name.
         map: Arc<str>,
@@ -129,6 +143,7 @@ impl MapError {
     pub fn code(&self) -> &'static str {
         match self {
             MapError::Timeout { .. } => "TIMEOUT",
+            MapError::DeadlineExceeded { .. } => "DEADLINE_EXCEEDED",
             MapError::Cancelled { .. } => "CANCELLED",
             MapError::WouldDeadlock { .. } => "WOULD_DEADLOCK",
             MapError::CircuitOpen { .. } => "CIRCUIT_OPEN",
@@ -140,7 +155,8 @@ impl MapError {
     /// Whether the same call may succeed if tried again later.
     ///
     /// Timeouts, an open breaker and an unavailable audit sink are transient; a cancellation,
-    /// a would-deadlock and a bad configuration are not (the caller must change something).
+    /// an expired deadline, a would-deadlock and a bad configuration are not (the caller must
+    /// change something).
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
@@ -151,7 +167,7 @@ impl MapError {
     /// How serious the error is.
     pub fn severity(&self) -> Severity {
         match self {
-            MapError::Cancelled { .. } => Severity::Info,
+            MapError::Cancelled { .. } | MapError::DeadlineExceeded { .. } => Severity::Info,
             MapError::Timeout { .. } | MapError::CircuitOpen { .. } => Severity::Warning,
             MapError::WouldDeadlock { .. } | MapError::InvalidConfig { .. } => Severity::Error,
             MapError::AuditUnavailable { .. } => Severity::Critical,
@@ -174,6 +190,7 @@ mod tests {
                 timeout: Duration::from_millis(5),
             },
             MapError::Cancelled { map: map.clone(), op: "get" },
+            MapError::DeadlineExceeded { map: map.clone(), op: "get" },
             MapError::WouldDeadlock { map: map.clone(), op: "insert", shard: 1 },
             MapError::CircuitOpen { map: map.clone(), retry_after: Duration::from_secs(1) },
             MapError::AuditUnavailable { map, reason: Arc::from("disk full") },
@@ -204,7 +221,8 @@ mod tests {
         let t = &all()[0];
         assert!(t.to_string().contains("retry"));
         assert!(t.is_retryable());
-        assert_eq!(all()[2].severity(), Severity::Error);
+        assert_eq!(all()[3].severity(), Severity::Error);
+        assert!(!all()[2].is_retryable());
         assert!(!all()[1].is_retryable());
     }
 }

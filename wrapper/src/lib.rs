@@ -37,7 +37,9 @@
 //! Each method's documentation says which lock it takes. Any operation can return
 //! [`MapError::Timeout`] (its shard stayed locked past the deadline),
 //! [`MapError::Cancelled`] (its token was cancelled) or [`MapError::WouldDeadlock`] (this
-//! thread already holds the shard). An operation that returns an error changed nothing.
+//! thread already holds the shard). A single-key operation that returns an error changed
+//! nothing; what a bulk operation (`retain`, `clear`, `extend`) leaves after an error is
+//! documented on it.
 //!
 //! ## Feature flags
 //!
@@ -61,7 +63,7 @@ pub use builder::{
 pub use cancel::CancelToken;
 pub use context::{ContextGuard, OpContext};
 pub use error::{MapError, Severity};
-pub use map::{Entry, MapWrapper, Ref, Upserted, WithContext};
+pub use map::{Entry, Iter, MapWrapper, Ref, Upserted, WithContext};
 
 /// `MapWrapper` can be shared between threads when its keys and values can.
 #[allow(dead_code)]

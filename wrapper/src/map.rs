@@ -37,7 +37,11 @@ use crate::{MapError, OpContext};
 /// [`retain`](MapWrapper::retain), …) and asks for the same shard in a way that would hang gets
 /// [`MapError::WouldDeadlock`] at once. Reading a shard it already reads is allowed.
 ///
-/// **Errors.** When an operation returns an error, it changed nothing.
+/// **Errors.** When a single-key operation returns an error, it changed nothing. The
+/// operations that visit every shard (`retain`, `clear`) check for a would-deadlock before
+/// they change anything, but a timeout or cancellation on a later shard leaves the shards
+/// already visited changed; [`extend`](MapWrapper::extend) keeps the pairs it inserted before
+/// the error.
 ///
 /// # Examples
 ///
@@ -73,6 +77,7 @@ pub struct MapWrapper<K, V, S = RandomState> {
     /// Unique in the process; tells this map's shards apart in the held-shard registry.
     id: u64,
     timeout: Duration,
+    slow_threshold: Duration,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -115,6 +120,7 @@ impl<K, V, S> MapWrapper<K, V, S> {
             name: Arc::from(config.name.unwrap_or_else(|| format!("map-{id}"))),
             id,
             timeout: config.timeout,
+            slow_threshold: config.slow_threshold,
         }
     }
 
@@ -131,6 +137,11 @@ impl<K, V, S> MapWrapper<K, V, S> {
     /// The timeout an operation gets when its context sets none.
     pub fn default_timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// How long a completed operation may take before it counts as slow.
+    pub fn slow_threshold(&self) -> Duration {
+        self.slow_threshold
     }
 
     /// The map's hasher.
@@ -166,6 +177,13 @@ impl<K, V, S> MapWrapper<K, V, S> {
     fn shard_of(&self, hash: u64) -> usize {
         let mask = (1usize << self.shard_bits) - 1;
         (hash.rotate_left(7 + self.shard_bits) as usize) & mask
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<K: Hash + Eq, V, S: BuildHasher> MapWrapper<K, V, S> {
+    pub(crate) fn read_all_for_serde(&self) -> Result<Vec<ReadAll<'_, K, V>>, MapError> {
+        self.plain().read_all("serialize")
     }
 }
 
@@ -409,7 +427,7 @@ where
         /// assert_eq!(map.get_cloned(&2)?, Some(40));
         /// # Ok::<(), map_wrapper::MapError>(())
         /// ```
-        fn iter(&self) -> Result<std::vec::IntoIter<(K, V)>, MapError> where { K: Clone, V: Clone };
+        fn iter(&self) -> Result<Iter<K, V>, MapError> where { K: Clone, V: Clone };
     }
 
     /// Inserts every pair of `iter`, in order; returns how many were inserted.
@@ -651,7 +669,13 @@ where
                 drop(held);
                 match new {
                     Some(v) => Ok(Some(std::mem::replace(&mut o.get_mut().1, v))),
-                    None => Ok(Some(o.remove().0 .1)),
+                    None => {
+                        let ((old_key, old), _) = o.remove();
+                        drop(table);
+                        // The stored key is dropped after unlocking: its `Drop` may use the map.
+                        drop(old_key);
+                        Ok(Some(old))
+                    }
                 }
             }
             hash_table::Entry::Vacant(slot) => {
@@ -678,6 +702,8 @@ where
         mut f: impl FnMut(usize, &mut Table<K, V>) -> D,
     ) -> Result<(), MapError> {
         let mut waiter = self.begin(op);
+        waiter.refuse_if_holding_any()?;
+        waiter.start_clock();
         for (idx, shard) in self.map.shards.iter().enumerate() {
             let mut table = waiter.write(idx, shard)?;
             let garbage = f(idx, &mut table);
@@ -688,13 +714,36 @@ where
     }
 
     /// Runs `f` on each shard in turn under a read lock, all under one deadline.
-    fn each_shard(self, op: &'static str, mut f: impl FnMut(usize, &Table<K, V>)) -> Result<(), MapError> {
+    /// Runs `f` on each shard in turn under a read lock, all under one deadline, until it
+    /// returns `false`.
+    fn each_shard(
+        self,
+        op: &'static str,
+        mut f: impl FnMut(usize, &Table<K, V>) -> bool,
+    ) -> Result<(), MapError> {
         let mut waiter = self.begin(op);
+        waiter.start_clock();
         for (idx, shard) in self.map.shards.iter().enumerate() {
             let table = waiter.read(idx, shard)?;
-            f(idx, &table);
+            if !f(idx, &table) {
+                break;
+            }
         }
         Ok(())
+    }
+
+    /// Read-locks every shard at once, in index order, under one deadline: a consistent view of
+    /// the whole map (used to serialize it). Writers of any shard wait until the guards drop.
+    #[cfg(feature = "serde")]
+    pub(crate) fn read_all(self, op: &'static str) -> Result<Vec<ReadAll<'m, K, V>>, MapError> {
+        let mut waiter = self.begin(op);
+        waiter.start_clock();
+        let mut guards = Vec::with_capacity(self.map.shards.len());
+        for (idx, shard) in self.map.shards.iter().enumerate() {
+            let table = waiter.read(idx, shard)?;
+            guards.push(ReadAll { table, _held: HeldMark::new(self.map.id, idx, false) });
+        }
+        Ok(guards)
     }
 
     /// See [`MapWrapper::retain`].
@@ -726,14 +775,20 @@ where
     /// See [`MapWrapper::len`].
     pub fn len(self) -> Result<usize, MapError> {
         let mut n = 0;
-        self.each_shard("len", |_, t| n += t.len())?;
+        self.each_shard("len", |_, t| {
+            n += t.len();
+            true
+        })?;
         Ok(n)
     }
 
     /// See [`MapWrapper::is_empty`].
     pub fn is_empty(self) -> Result<bool, MapError> {
         let mut empty = true;
-        self.each_shard("is_empty", |_, t| empty &= t.is_empty())?;
+        self.each_shard("is_empty", |_, t| {
+            empty = t.is_empty();
+            empty
+        })?;
         Ok(empty)
     }
 
@@ -746,6 +801,7 @@ where
         self.each_shard("for_each", |idx, t| {
             let _held = HeldMark::new(id, idx, false);
             t.iter().for_each(|(k, v)| f(k, v));
+            true
         })
     }
 
@@ -756,22 +812,26 @@ where
         V: Clone,
     {
         let mut out = Vec::new();
-        self.each_shard("snapshot", |_, t| out.extend(t.iter().cloned()))?;
+        self.each_shard("snapshot", |_, t| {
+            out.extend(t.iter().cloned());
+            true
+        })?;
         Ok(out)
     }
 
     /// See [`MapWrapper::iter`].
-    pub fn iter(self) -> Result<std::vec::IntoIter<(K, V)>, MapError>
+    pub fn iter(self) -> Result<Iter<K, V>, MapError>
     where
         K: Clone,
         V: Clone,
     {
-        Ok(self.snapshot()?.into_iter())
+        Ok(Iter { entries: self.snapshot()?.into_iter() })
     }
 
     /// See [`MapWrapper::extend`].
     pub fn extend<I: IntoIterator<Item = (K, V)>>(self, iter: I) -> Result<usize, MapError> {
         let mut waiter = self.begin("extend");
+        waiter.start_clock();
         let mut n = 0;
         for (key, value) in iter {
             let (hash, idx) = self.locate(&key);
@@ -790,6 +850,27 @@ where
         Ok(n)
     }
 }
+
+/// An iterator over a snapshot of a [`MapWrapper`]'s entries; made by [`MapWrapper::iter`].
+/// It holds no lock.
+#[derive(Debug, Clone)]
+pub struct Iter<K, V> {
+    entries: std::vec::IntoIter<(K, V)>,
+}
+
+impl<K, V> Iterator for Iter<K, V> {
+    type Item = (K, V);
+    fn next(&mut self) -> Option<(K, V)> {
+        self.entries.next()
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.entries.size_hint()
+    }
+}
+
+impl<K, V> ExactSizeIterator for Iter<K, V> {}
+
+impl<K, V> std::iter::FusedIterator for Iter<K, V> {}
 
 /// A pending upsert of one key; made by [`MapWrapper::entry`]. Nothing happens until one of
 /// the `or_*` methods runs it.
@@ -872,6 +953,13 @@ impl<K: fmt::Debug, V, S, M> fmt::Debug for Entry<'_, '_, K, V, S, M> {
             .field("key", &self.key)
             .finish_non_exhaustive()
     }
+}
+
+/// One shard read-locked by `WithContext::read_all`, marked as held by this thread.
+#[cfg(feature = "serde")]
+pub(crate) struct ReadAll<'a, K, V> {
+    pub(crate) table: RwLockReadGuard<'a, Table<K, V>>,
+    _held: HeldMark,
 }
 
 /// A read guard on one value of a [`MapWrapper`]; made by [`MapWrapper::get`].

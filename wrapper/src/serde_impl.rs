@@ -11,16 +11,19 @@ use crate::MapWrapper;
 
 impl<K, V, S> Serialize for MapWrapper<K, V, S>
 where
-    K: Serialize + Hash + Eq + Clone,
-    V: Serialize + Clone,
+    K: Serialize + Hash + Eq,
+    V: Serialize,
     S: BuildHasher,
 {
-    /// Serializes a [`snapshot`](MapWrapper::snapshot) as a map; a lock that cannot be taken
-    /// in time is a serialization error carrying the [`MapError`](crate::MapError) message.
+    /// Serializes the map as a map, consistently: every shard is read-locked (in order, under
+    /// the map's default timeout) for the duration, so writers wait. A lock that cannot be
+    /// taken in time is a serialization error carrying the [`MapError`](crate::MapError)
+    /// message.
     fn serialize<Ser: Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
-        let entries = self.snapshot().map_err(Ser::Error::custom)?;
-        let mut map = serializer.serialize_map(Some(entries.len()))?;
-        for (k, v) in &entries {
+        let shards = self.read_all_for_serde().map_err(Ser::Error::custom)?;
+        let len = shards.iter().map(|s| s.table.len()).sum();
+        let mut map = serializer.serialize_map(Some(len))?;
+        for (k, v) in shards.iter().flat_map(|s| s.table.iter()) {
             map.serialize_entry(k, v)?;
         }
         map.end()
@@ -33,9 +36,12 @@ where
     V: Deserialize<'de>,
     S: BuildHasher + Default,
 {
-    /// Deserializes a map into a new `MapWrapper` with the default configuration.
+    /// Deserializes a map into a new `MapWrapper` with the default configuration (name,
+    /// shards and timeout are not part of the serialized form).
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Pairs<K, V, S>(PhantomData<fn() -> (K, V, S)>);
+        /// Types only; `fn` keeps the visitor `Send`/`Sync` whatever K, V and S are.
+        type Marker<K, V, S> = PhantomData<fn() -> (K, V, S)>;
+        struct Pairs<K, V, S>(Marker<K, V, S>);
         impl<'de, K, V, S> Visitor<'de> for Pairs<K, V, S>
         where
             K: Deserialize<'de> + Hash + Eq,

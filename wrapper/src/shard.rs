@@ -94,6 +94,11 @@ fn holding_slow(map: u64, shard: usize) -> Holding {
     found
 }
 
+/// A shard of `map` this thread holds in any way, if any.
+fn any_held(map: u64) -> Option<usize> {
+    (0..HELD_COUNT.with(Cell::get)).filter_map(held_at).find(|e| e.map == map).map(|e| e.shard)
+}
+
 /// Marks a shard as held by this thread for as long as it lives. Created when a guard leaves
 /// the map (a [`Ref`](crate::Ref)) or a user closure runs under the lock, so that a call back
 /// into the map from there is refused instead of deadlocking.
@@ -251,12 +256,29 @@ impl<'a, 'c> Waiter<'a, 'c> {
         self.slow(idx, |until| lock.try_write_until(until))
     }
 
+    /// For operations that write every shard: refuses up front, before changing anything, if
+    /// this thread holds any shard of the map (the operation would reach it and deadlock).
+    pub(crate) fn refuse_if_holding_any(&self) -> Result<(), MapError> {
+        match any_held(self.map_id) {
+            Some(shard) => Err(self.would_deadlock(shard)),
+            None => Ok(()),
+        }
+    }
+
     fn would_deadlock(&self, shard: usize) -> MapError {
         MapError::WouldDeadlock { map: self.map_name.clone(), op: self.op, shard }
     }
 
     fn cancelled(&self) -> MapError {
         MapError::Cancelled { map: self.map_name.clone(), op: self.op }
+    }
+
+    /// Starts the operation's clock now instead of at its first wait: for operations that visit
+    /// many shards, whose one deadline must count from the call (they read the clock once; the
+    /// single-key fast path does not).
+    pub(crate) fn start_clock(&mut self) {
+        let now = Instant::now();
+        self.window = Some((now, self.eff.deadline_from(now, self.default_timeout)));
     }
 
     /// Fails a cancelled operation, or one whose absolute deadline has passed, before it
@@ -275,17 +297,8 @@ impl<'a, 'c> Waiter<'a, 'c> {
         }
         if !self.checked_absolute {
             self.checked_absolute = true;
-            if let Some(d) = self.eff.absolute_deadline() {
-                let now = Instant::now();
-                if now >= d {
-                    return Err(MapError::Timeout {
-                        map: self.map_name.clone(),
-                        op: self.op,
-                        shard: usize::MAX,
-                        waited: Duration::ZERO,
-                        timeout: Duration::ZERO,
-                    });
-                }
+            if self.eff.absolute_deadline().is_some_and(|d| Instant::now() >= d) {
+                return Err(MapError::DeadlineExceeded { map: self.map_name.clone(), op: self.op });
             }
         }
         Ok(())
@@ -297,10 +310,10 @@ impl<'a, 'c> Waiter<'a, 'c> {
         idx: usize,
         mut try_until: impl FnMut(Instant) -> Option<G>,
     ) -> Result<G, MapError> {
-        let (start, deadline) = *self.window.get_or_insert_with(|| {
-            let now = Instant::now();
-            (now, self.eff.deadline_from(now, self.default_timeout))
-        });
+        let wait_start = Instant::now();
+        let (start, deadline) = *self
+            .window
+            .get_or_insert_with(|| (wait_start, self.eff.deadline_from(wait_start, self.default_timeout)));
         let poll = self.eff.has_cancel();
         loop {
             let now = Instant::now();
@@ -309,7 +322,7 @@ impl<'a, 'c> Waiter<'a, 'c> {
                     map: self.map_name.clone(),
                     op: self.op,
                     shard: idx,
-                    waited: now - start,
+                    waited: now - wait_start,
                     timeout: deadline.saturating_duration_since(start),
                 });
             }
