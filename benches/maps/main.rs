@@ -112,6 +112,7 @@ struct Settings {
     only: Vec<String>,
     mixes: Vec<String>,
     mem: bool,
+    mem_runs: usize,
 }
 
 impl Settings {
@@ -121,13 +122,14 @@ impl Settings {
         let mut s = Settings {
             quick,
             prefill: 2_000_000,
-            ops_per_thread: if quick { 600_000 } else { 2_000_000 },
+            ops_per_thread: if quick { 400_000 } else { 2_000_000 },
             reps: if quick { 3 } else { 5 },
             threads: vec![1, 2],
             tables: if quick { vec!["std"] } else { vec!["std", "fast"] },
             only: Vec::new(),
             mixes: Vec::new(),
             mem: true,
+            mem_runs: if quick { 1 } else { 3 },
         };
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         if cpus > 2 {
@@ -193,6 +195,7 @@ fn main() {
     }
     if settings.mem {
         report.memory = measure_memory(&settings);
+        report.mem_runs = settings.mem_runs;
     }
     report.elapsed = began.elapsed();
     let dir = report::out_dir();
@@ -247,10 +250,10 @@ fn run_table(settings: &Settings, title: &str, contenders: Vec<Contender>) -> Ta
 fn measure_memory(settings: &Settings) -> Vec<MemRow> {
     let mut out = Vec::new();
     for c in contenders::<RandomState>().into_iter().filter(|c| settings.wants(c.name)) {
-        // The median of three processes: the allocator's and the kernel's page accounting
+        // The median of several processes: the allocator's and the kernel's page accounting
         // move a figure by a fraction of a byte per entry from one process to the next.
         let at = |n| {
-            let mut runs: Vec<memory::MemFigures> = (0..3)
+            let mut runs: Vec<memory::MemFigures> = (0..settings.mem_runs)
                 .map(|_| {
                     memory::measure("std", c.name, n).unwrap_or_else(|e| {
                         eprintln!("maps bench: {e}");
@@ -259,7 +262,7 @@ fn measure_memory(settings: &Settings) -> Vec<MemRow> {
                 })
                 .collect();
             runs.sort_by_key(|f| f.rss.saturating_sub(f.base));
-            runs[1]
+            runs[runs.len() / 2]
         };
         let row = MemRow { name: c.name.to_string(), at_900k: at(900_000), at_1m: at(1_000_000) };
         eprintln!(

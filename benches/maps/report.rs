@@ -37,6 +37,7 @@ pub struct Report {
     pub prefill: u64,
     pub ops_per_thread: usize,
     pub reps: usize,
+    pub mem_runs: usize,
     pub tables: Vec<Table>,
     pub memory: Vec<MemRow>,
     pub elapsed: Duration,
@@ -96,6 +97,7 @@ impl Report {
             prefill,
             ops_per_thread,
             reps,
+            mem_runs: 0,
             tables: Vec::new(),
             memory: Vec::new(),
             elapsed: Duration::ZERO,
@@ -221,7 +223,8 @@ impl Report {
             check(
                 format!(
                     "{mix}, 2 threads: ≥ 1.0× best peer{}",
-                    c.and_then(|c| t.best_peer(c)).map_or(String::new(), |b| format!(" ({})", b.1))
+                    c.and_then(|c| t.best_peer(c))
+                        .map_or(String::new(), |b| format!(" ({})", b.1.replace('<', "\\<")))
                 ),
                 c.and_then(|c| Some(t.median(r, c) / t.best_peer(c)?.0)),
             );
@@ -265,7 +268,8 @@ impl Report {
              to after N inserts of u64 → u64, divided by N; *trimmed* is the same after \
              `malloc_trim(0)` (free heap pages returned, so only live data counts); *peak* is \
              the high-water mark (`VmHWM`) while growing to 1 M, over the same baseline. Each \
-             figure is the median of three processes (by resident growth).\n"
+             figure is the median of {} process(es) (by resident growth).\n",
+            self.mem_runs
         );
         let _ = writeln!(
             md,
