@@ -19,6 +19,7 @@ mod workload;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use map_wrapper::MapWrapper;
@@ -79,7 +80,7 @@ where
         Contender::peer("dashmap", |h: S| dashmap::DashMap::with_hasher(h)),
         Contender::peer("scc", |h: S| scc::HashMap::with_hasher(h)),
         Contender::peer("papaya", |h: S| papaya::HashMap::with_hasher(h)),
-        Contender::ours("MapWrapper (policies off)", |h: S| {
+        Contender::ours("MapWrapper (core)", |h: S| {
             MapWrapper::builder().name("bench").hasher(h).build().expect("valid bench config")
         }),
         // Rows for the policies built on other branches go here, one line each, e.g.
@@ -217,7 +218,7 @@ fn run_table(settings: &Settings, title: &str, contenders: Vec<Contender>) -> Ta
     let contenders: Vec<Contender> = contenders.into_iter().filter(|c| settings.wants(c.name)).collect();
     let mut rows: Vec<Row> = contenders
         .iter()
-        .map(|c| Row { name: c.name.to_string(), peer: c.peer, cells: Vec::new() })
+        .map(|c| Row { name: c.name.to_string(), peer: c.peer, cells: Vec::new(), retried: 0 })
         .collect();
     let mut cells = Vec::new();
     for mix in
@@ -229,7 +230,9 @@ fn run_table(settings: &Settings, title: &str, contenders: Vec<Contender>) -> Ta
             let mut samples = vec![Vec::new(); contenders.len()];
             for rep in 0..settings.reps {
                 for (i, c) in contenders.iter().enumerate() {
+                    let retried = adapters::RETRIED.load(Ordering::Relaxed);
                     let took = (c.run)(&plan);
+                    rows[i].retried += adapters::RETRIED.load(Ordering::Relaxed) - retried;
                     let mops = plan.total_ops() as f64 / took.as_secs_f64() / 1e6;
                     eprintln!(
                         "{title:.20} | {:9} {threads}T rep {rep}: {:28} {mops:7.2} Mops/s",
