@@ -21,7 +21,7 @@ fn a_thousand_threads_started_at_once_agree_with_the_model() {
             MapWrapper::builder().name("storm-1000").timeout(Duration::from_secs(60)).build().unwrap(),
         );
         let ran = suite::model_storm(m, 1000, ops);
-        eprintln!("storm: 1000 threads, {ran} operations, 0 divergences");
+        eprintln!("SUMMARY storm storm_threads=1000 storm_ops={ran}");
     });
 }
 
@@ -111,6 +111,6 @@ fn small_concurrent_histories_are_linearizable() {
             }
         }
         assert!(overlapping > n, "too little concurrency to test anything: {overlapping} overlapping ops");
-        eprintln!("{n} histories linearizable; {overlapping} operations overlapped another");
+        eprintln!("SUMMARY linearizability histories={n} overlapping={overlapping}");
     });
 }

@@ -1,2 +1,123 @@
-//! Procedural macros of `map-wrapper`. Use them through the `map-wrapper` crate, which
-//! re-exports them; this crate's paths are not a stable interface.
+//! Procedural macros of `map-wrapper`: the `#[guarded_map]` attribute and
+//! `#[derive(GuardedMap)]`. Use them through the `map-wrapper` crate, which re-exports them
+//! (and whose `__private` module the generated code names); this crate's paths are not a
+//! stable interface.
+//!
+//! Both run the same three steps, as serde_derive does: read the struct into a small model
+//! (modules `ast`, `attr`), check it and collect every mistake with its span (`check`), then
+//! generate (`expand`).
+
+mod ast;
+mod attr;
+mod attribute;
+mod check;
+mod ctxt;
+mod derive;
+mod expand;
+
+use proc_macro::TokenStream;
+
+/// Guards a struct's map fields: each `HashMap<K, V>` (or `std::collections::HashMap<K, V>`,
+/// or `HashMap<K, V, S>` with a hasher) field becomes a `map_wrapper::MapWrapper<K, V>` named
+/// `"Struct.field"` in errors and the audit trail; fields already declared `MapWrapper` are
+/// guarded as they are, and every other field is left untouched. Then it generates what
+/// [`GuardedMap`](derive@GuardedMap) does:
+///
+/// - `new()` (with the struct's visibility) and `Default`: every map empty and configured as
+///   declared, every other field its `Default`. The settings are checked at compile time, so
+///   neither can fail.
+/// - `with_auditor(&Auditor) -> Result<Self, MapError>`: the same, with every map writing its
+///   audit records to that one auditor (one sink, one chain). Keys and values must be
+///   `Serialize`, except the values of `#[guard(redact)]` maps, which are never recorded.
+/// - per map field, with the field's visibility and doc comment: `field()` returning
+///   `&MapWrapper<K, V>`, and `field_get`, `field_get_cloned`, `field_contains_key`,
+///   `field_insert`, `field_remove`, `field_update`, `field_len`, the map's operations (each
+///   returns `Result<_, MapError>`).
+///
+/// # Options
+///
+/// On the attribute: `audit = "billing"` (the maps' name prefix; default the struct's
+/// name), `timeout_ms = 200` (each operation's deadline; default 500), `slow_ms = 20` (the
+/// slow-operation threshold, from 1 to below every timeout; default the runtime's: 50, or half
+/// a shorter timeout), `shards = 16` (a power of two;
+/// default from the number of CPUs), `crate = "path::to::map_wrapper"` (where the runtime
+/// crate is, when it is re-exported).
+///
+/// On a field, `#[guard(...)]`: `name = "…"` (the map's whole name instead of
+/// `"prefix.field"`), `redact` or `digest` (how its values appear in the audit trail),
+/// `timeout_ms = …` (this map's deadline), `skip` (leave the field as declared, no accessors).
+///
+/// Every mistake is a compile error at the offending token, all reported at once; the struct
+/// is still emitted as written, so one mistake does not cascade.
+///
+/// # Examples
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::time::Duration;
+/// use map_wrapper::guarded_map;
+///
+/// #[guarded_map(timeout_ms = 200, audit = "billing")]
+/// pub struct Billing {
+///     /// Open invoices by number.
+///     pub invoices: HashMap<u64, String>,
+///     #[guard(redact)]
+///     cards: HashMap<String, String>,
+///     label: String, // not a map: left as it is
+/// }
+///
+/// let billing = Billing::new();
+/// billing.invoices_insert(1, "coffee".to_string())?;
+/// billing.cards_insert("alice".to_string(), "tok_4242".to_string())?;
+/// assert_eq!(billing.invoices_get_cloned(&1)?, Some("coffee".to_string()));
+/// assert_eq!(billing.invoices().name(), "billing.invoices");
+/// assert_eq!(billing.cards().default_timeout(), Duration::from_millis(200));
+/// assert_eq!(billing.label, "");
+///
+/// // The same struct with an audit trail: every map records into one sink.
+/// use map_wrapper::audit::{Auditor, MemorySink};
+/// let trail = MemorySink::new();
+/// let audited = Billing::with_auditor(&Auditor::new(trail.clone()))?;
+/// audited.cards_insert("alice".to_string(), "tok_4242".to_string())?;
+/// let record = &trail.records()[0];
+/// assert_eq!(record.map.as_deref(), Some("billing.cards"));
+/// assert!(!trail.text().contains("tok_4242")); // redacted
+/// # Ok::<(), map_wrapper::MapError>(())
+/// ```
+#[proc_macro_attribute]
+pub fn guarded_map(args: TokenStream, input: TokenStream) -> TokenStream {
+    attribute::expand(args.into(), input.into()).into()
+}
+
+/// Guards a struct's `MapWrapper<K, V>` fields without changing any type (so editors and
+/// other tools see the struct as written): generates `new()`, `Default` and the accessors
+/// described on [`guarded_map`](macro@guarded_map), which takes the same options. Here the
+/// struct's options go in `#[guard(...)]` on the struct.
+///
+/// A `HashMap` field is an error unless marked `#[guard(skip)]` (the derive cannot rewrite
+/// it; use `#[guarded_map]` for that), and so is `#[guard]` on a field that is not a map.
+///
+/// # Examples
+///
+/// ```
+/// use map_wrapper::{GuardedMap, MapWrapper};
+///
+/// #[derive(GuardedMap)]
+/// #[guard(audit = "orders", timeout_ms = 100)]
+/// struct OrderBook<Id: std::hash::Hash + Eq> {
+///     bids: MapWrapper<Id, u64>,
+///     #[guard(digest)]
+///     asks: MapWrapper<Id, u64>,
+/// }
+///
+/// let book: OrderBook<u32> = OrderBook::default();
+/// book.bids_insert(7, 101)?;
+/// assert_eq!(book.bids_update(&7, |p| { *p += 1; *p })?, Some(102));
+/// assert_eq!(book.asks().name(), "orders.asks");
+/// # Ok::<(), map_wrapper::MapError>(())
+/// ```
+#[proc_macro_derive(GuardedMap, attributes(guard))]
+pub fn derive_guarded_map(input: TokenStream) -> TokenStream {
+    let input = syn::parse_macro_input!(input as syn::DeriveInput);
+    derive::expand(&input).unwrap_or_else(syn::Error::into_compile_error).into()
+}

@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::audit::ValuePolicy;
+use crate::audit::{encoder, AuditSetup, Auditor, MapAudit, ValuePolicy};
 use crate::{MapError, MapWrapper};
 
 /// The most shards a map may have.
@@ -84,6 +84,7 @@ pub struct Builder<K, V, S = RandomState> {
     shards: Option<usize>,
     slow_threshold: Option<Duration>,
     hasher: S,
+    audit: Option<AuditSetup<K, V>>,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -94,6 +95,7 @@ impl<K, V> Builder<K, V, RandomState> {
             shards: None,
             slow_threshold: None,
             hasher: RandomState::new(),
+            audit: None,
             _types: PhantomData,
         }
     }
@@ -142,6 +144,44 @@ impl<K, V, S> Builder<K, V, S> {
         self
     }
 
+    /// Audits every mutation into `auditor`'s sink, keys and values encoded with serde per
+    /// [`key_policy`](Builder::key_policy) and [`value_policy`](Builder::value_policy). See
+    /// [`crate::audit`] for what is recorded and what happens when the sink fails.
+    ///
+    /// `build()` fails with [`MapError::InvalidConfig`] when a policy is
+    /// [`ValuePolicy::Digest`] and the auditor has no digest key.
+    ///
+    /// ```
+    /// use map_wrapper::audit::{Auditor, MemorySink};
+    /// use map_wrapper::{MapWrapper, OpContext};
+    ///
+    /// let sink = MemorySink::new();
+    /// let map: MapWrapper<String, i64> =
+    ///     MapWrapper::builder().name("balances").auditor(Auditor::new(sink.clone())).build()?;
+    /// map.with(&OpContext::new().actor("alice")).insert("acct-1".into(), 10)?;
+    /// let rec = &sink.records()[0];
+    /// assert_eq!((rec.op.as_str(), rec.actor.as_str(), rec.outcome.as_str()), ("insert", "alice", "ok"));
+    /// # Ok::<(), map_wrapper::MapError>(())
+    /// ```
+    pub fn auditor(mut self, auditor: Auditor) -> Self
+    where
+        K: serde::Serialize + 'static,
+        V: serde::Serialize + 'static,
+    {
+        self.audit = Some(AuditSetup { auditor, key: encoder::<K>, value: Some(encoder::<V>) });
+        self
+    }
+
+    /// Like [`auditor`](Builder::auditor), but values are never encoded: every record shows
+    /// them as `{"redacted": true}` whatever the value policy, so `V` needs no `Serialize`.
+    pub fn auditor_redacted(mut self, auditor: Auditor) -> Self
+    where
+        K: serde::Serialize + 'static,
+    {
+        self.audit = Some(AuditSetup { auditor, key: encoder::<K>, value: None });
+        self
+    }
+
     /// The hasher used for keys (which also picks the shard).
     pub fn hasher<S2>(self, hasher: S2) -> Builder<K, V, S2> {
         Builder {
@@ -149,6 +189,7 @@ impl<K, V, S> Builder<K, V, S> {
             shards: self.shards,
             slow_threshold: self.slow_threshold,
             hasher,
+            audit: self.audit,
             _types: PhantomData,
         }
     }
@@ -200,7 +241,13 @@ impl<K, V, S: BuildHasher> Builder<K, V, S> {
     /// [`MapError::InvalidConfig`] naming the setting at fault.
     pub fn build(self) -> Result<MapWrapper<K, V, S>, MapError> {
         let config = self.config()?;
-        Ok(MapWrapper::from_config(config, self.hasher))
+        let audit = match self.audit {
+            Some(setup) => Some(Box::new(MapAudit::build(setup, config.key_policy, config.value_policy)?)),
+            None => None,
+        };
+        let mut map = MapWrapper::from_config(config, self.hasher);
+        map.audit = audit;
+        Ok(map)
     }
 }
 

@@ -356,6 +356,13 @@ impl<'c> Effective<'c> {
     pub(crate) fn trace_id(&self) -> Option<&str> {
         self.contexts().find_map(OpContext::get_trace_id)
     }
+
+    /// The tags of the operation: the ambient ones, then the explicit ones (a later value of
+    /// a tag replaces an earlier one when they are encoded).
+    pub(crate) fn tags(&self) -> Vec<(&str, &str)> {
+        let ambient = self.ambient.as_deref().into_iter();
+        ambient.chain(self.explicit).flat_map(|c| c.tags.iter().map(|(k, v)| (&**k, &**v))).collect()
+    }
 }
 
 #[cfg(test)]

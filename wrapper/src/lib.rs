@@ -41,9 +41,42 @@
 //! nothing; what a bulk operation (`retain`, `clear`, `extend`) leaves after an error is
 //! documented on it.
 //!
+//! ## Audit trail
+//!
+//! Give a map an [`audit::Auditor`] and every store and delete is recorded, one
+//! [`audit::AuditRecord`] per affected key, hash-chained, in the order of each key's
+//! mutations; see [`audit`] for what is recorded and what happens when the sink fails, and
+//! `docs/AUDIT_FORMAT.md` for the bytes on disk. The `map-wrapper-audit` binary verifies a
+//! trail.
+//!
+//! ```
+//! use map_wrapper::audit::{Auditor, Durability, JsonLinesSink};
+//! use map_wrapper::MapWrapper;
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let sink = JsonLinesSink::open(dir.path(), Default::default()).unwrap();
+//! let map: MapWrapper<String, u64> = MapWrapper::builder()
+//!     .name("orders")
+//!     .auditor(Auditor::new(sink).durability(Durability::Synced).default_actor("order-svc"))
+//!     .build()?;
+//! map.insert("o-1".into(), 300)?; // returns once its record is on disk
+//! # Ok::<(), map_wrapper::MapError>(())
+//! ```
+//!
+//! ## One attribute on your own struct
+//!
+//! [`#[guarded_map]`](macro@guarded_map) turns the `HashMap` fields of a struct into
+//! `MapWrapper`s named `"Struct.field"`, with a constructor that cannot fail, accessors per
+//! field, and `with_auditor` to audit them all into one trail;
+//! [`#[derive(GuardedMap)]`](derive@GuardedMap) does the same for fields already declared
+//! `MapWrapper`. Mistakes are compile errors at the offending token.
+//!
 //! ## Feature flags
 //!
 //! - `serde`: `Serialize` and `Deserialize` for [`MapWrapper`] (as a map), through serde.
+//!   (serde and serde_json themselves are always used, to encode audit records.)
+//! - `cli` (default): the `map-wrapper-audit` binary (brings in clap). Library users who do
+//!   not need it can turn default features off.
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod audit;
@@ -53,6 +86,10 @@ mod context;
 mod error;
 mod map;
 mod shard;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
 
 #[cfg(feature = "serde")]
 mod serde_impl;
@@ -64,6 +101,7 @@ pub use cancel::CancelToken;
 pub use context::{ContextGuard, OpContext};
 pub use error::{MapError, Severity};
 pub use map::{Entry, Iter, MapWrapper, Ref, Upserted, WithContext};
+pub use map_wrapper_macros::{guarded_map, GuardedMap};
 
 /// `MapWrapper` can be shared between threads when its keys and values can.
 #[allow(dead_code)]

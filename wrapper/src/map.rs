@@ -7,11 +7,12 @@ use std::hash::{BuildHasher, Hash};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hashbrown::hash_table;
 use parking_lot::{MappedRwLockReadGuard, RwLock, RwLockReadGuard};
 
+use crate::audit::{Change, Encoded, MapAudit, Outcome, Ticket, PANICKED_NO_CHANGE, PANICKED_RETAIN};
 use crate::builder::{Builder, Config};
 use crate::context::Effective;
 use crate::shard::{HeldMark, Shard, Table, Waiter};
@@ -78,6 +79,8 @@ pub struct MapWrapper<K, V, S = RandomState> {
     id: u64,
     timeout: Duration,
     slow_threshold: Duration,
+    /// The audit side (`None`: not audited, and the operations pay one `Option` check).
+    pub(crate) audit: Option<Box<MapAudit<K, V>>>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -121,6 +124,7 @@ impl<K, V, S> MapWrapper<K, V, S> {
             id,
             timeout: config.timeout,
             slow_threshold: config.slow_threshold,
+            audit: None,
         }
     }
 
@@ -506,16 +510,133 @@ where
         move |(k, _)| self.map.hasher.hash_one(k)
     }
 
+    /// Audit, before a mutation: refuses it when the map is fail-closed and its sink is down
+    /// (nothing is locked or changed), else starts its latency clock.
+    #[inline]
+    fn audit_begin(&self) -> Result<Option<Instant>, MapError> {
+        match &self.map.audit {
+            None => Ok(None),
+            Some(a) => a.begin(&self.map.name).map(Some),
+        }
+    }
+
+    /// Audit: builds and enqueues the record of one change or refusal; called under the shard
+    /// lock for a change, so a key's records follow the order of its mutations. `what`
+    /// encodes key and values and runs only when the map is audited.
+    #[inline]
+    fn audit(
+        &self,
+        op: &Waiter<'_, '_>,
+        t0: Option<Instant>,
+        shard: Option<usize>,
+        outcome: Outcome<'_>,
+        what: impl FnOnce(&MapAudit<K, V>) -> Change,
+    ) -> Result<Option<Ticket>, MapError> {
+        match (&self.map.audit, t0) {
+            (Some(a), Some(t0)) => {
+                // The encoders run the user's `Serialize`: a call back into the map from there
+                // is refused instead of deadlocking on the shard we hold.
+                let held = shard.map(|idx| HeldMark::new(self.map.id, idx, true));
+                let change = what(a);
+                drop(held);
+                a.record(&self.map.name, shard, op.op, &op.eff, t0, outcome, change)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Audit: records that a policy refused the operation and hands the error back.
+    #[cold]
+    fn audit_refused(
+        &self,
+        op: &Waiter<'_, '_>,
+        t0: Option<Instant>,
+        shard: usize,
+        key: Option<&K>,
+        e: MapError,
+    ) -> MapError {
+        let key = |a: &MapAudit<K, V>| key.map_or(Encoded::NONE, |k| a.key(k));
+        let _ = self.audit(op, t0, Some(shard), Outcome::Refused(&e), |a| Change {
+            key: key(a),
+            old: Encoded::NONE,
+            new: Encoded::NONE,
+        });
+        e
+    }
+
+    /// Audit, after the lock is released: waits until the record is as durable as the
+    /// auditor requires.
+    #[inline]
+    fn audit_settle(&self, ticket: Option<Ticket>) -> Result<(), MapError> {
+        match (&self.map.audit, ticket) {
+            (Some(a), Some(t)) => a.settle(&self.map.name, Some(t)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs a closure that changes a value in place; on an audited map a panic is caught, so
+    /// that the change made before it is recorded before the panic goes on.
+    #[inline]
+    fn guarded<R>(&self, f: impl FnOnce() -> R) -> std::thread::Result<R> {
+        if self.map.audit.is_some() {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        } else {
+            Ok(f())
+        }
+    }
+
+    /// The encoded value before an in-place change, when audited.
+    fn audit_old(&self, v: &V) -> Encoded {
+        self.map.audit.as_ref().map_or(Encoded::NONE, |a| a.value(v))
+    }
+
     /// See [`MapWrapper::insert`].
     pub fn insert(self, key: K, value: V) -> Result<Option<V>, MapError> {
+        let t0 = self.audit_begin()?;
         let (hash, idx) = self.locate(&key);
         let mut op = self.begin("insert");
-        let mut table = op.write(idx, &self.map.shards[idx])?;
+        let mut table = op
+            .write(idx, &self.map.shards[idx])
+            .map_err(|e| self.audit_refused(&op, t0, idx, Some(&key), e))?;
+        let (old, ticket) = self.put(&op, t0, idx, &mut table, hash, key, value);
+        drop(table);
+        self.audit_settle(ticket?)?;
+        Ok(old)
+    }
+
+    /// Stores `value` under `key` in a locked shard and records it: the body of `insert` and
+    /// of each pair of `extend`.
+    #[allow(clippy::too_many_arguments)]
+    fn put(
+        &self,
+        op: &Waiter<'_, '_>,
+        t0: Option<Instant>,
+        idx: usize,
+        table: &mut Table<K, V>,
+        hash: u64,
+        key: K,
+        value: V,
+    ) -> (Option<V>, Result<Option<Ticket>, MapError>) {
         match table.entry(hash, |(k, _)| *k == key, self.rehasher()) {
-            hash_table::Entry::Occupied(mut o) => Ok(Some(std::mem::replace(&mut o.get_mut().1, value))),
+            hash_table::Entry::Occupied(mut o) => {
+                let old = std::mem::replace(&mut o.get_mut().1, value);
+                let (k, new) = o.get();
+                let t = self.audit(op, t0, Some(idx), Outcome::Ok, |a| Change {
+                    key: a.key(k),
+                    old: a.value(&old),
+                    new: a.value(new),
+                });
+                (Some(old), t)
+            }
             hash_table::Entry::Vacant(v) => {
-                v.insert((key, value));
-                Ok(None)
+                let o = v.insert((key, value));
+                let (k, new) = o.get();
+                let t = self.audit(op, t0, Some(idx), Outcome::Ok, |a| Change {
+                    key: a.key(k),
+                    old: Encoded::NONE,
+                    new: a.value(new),
+                });
+                (None, t)
             }
         }
     }
@@ -621,9 +742,11 @@ where
         Q: Hash + Eq + ?Sized,
         F: FnOnce(&K, &V) -> bool,
     {
+        let t0 = self.audit_begin()?;
         let (hash, idx) = self.locate(key);
         let mut op = self.begin(op);
-        let mut table = op.write(idx, &self.map.shards[idx])?;
+        let mut table =
+            op.write(idx, &self.map.shards[idx]).map_err(|e| self.audit_refused(&op, t0, idx, None, e))?;
         let Ok(entry) = table.find_entry(hash, |(k, _)| k.borrow() == key) else {
             return Ok(None);
         };
@@ -635,7 +758,15 @@ where
         if keep {
             return Ok(None);
         }
-        Ok(Some(entry.remove().0))
+        let (k, v) = entry.remove().0;
+        let ticket = self.audit(&op, t0, Some(idx), Outcome::Ok, |a| Change {
+            key: a.key(&k),
+            old: a.value(&v),
+            new: Encoded::NONE,
+        });
+        drop(table);
+        self.audit_settle(ticket?)?;
+        Ok(Some((k, v)))
     }
 
     /// See [`MapWrapper::update`].
@@ -645,13 +776,28 @@ where
         Q: Hash + Eq + ?Sized,
         F: FnOnce(&mut V) -> R,
     {
+        let t0 = self.audit_begin()?;
         let (hash, idx) = self.locate(key);
         let mut op = self.begin("update");
-        let mut table = op.write(idx, &self.map.shards[idx])?;
-        Ok(table.find_mut(hash, |(k, _)| k.borrow() == key).map(|(_, v)| {
+        let mut table =
+            op.write(idx, &self.map.shards[idx]).map_err(|e| self.audit_refused(&op, t0, idx, None, e))?;
+        let Some((k, v)) = table.find_mut(hash, |(k, _)| k.borrow() == key) else {
+            return Ok(None);
+        };
+        let old = self.audit_old(v);
+        let r = self.guarded(|| {
             let _held = HeldMark::new(self.map.id, idx, true);
             f(v)
-        }))
+        });
+        let ticket = self.audit(&op, t0, Some(idx), Outcome::of(&r), |a| Change {
+            key: a.key(k),
+            old,
+            new: a.value(v),
+        });
+        drop(table);
+        let settled = ticket.and_then(|t| self.audit_settle(t));
+        let r = r.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        settled.map(|()| Some(r))
     }
 
     /// See [`MapWrapper::alter`].
@@ -659,34 +805,73 @@ where
     where
         F: FnOnce(Option<&V>) -> Option<V>,
     {
+        let t0 = self.audit_begin()?;
         let (hash, idx) = self.locate(&key);
         let mut op = self.begin("alter");
-        let mut table = op.write(idx, &self.map.shards[idx])?;
+        let mut table = op
+            .write(idx, &self.map.shards[idx])
+            .map_err(|e| self.audit_refused(&op, t0, idx, Some(&key), e))?;
         let held = HeldMark::new(self.map.id, idx, true);
-        match table.entry(hash, |(k, _)| *k == key, self.rehasher()) {
+        let record = |outcome: Outcome<'_>, k: &K, old: Option<&V>, new: Option<&V>| {
+            self.audit(&op, t0, Some(idx), outcome, |a| Change {
+                key: a.key(k),
+                old: a.value_opt(old),
+                new: a.value_opt(new),
+            })
+        };
+        let no_change = Outcome::Panicked(PANICKED_NO_CHANGE);
+        let mut panicked = None;
+        let mut removed_key = None;
+        let (old, ticket) = match table.entry(hash, |(k, _)| *k == key, self.rehasher()) {
             hash_table::Entry::Occupied(mut o) => {
-                let new = f(Some(&o.get().1));
+                let new = self.guarded(|| f(Some(&o.get().1)));
                 drop(held);
                 match new {
-                    Some(v) => Ok(Some(std::mem::replace(&mut o.get_mut().1, v))),
-                    None => {
-                        let ((old_key, old), _) = o.remove();
-                        drop(table);
+                    Err(panic) => {
+                        panicked = Some(panic);
+                        let (k, v) = o.get();
+                        (None, record(no_change, k, Some(v), Some(v)))
+                    }
+                    Ok(Some(v)) => {
+                        let old = std::mem::replace(&mut o.get_mut().1, v);
+                        let (k, new) = o.get();
+                        let t = record(Outcome::Ok, k, Some(&old), Some(new));
+                        (Some(old), t)
+                    }
+                    Ok(None) => {
+                        let (k, old) = o.remove().0;
+                        let t = record(Outcome::Ok, &k, Some(&old), None);
                         // The stored key is dropped after unlocking: its `Drop` may use the map.
-                        drop(old_key);
-                        Ok(Some(old))
+                        removed_key = Some(k);
+                        (Some(old), t)
                     }
                 }
             }
             hash_table::Entry::Vacant(slot) => {
-                let new = f(None);
+                let new = self.guarded(|| f(None));
                 drop(held);
-                if let Some(v) = new {
-                    slot.insert((key, v));
+                match new {
+                    Err(panic) => {
+                        panicked = Some(panic);
+                        (None, record(no_change, &key, None, None))
+                    }
+                    Ok(Some(v)) => {
+                        let o = slot.insert((key, v));
+                        let (k, new) = o.get();
+                        (None, record(Outcome::Ok, k, None, Some(new)))
+                    }
+                    Ok(None) => (None, Ok(None)),
                 }
-                Ok(None)
             }
+        };
+        drop(table);
+        drop(removed_key);
+        let settled = ticket.and_then(|t| self.audit_settle(t));
+        if let Some(panic) = panicked {
+            std::panic::resume_unwind(panic);
         }
+        settled?;
+        Ok(old)
     }
 
     /// See [`MapWrapper::entry`].
@@ -696,24 +881,72 @@ where
 
     /// Runs `f` on each shard in turn under a write lock, all under one deadline; drops what
     /// `f` hands back only after the shard is unlocked (a value's `Drop` may use the map).
+    /// `f` also returns whether recording what it did succeeded; the first failure stops the
+    /// walk. Waits for the durability of the last record before returning (error or not).
     fn each_shard_mut<D>(
         self,
         op: &'static str,
-        mut f: impl FnMut(usize, &mut Table<K, V>) -> D,
+        mut f: impl FnMut(
+            &Waiter<'_, '_>,
+            Option<Instant>,
+            usize,
+            &mut Table<K, V>,
+        ) -> (D, Result<Option<Ticket>, MapError>),
     ) -> Result<(), MapError> {
+        let t0 = self.audit_begin()?;
         let mut waiter = self.begin(op);
-        waiter.refuse_if_holding_any()?;
+        if let Err(e) = waiter.refuse_if_holding_any() {
+            let shard = if let MapError::WouldDeadlock { shard, .. } = e { shard } else { 0 };
+            return Err(self.audit_refused(&waiter, t0, shard, None, e));
+        }
         waiter.start_clock();
+        let mut last = None;
+        let mut result = Ok(());
         for (idx, shard) in self.map.shards.iter().enumerate() {
-            let mut table = waiter.write(idx, shard)?;
-            let garbage = f(idx, &mut table);
+            let mut table = match waiter.write(idx, shard) {
+                Ok(t) => t,
+                Err(e) => {
+                    result = Err(self.audit_refused(&waiter, t0, idx, None, e));
+                    break;
+                }
+            };
+            let (garbage, recorded) = f(&waiter, t0, idx, &mut table);
             drop(table);
             drop(garbage);
+            match recorded {
+                Ok(t) => last = t.or(last),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
         }
-        Ok(())
+        self.audit_settle(last)?;
+        result
     }
 
-    /// Runs `f` on each shard in turn under a read lock, all under one deadline.
+    /// Records the removal of each of `gone` (under the shard lock); the last ticket.
+    fn audit_removed(
+        &self,
+        op: &Waiter<'_, '_>,
+        t0: Option<Instant>,
+        idx: usize,
+        gone: &[(K, V)],
+    ) -> Result<Option<Ticket>, MapError> {
+        let mut last = None;
+        if t0.is_some() {
+            for (k, v) in gone {
+                let t = self.audit(op, t0, Some(idx), Outcome::Ok, |a| Change {
+                    key: a.key(k),
+                    old: a.value(v),
+                    new: Encoded::NONE,
+                })?;
+                last = t.or(last);
+            }
+        }
+        Ok(last)
+    }
+
     /// Runs `f` on each shard in turn under a read lock, all under one deadline, until it
     /// returns `false`.
     fn each_shard(
@@ -753,21 +986,54 @@ where
     {
         let id = self.map.id;
         let mut removed = 0;
-        self.each_shard_mut("retain", |idx, table| {
-            let _held = HeldMark::new(id, idx, true);
-            let gone: Vec<(K, V)> = table.extract_if(|(k, v)| !f(k, v)).collect();
-            removed += gone.len();
-            gone
-        })?;
+        let mut panicked = None;
+        let result =
+            self.each_shard_mut("retain", |op, t0, idx, table| {
+                if panicked.is_some() {
+                    // After a panic the walk goes on without touching anything, to unlock cleanly.
+                    return (Vec::new(), Ok(None));
+                }
+                let held = HeldMark::new(id, idx, true);
+                let gone: Vec<(K, V)> = table
+                    .extract_if(|(k, v)| {
+                        if panicked.is_some() {
+                            return false;
+                        }
+                        match self.guarded(|| !f(k, v)) {
+                            Ok(remove) => remove,
+                            Err(panic) => {
+                                panicked = Some(panic);
+                                false
+                            }
+                        }
+                    })
+                    .collect();
+                drop(held);
+                removed += gone.len();
+                let mut recorded = self.audit_removed(op, t0, idx, &gone);
+                if panicked.is_some() {
+                    let failed = self.audit(op, t0, Some(idx), Outcome::Panicked(PANICKED_RETAIN), |_| {
+                        Change { key: Encoded::NONE, old: Encoded::NONE, new: Encoded::NONE }
+                    });
+                    recorded = recorded.and_then(|last| Ok(failed?.or(last)));
+                }
+                (gone, recorded)
+            });
+        if let Some(panic) = panicked {
+            std::panic::resume_unwind(panic);
+        }
+        result?;
         Ok(removed)
     }
 
     /// See [`MapWrapper::clear`].
     pub fn clear(self) -> Result<usize, MapError> {
         let mut removed = 0;
-        self.each_shard_mut("clear", |_, table| {
+        self.each_shard_mut("clear", |op, t0, idx, table| {
             removed += table.len();
-            std::mem::take(table)
+            let gone: Vec<(K, V)> = std::mem::take(table).into_iter().collect();
+            let recorded = self.audit_removed(op, t0, idx, &gone);
+            (gone, recorded)
         })?;
         Ok(removed)
     }
@@ -830,24 +1096,34 @@ where
 
     /// See [`MapWrapper::extend`].
     pub fn extend<I: IntoIterator<Item = (K, V)>>(self, iter: I) -> Result<usize, MapError> {
+        let t0 = self.audit_begin()?;
         let mut waiter = self.begin("extend");
         waiter.start_clock();
         let mut n = 0;
+        let (mut last, mut result) = (None, Ok(()));
         for (key, value) in iter {
             let (hash, idx) = self.locate(&key);
-            let mut table = waiter.write(idx, &self.map.shards[idx])?;
-            let old = match table.entry(hash, |(k, _)| *k == key, self.rehasher()) {
-                hash_table::Entry::Occupied(mut o) => Some(std::mem::replace(&mut o.get_mut().1, value)),
-                hash_table::Entry::Vacant(v) => {
-                    v.insert((key, value));
-                    None
+            let mut table = match waiter.write(idx, &self.map.shards[idx]) {
+                Ok(t) => t,
+                Err(e) => {
+                    result = Err(self.audit_refused(&waiter, t0, idx, Some(&key), e));
+                    break;
                 }
             };
+            let (old, recorded) = self.put(&waiter, t0, idx, &mut table, hash, key, value);
             drop(table);
             drop(old);
             n += 1;
+            match recorded {
+                Ok(t) => last = t.or(last),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
         }
-        Ok(n)
+        self.audit_settle(last)?;
+        result.map(|()| n)
     }
 }
 
@@ -928,21 +1204,45 @@ where
     /// closures. `make` runs under the lock.
     pub fn or_insert_with<F: FnOnce() -> V>(self, make: F) -> Result<Upserted, MapError> {
         let Entry { with, key, modify } = self;
+        let t0 = with.audit_begin()?;
         let (hash, idx) = with.locate(&key);
         let mut op = with.begin("entry");
-        let mut table = op.write(idx, &with.map.shards[idx])?;
-        let _held = HeldMark::new(with.map.id, idx, true);
-        match table.entry(hash, |(k, _)| *k == key, with.rehasher()) {
+        let mut table = op
+            .write(idx, &with.map.shards[idx])
+            .map_err(|e| with.audit_refused(&op, t0, idx, Some(&key), e))?;
+        let held = HeldMark::new(with.map.id, idx, true);
+        let (upserted, ticket, panicked) = match table.entry(hash, |(k, _)| *k == key, with.rehasher()) {
             hash_table::Entry::Occupied(mut o) => {
-                modify(&mut o.get_mut().1);
-                Ok(Upserted::Existing)
+                let old = with.audit_old(&o.get().1);
+                let r = with.guarded(|| modify(&mut o.get_mut().1));
+                drop(held);
+                let (k, new) = o.get();
+                let t = with.audit(&op, t0, Some(idx), Outcome::of(&r), |a| Change {
+                    key: a.key(k),
+                    old,
+                    new: a.value(new),
+                });
+                (Upserted::Existing, t, r.err())
             }
             hash_table::Entry::Vacant(slot) => {
                 let value = make();
-                slot.insert((key, value));
-                Ok(Upserted::Inserted)
+                drop(held);
+                let o = slot.insert((key, value));
+                let (k, new) = o.get();
+                let t = with.audit(&op, t0, Some(idx), Outcome::Ok, |a| Change {
+                    key: a.key(k),
+                    old: Encoded::NONE,
+                    new: a.value(new),
+                });
+                (Upserted::Inserted, t, None)
             }
+        };
+        drop(table);
+        let settled = ticket.and_then(|t| with.audit_settle(t));
+        if let Some(panic) = panicked {
+            std::panic::resume_unwind(panic);
         }
+        settled.map(|()| upserted)
     }
 }
 

@@ -1,4 +1,73 @@
-//! The audit trail: one record per store and delete.
+//! The audit trail: one record per store and delete, tamper-evident, durable, fail-closed.
+//!
+//! - [`AuditRecord`] and its canonical, hash-chained encoding (`record.rs`; normative:
+//!   `docs/AUDIT_FORMAT.md`);
+//! - sinks: [`MemorySink`], [`TracingSink`], [`TeeSink`], [`JsonLinesSink`];
+//! - [`Auditor`]: a sink plus the settings the maps that share it use (durability, fail mode,
+//!   digest key, default actor); given to a map with
+//!   [`Builder::auditor`](crate::Builder::auditor);
+//! - [`verify`]: checks a trail (also the `map-wrapper-audit` binary).
+//!
+//! # What a map records
+//!
+//! Every mutation that changes the map writes one record per affected key, enqueued while
+//! the key's shard is locked, so a key's records are in the order of its mutations:
+//! `insert`, `remove`, `remove_entry`, `remove_if`, `update`, `alter`, `entry`, `extend`
+//! (one record per pair), `retain` and `clear` (one record per removed key). A call that
+//! changes nothing (removing an absent key, `update` of an absent key, `remove_if` whose
+//! predicate keeps the value, `alter` of an absent key to `None`) writes no record. A mutation
+//! refused by a policy writes a record whose `outcome` says why (`timeout`, `cancelled`,
+//! `would_deadlock`, `circuit_open`); its `key` is `null` when the call only had a borrowed
+//! form of the key (`remove`, `update`, …) or covered the whole map (`retain`, `clear`).
+//!
+//! The `actor` is, in order: the operation's [`OpContext`](crate::OpContext) actor, the
+//! ambient context's, the auditor's [`default_actor`](Auditor::default_actor), and else
+//! [`DEFAULT_ACTOR`] (`"unattributed"`): never empty.
+//!
+//! # When the sink fails
+//!
+//! Fail-closed (the default): once the sink reports a failure, every mutation is refused with
+//! [`MapError::AuditUnavailable`] before it locks anything,
+//! so the map is read-only until [`Auditor::reopen`] succeeds. Reads keep working. What the
+//! map holds after the failure:
+//!
+//! - a mutation refused by the pre-check changed nothing;
+//! - a mutation that was applied under the lock but whose record could not be enqueued (the
+//!   sink failed in between) or not made durable at the auditor's [`Durability`] (`Flushed`
+//!   or `Synced`: the write or the sync failed while the operation waited) **is in the map**
+//!   and returns `AuditUnavailable` whose reason says "applied"; its record may or may not be
+//!   in the trail (it is if its line reached the file before the failure);
+//! - with `Durability::Buffered`, operations do not wait: records still queued when the sink
+//!   failed are lost although their operations returned `Ok`. Use `Flushed` or `Synced` when
+//!   every acknowledged operation must have its record.
+//!
+//! Fail-open ([`FailMode::FailOpen`], an explicit opt-in): mutations go on while the sink is
+//! down; every record that could not be written is counted ([`Auditor::lost_records`]), and
+//! [`Auditor::reopen`] writes a `sink_gap` record with that count.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::context::Effective;
+use crate::MapError;
+
+mod file;
+mod record;
+mod sink;
+pub mod verify;
+
+pub use file::{
+    list_segments, parse_segment_file_name, segment_file_name, JsonLinesOptions, JsonLinesSink,
+    JsonLinesStats, SegmentWriter, WriterHook,
+};
+pub use record::{
+    digest_hex, from_hex, to_hex, AuditEvent, AuditRecord, Chain, ChainKey, Encoded, EventFields,
+    DEFAULT_ACTOR, DOMAIN, FORMAT_VERSION, GENESIS,
+};
+pub use sink::{AuditSink, Durability, MemorySink, SinkError, TeeSink, Ticket, TracingSink};
 
 /// How a map writes keys or values into its audit records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -12,4 +81,387 @@ pub enum ValuePolicy {
     Digest,
     /// Nothing but the fact that a value was there.
     Redacted,
+}
+
+/// What a map does when its audit sink fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum FailMode {
+    /// Refuse mutations ([`MapError::AuditUnavailable`]) until the sink is reopened.
+    #[default]
+    FailClosed,
+    /// Keep mutating, count the records lost, and write a `sink_gap` record on reopen.
+    FailOpen,
+}
+
+/// The key of [`ValuePolicy::Digest`]: an id written next to every digest, and the secret.
+#[derive(Clone)]
+pub(crate) struct DigestKey {
+    id: String,
+    key: Vec<u8>,
+}
+
+/// A sink and the settings every map that uses it shares: durability, fail mode, digest key,
+/// default actor. Cheap to clone; clones share the sink and the lost-record count.
+///
+/// ```
+/// use map_wrapper::audit::{Auditor, Durability, FailMode, MemorySink, ValuePolicy};
+/// use map_wrapper::MapWrapper;
+///
+/// let sink = MemorySink::new();
+/// let auditor = Auditor::new(sink.clone())
+///     .durability(Durability::Flushed)
+///     .default_actor("billing-service")
+///     .digest_key("k2026", b"a secret of at least 32 bytes....".to_vec());
+/// let cards: MapWrapper<u32, String> = MapWrapper::builder()
+///     .name("cards")
+///     .value_policy(ValuePolicy::Digest)
+///     .auditor(auditor)
+///     .build()?;
+/// cards.insert(7, "4111-1111".into())?;
+/// let rec = &sink.records()[0];
+/// assert_eq!(rec.actor, "billing-service");
+/// assert!(!sink.text().contains("4111"));
+/// # Ok::<(), map_wrapper::MapError>(())
+/// ```
+#[derive(Clone)]
+pub struct Auditor {
+    sink: Arc<dyn AuditSink>,
+    durability: Durability,
+    fail_mode: FailMode,
+    digest_key: Option<Arc<DigestKey>>,
+    default_actor: Option<Arc<str>>,
+    lost: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Auditor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auditor")
+            .field("durability", &self.durability)
+            .field("fail_mode", &self.fail_mode)
+            .field("digest_key_id", &self.digest_key.as_ref().map(|k| k.id.as_str()))
+            .field("default_actor", &self.default_actor)
+            .field("lost", &self.lost_records())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Auditor {
+    /// An auditor writing to `sink`: [`Durability::Buffered`], fail-closed, no digest key,
+    /// default actor [`DEFAULT_ACTOR`].
+    pub fn new(sink: impl AuditSink + 'static) -> Self {
+        Self::from_arc(Arc::new(sink))
+    }
+
+    /// An auditor writing to a shared sink.
+    pub fn from_arc(sink: Arc<dyn AuditSink>) -> Self {
+        Auditor {
+            sink,
+            durability: Durability::Buffered,
+            fail_mode: FailMode::FailClosed,
+            digest_key: None,
+            default_actor: None,
+            lost: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// How durable a record must be before its operation returns. Default: `Buffered`.
+    #[must_use]
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// What maps do when the sink fails. Default: [`FailMode::FailClosed`].
+    #[must_use]
+    pub fn fail_mode(mut self, mode: FailMode) -> Self {
+        self.fail_mode = mode;
+        self
+    }
+
+    /// The HMAC-SHA256 key of [`ValuePolicy::Digest`], and its id (written with each digest
+    /// so a later key rotation stays readable). Required by maps that use `Digest`.
+    #[must_use]
+    pub fn digest_key(mut self, id: impl Into<String>, key: impl Into<Vec<u8>>) -> Self {
+        self.digest_key = Some(Arc::new(DigestKey { id: id.into(), key: key.into() }));
+        self
+    }
+
+    /// The actor recorded when an operation's context names none (a service name, say).
+    #[must_use]
+    pub fn default_actor(mut self, actor: impl Into<Arc<str>>) -> Self {
+        self.default_actor = Some(actor.into());
+        self
+    }
+
+    /// The sink.
+    pub fn sink(&self) -> &Arc<dyn AuditSink> {
+        &self.sink
+    }
+
+    /// The durability setting.
+    pub fn get_durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// How many records fail-open maps could not write since the last reopen.
+    pub fn lost_records(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Reopens a failed sink; fail-closed maps take mutations again. In fail-open mode,
+    /// also writes a `sink_gap` record with the number of records lost.
+    pub fn reopen(&self) -> Result<(), SinkError> {
+        self.sink.reopen()?;
+        if self.fail_mode == FailMode::FailOpen {
+            let lost = self.lost.swap(0, Ordering::Relaxed);
+            let reason = format!("{lost} records lost while the sink was unavailable");
+            let t = self.sink.append(AuditEvent::new(EventFields::lifecycle("sink_gap", Some(&reason))))?;
+            self.sink.wait(&t, self.durability)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn has_digest_key(&self) -> bool {
+        self.digest_key.is_some()
+    }
+}
+
+/// Encodes a `T` per a policy; made once per map at `build()`.
+pub(crate) type Encoder<T> = Box<dyn Fn(&T) -> Encoded + Send + Sync>;
+
+/// Makes an encoder for `T` (monomorphized where `T: Serialize` is known).
+pub(crate) type EncoderFactory<T> = fn(ValuePolicy, Option<Arc<DigestKey>>) -> Encoder<T>;
+
+pub(crate) fn encoder<T: Serialize + 'static>(
+    policy: ValuePolicy,
+    key: Option<Arc<DigestKey>>,
+) -> Encoder<T> {
+    let encode = raw_encoder::<T>(policy, key);
+    // A `Serialize` impl that panics must not cost the record of a change already made: the
+    // record says the value could not be encoded.
+    Box::new(move |v: &T| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| encode(v))).unwrap_or_else(|_| {
+            Encoded(Some("{\"unencodable\":\"the Serialize implementation panicked\"}".into()))
+        })
+    })
+}
+
+fn raw_encoder<T: Serialize + 'static>(policy: ValuePolicy, key: Option<Arc<DigestKey>>) -> Encoder<T> {
+    match policy {
+        ValuePolicy::Full => Box::new(|v: &T| {
+            let mut buf = Vec::with_capacity(48);
+            buf.extend_from_slice(b"{\"full\":");
+            Encoded(Some(match serde_json::to_writer(&mut buf, v) {
+                Ok(()) => {
+                    buf.push(b'}');
+                    String::from_utf8(buf).expect("serde_json writes UTF-8")
+                }
+                Err(e) => unencodable(&e),
+            }))
+        }),
+        ValuePolicy::Digest => {
+            let key = key.expect("validated at build(): Digest needs a digest key");
+            Box::new(move |v: &T| {
+                Encoded(Some(match serde_json::to_vec(v) {
+                    Ok(bytes) => {
+                        let mut s = String::with_capacity(100);
+                        s.push_str("{\"digest\":\"");
+                        s.push_str(&digest_hex(&key.key, &bytes));
+                        s.push_str("\",\"key_id\":");
+                        record::push_json_str(&mut s, &key.id);
+                        s.push('}');
+                        s
+                    }
+                    Err(e) => unencodable(&e),
+                }))
+            })
+        }
+        ValuePolicy::Redacted => redacted(),
+    }
+}
+
+fn redacted<T>() -> Encoder<T> {
+    Box::new(|_: &T| Encoded(Some("{\"redacted\":true}".to_string())))
+}
+
+/// A value serde cannot encode is still recorded: as the error, never silently dropped.
+fn unencodable(e: &serde_json::Error) -> String {
+    let mut s = String::from("{\"unencodable\":");
+    record::push_json_str(&mut s, &e.to_string());
+    s.push('}');
+    s
+}
+
+/// What the builder keeps until `build()`: the auditor and how to make the encoders.
+pub(crate) struct AuditSetup<K, V> {
+    pub(crate) auditor: Auditor,
+    pub(crate) key: EncoderFactory<K>,
+    /// `None`: values are always redacted (`auditor_redacted`).
+    pub(crate) value: Option<EncoderFactory<V>>,
+}
+
+/// A map's audit side: its auditor and its key and value encoders.
+pub(crate) struct MapAudit<K, V> {
+    auditor: Auditor,
+    key: Encoder<K>,
+    value: Encoder<V>,
+}
+
+/// How an audited operation ended.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Outcome<'e> {
+    /// It happened.
+    Ok,
+    /// A policy refused it; nothing changed.
+    Refused(&'e MapError),
+    /// A user closure panicked; the text says what the map holds after it.
+    Panicked(&'static str),
+}
+
+/// The reason recorded when a closure that changes a value in place panics.
+pub(crate) const PANICKED_IN_PLACE: &str =
+    "the closure panicked; the value keeps what it did before the panic";
+/// The reason recorded when a closure panics before the map changed anything.
+pub(crate) const PANICKED_NO_CHANGE: &str = "the closure panicked; nothing changed";
+/// The reason recorded when a `retain` predicate panics.
+pub(crate) const PANICKED_RETAIN: &str =
+    "the predicate panicked; entries it removed before the panic are recorded as removed, the rest is unchanged";
+
+impl Outcome<'_> {
+    pub(crate) fn of<R>(r: &std::thread::Result<R>) -> Self {
+        if r.is_ok() {
+            Outcome::Ok
+        } else {
+            Outcome::Panicked(PANICKED_IN_PLACE)
+        }
+    }
+}
+
+/// The encoded key and values of one change.
+pub(crate) struct Change {
+    pub(crate) key: Encoded,
+    pub(crate) old: Encoded,
+    pub(crate) new: Encoded,
+}
+
+impl<K, V> MapAudit<K, V> {
+    /// Checks the policies against the auditor and makes the encoders.
+    pub(crate) fn build(
+        setup: AuditSetup<K, V>,
+        key_policy: ValuePolicy,
+        value_policy: ValuePolicy,
+    ) -> Result<Self, MapError> {
+        let value_policy = if setup.value.is_some() { value_policy } else { ValuePolicy::Redacted };
+        for (field, policy) in [("key_policy", key_policy), ("value_policy", value_policy)] {
+            if policy == ValuePolicy::Digest && !setup.auditor.has_digest_key() {
+                return Err(MapError::InvalidConfig {
+                    field,
+                    reason: "is Digest but the auditor has no digest key: call Auditor::digest_key".into(),
+                });
+            }
+        }
+        let dk = setup.auditor.digest_key.clone();
+        Ok(MapAudit {
+            key: (setup.key)(key_policy, dk.clone()),
+            value: match setup.value {
+                Some(make) => make(value_policy, dk),
+                None => redacted(),
+            },
+            auditor: setup.auditor,
+        })
+    }
+
+    /// The encoded key.
+    pub(crate) fn key(&self, k: &K) -> Encoded {
+        (self.key)(k)
+    }
+
+    /// The encoded value.
+    pub(crate) fn value(&self, v: &V) -> Encoded {
+        (self.value)(v)
+    }
+
+    /// The encoded value, or `null`.
+    pub(crate) fn value_opt(&self, v: Option<&V>) -> Encoded {
+        v.map_or(Encoded::NONE, |v| (self.value)(v))
+    }
+
+    /// Before a mutation: refuses it when the map is fail-closed and the sink is down;
+    /// otherwise starts the latency clock.
+    pub(crate) fn begin(&self, map: &Arc<str>) -> Result<Instant, MapError> {
+        if self.auditor.fail_mode == FailMode::FailClosed {
+            if let Err(e) = self.auditor.sink.health() {
+                return Err(MapError::AuditUnavailable { map: map.clone(), reason: e.reason().clone() });
+            }
+        }
+        Ok(Instant::now())
+    }
+
+    /// Enqueues the record of one change (or refusal). Called under the shard lock for a
+    /// change. `outcome` is `Ok` for a change, the refusal otherwise.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn record(
+        &self,
+        map: &Arc<str>,
+        shard: Option<usize>,
+        op: &'static str,
+        eff: &Effective<'_>,
+        start: Instant,
+        outcome: Outcome<'_>,
+        change: Change,
+    ) -> Result<Option<Ticket>, MapError> {
+        let tags = eff.tags();
+        let (outcome, reason): (std::borrow::Cow<'_, str>, _) = match outcome {
+            Outcome::Ok => ("ok".into(), None),
+            Outcome::Refused(e) => (e.code().to_ascii_lowercase().into(), Some(e.to_string())),
+            Outcome::Panicked(why) => ("panicked".into(), Some(why.to_string())),
+        };
+        let event = AuditEvent::new(EventFields {
+            map: Some(map),
+            shard,
+            op,
+            key: change.key,
+            old: change.old,
+            new: change.new,
+            actor: eff.actor().or(self.auditor.default_actor.as_deref()).unwrap_or(DEFAULT_ACTOR),
+            trace_id: eff.trace_id(),
+            tags: &tags,
+            outcome: &outcome,
+            reason: reason.as_deref(),
+            latency_ns: u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX),
+        });
+        match self.auditor.sink.append(event) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) => self.lost(map, &e, "applied but not recorded").map(|()| None),
+        }
+    }
+
+    /// After the lock is released: waits until the record is as durable as the auditor
+    /// requires.
+    pub(crate) fn settle(&self, map: &Arc<str>, ticket: Option<Ticket>) -> Result<(), MapError> {
+        match ticket {
+            Some(t) if self.auditor.durability != Durability::Buffered => {
+                match self.auditor.sink.wait(&t, self.auditor.durability) {
+                    Ok(()) => Ok(()),
+                    Err(e) => self.lost(map, &e, "applied, but its record may not be durable"),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A record that could not be written: counted (fail-open) or an error (fail-closed).
+    fn lost(&self, map: &Arc<str>, e: &SinkError, what: &str) -> Result<(), MapError> {
+        match self.auditor.fail_mode {
+            FailMode::FailOpen => {
+                self.auditor.lost.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            FailMode::FailClosed => Err(MapError::AuditUnavailable {
+                map: map.clone(),
+                reason: format!("{e}; this change was {what}").into(),
+            }),
+        }
+    }
 }

@@ -1,0 +1,261 @@
+//! Audited insert/remove throughput of `MapWrapper` for each durability, at 1, 2, 16 and 64
+//! threads, side by side with what a user would otherwise do: a `DashMap` plus one `tracing`
+//! JSON event per write into a `tracing-appender` non-blocking file. Printed as ratios, in one
+//! run. For `Synced` also the records per fsync and the fsync limit (threads ÷ the fdatasync
+//! time measured in the same run); and `verify` records/s.
+//!
+//! `cargo bench --bench audit` (each cell runs `AUDIT_BENCH_MS` milliseconds, default 500;
+//! `AUDIT_BENCH_THREADS=1,64` picks thread counts; `AUDIT_BENCH_DIR` where files go).
+//! Not a test: it asserts nothing about speed.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use map_wrapper::audit::{verify, AuditSink, Auditor, Durability, JsonLinesOptions, JsonLinesSink};
+use map_wrapper::MapWrapper;
+
+const THREADS: [usize; 4] = [1, 2, 16, 64];
+
+fn cell() -> Duration {
+    let ms = std::env::var("AUDIT_BENCH_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(500);
+    Duration::from_millis(ms)
+}
+
+/// CPU time (user + system) the whole process has used so far.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage writes into the zeroed struct we own; RUSAGE_SELF is always valid.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, &mut usage), 0);
+        usage
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// CPU time of the last `run`, per operation, in ns (a figure that load on a shared machine
+/// disturbs less than wall-clock throughput).
+static CPU_NS_PER_OP: AtomicU64 = AtomicU64::new(0);
+
+/// Runs `op(thread, i)` on `threads` threads for about `dur` (each thread with the guard
+/// `setup` returns); returns (operations, elapsed).
+fn run<G>(
+    threads: usize,
+    dur: Duration,
+    setup: impl Fn() -> G + Send + Sync + 'static,
+    op: impl Fn(u64, u64) + Send + Sync + 'static,
+) -> (u64, Duration) {
+    let (setup, op) = (Arc::new(setup), Arc::new(op));
+    let stop = Arc::new(AtomicBool::new(false));
+    let total = Arc::new(AtomicU64::new(0));
+    let barrier = Arc::new(Barrier::new(threads + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (setup, op, stop, total, barrier) =
+                (setup.clone(), op.clone(), stop.clone(), total.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let _guard = setup();
+                barrier.wait();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..16 {
+                        op(t as u64, i);
+                        i += 1;
+                    }
+                }
+                total.fetch_add(i, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    barrier.wait();
+    let (start, cpu) = (Instant::now(), cpu_time());
+    std::thread::sleep(dur);
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().unwrap();
+    }
+    let ops = total.load(Ordering::Relaxed);
+    CPU_NS_PER_OP.store((cpu_time() - cpu).as_nanos() as u64 / ops.max(1), Ordering::Relaxed);
+    (ops, start.elapsed())
+}
+
+/// Even `i`: insert; odd `i`: remove the same key.
+fn key(t: u64, i: u64) -> u64 {
+    (t << 40) | (i / 2)
+}
+
+struct Alt {
+    per_sec: f64,
+    lost_pct: f64,
+    cpu_ns: u64,
+}
+
+fn tracing_alternative(threads: usize, dir: &Path) -> Alt {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("tracing.jsonl");
+    let (writer, guard) = tracing_appender::non_blocking(File::create(&path).unwrap());
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::fmt().json().with_writer(writer).finish());
+    let map: Arc<DashMap<u64, u64>> = Arc::new(DashMap::new());
+    let (ops, elapsed) = run(
+        threads,
+        cell(),
+        move || tracing::dispatcher::set_default(&dispatch),
+        move |t, i| {
+            let k = key(t, i);
+            if i % 2 == 0 {
+                let old = map.insert(k, i);
+                tracing::info!(target: "audit", op = "insert", key = k, old = ?old, new = i, actor = "bench");
+            } else {
+                let old = map.remove(&k);
+                tracing::info!(target: "audit", op = "remove", key = k, old = ?old.map(|p| p.1), actor = "bench");
+            }
+        },
+    );
+    let cpu_ns = CPU_NS_PER_OP.load(Ordering::Relaxed);
+    drop(guard); // flushes what the appender still holds
+    let lines = BufReader::new(File::open(&path).unwrap()).lines().count() as u64;
+    Alt {
+        per_sec: ops as f64 / elapsed.as_secs_f64(),
+        lost_pct: 100.0 * (ops - lines.min(ops)) as f64 / ops as f64,
+        cpu_ns,
+    }
+}
+
+struct Audited {
+    per_sec: f64,
+    /// CPU ns per op, the writer thread's share included (the `run` ends before `close`).
+    cpu_ns: u64,
+    lost: i64,
+    records_per_sync: f64,
+    verify_per_sec: f64,
+}
+
+fn audited(threads: usize, durability: Durability, dir: &Path, check: bool) -> Audited {
+    let sink = Arc::new(JsonLinesSink::open(dir, JsonLinesOptions::default()).unwrap());
+    let auditor = Auditor::from_arc(sink.clone() as Arc<dyn AuditSink>).durability(durability);
+    let map: Arc<MapWrapper<u64, u64>> = Arc::new(
+        MapWrapper::builder()
+            .name("bench")
+            .timeout(Duration::from_secs(30))
+            .auditor(auditor)
+            .build()
+            .unwrap(),
+    );
+    let m = Arc::clone(&map);
+    let (ops, elapsed) = run(
+        threads,
+        cell(),
+        || (),
+        move |t, i| {
+            let k = key(t, i);
+            if i % 2 == 0 {
+                m.insert(k, i).unwrap();
+            } else {
+                m.remove(&k).unwrap();
+            }
+        },
+    );
+    let cpu_ns = CPU_NS_PER_OP.load(Ordering::Relaxed);
+    drop(map);
+    sink.close().unwrap();
+    let stats = sink.stats();
+    // The writer counts audit_stop (audit_start is written by open) besides the operations.
+    let lost = ops as i64 + 1 - stats.records as i64;
+    let mut verify_per_sec = 0.0;
+    if check {
+        let start = Instant::now();
+        let report = verify::verify_paths(&[dir.to_path_buf()], &Default::default()).unwrap();
+        verify_per_sec = report.records as f64 / start.elapsed().as_secs_f64();
+        assert_eq!(report.verdict, verify::Verdict::Intact);
+    }
+    Audited {
+        per_sec: ops as f64 / elapsed.as_secs_f64(),
+        cpu_ns,
+        lost,
+        records_per_sync: stats.records as f64 / stats.syncs.max(1) as f64,
+        verify_per_sec,
+    }
+}
+
+/// Median time of `write` + `fdatasync` of one small record (median: the disk is shared).
+fn fdatasync_time(dir: &Path) -> Duration {
+    let mut f = File::create(dir.join("fsync-probe")).unwrap();
+    let mut times: Vec<Duration> = (0..101)
+        .map(|_| {
+            let start = Instant::now();
+            f.write_all(&[b'x'; 200]).unwrap();
+            f.sync_data().unwrap();
+            start.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test --benches` lists benchmarks; this one has nothing to list
+    }
+    let base = tempfile::tempdir_in(std::env::var("AUDIT_BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    println!("fdatasync: median of 101 appends of 200 bytes, measured before each Synced cell");
+    println!(
+        "{:>7} | {:>18} | {:>18} | {:>18} | {:>34}",
+        "threads", "dashmap+tracing", "Buffered", "Flushed", "Synced"
+    );
+    let mut buffered = Vec::new();
+    let mut verify_rate = 0.0;
+    let threads_list: Vec<usize> = std::env::var("AUDIT_BENCH_THREADS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|t| t.trim().parse().ok()).collect())
+        .unwrap_or_else(|| THREADS.to_vec());
+    for &threads in &threads_list {
+        // Each cell in a fresh directory, removed (and the disk synced) before the next, so
+        // that one cell's dirty pages do not slow the next cell's fsyncs.
+        let fresh = || {
+            let _ = std::process::Command::new("sync").status();
+            tempfile::tempdir_in(base.path()).unwrap()
+        };
+        let alt = tracing_alternative(threads, fresh().path());
+        let b = audited(threads, Durability::Buffered, fresh().path(), threads == 2);
+        if threads == 2 {
+            verify_rate = b.verify_per_sec;
+        }
+        let f = audited(threads, Durability::Flushed, fresh().path(), false);
+        let fsync = fdatasync_time(fresh().path());
+        let s = audited(threads, Durability::Synced, fresh().path(), false);
+        let limit = threads as f64 / fsync.as_secs_f64();
+        println!(
+            "{threads:>7} | {:>6.3} M/s lost {:>4.1}% | {:>6.3} M/s {:>5.2}x | {:>6.3} M/s {:>5.2}x | {:>7.0}/s {:>5.1} rec/fsync {:>4.2}x limit (fsync {:.2} ms)",
+            alt.per_sec / 1e6,
+            alt.lost_pct,
+            b.per_sec / 1e6,
+            b.per_sec / alt.per_sec,
+            f.per_sec / 1e6,
+            f.per_sec / alt.per_sec,
+            s.per_sec,
+            s.records_per_sync,
+            s.per_sec / limit,
+            fsync.as_secs_f64() * 1e3,
+        );
+        println!(
+            "{:>7} | CPU/op {:>6} ns      | {:>6} ns {:>5.2}x   | {:>6} ns            | {:>6} ns",
+            "",
+            alt.cpu_ns,
+            b.cpu_ns,
+            alt.cpu_ns as f64 / b.cpu_ns.max(1) as f64,
+            f.cpu_ns,
+            s.cpu_ns
+        );
+        assert_eq!((b.lost, f.lost, s.lost), (0, 0, 0), "an audited map lost records");
+        buffered.push(b.per_sec);
+    }
+    if buffered.len() == THREADS.len() {
+        println!("Buffered at 64 threads / at 2 threads: {:.2}x", buffered[3] / buffered[1]);
+    }
+    println!("verify: {:.2} M records/s", verify_rate / 1e6);
+}

@@ -1,0 +1,94 @@
+//! The generated code means the same next to a user's own `Result`, `Ok`, `Option`,
+//! `Default`, `core`, `map_wrapper` module …, compiles without a single warning, and keeps the
+//! user's `use std::collections::HashMap;` used (in the style of serde's `test_gen.rs`).
+#![deny(warnings)]
+
+use std::collections::HashMap;
+
+// Decoys: every name a careless expansion might reach for unqualified.
+#[allow(dead_code)]
+struct Result;
+#[allow(dead_code)]
+struct Ok;
+#[allow(dead_code)]
+struct Err;
+#[allow(dead_code)]
+struct Option;
+#[allow(dead_code)]
+struct Some;
+#[allow(dead_code)]
+struct None;
+#[allow(dead_code)]
+struct Default;
+#[allow(dead_code)]
+struct Clone;
+#[allow(dead_code)]
+struct Duration;
+#[allow(dead_code)]
+struct MapWrapper;
+#[allow(dead_code)]
+struct MapError;
+#[allow(dead_code)]
+struct Auditor;
+#[allow(dead_code)]
+trait Serialize {}
+#[allow(dead_code)]
+trait Hash {}
+#[allow(dead_code)]
+trait Borrow {}
+#[allow(dead_code)]
+trait Sized {}
+#[allow(dead_code)]
+trait FnOnce {}
+#[allow(dead_code)]
+mod core {}
+#[allow(dead_code)]
+mod __private {}
+#[allow(dead_code)]
+mod map_wrapper {}
+
+/// A public struct: its generated accessors are public and documented (missing_docs).
+#[::map_wrapper::guarded_map(timeout_ms = 100, shards = 4)]
+pub struct Inventory<'a, T: std::hash::Hash + Eq> {
+    /// Stock per item.
+    pub stock: HashMap<&'a str, u32>,
+    /// Tags per item, keyed by a generic type.
+    pub(crate) tags: HashMap<T, Vec<String>>,
+    #[guard(redact)]
+    r#type: HashMap<u8, u8>,
+    note: T,
+}
+
+/// Uses nothing but the derive, on an already-wrapped field.
+#[derive(::map_wrapper::GuardedMap)]
+#[guard(audit = "hygiene")]
+struct Wrapped<Q> {
+    m: ::map_wrapper::MapWrapper<Q, u8>,
+}
+
+#[test]
+fn generated_code_ignores_the_names_in_scope() {
+    let inv: Inventory<'_, u16> = Inventory::new();
+    assert!(inv.stock_insert("bolt", 3).is_ok());
+    assert!(matches!(inv.stock_get_cloned("bolt"), std::result::Result::Ok(std::option::Option::Some(3))));
+    assert!(inv.tags_insert(7, vec!["steel".to_string()]).is_ok());
+    assert!(inv.type_insert(1, 2).is_ok());
+    assert_eq!(inv.r#type().name(), "Inventory.type");
+    assert_eq!(inv.note, 0);
+    let trail = ::map_wrapper::audit::MemorySink::new();
+    let audited = Inventory::<'static, u16>::with_auditor(&::map_wrapper::audit::Auditor::new(trail.clone()));
+    assert!(audited.is_ok_and(|inv| inv.stock_insert("nut", 1).is_ok()));
+    assert_eq!(trail.len(), 1);
+    let w: Wrapped<u64> = <Wrapped<u64> as std::default::Default>::default();
+    assert!(w.m_insert(1, 1).is_ok());
+    assert_eq!(w.m().name(), "hygiene.m");
+}
+
+#[test]
+fn a_struct_inside_a_function_works_too() {
+    #[::map_wrapper::guarded_map]
+    struct Local {
+        m: HashMap<u8, u8>,
+    }
+    assert_eq!(Local::new().m_len().ok(), std::option::Option::Some(0));
+}

@@ -1,0 +1,11 @@
+use std::collections::HashMap;
+use map_wrapper::guarded_map;
+
+#[guarded_map]
+struct Billing {
+    invoices: HashMap<u64, String>,
+    invoices_get: HashMap<u64, String>,
+    new: HashMap<u64, String>,
+}
+
+fn main() {}

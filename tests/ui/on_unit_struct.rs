@@ -1,0 +1,6 @@
+use map_wrapper::GuardedMap;
+
+#[derive(GuardedMap)]
+struct Billing;
+
+fn main() {}

@@ -1,0 +1,236 @@
+//! `#[guarded_map]`: rewrites each `HashMap<K, V>` field into `MapWrapper<K, V>`, then
+//! generates what `#[derive(GuardedMap)]` would.
+//!
+//! On a mistake it emits the struct as written (minus the `#[guard]` attributes, which only
+//! this macro understands) next to the errors, so that the rest of the crate still sees the
+//! struct and one mistake does not cascade into many (as dtolnay's `readonly` does).
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned, ToTokens};
+use syn::spanned::Spanned;
+use syn::{Fields, Item, ItemStruct, PathArguments};
+
+use crate::ast::{Container, Field, MapKind, Mode, Shape};
+use crate::attr::{ContainerOpts, GUARD};
+use crate::ctxt::Ctxt;
+use crate::derive::{ENUM, TUPLE, UNION, UNIT};
+use crate::{check, expand};
+
+/// The rewritten struct and its impls, or the struct as written and every error.
+pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
+    let mut cx = Ctxt::default();
+    let opts = ContainerOpts::from_args(&mut cx, args);
+    let item = match syn::parse2::<Item>(input.clone()) {
+        Ok(item) => item,
+        Err(e) => {
+            cx.syn_error(e);
+            return with_errors(cx, input);
+        }
+    };
+    let item = match item {
+        Item::Struct(s) => s,
+        Item::Enum(e) => {
+            cx.error_spanned_by(e.enum_token, ENUM.replace("`GuardedMap`", "`#[guarded_map]`"));
+            return with_errors(cx, e.into_token_stream());
+        }
+        Item::Union(u) => {
+            cx.error_spanned_by(u.union_token, UNION.replace("`GuardedMap`", "`#[guarded_map]`"));
+            return with_errors(cx, u.into_token_stream());
+        }
+        other => {
+            cx.error_spanned_by(&other, "`#[guarded_map]` applies to a struct with named fields");
+            return with_errors(cx, other.into_token_stream());
+        }
+    };
+    let named = match &item.fields {
+        Fields::Named(named) => named,
+        Fields::Unnamed(fields) => {
+            cx.error_spanned_by(fields, TUPLE.replace("`GuardedMap`", "`#[guarded_map]`"));
+            return with_errors(cx, stripped(&item).into_token_stream());
+        }
+        Fields::Unit => {
+            cx.error_spanned_by(&item.ident, UNIT.replace("`GuardedMap`", "`#[guarded_map]`"));
+            return with_errors(cx, stripped(&item).into_token_stream());
+        }
+    };
+    let fields = Field::all(&mut cx, Mode::Attribute, named);
+    let container = Container {
+        ident: &item.ident,
+        vis: &item.vis,
+        generics: &item.generics,
+        attrs: &item.attrs,
+        opts,
+        fields,
+        mode: Mode::Attribute,
+    };
+    let plans = check::check(&mut cx, &container);
+    if let Err(errors) = cx.check() {
+        let (item, errors) = (stripped(&item), errors.into_compile_error());
+        return quote!(#item #errors);
+    }
+    let impls = expand::impls(&container, &plans);
+    let krate = expand::crate_path(&container);
+
+    // The new field types, and a mention of each replaced `HashMap` path so that the user's
+    // `use std::collections::HashMap;` stays used (no unused-import warning).
+    let mut new_types = Vec::new();
+    let mut mentions = Vec::new();
+    for (i, (f, plan)) in container.fields.iter().zip(&plans).enumerate() {
+        let (Shape::Map(map), Some(_)) = (&f.shape, plan) else { continue };
+        if map.kind != MapKind::HashMap {
+            continue;
+        }
+        let (k, v) = (map.key, map.value);
+        let s = map.hasher.into_iter();
+        new_types.push((i, quote_spanned!(f.original.ty.span()=> #krate::MapWrapper<#k, #v #(, #s)*>)));
+        let mut path = map.path.clone();
+        if let Some(last) = path.segments.last_mut() {
+            let units = (0..2 + usize::from(map.hasher.is_some())).map(|_| quote!(()));
+            last.arguments = PathArguments::AngleBracketed(syn::parse_quote!(<#(#units),*>));
+        }
+        mentions.push(path);
+    }
+    let mut item = stripped(&item);
+    if let Fields::Named(named) = &mut item.fields {
+        for (i, ty) in new_types {
+            if let Some(field) = named.named.iter_mut().nth(i) {
+                field.ty = syn::Type::Verbatim(ty);
+            }
+        }
+    }
+    let mentions = (!mentions.is_empty()).then(|| {
+        quote! {
+            const _: #krate::__private::PhantomData<(#(#mentions,)*)> = #krate::__private::PhantomData;
+        }
+    });
+    quote! {
+        #item
+        #mentions
+        #impls
+    }
+}
+
+/// `tokens` followed by the compile errors in `cx`.
+fn with_errors(cx: Ctxt, tokens: TokenStream) -> TokenStream {
+    let errors = cx.check().err().map(syn::Error::into_compile_error);
+    quote!(#tokens #errors)
+}
+
+/// The struct as written, without `#[guard]` attributes.
+fn stripped(item: &ItemStruct) -> ItemStruct {
+    let mut item = item.clone();
+    item.attrs.retain(|a| !a.path().is_ident(GUARD));
+    for field in item.fields.iter_mut() {
+        field.attrs.retain(|a| !a.path().is_ident(GUARD));
+    }
+    item
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+    use syn::{File, ImplItem, Item};
+
+    fn expand(args: proc_macro2::TokenStream, input: proc_macro2::TokenStream) -> File {
+        syn::parse2(super::expand(args, input)).expect("the expansion is valid Rust")
+    }
+
+    fn inherent_fn<'a>(file: &'a File, name: &str) -> &'a syn::ImplItemFn {
+        file.items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Impl(imp) if imp.trait_.is_none() => Some(imp),
+                _ => None,
+            })
+            .flat_map(|imp| &imp.items)
+            .find_map(|item| match item {
+                ImplItem::Fn(f) if f.sig.ident == name => Some(f),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no generated fn `{name}`"))
+    }
+
+    fn has_attr(attrs: &[syn::Attribute], name: &str) -> bool {
+        attrs.iter().any(|a| a.path().is_ident(name))
+    }
+
+    #[test]
+    fn field_docs_and_visibility_go_to_the_accessor() {
+        let file = expand(
+            quote!(),
+            quote! {
+                pub struct Billing {
+                    /// Open invoices.
+                    pub(crate) invoices: HashMap<u64, String>,
+                }
+            },
+        );
+        let accessor = inherent_fn(&file, "invoices");
+        let docs: Vec<String> = accessor
+            .attrs
+            .iter()
+            .filter(|a| a.path().is_ident("doc"))
+            .map(|a| quote!(#a).to_string())
+            .collect();
+        assert_eq!(docs, vec![quote!(#[doc = r" Open invoices."]).to_string()]);
+        assert!(has_attr(&accessor.attrs, "inline"));
+        assert!(matches!(accessor.vis, syn::Visibility::Restricted(_)), "pub(crate) kept");
+        let insert = inherent_fn(&file, "invoices_insert");
+        assert!(matches!(insert.vis, syn::Visibility::Restricted(_)));
+        assert!(has_attr(&insert.attrs, "doc") && has_attr(&insert.attrs, "inline"));
+        let new = inherent_fn(&file, "new");
+        assert!(matches!(new.vis, syn::Visibility::Public(_)), "new() has the struct's visibility");
+        let audited = inherent_fn(&file, "with_auditor");
+        assert!(matches!(audited.vis, syn::Visibility::Public(_)));
+    }
+
+    #[test]
+    fn every_impl_is_marked_automatically_derived() {
+        let file = expand(
+            quote!(),
+            quote!(
+                struct Billing {
+                    invoices: HashMap<u64, String>,
+                }
+            ),
+        );
+        let impls: Vec<_> = file
+            .items
+            .iter()
+            .filter_map(|i| if let Item::Impl(imp) = i { Some(imp) } else { None })
+            .collect();
+        assert_eq!(impls.len(), 3, "the accessors, with_auditor (its own generics), Default");
+        assert!(impls.iter().all(|imp| has_attr(&imp.attrs, "automatically_derived")));
+    }
+
+    #[test]
+    fn on_a_mistake_the_struct_is_emitted_as_written_next_to_the_errors() {
+        let out = super::expand(
+            quote!(timeout_ms = "soon"),
+            quote! {
+                struct Billing {
+                    #[guard(colour)]
+                    invoices: HashMap<u64, String>,
+                }
+            },
+        );
+        let file: File = syn::parse2(out).expect("valid Rust");
+        let structs: Vec<_> =
+            file.items.iter().filter_map(|i| if let Item::Struct(s) = i { Some(s) } else { None }).collect();
+        assert_eq!(structs.len(), 1);
+        let field = structs[0].fields.iter().next().expect("one field");
+        let ty = &field.ty;
+        assert_eq!(quote!(#ty).to_string(), quote!(HashMap<u64, String>).to_string(), "type unchanged");
+        assert!(field.attrs.is_empty(), "#[guard] removed: it means nothing without the macro");
+        let errors = file
+            .items
+            .iter()
+            .filter(|i| matches!(i, Item::Macro(m) if m.mac.path.segments.last().is_some_and(|s| s.ident == "compile_error")))
+            .count();
+        assert_eq!(errors, 2, "both mistakes reported");
+        assert!(
+            !file.items.iter().any(|i| matches!(i, Item::Impl(_))),
+            "no impls for a struct with mistakes"
+        );
+    }
+}

@@ -1,0 +1,469 @@
+//! Code generation: the constructor, `Default`, and the accessors of each guarded map.
+//!
+//! Everything is named by absolute path through `<crate>::__private` (default
+//! `::map_wrapper::__private`), so that a user's own `Result`, `Ok`, `Default` or `core` in
+//! scope cannot change what the generated code means.
+
+use std::collections::BTreeSet;
+
+use proc_macro2::{Group, Literal, Span, TokenStream, TokenTree};
+use quote::{format_ident, quote, quote_spanned, ToTokens};
+use syn::ext::IdentExt;
+use syn::spanned::Spanned;
+use syn::{Attribute, GenericParam, Ident, Lifetime};
+
+use crate::ast::{Container, Field, MapType, Shape};
+use crate::check::{Plan, Policy};
+
+/// The operations generated per map field, as `<field>_<suffix>`.
+pub(crate) const ACCESSOR_SUFFIXES: [&str; 7] =
+    ["get", "get_cloned", "contains_key", "insert", "remove", "update", "len"];
+
+/// The associated functions generated on the struct.
+pub(crate) const CONSTRUCTORS: &[&str] = &["new", "with_auditor"];
+
+/// The path to the runtime crate: `crate = "…"`, or `::map_wrapper`.
+pub(crate) fn crate_path(c: &Container<'_>) -> TokenStream {
+    match &c.opts.krate {
+        Some(k) => k.value.to_token_stream(),
+        None => quote!(::map_wrapper),
+    }
+}
+
+/// The impls for a checked struct; `plans` is aligned with `c.fields`.
+pub(crate) fn impls(c: &Container<'_>, plans: &[Option<Plan>]) -> TokenStream {
+    let krate = crate_path(c);
+    let private = quote!(#krate::__private);
+    let ident = c.ident;
+    let (impl_generics, ty_generics, where_clause) = c.generics.split_for_impl();
+    // Doc links are resolved from the user's crate, where `map_wrapper` is in the extern prelude.
+    let docs_krate = krate.to_string().replace(' ', "");
+    let docs_krate = docs_krate.trim_start_matches("::");
+    let fresh = Fresh::new(c);
+
+    let mut inits = Vec::new();
+    let mut audited_inits = Vec::new();
+    let mut audit_bounds: Vec<TokenStream> = Vec::new();
+    let mut default_bounds: Vec<TokenStream> = Vec::new();
+    let mut accessors = Vec::new();
+    let mut summary = Vec::new();
+    for (f, plan) in c.fields.iter().zip(plans) {
+        let field = f.ident;
+        let cfgs = attrs_named(&f.original.attrs, "cfg");
+        match (plan, &f.shape) {
+            (Some(plan), Shape::Map(map)) => {
+                let builder = builder_of(&private, map, plan);
+                inits.push(quote!(#(#cfgs)* #field: #private::built_checked(#builder.build())));
+                let (k, v) = (map.key, map.value);
+                // Keys are always recorded; values not when redacted (then `V` needs no
+                // `Serialize`). Deferred, so that a struct whose values cannot be serialized
+                // still has everything but `with_auditor`.
+                let serialize = |ty: &syn::Type| {
+                    let bound = fresh.to_static(quote!(#ty: #private::Serialize + 'static));
+                    fresh.deferred(bound, ty.span())
+                };
+                audit_bounds.push(serialize(k));
+                let audit = if plan.policy == Policy::Redacted {
+                    quote!(auditor_redacted)
+                } else {
+                    audit_bounds.push(serialize(v));
+                    quote!(auditor)
+                };
+                audited_inits.push(quote! {
+                    #(#cfgs)* #field: #builder.#audit(#private::Clone::clone(auditor)).build()?
+                });
+                if let Some(hasher) = map.hasher {
+                    default_bounds.push(fresh.deferred(quote!(#hasher: #private::Default), hasher.span()));
+                }
+                accessors.push(accessors_of(&krate, &private, docs_krate, &fresh, f, map, plan));
+                summary.push(format!(
+                    "- `{}`: timeout {} ms, {}, {}{}",
+                    plan.name,
+                    plan.timeout_ms,
+                    match plan.slow_ms {
+                        Some(ms) => format!("slow above {ms} ms"),
+                        None => "the default slow threshold".to_string(),
+                    },
+                    match plan.shards {
+                        Some(n) => format!("{n} shards"),
+                        None => "the default number of shards".to_string(),
+                    },
+                    match plan.policy {
+                        Policy::Full => "",
+                        Policy::Digest => ", values audited as digests",
+                        Policy::Redacted => ", values redacted from the audit trail",
+                    }
+                ));
+            }
+            _ => {
+                let ty = &f.original.ty;
+                // Deferred (see `Fresh::deferred`): a field type without `Default` makes `new()`
+                // and `Default` unavailable instead of failing the whole struct. Not for a
+                // `#[cfg]` field, whose type may not exist when the field does not.
+                if cfgs.is_empty() {
+                    default_bounds.push(fresh.deferred(quote!(#ty: #private::Default), ty.span()));
+                }
+                let init = quote_spanned!(ty.span()=> <#ty as #private::Default>::default());
+                inits.push(quote!(#(#cfgs)* #field: #init));
+                let static_init = fresh.to_static(init);
+                audited_inits.push(quote!(#(#cfgs)* #field: #static_init));
+            }
+        }
+    }
+
+    dedup(&mut default_bounds);
+    dedup(&mut audit_bounds);
+    let vis = c.vis;
+    let struct_name = ident.unraw().to_string();
+    let new_doc = format!(
+        "Makes a `{struct_name}` whose maps are empty and configured as declared:\n\n{}\n\n\
+         Every other field gets its `Default`. The settings were checked when this code was \
+         generated, so this cannot fail.",
+        summary.join("\n")
+    );
+    let mut default_where = c.generics.where_clause.clone().unwrap_or_else(|| syn::parse_quote!(where));
+    for bound in &default_bounds {
+        default_where.predicates.push(syn::parse_quote!(#bound));
+    }
+    let new_where = (!default_bounds.is_empty()).then(|| quote!(where #(#default_bounds,)*));
+    let (static_impl_generics, static_ty_generics, static_where) = fresh.static_generics(c.generics);
+    let with_auditor_doc = format!(
+        "Makes a `{struct_name}` like [`new`](Self::new), whose maps all write their audit records \
+         to `auditor`: one sink, so one total order and one hash chain for the whole struct. Maps \
+         marked `#[guard(redact)]` record no values (their value type needs no `Serialize`).\n\n\
+         # Errors\n\n`MapError::InvalidConfig` when a map is marked `#[guard(digest)]` and \
+         `auditor` has no digest key."
+    );
+
+    quote! {
+        #[automatically_derived]
+        // The accessors are generated whether or not the program uses them.
+        #[allow(dead_code)]
+        impl #impl_generics #ident #ty_generics #where_clause {
+            #[doc = #new_doc]
+            #vis fn new() -> Self #new_where {
+                Self { #(#inits,)* }
+            }
+
+            #(#accessors)*
+        }
+
+        // Audit records outlive the operation, so audited keys and values are `'static`: the
+        // struct's lifetimes are `'static` here (which also keeps rustc from seeing two
+        // bounds that differ only in lifetimes as ambiguous).
+        #[automatically_derived]
+        #[allow(dead_code)]
+        impl #static_impl_generics #ident #static_ty_generics #static_where {
+            #[doc = #with_auditor_doc]
+            #vis fn with_auditor(
+                auditor: &#private::Auditor,
+            ) -> #private::Result<Self, #private::MapError>
+            where
+                #(#audit_bounds,)*
+                #(#default_bounds,)*
+            {
+                #private::Result::Ok(Self { #(#audited_inits,)* })
+            }
+        }
+
+        #[automatically_derived]
+        impl #impl_generics #private::Default for #ident #ty_generics #default_where {
+            #[inline]
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+    }
+}
+
+/// `MapWrapper::builder()` with the map's checked settings, not yet built.
+fn builder_of(private: &TokenStream, map: &MapType<'_>, plan: &Plan) -> TokenStream {
+    let name = syn::LitStr::new(&plan.name, map.path.span());
+    let timeout = Literal::u64_unsuffixed(plan.timeout_ms);
+    let slow = plan.slow_ms.map(|ms| {
+        let ms = Literal::u64_unsuffixed(ms);
+        quote!(.slow_threshold(#private::Duration::from_millis(#ms)))
+    });
+    let shards = plan.shards.map(|n| {
+        let n = Literal::u64_unsuffixed(n);
+        quote!(.shards(#n))
+    });
+    let policy = match plan.policy {
+        Policy::Full => quote!(Full),
+        Policy::Digest => quote!(Digest),
+        Policy::Redacted => quote!(Redacted),
+    };
+    let hasher = map.hasher.map(|s| quote_spanned!(s.span()=> .hasher(<#s as #private::Default>::default())));
+    quote! {
+        #private::MapWrapper::builder()
+            .name(#name)
+            .timeout(#private::Duration::from_millis(#timeout))
+            #slow
+            #shards
+            .value_policy(#private::ValuePolicy::#policy)
+            #hasher
+    }
+}
+
+/// `field()` and the `field_<op>` methods of one map field.
+fn accessors_of(
+    krate: &TokenStream,
+    p: &TokenStream,
+    docs_krate: &str,
+    fresh: &Fresh,
+    f: &Field<'_>,
+    map: &MapType<'_>,
+    plan: &Plan,
+) -> TokenStream {
+    let field = f.ident;
+    let base = field.unraw();
+    let vis = &f.original.vis;
+    let cfgs = attrs_named(&f.original.attrs, "cfg");
+    let docs = attrs_named(&f.original.attrs, "doc");
+    let name = &plan.name;
+    let (k, v) = (map.key, map.value);
+    let s = map.hasher.into_iter().collect::<Vec<_>>();
+    let map_ty = quote!(#krate::MapWrapper<#k, #v #(, #s)*>);
+    let hasher_bound = quote!(#(#s: #p::BuildHasher,)*);
+    let (q, r, func) = (&fresh.q, &fresh.r, &fresh.f);
+    // Bounds spanned at the key type, every token of them, so that a key that is not
+    // `Hash + Eq` is reported there rather than at the attribute.
+    let key_bound = respan(quote!(#k: #p::Hash + #p::Eq), k.span());
+    let borrowed = respan(
+        quote!(#k: #p::Borrow<#q> + #p::Hash + #p::Eq, #q: #p::Hash + #p::Eq + ?#p::Sized, #hasher_bound),
+        k.span(),
+    );
+    let value_clone = fresh.deferred(quote!(#v: #p::Clone), v.span());
+    let op_doc = |what: &str, op: &str| {
+        format!(
+            "{what} in the `{name}` map (field [`{base}`](Self::{base})); see \
+             [`MapWrapper::{op}`]({docs_krate}::MapWrapper::{op}), which says what it locks.\n\n\
+             # Errors\n\n`Timeout`, `Cancelled`, `WouldDeadlock`, … as \
+             [`MapWrapper::{op}`]({docs_krate}::MapWrapper::{op}); on error nothing changed."
+        )
+    };
+    let field_doc = (docs.is_empty()).then(|| {
+        let text = format!("The `{name}` map.");
+        quote!(#[doc = #text])
+    });
+    let get_doc = op_doc("A read guard on the value under `key`, or `None`. The guard keeps the key's shard read-locked while it lives", "get");
+    let get_cloned_doc = op_doc("A clone of the value under `key`, or `None`", "get_cloned");
+    let contains_doc = op_doc("Whether `key` is present", "contains_key");
+    let insert_doc = op_doc("Inserts `value` under `key` and returns the value it replaced", "insert");
+    let remove_doc = op_doc("Removes `key` and returns its value", "remove");
+    let update_doc = op_doc("Changes the value under `key` in place with `f` (under the shard's write lock); returns what `f` returns, or `None` when the key is absent", "update");
+    let len_doc = op_doc("The number of entries", "len");
+    let [get, get_cloned, contains_key, insert, remove, update, len] =
+        ACCESSOR_SUFFIXES.map(|suffix| format_ident!("{}_{}", base, suffix, span = field.span()));
+    let mw = quote!(#krate::MapWrapper);
+    let res = |ok: TokenStream| quote!(#p::Result<#ok, #p::MapError>);
+    let (r_get, r_opt_v, r_bool, r_opt_r, r_len) = (
+        res(quote!(#p::Option<#p::Ref<'_, #k, #v>>)),
+        res(quote!(#p::Option<#v>)),
+        res(quote!(bool)),
+        res(quote!(#p::Option<#r>)),
+        res(quote!(usize)),
+    );
+    // Spanned at the field, so that "defined here" and unmet bounds (a key type that is not
+    // `Hash`) point at the field rather than at the attribute.
+    quote_spanned! {field.span()=>
+        #(#cfgs)*
+        #(#docs)*
+        #field_doc
+        #[inline]
+        #vis fn #field(&self) -> &#map_ty {
+            &self.#field
+        }
+
+        #(#cfgs)*
+        #[doc = #get_doc]
+        #[inline]
+        #vis fn #get<#q>(&self, key: &#q) -> #r_get where #borrowed {
+            #mw::get(&self.#field, key)
+        }
+
+        #(#cfgs)*
+        #[doc = #get_cloned_doc]
+        #[inline]
+        #vis fn #get_cloned<#q>(&self, key: &#q) -> #r_opt_v where #borrowed #value_clone {
+            #mw::get_cloned(&self.#field, key)
+        }
+
+        #(#cfgs)*
+        #[doc = #contains_doc]
+        #[inline]
+        #vis fn #contains_key<#q>(&self, key: &#q) -> #r_bool where #borrowed {
+            #mw::contains_key(&self.#field, key)
+        }
+
+        #(#cfgs)*
+        #[doc = #insert_doc]
+        #[inline]
+        #vis fn #insert(&self, key: #k, value: #v) -> #r_opt_v where #key_bound, #hasher_bound {
+            #mw::insert(&self.#field, key, value)
+        }
+
+        #(#cfgs)*
+        #[doc = #remove_doc]
+        #[inline]
+        #vis fn #remove<#q>(&self, key: &#q) -> #r_opt_v where #borrowed {
+            #mw::remove(&self.#field, key)
+        }
+
+        #(#cfgs)*
+        #[doc = #update_doc]
+        #[inline]
+        #vis fn #update<#q, #r, #func>(&self, key: &#q, f: #func) -> #r_opt_r
+        where
+            #borrowed
+            #func: #p::FnOnce(&mut #v) -> #r,
+        {
+            #mw::update(&self.#field, key, f)
+        }
+
+        #(#cfgs)*
+        #[doc = #len_doc]
+        #[inline]
+        #vis fn #len(&self) -> #r_len where #key_bound, #hasher_bound {
+            #mw::len(&self.#field)
+        }
+    }
+}
+
+/// Removes repeated bounds (two fields of one type), keeping the first.
+fn dedup(bounds: &mut Vec<TokenStream>) {
+    let mut seen = BTreeSet::new();
+    bounds.retain(|b| seen.insert(b.to_string()));
+}
+
+/// `tokens` with every token, nested ones included, at `span`: rustc reports an unmet bound at
+/// the span of the whole predicate, which is the call site as soon as one token comes from it.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut t| {
+            if let TokenTree::Group(g) = &t {
+                let mut group = Group::new(g.delimiter(), respan(g.stream(), span));
+                group.set_span(span);
+                t = TokenTree::Group(group);
+            } else {
+                t.set_span(span);
+            }
+            t
+        })
+        .collect()
+}
+
+/// The attributes of `attrs` whose path is `name`.
+fn attrs_named<'a>(attrs: &'a [Attribute], name: &str) -> Vec<&'a Attribute> {
+    attrs.iter().filter(|a| a.path().is_ident(name)).collect()
+}
+
+/// Names for the generic parameters of the accessors that do not collide with the struct's.
+struct Fresh {
+    q: Ident,
+    r: Ident,
+    f: Ident,
+    lifetime: Lifetime,
+    /// The struct's lifetime parameters, without the quote.
+    struct_lifetimes: BTreeSet<String>,
+}
+
+impl Fresh {
+    fn new(c: &Container<'_>) -> Fresh {
+        let taken: BTreeSet<String> = c
+            .generics
+            .params
+            .iter()
+            .map(|p| match p {
+                GenericParam::Type(t) => t.ident.to_string(),
+                GenericParam::Const(k) => k.ident.to_string(),
+                GenericParam::Lifetime(l) => l.lifetime.ident.to_string(),
+            })
+            .collect();
+        let pick = |base: &str| {
+            let name = std::iter::once(base.to_string())
+                .chain((1..).map(|n| format!("{base}{n}")))
+                .find(|n| !taken.contains(n))
+                .unwrap_or_else(|| base.to_string());
+            format_ident!("{}", name)
+        };
+        let lifetime = Lifetime::new(&format!("'{}", pick("__guarded")), Span::call_site());
+        let struct_lifetimes = c.generics.lifetimes().map(|l| l.lifetime.ident.to_string()).collect();
+        Fresh { q: pick("Q"), r: pick("R"), f: pick("F"), lifetime, struct_lifetimes }
+    }
+
+    /// `tokens` with each of the struct's lifetimes replaced by `to`.
+    fn replace_lifetimes(&self, tokens: TokenStream, to: &Lifetime) -> TokenStream {
+        let mut out = Vec::new();
+        let mut tokens = tokens.into_iter().peekable();
+        while let Some(t) = tokens.next() {
+            match t {
+                TokenTree::Punct(p) if p.as_char() == '\'' => {
+                    let is_ours = matches!(tokens.peek(), Some(TokenTree::Ident(i)) if self.struct_lifetimes.contains(&i.to_string()));
+                    if is_ours {
+                        tokens.next();
+                        out.extend(to.to_token_stream());
+                    } else {
+                        out.push(TokenTree::Punct(p));
+                    }
+                }
+                TokenTree::Group(g) => {
+                    let mut group = Group::new(g.delimiter(), self.replace_lifetimes(g.stream(), to));
+                    group.set_span(g.span());
+                    out.push(TokenTree::Group(group));
+                }
+                other => out.push(other),
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// `tokens` with the struct's lifetimes made `'static`.
+    fn to_static(&self, tokens: TokenStream) -> TokenStream {
+        self.replace_lifetimes(tokens, &Lifetime::new("'static", Span::call_site()))
+    }
+
+    /// The struct's generics with its lifetimes made `'static`: impl parameters (no
+    /// lifetimes, no defaults), type arguments, and where clause.
+    fn static_generics(&self, generics: &syn::Generics) -> (TokenStream, TokenStream, TokenStream) {
+        let mut params = Vec::new();
+        let mut args = Vec::new();
+        for p in &generics.params {
+            match p {
+                GenericParam::Lifetime(_) => args.push(quote!('static)),
+                GenericParam::Type(t) => {
+                    let mut t = t.clone();
+                    (t.eq_token, t.default) = (None, None);
+                    args.push(t.ident.to_token_stream());
+                    params.push(self.to_static(t.to_token_stream()));
+                }
+                GenericParam::Const(k) => {
+                    let mut k = k.clone();
+                    (k.eq_token, k.default) = (None, None);
+                    args.push(k.ident.to_token_stream());
+                    params.push(self.to_static(k.to_token_stream()));
+                }
+            }
+        }
+        let where_clause = generics.where_clause.as_ref().map(|w| self.to_static(w.to_token_stream()));
+        let impl_params = (!params.is_empty()).then(|| quote!(<#(#params),*>));
+        let ty_args = (!args.is_empty()).then(|| quote!(<#(#args),*>));
+        (quote!(#impl_params), quote!(#ty_args), quote!(#where_clause))
+    }
+
+    /// `bound` as a where-predicate that rustc checks where the method is called, not where it
+    /// is defined: a bound on a concrete type (`Clock: Default`) that does not hold is an error
+    /// at its definition, but under a `for<'x>` binder it only makes the method unavailable.
+    /// So a value type that is not `Clone` loses `field_get_cloned`, not the whole struct.
+    /// Spanned at `span` (the type), where rustc's "required by this bound" note points.
+    ///
+    /// The struct's own lifetimes in `bound` are replaced by the binder's: two bounds that
+    /// differ only in lifetimes (`&'a str: Default`, `&'b str: Default`) would make rustc's
+    /// choice between them ambiguous, while `for<'x> &'x str: Default` is one bound.
+    fn deferred(&self, bound: TokenStream, span: Span) -> TokenStream {
+        let lifetime = &self.lifetime;
+        let bound = self.replace_lifetimes(bound, lifetime);
+        respan(quote!(for<#lifetime> #bound), span)
+    }
+}

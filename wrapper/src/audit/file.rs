@@ -1,0 +1,754 @@
+//! [`JsonLinesSink`]: the durable trail. One JSON object a line, one writer thread (one total
+//! order, one chain), group commit, size-based rotation, torn-tail repair on open, and an
+//! fsync error that poisons the segment for good.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+
+use super::record::{split_line, AuditEvent, Chain, ChainKey, EventFields};
+use super::sink::{AuditSink, Durability, SinkError, Ticket};
+
+/// How long the writer lets records gather before writing them when nobody waits for them
+/// (`Buffered`): the most a `Buffered` record waits before reaching the OS.
+const BATCH_DELAY: Duration = Duration::from_millis(2);
+
+/// How many queued records wake the writer at once.
+const BATCH_WAKE: usize = 4096;
+
+/// The file a segment is written through. [`File`] is the real one; tests wrap it to inject
+/// write and sync failures.
+pub trait SegmentWriter: Send {
+    /// Writes all of `buf` (as [`Write::write_all`]).
+    fn append(&mut self, buf: &[u8]) -> io::Result<()>;
+    /// Makes what was written durable (as [`File::sync_data`]).
+    fn sync(&mut self) -> io::Result<()>;
+}
+
+impl SegmentWriter for File {
+    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+        Write::write_all(self, buf)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        File::sync_data(self)
+    }
+}
+
+/// Wraps each newly opened segment file; see [`JsonLinesOptions::writer_hook`].
+pub type WriterHook = Arc<dyn Fn(File) -> Box<dyn SegmentWriter> + Send + Sync>;
+
+/// Settings of a [`JsonLinesSink`].
+#[derive(Clone)]
+pub struct JsonLinesOptions {
+    /// A segment is closed and a new one started once it reaches this many bytes. Default:
+    /// 64 MiB.
+    pub max_segment_bytes: u64,
+    /// SHA-256 (default) or HMAC-SHA256 with a key.
+    pub chain_key: ChainKey,
+    /// How many records may wait for the writer; an append beyond that waits for room
+    /// (explicit back-pressure, under the caller's shard lock). Default: 65 536.
+    pub queue_capacity: usize,
+    /// Wraps every segment file the sink opens (fault injection in tests). Default: none.
+    pub writer_hook: Option<WriterHook>,
+}
+
+impl Default for JsonLinesOptions {
+    fn default() -> Self {
+        JsonLinesOptions {
+            max_segment_bytes: 64 << 20,
+            chain_key: ChainKey::Sha256,
+            queue_capacity: 1 << 16,
+            writer_hook: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for JsonLinesOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonLinesOptions")
+            .field("max_segment_bytes", &self.max_segment_bytes)
+            .field("chain_key", &self.chain_key)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("writer_hook", &self.writer_hook.is_some())
+            .finish()
+    }
+}
+
+/// The file name of segment `n`: `segment-000001.jsonl`, …
+pub fn segment_file_name(n: u64) -> String {
+    format!("segment-{n:06}.jsonl")
+}
+
+/// The segment number in a segment file name.
+pub fn parse_segment_file_name(name: &str) -> Option<u64> {
+    name.strip_prefix("segment-")?.strip_suffix(".jsonl")?.parse().ok()
+}
+
+/// The segment files of `dir`, by number.
+pub fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(n) = entry.file_name().to_str().and_then(parse_segment_file_name) {
+            out.push((n, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// What the end of a segment file holds.
+#[derive(Debug)]
+struct Tail {
+    /// Bytes up to and including the last intact line.
+    intact_len: u64,
+    /// Bytes after it: a torn last line.
+    torn: u64,
+    /// The hash of the last intact line.
+    last_hash: String,
+    /// The seq of the last intact record (or `first_seq - 1` if the segment has only its
+    /// header).
+    last_seq: u64,
+    chain: String,
+    key_id: Option<String>,
+}
+
+/// Reads a segment back: where its intact lines end and what the last one was. A damaged
+/// line that is not the last one is an error (the trail was tampered with: the sink will not
+/// write after it).
+fn scan_segment(path: &Path) -> io::Result<Tail> {
+    let mut bytes = Vec::new();
+    File::open(path)?.read_to_end(&mut bytes)?;
+    let bad =
+        |what: String| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {what}", path.display()));
+    let mut tail = Tail {
+        intact_len: 0,
+        torn: 0,
+        last_hash: String::new(),
+        last_seq: 0,
+        chain: String::new(),
+        key_id: None,
+    };
+    let mut pos = 0usize;
+    while pos < bytes.len() {
+        let end = bytes[pos..].iter().position(|&b| b == b'\n').map(|i| pos + i);
+        let line = &bytes[pos..end.unwrap_or(bytes.len())];
+        let parsed = split_line(line).and_then(|(_, hash)| {
+            let v: serde_json::Value = serde_json::from_slice(line).ok()?;
+            Some((v, hash.to_string()))
+        });
+        match (parsed, end) {
+            (Some((v, hash)), Some(end)) => {
+                if pos == 0 {
+                    if v.get("segment").is_none() {
+                        return Err(bad("the first line is not a segment header".into()));
+                    }
+                    tail.chain = v["chain"].as_str().unwrap_or_default().to_string();
+                    tail.key_id = v["key_id"].as_str().map(str::to_string);
+                    tail.last_seq = v["first_seq"].as_u64().unwrap_or(1).saturating_sub(1);
+                } else if let Some(seq) = v.get("seq").and_then(serde_json::Value::as_u64) {
+                    tail.last_seq = seq;
+                }
+                tail.last_hash = hash;
+                pos = end + 1;
+                tail.intact_len = pos as u64;
+            }
+            (_, end) => {
+                // Not a valid line: acceptable only as the very last one (a torn write).
+                if end.is_some_and(|e| e + 1 < bytes.len()) {
+                    return Err(bad(format!(
+                        "damaged line at byte {pos} before the end of the segment; run \
+                         `map-wrapper-audit verify` on the trail"
+                    )));
+                }
+                tail.torn = (bytes.len() - pos) as u64;
+                break;
+            }
+        }
+    }
+    if tail.intact_len == 0 {
+        return Err(bad("no intact segment header".into()));
+    }
+    Ok(tail)
+}
+
+/// Segment files by number.
+type Segments = Vec<(u64, PathBuf)>;
+
+/// The segments of `dir`, after removing a last segment file that holds no complete line: a
+/// crash (or a failed write) interrupted its creation before its header was whole, so it
+/// holds no record. Says what it removed.
+fn segments_without_headerless_last(dir: &Path) -> Result<(Segments, Option<String>), SinkError> {
+    let mut segments = list_segments(dir).map_err(|e| err("cannot list the audit directory", e))?;
+    let mut note = None;
+    if let Some((n, path)) = segments.last() {
+        let bytes = std::fs::read(path).map_err(|e| err(&format!("cannot read {}", path.display()), e))?;
+        if !bytes.contains(&b'\n') {
+            std::fs::remove_file(path).map_err(|e| err(&format!("cannot remove {}", path.display()), e))?;
+            sync_dir(dir).map_err(|e| err("cannot sync the audit directory", e))?;
+            note = Some(format!(
+                "removed {}: {} bytes of an incomplete segment header left by an interrupted segment creation",
+                segment_file_name(*n),
+                bytes.len()
+            ));
+            segments.pop();
+        }
+    }
+    Ok((segments, note))
+}
+
+/// The name of the lock file in a trail directory.
+pub(crate) const LOCK_FILE: &str = ".lock";
+
+/// Takes the trail's lock file: one sink per directory at a time, across processes. The lock
+/// goes with the returned file (and with the process).
+fn lock_dir(dir: &Path) -> Result<File, SinkError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))
+        .map_err(|e| err("cannot open the trail's lock file", e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: flock on a file descriptor we own and keep open for the call; it touches no
+        // memory of ours.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            return Err(if e.kind() == io::ErrorKind::WouldBlock {
+                SinkError::new(format!(
+                    "{} is already open by another audit sink (this or another process): one writer per \
+                     trail",
+                    dir.display()
+                ))
+            } else {
+                err("cannot lock the trail", e)
+            });
+        }
+    }
+    Ok(file)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn err(context: &str, e: impl std::fmt::Display) -> SinkError {
+    SinkError::new(format!("{context}: {e}"))
+}
+
+/// The shared state of producers, waiters and the writer.
+struct State {
+    events: Vec<AuditEvent>,
+    /// The seq the next appended record gets.
+    next_seq: u64,
+    epoch: u64,
+    /// Highest seq handed to the operating system.
+    written: u64,
+    /// Highest seq on disk.
+    synced: u64,
+    /// Highest seq some waiter wants on disk.
+    sync_wanted: u64,
+    /// Highest seq some waiter wants handed to the OS.
+    flush_wanted: u64,
+    failed: Option<SinkError>,
+    stopping: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the writer.
+    work: Condvar,
+    /// Wakes waiters and producers blocked on a full queue.
+    progress: Condvar,
+    failed: AtomicBool,
+    dir: PathBuf,
+    opts: JsonLinesOptions,
+    records: AtomicU64,
+    batches: AtomicU64,
+    syncs: AtomicU64,
+}
+
+/// What a [`JsonLinesSink`]'s writer has done since it was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct JsonLinesStats {
+    /// Records written (lifecycle records included).
+    pub records: u64,
+    /// Batches handed to the OS (one `write` each, unless a rotation splits one).
+    pub batches: u64,
+    /// `fdatasync` calls made for waiters (group commits).
+    pub syncs: u64,
+}
+
+/// What the writer thread owns.
+struct Writer {
+    file: Box<dyn SegmentWriter>,
+    segment: u64,
+    segment_bytes: u64,
+    chain: Chain,
+}
+
+/// An append-only, hash-chained trail of JSON lines in a directory of segment files.
+///
+/// - **Order**: every appended record gets the next `seq` under one lock, and one writer
+///   thread seals them in that order: one total order, one chain.
+/// - **Durability**: the writer hands each batch to the OS as soon as it has it;
+///   [`wait`](AuditSink::wait) with [`Durability::Synced`] asks it for an `fdatasync`, and
+///   every record written before that sync shares it (group commit).
+/// - **Rotation**: when a segment reaches [`JsonLinesOptions::max_segment_bytes`] it is
+///   synced and closed; the next one starts with a header carrying the previous segment's
+///   length and last hash. The directory is synced when a segment is created.
+/// - **Torn tail**: on open, a last line cut short by a crash is cut off, and a `sink_gap`
+///   record says how many bytes at which offset.
+/// - **One writer per trail**: the directory's `.lock` file is locked (`flock`) while the sink
+///   is open; a second sink on the same directory, in this process or another, is refused.
+/// - **Failure**: a write or sync error stops the sink (every waiter and later append gets
+///   the error). A sync error poisons the segment: it is never written or synced again;
+///   [`reopen`](AuditSink::reopen) continues in a new segment.
+///
+/// See `docs/AUDIT_FORMAT.md` for the bytes on disk.
+///
+/// ```
+/// use map_wrapper::audit::{AuditSink, Auditor, Durability, JsonLinesSink};
+/// use map_wrapper::MapWrapper;
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let sink = JsonLinesSink::open(dir.path(), Default::default()).unwrap();
+/// let auditor = Auditor::new(sink).durability(Durability::Synced);
+/// let map: MapWrapper<String, u32> = MapWrapper::builder().auditor(auditor).build()?;
+/// map.insert("a".into(), 1)?; // returns once its record is on disk
+/// # Ok::<(), map_wrapper::MapError>(())
+/// ```
+pub struct JsonLinesSink {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Held open for the sink's life: the directory's lock (see `lock_dir`).
+    _lock: File,
+}
+
+impl std::fmt::Debug for JsonLinesSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonLinesSink").field("dir", &self.shared.dir).finish_non_exhaustive()
+    }
+}
+
+impl JsonLinesSink {
+    /// Opens (or creates) the trail in `dir` and starts its writer: continues the last
+    /// segment after repairing a torn tail, or starts segment 1. Writes an `audit_start`
+    /// record.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors; a last segment damaged before its end; a trail chained with another
+    /// algorithm or key id than `opts.chain_key`.
+    pub fn open(dir: impl AsRef<Path>, opts: JsonLinesOptions) -> Result<Self, SinkError> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| err("cannot create the audit directory", e))?;
+        let lock = lock_dir(&dir)?;
+        let (segments, removed) = segments_without_headerless_last(&dir)?;
+        let (writer, note) = match segments.last() {
+            None => (Self::new_segment(&dir, &opts, Chain::new(opts.chain_key.clone()), 1, 0, false)?, None),
+            Some((n, path)) => {
+                let tail = scan_segment(path).map_err(|e| err("cannot reopen the trail", e))?;
+                if tail.chain != opts.chain_key.algorithm()
+                    || tail.key_id.as_deref() != opts.chain_key.key_id()
+                {
+                    return Err(SinkError::new(format!(
+                        "{} is chained with {} (key id {:?}), not {} (key id {:?})",
+                        path.display(),
+                        tail.chain,
+                        tail.key_id,
+                        opts.chain_key.algorithm(),
+                        opts.chain_key.key_id()
+                    )));
+                }
+                let mut file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| err("cannot open the last segment", e))?;
+                let mut note = None;
+                if tail.torn > 0 {
+                    file.set_len(tail.intact_len).map_err(|e| err("cannot cut the torn tail", e))?;
+                    file.sync_all().map_err(|e| err("cannot sync the repaired segment", e))?;
+                    note = Some(format!(
+                        "torn tail repaired: {} bytes at offset {} of {} removed on open",
+                        tail.torn,
+                        tail.intact_len,
+                        segment_file_name(*n)
+                    ));
+                }
+                std::io::Seek::seek(&mut file, io::SeekFrom::End(0)).map_err(|e| err("seek", e))?;
+                let chain = Chain::resume(opts.chain_key.clone(), tail.last_seq + 1, tail.last_hash);
+                let file: Box<dyn SegmentWriter> = match &opts.writer_hook {
+                    Some(hook) => hook(file),
+                    None => Box::new(file),
+                };
+                (Writer { file, segment: *n, segment_bytes: tail.intact_len, chain }, note)
+            }
+        };
+        let gaps: Vec<String> = removed.into_iter().chain(note).collect();
+        Self::start(dir, opts, writer, &gaps, "opened", lock)
+    }
+
+    /// Creates segment `n` with its header, syncs it and the directory.
+    fn new_segment(
+        dir: &Path,
+        opts: &JsonLinesOptions,
+        mut chain: Chain,
+        n: u64,
+        prev_len: u64,
+        recovered: bool,
+    ) -> Result<Writer, SinkError> {
+        let path = dir.join(segment_file_name(n));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| err(&format!("cannot create {}", path.display()), e))?;
+        sync_dir(dir).map_err(|e| err("cannot sync the audit directory", e))?;
+        let mut file: Box<dyn SegmentWriter> = match &opts.writer_hook {
+            Some(hook) => hook(file),
+            None => Box::new(file),
+        };
+        let mut header = String::new();
+        chain.seal_header(n, prev_len, recovered, &mut header);
+        file.append(header.as_bytes()).map_err(|e| err("cannot write a segment header", e))?;
+        file.sync().map_err(|e| err("cannot sync a segment header", e))?;
+        Ok(Writer { file, segment: n, segment_bytes: header.len() as u64, chain })
+    }
+
+    /// Writes the opening records synchronously, then hands the writer to its thread.
+    fn start(
+        dir: PathBuf,
+        opts: JsonLinesOptions,
+        mut writer: Writer,
+        gaps: &[String],
+        why: &str,
+        lock: File,
+    ) -> Result<Self, SinkError> {
+        let mut lines = String::new();
+        for gap in gaps {
+            writer
+                .chain
+                .seal_event(&AuditEvent::new(EventFields::lifecycle("sink_gap", Some(gap))), &mut lines);
+        }
+        writer
+            .chain
+            .seal_event(&AuditEvent::new(EventFields::lifecycle("audit_start", Some(why))), &mut lines);
+        writer.file.append(lines.as_bytes()).map_err(|e| err("cannot write to the trail", e))?;
+        writer.file.sync().map_err(|e| err("cannot sync the trail", e))?;
+        writer.segment_bytes += lines.len() as u64;
+        let last = writer.chain.next_seq() - 1;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                events: Vec::new(),
+                next_seq: last + 1,
+                epoch: 0,
+                written: last,
+                synced: last,
+                sync_wanted: 0,
+                flush_wanted: 0,
+                failed: None,
+                stopping: false,
+            }),
+            work: Condvar::new(),
+            progress: Condvar::new(),
+            failed: AtomicBool::new(false),
+            dir,
+            opts,
+            records: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+        });
+        let thread = spawn_writer(Arc::clone(&shared), writer)?;
+        Ok(JsonLinesSink { shared, thread: Mutex::new(Some(thread)), _lock: lock })
+    }
+
+    /// The directory of the trail.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// What the writer has done so far (records, batches, group-commit syncs).
+    pub fn stats(&self) -> JsonLinesStats {
+        JsonLinesStats {
+            records: self.shared.records.load(Ordering::Relaxed),
+            batches: self.shared.batches.load(Ordering::Relaxed),
+            syncs: self.shared.syncs.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Writes an `audit_stop` record, syncs, and stops the writer. Appends after this fail.
+    pub fn close(&self) -> Result<(), SinkError> {
+        let Some(thread) = self.thread.lock().take() else {
+            return self.health();
+        };
+        let stop = self.append(AuditEvent::new(EventFields::lifecycle("audit_stop", None)));
+        {
+            let mut st = self.shared.state.lock();
+            st.stopping = true;
+            self.shared.work.notify_all();
+        }
+        let _ = thread.join();
+        let st = self.shared.state.lock();
+        match (stop, &st.failed) {
+            (_, Some(e)) => Err(e.clone()),
+            (Err(e), None) => Err(e),
+            (Ok(_), None) => Ok(()),
+        }
+    }
+}
+
+impl Drop for JsonLinesSink {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+fn spawn_writer(shared: Arc<Shared>, writer: Writer) -> Result<JoinHandle<()>, SinkError> {
+    std::thread::Builder::new()
+        .name("audit-writer".into())
+        .spawn(move || run_writer(&shared, writer))
+        .map_err(|e| err("cannot start the audit writer thread", e))
+}
+
+/// The writer thread: takes whole batches, seals them, writes them, syncs when asked.
+fn run_writer(shared: &Shared, mut w: Writer) {
+    let mut buf = String::with_capacity(1 << 16);
+    let mut batch: Vec<AuditEvent> = Vec::new();
+    loop {
+        let stopping = {
+            let mut st = shared.state.lock();
+            // Without a waiter, let a batch build up for up to BATCH_DELAY (or BATCH_WAKE
+            // records): one wake-up and one write for many records instead of one each.
+            loop {
+                let wanted = st.sync_wanted > st.synced || st.flush_wanted > st.written || st.stopping;
+                if wanted || st.events.len() >= BATCH_WAKE {
+                    break;
+                }
+                if st.events.is_empty() {
+                    shared.work.wait(&mut st);
+                } else if shared.work.wait_for(&mut st, BATCH_DELAY).timed_out() {
+                    break;
+                }
+            }
+            std::mem::swap(&mut batch, &mut st.events);
+            shared.progress.notify_all();
+            st.stopping
+        };
+        let mut sync = stopping;
+        if let Err(e) = write_batch(shared, &mut w, &batch, &mut buf) {
+            return fail(shared, e);
+        }
+        shared.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        shared.batches.fetch_add(u64::from(!batch.is_empty()), Ordering::Relaxed);
+        batch.clear();
+        let last = w.chain.next_seq() - 1;
+        {
+            let mut st = shared.state.lock();
+            st.written = last;
+            sync |= st.sync_wanted > st.synced;
+            shared.progress.notify_all();
+        }
+        if sync {
+            if let Err(e) = w.file.sync() {
+                // Never sync this file again: after a failed fsync the kernel may have dropped
+                // the dirty pages, and a second fsync would report success for data that is
+                // gone. The segment is poisoned; reopen() starts a new one.
+                return fail(shared, err(&format!("fsync of {} failed", segment_file_name(w.segment)), e));
+            }
+            shared.syncs.fetch_add(1, Ordering::Relaxed);
+            let mut st = shared.state.lock();
+            st.synced = last;
+            shared.progress.notify_all();
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+fn write_batch(
+    shared: &Shared,
+    w: &mut Writer,
+    batch: &[AuditEvent],
+    buf: &mut String,
+) -> Result<(), SinkError> {
+    buf.clear();
+    for event in batch {
+        if w.segment_bytes + buf.len() as u64 >= shared.opts.max_segment_bytes {
+            rotate(shared, w, buf)?;
+        }
+        w.chain.seal_event(event, buf);
+    }
+    flush_buf(w, buf)
+}
+
+fn flush_buf(w: &mut Writer, buf: &mut String) -> Result<(), SinkError> {
+    if !buf.is_empty() {
+        w.file
+            .append(buf.as_bytes())
+            .map_err(|e| err(&format!("write to {} failed", segment_file_name(w.segment)), e))?;
+        w.segment_bytes += buf.len() as u64;
+        buf.clear();
+    }
+    Ok(())
+}
+
+/// Finishes the current segment (written and synced) and starts the next one.
+fn rotate(shared: &Shared, w: &mut Writer, buf: &mut String) -> Result<(), SinkError> {
+    flush_buf(w, buf)?;
+    w.file.sync().map_err(|e| err(&format!("fsync of {} failed", segment_file_name(w.segment)), e))?;
+    let next = JsonLinesSink::new_segment(
+        &shared.dir,
+        &shared.opts,
+        w.chain.clone(),
+        w.segment + 1,
+        w.segment_bytes,
+        false,
+    )?;
+    *w = next;
+    Ok(())
+}
+
+fn fail(shared: &Shared, e: SinkError) {
+    tracing::error!(target: "audit", error = %e, "audit sink failed; fail-closed maps are now read-only");
+    let mut st = shared.state.lock();
+    st.events.clear();
+    st.failed = Some(e);
+    shared.failed.store(true, Ordering::Release);
+    shared.progress.notify_all();
+}
+
+impl AuditSink for JsonLinesSink {
+    fn append(&self, event: AuditEvent) -> Result<Ticket, SinkError> {
+        let mut st = self.shared.state.lock();
+        loop {
+            if let Some(e) = &st.failed {
+                return Err(e.clone());
+            }
+            if st.stopping {
+                return Err(SinkError::new("the audit sink is closed"));
+            }
+            if st.events.len() < self.shared.opts.queue_capacity {
+                break;
+            }
+            self.shared.progress.wait(&mut st);
+        }
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.events.push(event);
+        if st.events.len() == 1 || st.events.len() == BATCH_WAKE {
+            self.shared.work.notify_one();
+        }
+        Ok(Ticket::new(seq, st.epoch))
+    }
+
+    fn wait(&self, ticket: &Ticket, level: Durability) -> Result<(), SinkError> {
+        if level == Durability::Buffered {
+            return Ok(());
+        }
+        let mut st = self.shared.state.lock();
+        if st.flush_wanted < ticket.id {
+            st.flush_wanted = ticket.id;
+            self.shared.work.notify_one();
+        }
+        loop {
+            if st.epoch != ticket.epoch {
+                return Err(SinkError::new("the record was lost in a sink failure before the reopen"));
+            }
+            let done = match level {
+                Durability::Synced => st.synced >= ticket.id,
+                _ => st.written >= ticket.id,
+            };
+            if done {
+                return Ok(());
+            }
+            if let Some(e) = &st.failed {
+                return Err(e.clone());
+            }
+            if level == Durability::Synced && st.sync_wanted < ticket.id {
+                st.sync_wanted = ticket.id;
+                self.shared.work.notify_one();
+            }
+            self.shared.progress.wait(&mut st);
+        }
+    }
+
+    fn health(&self) -> Result<(), SinkError> {
+        if !self.shared.failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        match &self.shared.state.lock().failed {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Continues a failed trail in a new segment. The failed segment is never written or
+    /// synced again; the new one's header records how many of its bytes were intact
+    /// (`prev_len`) and `"recovered": true`, and an `audit_start` record gives the failure.
+    ///
+    /// Limitation: the intact part of the failed segment is read back through the page cache.
+    /// After an fsync failure some of those pages may never reach the disk; if the machine
+    /// then crashes, the failed segment can be shorter than the new header says, and the
+    /// verifier reports the trail as tampered at that header.
+    fn reopen(&self) -> Result<(), SinkError> {
+        let mut thread = self.thread.lock();
+        let reason = match &self.shared.state.lock().failed {
+            Some(e) => e.clone(),
+            None => return Ok(()),
+        };
+        if let Some(t) = thread.take() {
+            let _ = t.join();
+        }
+        let dir = &self.shared.dir;
+        let (mut segments, removed) = segments_without_headerless_last(dir)?;
+        let (n, path) = segments.pop().ok_or_else(|| SinkError::new("the audit directory has no segment"))?;
+        let tail = scan_segment(&path).map_err(|e| err("cannot read the failed segment", e))?;
+        let chain = Chain::resume(self.shared.opts.chain_key.clone(), tail.last_seq + 1, tail.last_hash);
+        let mut w = JsonLinesSink::new_segment(dir, &self.shared.opts, chain, n + 1, tail.intact_len, true)?;
+        let mut lines = String::new();
+        let mut why = format!("reopened after failure: {}", reason.reason());
+        if let Some(removed) = removed {
+            why.push_str("; ");
+            why.push_str(&removed);
+        }
+        w.chain.seal_event(&AuditEvent::new(EventFields::lifecycle("audit_start", Some(&why))), &mut lines);
+        w.file.append(lines.as_bytes()).map_err(|e| err("cannot write to the new segment", e))?;
+        w.file.sync().map_err(|e| err("cannot sync the new segment", e))?;
+        w.segment_bytes += lines.len() as u64;
+        let last = w.chain.next_seq() - 1;
+        {
+            let mut st = self.shared.state.lock();
+            st.events.clear();
+            st.next_seq = last + 1;
+            st.written = last;
+            st.synced = last;
+            st.sync_wanted = 0;
+            st.flush_wanted = 0;
+            st.epoch += 1;
+            st.failed = None;
+            self.shared.failed.store(false, Ordering::Release);
+        }
+        *thread = Some(spawn_writer(Arc::clone(&self.shared), w)?);
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), SinkError> {
+        let last = {
+            let st = self.shared.state.lock();
+            Ticket::new(st.next_seq - 1, st.epoch)
+        };
+        self.wait(&last, Durability::Synced)
+    }
+}

@@ -1,0 +1,313 @@
+//! [`AuditSink`]: where records go. [`MemorySink`] (tests, inspection), [`TracingSink`] (one
+//! `tracing` event per record) and [`TeeSink`] (several sinks at once).
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::record::{AuditEvent, AuditRecord, Chain, ChainKey};
+
+/// How durable a record must be before the operation that made it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Durability {
+    /// The record is queued to the sink's writer; the operation does not wait for it. The
+    /// [`JsonLinesSink`](crate::audit::JsonLinesSink) writer hands queued records to the OS in
+    /// batches, at the latest about 2 ms after they were queued. A crash of the process loses
+    /// what is still queued.
+    #[default]
+    Buffered,
+    /// The record has been handed to the operating system (`write(2)` returned): it survives
+    /// a crash of the process, not of the machine.
+    Flushed,
+    /// The record is on disk (`fdatasync` returned); concurrent operations share one sync
+    /// (group commit).
+    Synced,
+}
+
+/// Why a sink cannot take records.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct SinkError {
+    reason: Arc<str>,
+}
+
+impl SinkError {
+    /// An error with this explanation.
+    pub fn new(reason: impl Into<Arc<str>>) -> Self {
+        SinkError { reason: reason.into() }
+    }
+
+    /// The explanation.
+    pub fn reason(&self) -> &Arc<str> {
+        &self.reason
+    }
+}
+
+/// A claim on one appended record, to wait for its durability with [`AuditSink::wait`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Ticket {
+    /// The sink's id for the record (its `seq` for the built-in sinks).
+    pub id: u64,
+    /// The sink's epoch when the record was appended (bumped on reopen), so a ticket from
+    /// before a failure is never taken for a record after it.
+    pub epoch: u64,
+    /// The tickets of the sinks under a [`TeeSink`], in order.
+    pub parts: Vec<Ticket>,
+}
+
+impl Ticket {
+    /// A ticket for record `id` in `epoch`.
+    pub fn new(id: u64, epoch: u64) -> Self {
+        Ticket { id, epoch, parts: Vec::new() }
+    }
+}
+
+/// A destination for audit records.
+///
+/// The sink gives records one total order and one chain. [`append`](AuditSink::append) is
+/// called while the map holds the key's shard lock (that is what keeps a key's records in the
+/// order of its mutations), so it must be quick: queue the record, do not do I/O that can
+/// block for long. [`wait`](AuditSink::wait) is called after the lock is released.
+pub trait AuditSink: Send + Sync {
+    /// Takes `event` into the sink's order. An error means the record was not taken.
+    fn append(&self, event: AuditEvent) -> Result<Ticket, SinkError>;
+
+    /// Returns once the record of `ticket` is at least as durable as `level`, or the error
+    /// that keeps it from being so.
+    fn wait(&self, ticket: &Ticket, level: Durability) -> Result<(), SinkError> {
+        let _ = (ticket, level);
+        Ok(())
+    }
+
+    /// `Ok` while the sink takes records; the error that stopped it otherwise. Cheap: called
+    /// before every mutation of a fail-closed map.
+    fn health(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// Makes a failed sink take records again (a new segment for a file sink).
+    fn reopen(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// Makes every record appended so far durable (synced for a file sink).
+    fn flush(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+impl<T: AuditSink + ?Sized> AuditSink for Arc<T> {
+    fn append(&self, event: AuditEvent) -> Result<Ticket, SinkError> {
+        (**self).append(event)
+    }
+    fn wait(&self, ticket: &Ticket, level: Durability) -> Result<(), SinkError> {
+        (**self).wait(ticket, level)
+    }
+    fn health(&self) -> Result<(), SinkError> {
+        (**self).health()
+    }
+    fn reopen(&self) -> Result<(), SinkError> {
+        (**self).reopen()
+    }
+    fn flush(&self) -> Result<(), SinkError> {
+        (**self).flush()
+    }
+}
+
+/// Keeps every record in memory, chained like a file trail: for tests and inspection.
+///
+/// ```
+/// use map_wrapper::audit::{Auditor, MemorySink};
+/// use map_wrapper::MapWrapper;
+///
+/// let sink = MemorySink::new();
+/// let map: MapWrapper<String, u32> =
+///     MapWrapper::builder().name("m").auditor(Auditor::new(sink.clone())).build()?;
+/// map.insert("a".into(), 1)?;
+/// let records = sink.records();
+/// assert_eq!(records[0].op, "insert");
+/// assert_eq!(records[0].new, Some(serde_json::json!({"full": 1})));
+/// # Ok::<(), map_wrapper::MapError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct MemorySink {
+    inner: Arc<Mutex<MemoryInner>>,
+}
+
+#[derive(Debug)]
+struct MemoryInner {
+    chain: Chain,
+    text: String,
+}
+
+impl Default for MemorySink {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemorySink {
+    /// An empty SHA-256-chained memory sink.
+    pub fn new() -> Self {
+        Self::with_key(ChainKey::Sha256)
+    }
+
+    /// An empty memory sink chained with `key`.
+    pub fn with_key(key: ChainKey) -> Self {
+        MemorySink {
+            inner: Arc::new(Mutex::new(MemoryInner { chain: Chain::new(key), text: String::new() })),
+        }
+    }
+
+    /// The trail so far, exactly as a [`JsonLinesSink`](crate::audit::JsonLinesSink) would
+    /// write it (without segment headers): one line per record.
+    pub fn text(&self) -> String {
+        self.inner.lock().text.clone()
+    }
+
+    /// The records so far, parsed back.
+    pub fn records(&self) -> Vec<AuditRecord> {
+        self.inner
+            .lock()
+            .text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("MemorySink writes valid records"))
+            .collect()
+    }
+
+    /// How many records it holds.
+    pub fn len(&self) -> usize {
+        self.inner.lock().chain.next_seq() as usize - 1
+    }
+
+    /// Whether it holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl AuditSink for MemorySink {
+    fn append(&self, event: AuditEvent) -> Result<Ticket, SinkError> {
+        let mut inner = self.inner.lock();
+        let MemoryInner { chain, text } = &mut *inner;
+        Ok(Ticket::new(chain.seal_event(&event, text), 0))
+    }
+}
+
+/// Emits one `tracing` event per record, at target `audit`, level INFO, with every field of
+/// the record as a structured field (`seq`, `ts`, `map`, `shard`, `op`, `key`, `old`, `new`,
+/// `actor`, `trace_id`, `tags`, `outcome`, `reason`, `latency_ns`, `prev`, `hash`; values that
+/// are JSON are given as their JSON text). Chained like the other sinks, so a collector that
+/// keeps the events keeps a verifiable trail.
+///
+/// Durability is the subscriber's: `wait` returns at once.
+#[derive(Debug, Clone)]
+pub struct TracingSink {
+    chain: Arc<Mutex<Chain>>,
+}
+
+impl Default for TracingSink {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TracingSink {
+    /// A SHA-256-chained tracing sink.
+    pub fn new() -> Self {
+        TracingSink { chain: Arc::new(Mutex::new(Chain::new(ChainKey::Sha256))) }
+    }
+}
+
+fn json_text(v: &Option<serde_json::Value>) -> String {
+    v.as_ref().map_or_else(|| "null".to_string(), |v| v.to_string())
+}
+
+impl AuditSink for TracingSink {
+    fn append(&self, event: AuditEvent) -> Result<Ticket, SinkError> {
+        let mut line = String::new();
+        // Sealed and emitted under the lock: events leave in chain order.
+        let mut chain = self.chain.lock();
+        let seq = chain.seal_event(&event, &mut line);
+        let r: AuditRecord = serde_json::from_str(line.trim_end())
+            .map_err(|e| SinkError::new(format!("record does not parse back: {e}")))?;
+        let tags = serde_json::to_string(&r.tags).unwrap_or_default();
+        tracing::info!(
+            target: "audit",
+            seq = r.seq,
+            ts = %r.ts,
+            map = r.map.as_deref(),
+            shard = r.shard,
+            op = %r.op,
+            key = %json_text(&r.key),
+            old = %json_text(&r.old),
+            new = %json_text(&r.new),
+            actor = %r.actor,
+            trace_id = r.trace_id.as_deref(),
+            tags = %tags,
+            outcome = %r.outcome,
+            reason = r.reason.as_deref(),
+            latency_ns = r.latency_ns,
+            prev = %r.prev,
+            hash = %r.hash,
+            "audit record"
+        );
+        Ok(Ticket::new(seq, 0))
+    }
+}
+
+/// Sends every record to several sinks, in order; each keeps its own order and chain. Fails
+/// if any of them fails (a record that one sink lost is a lost record); the sinks before the
+/// failing one keep the record they took.
+#[derive(Clone)]
+pub struct TeeSink {
+    sinks: Vec<Arc<dyn AuditSink>>,
+}
+
+impl std::fmt::Debug for TeeSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TeeSink").field("sinks", &self.sinks.len()).finish()
+    }
+}
+
+impl TeeSink {
+    /// A tee over `sinks`, written in this order.
+    pub fn new(sinks: Vec<Arc<dyn AuditSink>>) -> Self {
+        TeeSink { sinks }
+    }
+}
+
+impl AuditSink for TeeSink {
+    fn append(&self, event: AuditEvent) -> Result<Ticket, SinkError> {
+        let mut parts = Vec::with_capacity(self.sinks.len());
+        for sink in &self.sinks {
+            parts.push(sink.append(event.clone())?);
+        }
+        Ok(Ticket { id: 0, epoch: 0, parts })
+    }
+
+    fn wait(&self, ticket: &Ticket, level: Durability) -> Result<(), SinkError> {
+        for (sink, t) in self.sinks.iter().zip(&ticket.parts) {
+            sink.wait(t, level)?;
+        }
+        Ok(())
+    }
+
+    fn health(&self) -> Result<(), SinkError> {
+        self.sinks.iter().try_for_each(|s| s.health())
+    }
+
+    fn reopen(&self) -> Result<(), SinkError> {
+        for s in &self.sinks {
+            if s.health().is_err() {
+                s.reopen()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), SinkError> {
+        self.sinks.iter().try_for_each(|s| s.flush())
+    }
+}

@@ -1,0 +1,274 @@
+//! Tamper tests through the `map-wrapper-audit` binary: each kind of tampering is detected,
+//! with the right exit status and the first bad seq and byte offset.
+
+use std::path::Path;
+use std::process::Command;
+
+use map_wrapper::audit::{
+    to_hex, AuditEvent, Auditor, Chain, ChainKey, Encoded, EventFields, JsonLinesOptions, JsonLinesSink,
+};
+use map_wrapper::MapWrapper;
+
+const HMAC_KEY: &[u8] = b"an audit key of thirty-two bytes";
+
+/// A closed trail: header, `audit_start` (seq 1), inserts of 0..10 (seq 2..=11), `audit_stop`
+/// (seq 12).
+fn trail(dir: &Path, key: ChainKey, max_segment_bytes: u64) {
+    let opts = JsonLinesOptions { chain_key: key, max_segment_bytes, ..Default::default() };
+    let sink = JsonLinesSink::open(dir, opts).unwrap();
+    let map: MapWrapper<u32, u32> =
+        MapWrapper::builder().name("t").auditor(Auditor::new(sink)).build().unwrap();
+    for i in 0..10 {
+        map.insert(i, i).unwrap();
+    }
+}
+
+fn seg(dir: &Path) -> std::path::PathBuf {
+    dir.join("segment-000001.jsonl")
+}
+
+fn lines(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(seg(dir)).unwrap().lines().map(|l| format!("{l}\n")).collect()
+}
+
+fn write(dir: &Path, lines: &[String]) {
+    std::fs::write(seg(dir), lines.concat()).unwrap();
+}
+
+/// Byte offset of line `i` (0 = header).
+fn offset(lines: &[String], i: usize) -> usize {
+    lines[..i].iter().map(String::len).sum()
+}
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_map-wrapper-audit")).args(args).output().unwrap();
+    (out.status.code().unwrap(), String::from_utf8(out.stdout).unwrap())
+}
+
+fn verify(dir: &Path, extra: &[&str]) -> (i32, serde_json::Value) {
+    let mut args = vec!["verify", "--json"];
+    args.extend_from_slice(extra);
+    args.push(dir.to_str().unwrap());
+    let (code, out) = run(&args);
+    (code, serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}")))
+}
+
+fn first_bad(report: &serde_json::Value) -> (u64, usize) {
+    let p = &report["problem"];
+    (p["seq"].as_u64().unwrap(), p["offset"].as_u64().unwrap() as usize)
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+#[test]
+fn an_untouched_trail_is_intact() {
+    let d = tmp();
+    trail(d.path(), ChainKey::Sha256, 1 << 20);
+    let (code, out) = run(&["verify", d.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("INTACT records=12 segments=1 seq=1..12"), "{out}");
+}
+
+#[test]
+fn an_edited_field_is_caught_at_its_record() {
+    let d = tmp();
+    trail(d.path(), ChainKey::Sha256, 1 << 20);
+    let mut l = lines(d.path());
+    // Line 5 is seq 5: the insert of 3.
+    assert!(l[5].contains("\"seq\":5,") && l[5].contains("\"new\":{\"full\":3}"));
+    l[5] = l[5].replace("\"new\":{\"full\":3}", "\"new\":{\"full\":4}");
+    write(d.path(), &l);
+    let (code, r) = verify(d.path(), &[]);
+    assert_eq!(code, 1, "{r}");
+    assert_eq!(first_bad(&r), (5, offset(&l, 5)));
+    assert!(r["problem"]["what"].as_str().unwrap().contains("hash"), "{r}");
+}
+
+#[test]
+fn a_deleted_line_is_caught_at_the_next_record() {
+    let d = tmp();
+    trail(d.path(), ChainKey::Sha256, 1 << 20);
+    let mut l = lines(d.path());
+    let at = offset(&l, 5);
+    l.remove(5);
+    write(d.path(), &l);
+    let (code, r) = verify(d.path(), &[]);
+    assert_eq!(code, 1);
+    assert_eq!(first_bad(&r), (6, at));
+}
+
+#[test]
+fn swapped_lines_are_caught_at_the_first_of_them() {
+    let d = tmp();
+    trail(d.path(), ChainKey::Sha256, 1 << 20);
+    let mut l = lines(d.path());
+    let at = offset(&l, 5);
+    l.swap(5, 6);
+    write(d.path(), &l);
+    let (code, r) = verify(d.path(), &[]);
+    assert_eq!(code, 1);
+    assert_eq!(first_bad(&r), (6, at));
+}
+
+#[test]
+fn a_duplicated_line_is_caught_at_the_copy() {
+    let d = tmp();
+    trail(d.path(), ChainKey::Sha256, 1 << 20);
+    let mut l = lines(d.path());
+    let copy = l[5].clone();
+    l.insert(6, copy);
+    write(d.path(), &l);
+    let (code, r) = verify(d.path(), &[]);
+    assert_eq!(code, 1);
+    assert_eq!(first_bad(&r), (5, offset(&l, 6)));
+}
+
+#[test]
+fn a_line_cut_mid_way_is_a_torn_tail_and_reopening_repairs_it_with_a_record() {
+    let d = tmp();
+    trail(d.path(), ChainKey::Sha256, 1 << 20);
+    let l = lines(d.path());
+    let mut cut = l[..12].concat();
+    let at = cut.len();
+    cut.push_str(&l[12][..40]);
+    std::fs::write(seg(d.path()), &cut).unwrap();
+    let (code, r) = verify(d.path(), &[]);
+    assert_eq!(code, 2, "{r}");
+    assert_eq!(r["verdict"], "torn_tail");
+    assert_eq!(r["torn_tail"]["offset"].as_u64().unwrap() as usize, at);
+    assert_eq!(r["last_seq"], 11);
+
+    drop(JsonLinesSink::open(d.path(), JsonLinesOptions::default()).unwrap());
+    let (code, r) = verify(d.path(), &[]);
+    assert_eq!(code, 0, "{r}");
+    let text = std::fs::read_to_string(seg(d.path())).unwrap();
+    let gap = text.lines().find(|l| l.contains("\"op\":\"sink_gap\"")).expect("a sink_gap record");
+    assert!(gap.contains(&format!("40 bytes at offset {at}")), "{gap}");
+    assert!(gap.contains("\"seq\":12,"), "the repair record takes the torn record's seq: {gap}");
+}
+
+/// The next record, sealed with a freshly computed SHA-256 as a forger would.
+fn forge(l: &[String]) -> String {
+    let last: serde_json::Value = serde_json::from_str(l.last().unwrap()).unwrap();
+    let mut chain = Chain::resume(
+        ChainKey::Sha256,
+        last["seq"].as_u64().unwrap() + 1,
+        last["hash"].as_str().unwrap().to_string(),
+    );
+    let event = AuditEvent::new(EventFields {
+        map: Some("t"),
+        shard: Some(0),
+        op: "insert",
+        key: Encoded::NONE,
+        old: Encoded::NONE,
+        new: Encoded::NONE,
+        actor: "mallory",
+        trace_id: None,
+        tags: &[],
+        outcome: "ok",
+        reason: None,
+        latency_ns: 1,
+    });
+    let mut line = String::new();
+    chain.seal_event(&event, &mut line);
+    line
+}
+
+#[test]
+fn a_forged_line_with_a_recomputed_sha256_passes_a_plain_chain_but_not_an_hmac_one() {
+    // Plain SHA-256: anyone can extend the chain (what HMAC is for).
+    let d = tmp();
+    trail(d.path(), ChainKey::Sha256, 1 << 20);
+    let mut l = lines(d.path());
+    l.push(forge(&l));
+    write(d.path(), &l);
+    assert_eq!(verify(d.path(), &[]).0, 0);
+
+    // HMAC: the forged line is caught.
+    let d = tmp();
+    trail(d.path(), ChainKey::Hmac { id: "k1".into(), key: HMAC_KEY.to_vec() }, 1 << 20);
+    let key_file = d.path().join("key.hex");
+    std::fs::write(&key_file, to_hex(HMAC_KEY) + "\n").unwrap();
+    let key_arg = key_file.to_str().unwrap();
+    assert_eq!(verify(d.path(), &["--hmac-key-file", key_arg]).0, 0);
+    let mut l = lines(d.path());
+    let at = offset(&l, l.len());
+    l.push(forge(&l));
+    write(d.path(), &l);
+    let (code, r) = verify(d.path(), &["--hmac-key-file", key_arg]);
+    assert_eq!(code, 1, "{r}");
+    assert_eq!(first_bad(&r), (13, at));
+
+    // Without the key an HMAC trail cannot be judged; with a wrong key it does not verify.
+    assert_eq!(verify(d.path(), &[]).0, 3);
+    std::fs::write(&key_file, to_hex(b"another key")).unwrap();
+    let (code, r) = verify(d.path(), &["--hmac-key-file", key_arg]);
+    assert_eq!(code, 1);
+    assert_eq!(first_bad(&r).0, 1, "the header already fails: {r}");
+}
+
+#[test]
+fn links_are_checked_across_segments() {
+    let d = tmp();
+    trail(d.path(), ChainKey::Sha256, 1200);
+    let segs = map_wrapper::audit::list_segments(d.path()).unwrap();
+    assert!(segs.len() >= 3, "{segs:?}");
+    let (code, r) = verify(d.path(), &[]);
+    assert_eq!((code, r["records"].as_u64()), (0, Some(12)), "{r}");
+
+    // Removing a whole middle segment breaks the link.
+    std::fs::remove_file(&segs[1].1).unwrap();
+    let (code, r) = verify(d.path(), &[]);
+    assert_eq!(code, 1, "{r}");
+    assert!(r["problem"]["file"].as_str().unwrap().ends_with(&format!("segment-{:06}.jsonl", segs[2].0)));
+}
+
+#[test]
+fn usage_and_io_errors_exit_with_3() {
+    assert_eq!(run(&["verify"]).0, 3);
+    assert_eq!(run(&["verify", "/nonexistent/trail"]).0, 3);
+    assert_eq!(run(&["frobnicate"]).0, 3);
+    let d = tmp();
+    trail(d.path(), ChainKey::Sha256, 1 << 20);
+    let bad_key = d.path().join("k");
+    std::fs::write(&bad_key, "not hex").unwrap();
+    assert_eq!(
+        run(&["verify", "--hmac-key-file", bad_key.to_str().unwrap(), d.path().to_str().unwrap()]).0,
+        3
+    );
+}
+
+#[test]
+fn show_prints_one_keys_history() {
+    let d = tmp();
+    let sink = JsonLinesSink::open(d.path(), JsonLinesOptions::default()).unwrap();
+    let map: MapWrapper<String, u32> =
+        MapWrapper::builder().name("m").auditor(Auditor::new(sink)).build().unwrap();
+    map.insert("alice".into(), 1).unwrap();
+    map.insert("bob".into(), 5).unwrap();
+    map.update("alice", |v| *v += 1).unwrap();
+    map.remove("alice").unwrap();
+    drop(map);
+    let (code, out) = run(&["show", "--key", "alice", d.path().to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let ops: Vec<&str> = out.lines().map(|l| l.split(' ').nth(3).unwrap()).collect();
+    assert_eq!(ops, ["insert", "update", "remove"], "{out}");
+    assert!(out.lines().nth(1).unwrap().contains("old={\"full\":1} new={\"full\":2}"), "{out}");
+}
+
+#[test]
+fn the_last_line_of_a_segment_removed_is_caught_at_the_next_header() {
+    let d = tmp();
+    trail(d.path(), ChainKey::Sha256, 1200);
+    let segs = map_wrapper::audit::list_segments(d.path()).unwrap();
+    let text = std::fs::read_to_string(&segs[0].1).unwrap();
+    let mut l: Vec<String> = text.lines().map(|l| format!("{l}\n")).collect();
+    let removed: serde_json::Value = serde_json::from_str(&l.pop().unwrap()).unwrap();
+    std::fs::write(&segs[0].1, l.concat()).unwrap();
+    let (code, r) = verify(d.path(), &[]);
+    assert_eq!(code, 1, "{r}");
+    assert_eq!(first_bad(&r), (removed["seq"].as_u64().unwrap(), 0));
+    assert!(r["problem"]["file"].as_str().unwrap().ends_with("segment-000002.jsonl"), "{r}");
+}
