@@ -122,3 +122,25 @@ impl<S: BuildHasher + Send + Sync> BenchMap for MapWrapper<u64, u64, S> {
         retried("MapWrapper::update", || MapWrapper::update(self, &key, |v| *v += 1)).is_some()
     }
 }
+
+/// A map whose audit trail lives in a temporary directory, removed after the map (and its
+/// sink's writer) is dropped.
+pub struct InTempDir<M> {
+    pub map: M,
+    pub _dir: tempfile::TempDir,
+}
+
+impl<M: BenchMap> BenchMap for InTempDir<M> {
+    fn read(&self, key: u64) -> bool {
+        self.map.read(key)
+    }
+    fn insert(&self, key: u64, value: u64) -> bool {
+        self.map.insert(key, value)
+    }
+    fn remove(&self, key: u64) -> bool {
+        self.map.remove(key)
+    }
+    fn update(&self, key: u64) -> bool {
+        self.map.update(key)
+    }
+}

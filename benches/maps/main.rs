@@ -1,13 +1,17 @@
 //! Side-by-side throughput and memory of `MapWrapper` and the maps a user would pick instead.
 //!
 //! ```text
-//! cargo bench --bench maps                 # full run (both hasher tables, 5 repetitions)
+//! cargo bench --bench maps                 # full run: both hasher tables, 5 repetitions
 //! cargo bench --bench maps -- --quick      # under 3 minutes on 2 cores (or MAP_BENCH_QUICK=1)
 //! ```
 //!
-//! Other arguments: `--reps N`, `--threads 1,2,4`, `--only NAME[,NAME]` (rows whose name
-//! contains one of them), `--no-mem`, `--prefill N`, `--ops N` (per thread). The report goes
-//! to `target/bench-report/` (`report.md`, `report.svg`, `samples.csv`) and is printed.
+//! The audit rows (every write makes a record, so the 2 M-entry prefill makes 2 M records) run
+//! in the full mode's first table only, or whenever `--only` names them.
+//!
+//! Other arguments: `--reps N`, `--threads 1,2,4`, `--mix ReadHeavy,Exchange`, `--tables
+//! std,fast`, `--only NAME[,NAME]` (rows whose name contains one of them), `--no-mem`,
+//! `--prefill N`, `--ops N` (per thread). The report goes to `target/bench-report/`
+//! (`report.md`, `report.svg`, `samples.csv`) and is printed.
 //!
 //! Adding a row: one line in [`contenders`].
 
@@ -22,9 +26,10 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use map_wrapper::audit::{Auditor, Durability, JsonLinesOptions, JsonLinesSink, MemorySink};
 use map_wrapper::MapWrapper;
 
-use adapters::{BenchMap, LockedHashMap};
+use adapters::{BenchMap, InTempDir, LockedHashMap};
 use report::{Cell, MemRow, Report, Row, Table};
 use workload::{Plan, MIXES};
 
@@ -33,6 +38,9 @@ use workload::{Plan, MIXES};
 struct Contender {
     name: &'static str,
     peer: bool,
+    /// A row whose every write makes an audit record: slow to prefill (2 M records), so it
+    /// runs in the full mode's first table only, or when `--only` names it.
+    audited: bool,
     run: Box<dyn Fn(&Plan) -> Duration>,
     mem: Box<dyn Fn(u64)>,
 }
@@ -48,6 +56,7 @@ impl Contender {
         Contender {
             name,
             peer,
+            audited: false,
             run: Box::new(move |plan| {
                 let map = Box::new(b(S::default()));
                 let took = workload::run(&*map, plan);
@@ -68,6 +77,13 @@ impl Contender {
     ) -> Self {
         Self::new(name, false, build)
     }
+
+    fn audited<S: Default + 'static, M: BenchMap + 'static>(
+        name: &'static str,
+        build: impl Fn(S) -> M + 'static,
+    ) -> Self {
+        Contender { audited: true, ..Self::new(name, false, build) }
+    }
 }
 
 /// The rows of a table whose maps all use the hasher `S`.
@@ -82,6 +98,22 @@ where
         Contender::peer("papaya", |h: S| papaya::HashMap::with_hasher(h)),
         Contender::ours("MapWrapper (core)", |h: S| {
             MapWrapper::builder().name("bench").hasher(h).build().expect("valid bench config")
+        }),
+        Contender::audited("MapWrapper +audit MemorySink", |h: S| {
+            let auditor = Auditor::new(MemorySink::new());
+            MapWrapper::builder()
+                .name("bench")
+                .hasher(h)
+                .auditor(auditor)
+                .build()
+                .expect("valid bench config")
+        }),
+        Contender::audited("MapWrapper +audit JsonLines Buffered", |h: S| {
+            let dir = tempfile::tempdir().expect("temporary directory for the audit trail");
+            let sink = JsonLinesSink::open(dir.path(), JsonLinesOptions::default()).expect("open the trail");
+            let auditor = Auditor::new(sink).durability(Durability::Buffered);
+            let map = MapWrapper::builder().name("bench").hasher(h).auditor(auditor).build();
+            InTempDir { map: map.expect("valid bench config"), _dir: dir }
         }),
         // Rows for the policies built on other branches go here, one line each, e.g.
         // `Contender::ours("MapWrapper +breaker+stats", |h: S| MapWrapper::builder()…build()…)`.
@@ -123,7 +155,7 @@ impl Settings {
         let mut s = Settings {
             quick,
             prefill: 2_000_000,
-            ops_per_thread: if quick { 400_000 } else { 2_000_000 },
+            ops_per_thread: if quick { 400_000 } else { 1_000_000 },
             reps: if quick { 3 } else { 5 },
             threads: vec![1, 2],
             tables: if quick { vec!["std"] } else { vec!["std", "fast"] },
@@ -172,8 +204,21 @@ impl Settings {
         Ok(s)
     }
 
+    fn named(&self, name: &str) -> bool {
+        self.only.iter().any(|o| name.contains(o.as_str()))
+    }
+
     fn wants(&self, name: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|o| name.contains(o.as_str()))
+        self.only.is_empty() || self.named(name)
+    }
+
+    /// Whether a row runs in table `index` (0 = the std-hasher table).
+    fn runs(&self, c: &Contender, index: usize) -> bool {
+        if c.audited {
+            self.named(c.name) || (self.only.is_empty() && !self.quick && index == 0)
+        } else {
+            self.wants(c.name)
+        }
     }
 }
 
@@ -188,11 +233,12 @@ fn main() {
     });
     let began = Instant::now();
     let mut report = Report::new(settings.quick, settings.prefill, settings.ops_per_thread, settings.reps);
-    for (id, title, rows) in tables() {
+    for (index, (id, title, rows)) in tables().into_iter().enumerate() {
         if !settings.tables.contains(&id) {
             continue;
         }
-        report.tables.push(run_table(&settings, title, rows()));
+        let rows = rows().into_iter().filter(|c| settings.runs(c, index)).collect();
+        report.tables.push(run_table(&settings, title, rows));
     }
     if settings.mem {
         report.memory = measure_memory(&settings);
@@ -215,7 +261,6 @@ fn main() {
 /// Runs every mix × thread count × repetition; within one repetition the maps take turns, so
 /// a burst of load from elsewhere on the machine hits them all alike.
 fn run_table(settings: &Settings, title: &str, contenders: Vec<Contender>) -> Table {
-    let contenders: Vec<Contender> = contenders.into_iter().filter(|c| settings.wants(c.name)).collect();
     let mut rows: Vec<Row> = contenders
         .iter()
         .map(|c| Row { name: c.name.to_string(), peer: c.peer, cells: Vec::new(), retried: 0 })
@@ -252,7 +297,7 @@ fn run_table(settings: &Settings, title: &str, contenders: Vec<Contender>) -> Ta
 /// Memory of every row of the std table, at 0.9 M and 1 M entries, each in a fresh process.
 fn measure_memory(settings: &Settings) -> Vec<MemRow> {
     let mut out = Vec::new();
-    for c in contenders::<RandomState>().into_iter().filter(|c| settings.wants(c.name)) {
+    for c in contenders::<RandomState>().into_iter().filter(|c| !c.audited && settings.wants(c.name)) {
         // The median of several processes: the allocator's and the kernel's page accounting
         // move a figure by a fraction of a byte per entry from one process to the next.
         let at = |n| {
