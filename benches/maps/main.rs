@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use map_wrapper::audit::{Auditor, Durability, JsonLinesOptions, JsonLinesSink, MemorySink};
-use map_wrapper::MapWrapper;
+use map_wrapper::{BreakerConfig, MapWrapper};
 
 use adapters::{BenchMap, InTempDir, LockedHashMap};
 use report::{Cell, MemRow, Report, Row, Table};
@@ -96,27 +96,27 @@ where
         Contender::peer("dashmap", |h: S| dashmap::DashMap::with_hasher(h)),
         Contender::peer("scc", |h: S| scc::HashMap::with_hasher(h)),
         Contender::peer("papaya", |h: S| papaya::HashMap::with_hasher(h)),
-        Contender::ours("MapWrapper (core)", |h: S| {
-            MapWrapper::builder().name("bench").hasher(h).build().expect("valid bench config")
+        Contender::ours("MapWrapper (policies off)", |h: S| {
+            let b = MapWrapper::builder().name("bench").hasher(h).stats(false);
+            b.build().expect("valid bench config")
+        }),
+        Contender::ours("MapWrapper +breaker+stats", |h: S| {
+            let b = MapWrapper::builder().name("bench").hasher(h).breaker(BreakerConfig::new());
+            b.build().expect("valid bench config")
         }),
         Contender::audited("MapWrapper +audit MemorySink", |h: S| {
             let auditor = Auditor::new(MemorySink::new());
-            MapWrapper::builder()
-                .name("bench")
-                .hasher(h)
-                .auditor(auditor)
-                .build()
-                .expect("valid bench config")
+            let b = MapWrapper::builder().name("bench").hasher(h).stats(false).auditor(auditor);
+            b.build().expect("valid bench config")
         }),
         Contender::audited("MapWrapper +audit JsonLines Buffered", |h: S| {
             let dir = tempfile::tempdir().expect("temporary directory for the audit trail");
             let sink = JsonLinesSink::open(dir.path(), JsonLinesOptions::default()).expect("open the trail");
             let auditor = Auditor::new(sink).durability(Durability::Buffered);
-            let map = MapWrapper::builder().name("bench").hasher(h).auditor(auditor).build();
-            InTempDir { map: map.expect("valid bench config"), _dir: dir }
+            let b = MapWrapper::builder().name("bench").hasher(h).stats(false).auditor(auditor);
+            InTempDir { map: b.build().expect("valid bench config"), _dir: dir }
         }),
-        // Rows for the policies built on other branches go here, one line each, e.g.
-        // `Contender::ours("MapWrapper +breaker+stats", |h: S| MapWrapper::builder()…build()…)`.
+        // A new row is one more entry here: `Contender::ours(name, |h: S| builder…build()…)`.
     ]
 }
 
@@ -155,7 +155,7 @@ impl Settings {
         let mut s = Settings {
             quick,
             prefill: 2_000_000,
-            ops_per_thread: if quick { 400_000 } else { 1_000_000 },
+            ops_per_thread: if quick { 300_000 } else { 1_000_000 },
             reps: if quick { 3 } else { 5 },
             threads: vec![1, 2],
             tables: if quick { vec!["std"] } else { vec!["std", "fast"] },

@@ -8,7 +8,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::audit::{encoder, AuditSetup, Auditor, MapAudit, ValuePolicy};
-use crate::{MapError, MapWrapper};
+use crate::breaker::{BreakerConfig, BreakerEvent, BreakerListener};
+use crate::stats::DEFAULT_LATENCY_SAMPLING;
+use crate::{Clock, MapError, MapWrapper};
 
 /// The most shards a map may have.
 pub const MAX_SHARDS: usize = 1 << 16;
@@ -31,6 +33,41 @@ pub(crate) struct Config {
     pub(crate) slow_threshold: Duration,
     pub(crate) key_policy: ValuePolicy,
     pub(crate) value_policy: ValuePolicy,
+    pub(crate) observe: Observe,
+}
+
+/// Statistics, circuit breaker and their clock.
+#[derive(Clone)]
+pub(crate) struct Observe {
+    pub(crate) stats: bool,
+    pub(crate) latency_sampling: u32,
+    pub(crate) breaker: Option<BreakerConfig>,
+    pub(crate) listeners: Vec<BreakerListener>,
+    pub(crate) clock: Option<Clock>,
+}
+
+impl Default for Observe {
+    fn default() -> Self {
+        Observe {
+            stats: true,
+            latency_sampling: DEFAULT_LATENCY_SAMPLING,
+            breaker: None,
+            listeners: Vec::new(),
+            clock: None,
+        }
+    }
+}
+
+impl fmt::Debug for Observe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Observe")
+            .field("stats", &self.stats)
+            .field("latency_sampling", &self.latency_sampling)
+            .field("breaker", &self.breaker)
+            .field("listeners", &self.listeners.len())
+            .field("clock", &self.clock)
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -42,6 +79,7 @@ impl Default for Config {
             slow_threshold: DEFAULT_SLOW_THRESHOLD,
             key_policy: ValuePolicy::Full,
             value_policy: ValuePolicy::Full,
+            observe: Observe::default(),
         }
     }
 }
@@ -182,6 +220,64 @@ impl<K, V, S> Builder<K, V, S> {
         self
     }
 
+    /// Gives the map a slow-operation circuit breaker (none by default); see [`BreakerConfig`]
+    /// for the rule and [`MapWrapper::breaker`] for its controls. The configuration is checked
+    /// at `build()`.
+    pub fn breaker(mut self, config: BreakerConfig) -> Self {
+        self.config.observe.breaker = Some(config);
+        self
+    }
+
+    /// Calls `listener` on every state change and rejection of the circuit breaker, in order,
+    /// with no lock of the map or the breaker held (so it may use the map); see
+    /// [`BreakerListener`] for which thread calls it. Requires [`breaker`](Builder::breaker).
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use map_wrapper::{BreakerConfig, BreakerEventKind, MapWrapper};
+    ///
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = Arc::clone(&seen);
+    /// let map: MapWrapper<u8, u8> = MapWrapper::builder()
+    ///     .breaker(BreakerConfig::new())
+    ///     .on_breaker_event(move |e| log.lock().unwrap().push(e.kind.clone()))
+    ///     .build()?;
+    /// map.breaker().unwrap().force_open();
+    /// assert!(map.insert(1, 1).is_err());
+    /// let seen = seen.lock().unwrap();
+    /// assert!(matches!(seen[0], BreakerEventKind::StateChanged { .. }));
+    /// assert!(matches!(seen[1], BreakerEventKind::Rejected { op: "insert", .. }));
+    /// # Ok::<(), map_wrapper::MapError>(())
+    /// ```
+    pub fn on_breaker_event(mut self, listener: impl Fn(&BreakerEvent) + Send + Sync + 'static) -> Self {
+        self.config.observe.listeners.push(std::sync::Arc::new(listener));
+        self
+    }
+
+    /// Whether the map keeps [`Stats`](crate::Stats) (default `true`). A map with a breaker
+    /// keeps them regardless: the breaker counts calls with them.
+    pub fn stats(mut self, on: bool) -> Self {
+        self.config.observe.stats = on;
+        self
+    }
+
+    /// Times 1 in `every` uncontended operations of each thread (default
+    /// [`DEFAULT_LATENCY_SAMPLING`](crate::DEFAULT_LATENCY_SAMPLING)); `1` times every
+    /// operation, at the cost of two clock reads each. Operations that wait for a lock and
+    /// breaker probes are always timed. Must be at least 1.
+    pub fn latency_sampling(mut self, every: u32) -> Self {
+        self.config.observe.latency_sampling = every;
+        self
+    }
+
+    /// The clock the breaker and the statistics read (default: the system's monotonic clock).
+    /// Tests give a [`TestClock`](crate::TestClock) to drive time. Lock deadlines always use
+    /// the real clock.
+    pub fn clock(mut self, clock: impl Into<Clock>) -> Self {
+        self.config.observe.clock = Some(clock.into());
+        self
+    }
+
     /// The hasher used for keys (which also picks the shard).
     pub fn hasher<S2>(self, hasher: S2) -> Builder<K, V, S2> {
         Builder {
@@ -229,6 +325,24 @@ impl<K, V, S> Builder<K, V, S> {
             }
             Some(t) => t,
         };
+        let observe = &self.config.observe;
+        if observe.latency_sampling == 0 {
+            return Err(MapError::InvalidConfig {
+                field: "latency_sampling",
+                reason: "must be at least 1 (1 times every operation), got 0".into(),
+            });
+        }
+        match &observe.breaker {
+            Some(b) => b.validate()?,
+            None if !observe.listeners.is_empty() => {
+                return Err(MapError::InvalidConfig {
+                    field: "on_breaker_event",
+                    reason: "a listener was given but no breaker: add `.breaker(BreakerConfig::new())`"
+                        .into(),
+                });
+            }
+            None => {}
+        }
         Ok(Config { shards, slow_threshold, ..self.config.clone() })
     }
 }

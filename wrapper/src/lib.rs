@@ -37,9 +37,10 @@
 //! Each method's documentation says which lock it takes. Any operation can return
 //! [`MapError::Timeout`] (its shard stayed locked past the deadline),
 //! [`MapError::Cancelled`] (its token was cancelled) or [`MapError::WouldDeadlock`] (this
-//! thread already holds the shard). A single-key operation that returns an error changed
-//! nothing; what a bulk operation (`retain`, `clear`, `extend`) leaves after an error is
-//! documented on it.
+//! thread already holds the shard); on a map with a circuit breaker, also
+//! [`MapError::CircuitOpen`] (refused before taking any lock). A single-key operation that
+//! returns an error changed nothing; what a bulk operation (`retain`, `clear`, `extend`)
+//! leaves after an error is documented on it.
 //!
 //! ## Audit trail
 //!
@@ -71,21 +72,52 @@
 //! [`#[derive(GuardedMap)]`](derive@GuardedMap) does the same for fields already declared
 //! `MapWrapper`. Mistakes are compile errors at the offending token.
 //!
+//! ## Circuit breaker and statistics
+//!
+//! Every operation ends *ok*, *slow* (above [`Builder::slow_threshold`]), *failed* (timed out
+//! or would have deadlocked) or *ignored* (cancelled, or the caller's closure panicked).
+//! [`MapWrapper::stats`] counts them by operation, with a latency histogram. A map built with
+//! [`Builder::breaker`] also has a [`CircuitBreaker`]: when too many recent calls were slow or
+//! failed it opens, and operations fail fast with [`MapError::CircuitOpen`] until probe calls
+//! show the map has recovered. See [`BreakerConfig`] for the rule and
+//! [`Builder::on_breaker_event`] for its events.
+//!
+//! ```
+//! use std::time::Duration;
+//! use map_wrapper::{BreakerConfig, BreakerState, MapWrapper, SlidingWindow};
+//!
+//! let map: MapWrapper<u32, u32> = MapWrapper::builder()
+//!     .slow_threshold(Duration::from_millis(20))
+//!     .breaker(BreakerConfig::new().window(SlidingWindow::count(50)).minimum_calls(10))
+//!     .on_breaker_event(|e| eprintln!("breaker: {:?}", e.kind))
+//!     .build()?;
+//! map.insert(1, 1)?;
+//! let stats = map.stats();
+//! assert_eq!(stats.total.ok, 1);
+//! assert_eq!(stats.breaker.unwrap().state, BreakerState::Closed);
+//! # Ok::<(), map_wrapper::MapError>(())
+//! ```
+//!
 //! ## Feature flags
 //!
 //! - `serde`: `Serialize` and `Deserialize` for [`MapWrapper`] (as a map), through serde.
 //!   (serde and serde_json themselves are always used, to encode audit records.)
 //! - `cli` (default): the `map-wrapper-audit` binary (brings in clap). Library users who do
 //!   not need it can turn default features off.
+//! - `metrics`: [`Stats::publish_metrics`] and a breaker-state gauge, through the `metrics`
+//!   facade crate (any exporter: Prometheus, StatsD, …).
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod audit;
+mod breaker;
 mod builder;
 mod cancel;
+mod clock;
 mod context;
 mod error;
 mod map;
 mod shard;
+mod stats;
 
 #[doc(hidden)]
 #[path = "private.rs"]
@@ -94,14 +126,20 @@ pub mod __private;
 #[cfg(feature = "serde")]
 mod serde_impl;
 
+pub use breaker::{
+    BreakerConfig, BreakerEvent, BreakerEventKind, BreakerListener, BreakerState, CircuitBreaker, OpenWait,
+    SlidingWindow, TransitionCause, MAX_BUCKETS, MAX_WINDOW_CALLS,
+};
 pub use builder::{
     default_shards, Builder, DEFAULT_SLOW_THRESHOLD, DEFAULT_TIMEOUT, MAX_NAME_LEN, MAX_SHARDS,
 };
 pub use cancel::CancelToken;
+pub use clock::{Clock, TestClock};
 pub use context::{ContextGuard, OpContext};
 pub use error::{MapError, Severity};
 pub use map::{Entry, Iter, MapWrapper, Ref, Upserted, WithContext};
 pub use map_wrapper_macros::{guarded_map, GuardedMap};
+pub use stats::{BreakerStats, LatencyStats, OpStats, Stats, DEFAULT_LATENCY_SAMPLING};
 
 /// `MapWrapper` can be shared between threads when its keys and values can.
 #[allow(dead_code)]

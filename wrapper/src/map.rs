@@ -16,7 +16,8 @@ use crate::audit::{Change, Encoded, MapAudit, Outcome, Ticket, PANICKED_NO_CHANG
 use crate::builder::{Builder, Config};
 use crate::context::Effective;
 use crate::shard::{HeldMark, Shard, Table, Waiter};
-use crate::{MapError, OpContext};
+use crate::stats::{Monitor, Stats};
+use crate::{CircuitBreaker, MapError, OpContext};
 
 /// A sharded concurrent hash map whose every operation has a deadline, can be cancelled,
 /// refuses to deadlock, and returns `Result` instead of blocking without bound.
@@ -81,6 +82,8 @@ pub struct MapWrapper<K, V, S = RandomState> {
     slow_threshold: Duration,
     /// The audit side (`None`: not audited, and the operations pay one `Option` check).
     pub(crate) audit: Option<Box<MapAudit<K, V>>>,
+    /// Statistics and circuit breaker; `None` when both are off.
+    monitor: Option<Box<Monitor>>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -116,15 +119,27 @@ impl<K, V, S> MapWrapper<K, V, S> {
     pub(crate) fn from_config(config: Config, hasher: S) -> Self {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let shards = (0..config.shards).map(|_| Shard::new(RwLock::new(Table::new()))).collect();
+        let name: Arc<str> = Arc::from(config.name.unwrap_or_else(|| format!("map-{id}")));
+        let observe = config.observe;
+        let monitor = (observe.stats || observe.breaker.is_some()).then(|| {
+            Box::new(Monitor::new(
+                name.clone(),
+                observe.clock.unwrap_or_default(),
+                config.slow_threshold,
+                observe.latency_sampling,
+                observe.breaker.map(|b| (b, observe.listeners)),
+            ))
+        });
         MapWrapper {
             shards,
             shard_bits: config.shards.trailing_zeros(),
             hasher,
-            name: Arc::from(config.name.unwrap_or_else(|| format!("map-{id}"))),
+            name,
             id,
             timeout: config.timeout,
             slow_threshold: config.slow_threshold,
             audit: None,
+            monitor,
         }
     }
 
@@ -151,6 +166,29 @@ impl<K, V, S> MapWrapper<K, V, S> {
     /// The map's hasher.
     pub fn hasher(&self) -> &S {
         &self.hasher
+    }
+
+    /// A snapshot of the map's statistics: operations by kind and outcome, latency,
+    /// timeouts, cancellations, would-deadlocks, rejections and the breaker's state. All zero
+    /// when statistics are off ([`Builder::stats`]). Takes no shard lock.
+    ///
+    /// ```
+    /// use map_wrapper::MapWrapper;
+    /// let map = MapWrapper::<u8, u8>::new();
+    /// map.insert(1, 1)?;
+    /// assert_eq!(map.stats().op("insert").map(|s| s.ok), Some(1));
+    /// # Ok::<(), map_wrapper::MapError>(())
+    /// ```
+    pub fn stats(&self) -> Stats {
+        match &self.monitor {
+            Some(m) => m.snapshot(),
+            None => Stats::empty(self.name.clone()),
+        }
+    }
+
+    /// The map's circuit breaker, if it has one ([`Builder::breaker`]).
+    pub fn breaker(&self) -> Option<&CircuitBreaker> {
+        self.monitor.as_ref().and_then(|m| m.breaker())
     }
 
     /// Runs the next operation under `ctx` (its timeout, deadline, cancel token and identity),
@@ -502,8 +540,17 @@ where
     }
 
     /// Starts operation `op`: gathers its contexts; locks are taken through the result.
+    /// Inlined so that `op` is a constant where the statistics turn it into a counter index.
+    #[inline(always)]
     fn begin(&self, op: &'static str) -> Waiter<'m, 'c> {
-        Waiter::new(&self.map.name, self.map.id, op, Effective::new(self.ctx), self.map.timeout)
+        Waiter::new(
+            &self.map.name,
+            self.map.id,
+            op,
+            Effective::new(self.ctx),
+            self.map.timeout,
+            self.map.monitor.as_deref(),
+        )
     }
 
     fn rehasher(&self) -> impl Fn(&(K, V)) -> u64 + '_ {

@@ -11,6 +11,7 @@ use hashbrown::HashTable;
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::context::Effective;
+use crate::stats::{Failure, Monitor, Observation};
 use crate::MapError;
 
 /// The table of one shard. Entries are stored without their hash: the hash is computed once
@@ -198,24 +199,51 @@ pub(crate) struct Waiter<'a, 'c> {
     /// When this operation first had to wait, and the instant it must give up.
     window: Option<(Instant, Instant)>,
     checked_absolute: bool,
+    /// Statistics and circuit breaker: what this operation is, as they see it (including a
+    /// rejection by the breaker, returned before the first lock).
+    observed: Option<(&'a Monitor, Observation)>,
 }
 
 impl<'a, 'c> Waiter<'a, 'c> {
+    #[inline(always)]
     pub(crate) fn new(
         map_name: &'a Arc<str>,
         map_id: u64,
         op: &'static str,
         eff: Effective<'c>,
         default_timeout: Duration,
+        monitor: Option<&'a Monitor>,
     ) -> Self {
-        Waiter { map_name, map_id, op, eff, default_timeout, window: None, checked_absolute: false }
+        let observed = monitor.map(|m| (m, m.begin(op)));
+        Waiter { map_name, map_id, op, eff, default_timeout, window: None, checked_absolute: false, observed }
+    }
+
+    /// The circuit breaker's rejection of this operation, the first time it is asked for.
+    #[inline]
+    fn rejection(&mut self) -> Option<MapError> {
+        match &mut self.observed {
+            Some((m, obs)) => obs.take_rejection().map(|r| m.circuit_open(self.op, obs, r)),
+            None => None,
+        }
+    }
+
+    /// Remembers how the operation failed, for its outcome.
+    #[inline]
+    fn failed(&mut self, failure: Failure, err: MapError) -> MapError {
+        if let Some((_, obs)) = &mut self.observed {
+            obs.fail(failure);
+        }
+        err
     }
 
     /// Whether the lock can be tried with no check before it: this thread holds no shard of
-    /// any map and the operation has no context (no token, no absolute deadline).
+    /// any map, the operation has no context (no token, no absolute deadline) and the circuit
+    /// breaker did not reject it.
     #[inline(always)]
     fn nothing_to_check(&self) -> bool {
-        HELD_COUNT.with(Cell::get) == 0 && self.eff.is_plain()
+        HELD_COUNT.with(Cell::get) == 0
+            && self.eff.is_plain()
+            && !self.observed.as_ref().is_some_and(|(_, obs)| obs.has_rejection())
     }
 
     /// Read access to `shard` (index `idx`).
@@ -243,6 +271,9 @@ impl<'a, 'c> Waiter<'a, 'c> {
         idx: usize,
         lock: &'s RwLock<T>,
     ) -> Result<RwLockReadGuard<'s, T>, MapError> {
+        if let Some(e) = self.rejection() {
+            return Err(e);
+        }
         let recursive = match holding(self.map_id, idx) {
             Holding::Write => return Err(self.would_deadlock(idx)),
             Holding::Read => true,
@@ -285,6 +316,9 @@ impl<'a, 'c> Waiter<'a, 'c> {
         idx: usize,
         lock: &'s RwLock<T>,
     ) -> Result<RwLockWriteGuard<'s, T>, MapError> {
+        if let Some(e) = self.rejection() {
+            return Err(e);
+        }
         if holding(self.map_id, idx) != Holding::Nothing {
             return Err(self.would_deadlock(idx));
         }
@@ -297,19 +331,25 @@ impl<'a, 'c> Waiter<'a, 'c> {
 
     /// For operations that write every shard: refuses up front, before changing anything, if
     /// this thread holds any shard of the map (the operation would reach it and deadlock).
-    pub(crate) fn refuse_if_holding_any(&self) -> Result<(), MapError> {
+    /// A call the circuit breaker rejected is refused with that first.
+    pub(crate) fn refuse_if_holding_any(&mut self) -> Result<(), MapError> {
+        if let Some(e) = self.rejection() {
+            return Err(e);
+        }
         match any_held(self.map_id) {
             Some(shard) => Err(self.would_deadlock(shard)),
             None => Ok(()),
         }
     }
 
-    fn would_deadlock(&self, shard: usize) -> MapError {
-        MapError::WouldDeadlock { map: self.map_name.clone(), op: self.op, shard }
+    fn would_deadlock(&mut self, shard: usize) -> MapError {
+        let err = MapError::WouldDeadlock { map: self.map_name.clone(), op: self.op, shard };
+        self.failed(Failure::WouldDeadlock, err)
     }
 
-    fn cancelled(&self) -> MapError {
-        MapError::Cancelled { map: self.map_name.clone(), op: self.op }
+    fn cancelled(&mut self) -> MapError {
+        let err = MapError::Cancelled { map: self.map_name.clone(), op: self.op };
+        self.failed(Failure::Cancelled, err)
     }
 
     /// Starts the operation's clock now instead of at its first wait: for operations that visit
@@ -337,7 +377,8 @@ impl<'a, 'c> Waiter<'a, 'c> {
         if !self.checked_absolute {
             self.checked_absolute = true;
             if self.eff.absolute_deadline().is_some_and(|d| Instant::now() >= d) {
-                return Err(MapError::DeadlineExceeded { map: self.map_name.clone(), op: self.op });
+                let err = MapError::DeadlineExceeded { map: self.map_name.clone(), op: self.op };
+                return Err(self.failed(Failure::Expired, err));
             }
         }
         Ok(())
@@ -349,6 +390,9 @@ impl<'a, 'c> Waiter<'a, 'c> {
         idx: usize,
         mut try_until: impl FnMut(Instant) -> Option<G>,
     ) -> Result<G, MapError> {
+        if let Some((m, obs)) = &mut self.observed {
+            m.contended(obs);
+        }
         let wait_start = Instant::now();
         let (start, deadline) = *self
             .window
@@ -357,13 +401,17 @@ impl<'a, 'c> Waiter<'a, 'c> {
         loop {
             let now = Instant::now();
             if now >= deadline {
-                return Err(MapError::Timeout {
+                // The operation's own time at its deadline (for an operation that visits many
+                // shards, more than the wait for this one).
+                let elapsed = now - start;
+                let err = MapError::Timeout {
                     map: self.map_name.clone(),
                     op: self.op,
                     shard: idx,
                     waited: now - wait_start,
                     timeout: deadline.saturating_duration_since(start),
-                });
+                };
+                return Err(self.failed(Failure::Timeout { waited: elapsed }, err));
             }
             let until = if poll { deadline.min(now + CANCEL_POLL) } else { deadline };
             if let Some(g) = try_until(until) {
@@ -372,6 +420,17 @@ impl<'a, 'c> Waiter<'a, 'c> {
             if self.eff.is_cancelled() {
                 return Err(self.cancelled());
             }
+        }
+    }
+}
+
+impl Drop for Waiter<'_, '_> {
+    /// The operation is over (its locks are released by now, except a guard it handed out):
+    /// count its outcome and tell the breaker.
+    #[inline]
+    fn drop(&mut self) {
+        if let Some((m, obs)) = &self.observed {
+            m.finish(obs);
         }
     }
 }

@@ -1,0 +1,328 @@
+//! Statistics agree exactly with what the test did; the breaker driven through a real map on
+//! a test clock; configuration errors at `build()`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use map_wrapper::{
+    BreakerConfig, BreakerState, CancelToken, MapError, MapWrapper, OpContext, OpenWait, SlidingWindow,
+    TestClock,
+};
+
+fn timed_map(clock: &TestClock) -> MapWrapper<u32, u32> {
+    MapWrapper::builder().clock(clock.clone()).latency_sampling(1).build().unwrap()
+}
+
+#[test]
+fn stats_count_every_outcome_exactly() {
+    let clock = TestClock::new();
+    let map = timed_map(&clock);
+    for i in 0..10 {
+        map.insert(i, i).unwrap();
+    }
+    for i in 0..15 {
+        map.get_cloned(&i).unwrap(); // 10 found, 5 not found: all ok
+    }
+    // Three slow updates: the closure moves the test clock past the slow threshold (50 ms).
+    for i in 0..3 {
+        map.update(&i, |_| clock.advance(Duration::from_millis(100 + i as u64))).unwrap();
+    }
+    // Cancelled before taking the lock: ignored.
+    let token = CancelToken::new();
+    token.cancel();
+    let cancelled = OpContext::new().cancel_token(token);
+    for _ in 0..4 {
+        assert_eq!(map.with(&cancelled).remove(&1).unwrap_err().code(), "CANCELLED");
+    }
+    // A deadline already past: not the map's fault (ignored).
+    let expired = OpContext::new().deadline(Instant::now());
+    assert_eq!(map.with(&expired).insert(1, 1).unwrap_err().code(), "DEADLINE_EXCEEDED");
+    // Would-deadlock: failed.
+    let guard = map.get(&5).unwrap().unwrap();
+    for _ in 0..2 {
+        assert_eq!(map.insert(5, 0).unwrap_err().code(), "WOULD_DEADLOCK");
+    }
+    drop(guard);
+    // A panicking closure: ignored.
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        map.update(&2, |_| panic!("caller's bug")).unwrap();
+    }));
+    assert!(panicked.is_err());
+
+    let s = map.stats();
+    let op = |name| *s.op(name).unwrap_or_else(|| panic!("no {name} in {s:?}"));
+    let insert = op("insert");
+    assert_eq!((insert.ok, insert.slow, insert.failed, insert.ignored, insert.rejected), (10, 0, 2, 1, 0));
+    assert_eq!((op("get_cloned").ok, op("get").ok), (15, 1));
+    let update = op("update");
+    assert_eq!((update.ok, update.slow, update.ignored), (0, 3, 1));
+    assert_eq!(op("remove").ignored, 4);
+    assert!(s.op("retain").is_none(), "kinds that never ran are left out");
+    assert_eq!((s.total.ok, s.total.slow, s.total.failed, s.total.ignored), (26, 3, 2, 6));
+    assert_eq!((s.timeouts, s.deadlines_exceeded), (0, 1));
+    assert_eq!((s.cancellations, s.would_deadlocks, s.panics, s.rejected), (4, 2, 1, 0));
+    // Sampling 1: every ok, slow and failed call is timed; on the test clock, only the slow
+    // updates took any time.
+    assert_eq!(s.latency.count, 26 + 3 + 2);
+    assert_eq!(s.latency.max, Duration::from_millis(102));
+    assert_eq!(s.latency.p50, Duration::ZERO);
+    assert!(s.latency.p99 >= Duration::from_millis(100), "{:?}", s.latency);
+    assert_eq!(s.latency.mean, Duration::from_millis(303) / 31);
+    assert!(s.breaker.is_none());
+}
+
+#[test]
+fn sampling_times_one_in_n_uncontended_operations_of_a_thread() {
+    let map: MapWrapper<u32, u32> = MapWrapper::builder().latency_sampling(4).build().unwrap();
+    for i in 0..40 {
+        map.insert(i, i).unwrap();
+    }
+    let s = map.stats();
+    assert_eq!(s.total.ok, 40);
+    assert_eq!(s.latency.count, 10, "1 in 4 of 40 consecutive operations, whatever the phase");
+}
+
+#[test]
+fn slow_operations_on_the_test_clock_trip_the_breaker_and_a_rejected_call_does_nothing() {
+    let clock = TestClock::new();
+    let map: MapWrapper<u32, u32> = MapWrapper::builder()
+        .clock(clock.clone())
+        .latency_sampling(1)
+        .slow_threshold(Duration::from_millis(20))
+        .breaker(
+            BreakerConfig::new()
+                .window(SlidingWindow::count(10))
+                .minimum_calls(6)
+                .combined_rate(None)
+                .slow_rate(0.5)
+                .open_wait(OpenWait::Fixed(Duration::from_secs(2))),
+        )
+        .build()
+        .unwrap();
+    for i in 0..3 {
+        map.insert(i, 0).unwrap();
+    }
+    for i in 0..3 {
+        map.update(&i, |v| {
+            clock.advance(Duration::from_millis(30));
+            *v += 1;
+        })
+        .unwrap();
+    }
+    let s = map.stats();
+    let b = s.breaker.unwrap();
+    assert_eq!(b.state, BreakerState::Open);
+    assert_eq!((b.window_calls, b.slow_rate), (6, 0.5), "the window it tripped on");
+    assert_eq!(b.transitions, 1);
+
+    // Rejected: the closure does not run, nothing changes.
+    let mut ran = false;
+    let err = map.update(&0, |v| {
+        ran = true;
+        *v = 100;
+    });
+    match err {
+        Err(MapError::CircuitOpen { retry_after, .. }) => assert_eq!(retry_after, Duration::from_secs(2)),
+        other => panic!("expected CircuitOpen, got {other:?}"),
+    }
+    assert!(!ran);
+    assert_eq!(map.insert(9, 9).unwrap_err().code(), "CIRCUIT_OPEN");
+
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(map.breaker().unwrap().state(), BreakerState::HalfOpen);
+    for _ in 0..3 {
+        map.get_cloned(&0).unwrap(); // probes, quick on the test clock
+    }
+    assert_eq!(map.breaker().unwrap().state(), BreakerState::Closed);
+    assert_eq!(map.get_cloned(&0).unwrap(), Some(1));
+    let s = map.stats();
+    assert_eq!(s.op("update").unwrap().rejected, 1);
+    assert_eq!(s.op("insert").unwrap().rejected, 1);
+    assert_eq!(s.rejected, 2);
+    assert_eq!(s.op("update").unwrap().slow, 3);
+    assert_eq!(s.breaker.unwrap().transitions, 3);
+    assert_eq!(s.stale_results, 0);
+}
+
+#[test]
+fn failure_rate_trips_on_would_deadlocks_and_time_based_windows_forget() {
+    let clock = TestClock::new();
+    let map: MapWrapper<u32, u32> = MapWrapper::builder()
+        .clock(clock.clone())
+        .latency_sampling(1)
+        .breaker(
+            BreakerConfig::new()
+                .window(SlidingWindow::Time { span: Duration::from_secs(10), buckets: 10 })
+                .minimum_calls(4)
+                .failure_rate(0.5)
+                .combined_rate(None),
+        )
+        .build()
+        .unwrap();
+    map.insert(1, 1).unwrap();
+    let deadlock = || {
+        let g = map.get(&1).unwrap().unwrap();
+        assert_eq!(map.remove(&1).unwrap_err().code(), "WOULD_DEADLOCK");
+        drop(g);
+    };
+    deadlock(); // insert, get, remove: 3 calls, 1 failed
+    clock.advance(Duration::from_secs(20));
+    for i in 0..3 {
+        map.insert(10 + i, 0).unwrap();
+    }
+    deadlock(); // the old calls have left: 3 inserts, get, remove: 1 of 5 failed
+    assert_eq!(map.breaker().unwrap().state(), BreakerState::Closed);
+    deadlock(); // 2 of 7
+    deadlock(); // 3 of 9
+    assert_eq!(map.breaker().unwrap().state(), BreakerState::Closed);
+    let s = map.stats().breaker.unwrap();
+    assert_eq!((s.window_calls, s.failure_rate), (9, 3.0 / 9.0));
+    deadlock(); // 4 of 11
+    deadlock(); // 5 of 13
+    deadlock(); // 6 of 15
+    assert_eq!(map.breaker().unwrap().state(), BreakerState::Closed);
+    map.breaker().unwrap().metrics_only();
+    for _ in 0..20 {
+        deadlock();
+    }
+    assert_eq!(map.breaker().unwrap().state(), BreakerState::MetricsOnly, "records, never rejects");
+    let s = map.stats().breaker.unwrap();
+    assert_eq!((s.window_calls, s.failure_rate), (40, 0.5));
+    map.breaker().unwrap().close();
+    deadlock();
+    assert_eq!(map.breaker().unwrap().state(), BreakerState::Closed, "a fresh window: 2 calls");
+    deadlock();
+    assert_eq!(map.breaker().unwrap().state(), BreakerState::Open);
+}
+
+#[test]
+fn forced_open_and_disabled_are_operator_states() {
+    let map: Arc<MapWrapper<u32, u32>> = Arc::new(
+        MapWrapper::builder()
+            .breaker(BreakerConfig::new().window(SlidingWindow::count(2)).minimum_calls(1).failure_rate(0.5))
+            .build()
+            .unwrap(),
+    );
+    map.insert(1, 1).unwrap();
+    let breaker = map.breaker().unwrap();
+    breaker.force_open();
+    assert_eq!(map.insert(1, 2).unwrap_err().code(), "CIRCUIT_OPEN");
+    assert_eq!(map.remove(&1).unwrap_err().code(), "CIRCUIT_OPEN");
+    assert_eq!(map.clear().unwrap_err().code(), "CIRCUIT_OPEN");
+    // An operation that needs no lock is not refused (and not counted as rejected).
+    assert_eq!(map.extend(std::iter::empty()).unwrap(), 0);
+    breaker.disable();
+    for _ in 0..10 {
+        let g = map.get(&1).unwrap().unwrap();
+        assert_eq!(map.insert(1, 3).unwrap_err().code(), "WOULD_DEADLOCK");
+        drop(g);
+    }
+    assert_eq!(breaker.state(), BreakerState::Disabled, "a disabled breaker never trips");
+    assert_eq!(map.get_cloned(&1).unwrap(), Some(1), "rejected and refused calls changed nothing");
+    breaker.close();
+    assert_eq!(breaker.state(), BreakerState::Closed);
+    let s = map.stats();
+    assert_eq!(s.rejected, 3);
+    assert_eq!(s.would_deadlocks, 10);
+    assert_eq!(s.breaker.unwrap().transitions, 3);
+}
+
+#[test]
+fn a_breaker_counts_calls_even_when_stats_are_off() {
+    let off: MapWrapper<u32, u32> = MapWrapper::builder().stats(false).build().unwrap();
+    off.insert(1, 1).unwrap();
+    let s = off.stats();
+    assert_eq!((s.total.ok, s.latency.count), (0, 0), "no statistics kept");
+
+    let with_breaker: MapWrapper<u32, u32> = MapWrapper::builder()
+        .stats(false)
+        .breaker(BreakerConfig::new().window(SlidingWindow::count(2)).minimum_calls(2).failure_rate(0.5))
+        .build()
+        .unwrap();
+    with_breaker.insert(1, 1).unwrap();
+    let g = with_breaker.get(&1).unwrap().unwrap();
+    assert!(with_breaker.insert(1, 1).is_err());
+    drop(g);
+    assert_eq!(with_breaker.breaker().unwrap().state(), BreakerState::Open);
+    assert_eq!(with_breaker.stats().total.ok, 2);
+}
+
+#[test]
+fn invalid_breaker_settings_are_build_errors_not_panics() {
+    fn field(r: Result<MapWrapper<u8, u8>, MapError>) -> &'static str {
+        match r {
+            Err(MapError::InvalidConfig { field, .. }) => field,
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+    }
+    let b = MapWrapper::<u8, u8>::builder;
+    assert_eq!(field(b().breaker(BreakerConfig::new().failure_rate(2.0)).build()), "breaker.failure_rate");
+    assert_eq!(field(b().breaker(BreakerConfig::new().minimum_calls(0)).build()), "breaker.minimum_calls");
+    assert_eq!(
+        field(b().breaker(BreakerConfig::new().window(SlidingWindow::count(0))).build()),
+        "breaker.window"
+    );
+    assert_eq!(field(b().on_breaker_event(|_| {}).build()), "on_breaker_event");
+    assert_eq!(field(b().latency_sampling(0).build()), "latency_sampling");
+    let ok = b().breaker(BreakerConfig::new()).on_breaker_event(|_| {}).build().unwrap();
+    assert_eq!(ok.breaker().unwrap().state(), BreakerState::Closed);
+    assert_eq!(ok.stats().breaker.unwrap().state, BreakerState::Closed);
+}
+
+#[test]
+fn stats_are_exact_under_a_storm_of_threads() {
+    const THREADS: usize = 8;
+    const OPS: u64 = 2_000;
+    let map: Arc<MapWrapper<u64, u64>> = Arc::new(
+        MapWrapper::builder().shards(4).latency_sampling(1).breaker(BreakerConfig::new()).build().unwrap(),
+    );
+    // Records everything, rejects nothing: a descheduled thread may make a call slow here.
+    map.breaker().unwrap().metrics_only();
+    let storm_map = Arc::clone(&map);
+    suite::within(Duration::from_secs(120), move || {
+        suite::storm(THREADS, move |t| {
+            for i in 0..OPS {
+                let key = (t as u64) << 32 | (i % 64);
+                match i % 4 {
+                    0 => drop(storm_map.insert(key, i).unwrap()),
+                    1 => drop(storm_map.get_cloned(&key).unwrap()),
+                    2 => drop(storm_map.update(&key, |v| *v += 1).unwrap()),
+                    _ => drop(storm_map.contains_key(&key).unwrap()),
+                }
+            }
+        })
+    });
+    let s = map.stats();
+    let per_kind = THREADS as u64 * OPS / 4;
+    for name in ["insert", "get_cloned", "update", "contains_key"] {
+        let k = s.op(name).unwrap();
+        assert_eq!(k.ok + k.slow, per_kind, "{name}: {k:?}");
+        assert_eq!((k.failed, k.ignored, k.rejected), (0, 0, 0), "{name}");
+    }
+    assert_eq!(s.total.ok + s.total.slow, THREADS as u64 * OPS);
+    assert_eq!(s.latency.count, THREADS as u64 * OPS, "sampling 1: every call timed");
+    let b = s.breaker.unwrap();
+    assert_eq!((b.state, b.window_calls), (BreakerState::MetricsOnly, 100), "a full count window");
+}
+
+#[test]
+fn a_rejected_mutation_is_audited_as_circuit_open_and_changes_nothing() {
+    use map_wrapper::audit::{Auditor, MemorySink};
+    let sink = MemorySink::new();
+    let map: MapWrapper<String, u32> = MapWrapper::builder()
+        .name("audited")
+        .auditor(Auditor::new(sink.clone()))
+        .breaker(BreakerConfig::new())
+        .build()
+        .unwrap();
+    map.insert("a".into(), 1).unwrap();
+    map.breaker().unwrap().force_open();
+    assert_eq!(map.insert("a".into(), 2).unwrap_err().code(), "CIRCUIT_OPEN");
+    assert_eq!(map.remove("a").unwrap_err().code(), "CIRCUIT_OPEN");
+    map.breaker().unwrap().close();
+    assert_eq!(map.get_cloned("a").unwrap(), Some(1));
+    let records = sink.records();
+    let outcomes: Vec<(&str, &str)> = records.iter().map(|r| (r.op.as_str(), r.outcome.as_str())).collect();
+    assert_eq!(outcomes, vec![("insert", "ok"), ("insert", "circuit_open"), ("remove", "circuit_open")]);
+    assert_eq!(map.stats().rejected, 2);
+}

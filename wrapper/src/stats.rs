@@ -1,0 +1,904 @@
+//! What a map counts about its operations, and the per-operation observation that feeds both
+//! the statistics and the circuit breaker.
+//!
+//! **Cost.** An uncontended operation must stay near 100 ns, and reading the clock costs about
+//! 20 ns, so not every operation is timed:
+//!
+//! - every operation is *counted* (by kind and outcome) with one relaxed `fetch_add` on a
+//!   counter striped by thread, so two threads do not share a cache line;
+//! - an operation is *timed* (two clock reads) when it had to wait for a lock (the wait reads
+//!   the clock anyway), when it is a half-open probe, and otherwise for 1 in
+//!   [`Builder::latency_sampling`](crate::Builder::latency_sampling) operations of a thread
+//!   (default [`DEFAULT_LATENCY_SAMPLING`]). A sampled slow operation counts for that many
+//!   operations in the breaker's slow rate, so sampling does not bias the rate downwards.
+//!
+//! The latency histogram therefore holds the timed operations (with sampling 1, all of them);
+//! its `count` says how many.
+
+use std::cell::Cell;
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_utils::CachePadded;
+
+use crate::breaker::{Admission, BreakerState, CircuitBreaker, Verdict};
+use crate::clock::{duration_nanos, Clock};
+use crate::MapError;
+
+/// By default, 1 in this many uncontended operations of a thread is timed.
+pub const DEFAULT_LATENCY_SAMPLING: u32 = 64;
+
+// ---------------------------------------------------------------------------------------------
+// Kinds and outcomes.
+// ---------------------------------------------------------------------------------------------
+
+/// The operation names counted separately; anything else counts as `other`.
+const KINDS: [&str; 19] = [
+    "insert",
+    "get",
+    "get_cloned",
+    "view",
+    "contains_key",
+    "remove",
+    "remove_entry",
+    "remove_if",
+    "update",
+    "alter",
+    "entry",
+    "retain",
+    "clear",
+    "len",
+    "is_empty",
+    "for_each",
+    "snapshot",
+    "extend",
+    "other",
+];
+
+/// The counter row of operation `op`: a dispatch on the name's length and first byte, then
+/// one comparison with a name of known length (which compiles to a couple of integer
+/// compares; a plain `match` on strings compares against each name in turn).
+#[inline(always)]
+fn kind_index(op: &str) -> usize {
+    const OTHER: usize = KINDS.len() - 1;
+    match (op.len(), op.as_bytes().first().copied().unwrap_or(0)) {
+        (6, b'i') if op == "insert" => 0,
+        (3, b'g') if op == "get" => 1,
+        (10, b'g') if op == "get_cloned" => 2,
+        (4, b'v') if op == "view" => 3,
+        (12, b'c') if op == "contains_key" => 4,
+        (6, b'r') if op == "remove" => 5,
+        (12, b'r') if op == "remove_entry" => 6,
+        (9, b'r') if op == "remove_if" => 7,
+        (6, b'u') if op == "update" => 8,
+        (5, b'a') if op == "alter" => 9,
+        (5, b'e') if op == "entry" => 10,
+        (6, b'r') if op == "retain" => 11,
+        (5, b'c') if op == "clear" => 12,
+        (3, b'l') if op == "len" => 13,
+        (8, b'i') if op == "is_empty" => 14,
+        (8, b'f') if op == "for_each" => 15,
+        (8, b's') if op == "snapshot" => 16,
+        (6, b'e') if op == "extend" => 17,
+        _ => OTHER,
+    }
+}
+
+#[cfg(test)]
+fn kind_index_by_match(op: &str) -> usize {
+    match op {
+        "insert" => 0,
+        "get" => 1,
+        "get_cloned" => 2,
+        "view" => 3,
+        "contains_key" => 4,
+        "remove" => 5,
+        "remove_entry" => 6,
+        "remove_if" => 7,
+        "update" => 8,
+        "alter" => 9,
+        "entry" => 10,
+        "retain" => 11,
+        "clear" => 12,
+        "len" => 13,
+        "is_empty" => 14,
+        "for_each" => 15,
+        "snapshot" => 16,
+        "extend" => 17,
+        _ => 18,
+    }
+}
+
+/// Where one finished operation is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+enum Slot {
+    Ok = 0,
+    Slow,
+    Timeout,
+    WouldDeadlock,
+    Cancelled,
+    /// The caller's absolute deadline had passed before the operation started.
+    Expired,
+    /// A closure given by the caller panicked.
+    Panicked,
+    Rejected,
+}
+const SLOTS: usize = 8;
+
+/// Slots the breaker counts as calls (ok, slow, failed).
+const COUNTED: [Slot; 4] = [Slot::Ok, Slot::Slow, Slot::Timeout, Slot::WouldDeadlock];
+
+const STRIPES: usize = 8;
+
+/// The operation counters: kinds × slots, striped by thread.
+pub(crate) struct Counters {
+    stripes: Box<[CachePadded<[[AtomicU64; SLOTS]; KINDS.len()]>; STRIPES]>,
+}
+
+impl Counters {
+    pub(crate) fn new() -> Self {
+        Counters {
+            stripes: Box::new(std::array::from_fn(|_| {
+                CachePadded::new(std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))))
+            })),
+        }
+    }
+
+    #[inline]
+    fn add(&self, stripe: usize, kind: usize, slot: Slot) {
+        let row = &self.stripes[stripe & (STRIPES - 1)][kind.min(KINDS.len() - 1)];
+        row[slot as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get(&self, kind: usize, slot: Slot) -> u64 {
+        self.stripes.iter().map(|s| s[kind][slot as usize].load(Ordering::Relaxed)).sum()
+    }
+
+    /// Counts one ok call (for the breaker's tests, which drive it without a map).
+    #[cfg(test)]
+    pub(crate) fn count_call(&self) {
+        self.add(0, 0, Slot::Ok);
+    }
+
+    /// Ok, slow and failed calls so far (what the breaker's windows count).
+    pub(crate) fn calls(&self) -> u64 {
+        let mut n = 0;
+        for s in self.stripes.iter() {
+            for k in s.iter() {
+                for slot in COUNTED {
+                    n += k[slot as usize].load(Ordering::Relaxed);
+                }
+            }
+        }
+        n
+    }
+}
+
+thread_local! {
+    // This thread's counter stripe (assigned on first use) and its countdown to the next
+    // sampled operation.
+    static LOCAL: (Cell<u32>, Cell<u32>) = const { (Cell::new(u32::MAX), Cell::new(0)) };
+}
+
+static NEXT_STRIPE: AtomicU32 = AtomicU32::new(0);
+
+/// This thread's stripe, and whether this operation is sampled.
+#[inline]
+fn local(sample_every: u32) -> (usize, bool) {
+    LOCAL
+        .try_with(|(stripe, countdown)| {
+            let mut s = stripe.get();
+            if s == u32::MAX {
+                s = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed);
+                stripe.set(s);
+            }
+            let c = countdown.get();
+            let sampled = c == 0;
+            countdown.set(if sampled { sample_every - 1 } else { c - 1 });
+            (s as usize, sampled)
+        })
+        .unwrap_or((0, false))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Latency histogram.
+// ---------------------------------------------------------------------------------------------
+
+/// Log-linear buckets: 4 per power of two (at most 25 % above the true value), 1 ns to 584
+/// years, updated with relaxed atomics.
+const BUCKETS: usize = 252;
+
+struct Histogram {
+    buckets: Box<[AtomicU64]>,
+    count: AtomicU64,
+    sum: AtomicU64,
+    max: AtomicU64,
+}
+
+fn bucket_of(nanos: u64) -> usize {
+    if nanos < 4 {
+        return nanos as usize;
+    }
+    let msb = 63 - nanos.leading_zeros() as usize;
+    let sub = ((nanos >> (msb - 2)) & 3) as usize;
+    (msb - 1) * 4 + sub
+}
+
+/// The largest value that falls in bucket `idx`.
+fn bucket_top(idx: usize) -> u64 {
+    if idx < 4 {
+        return idx as u64;
+    }
+    let msb = idx / 4 + 1;
+    let sub = (idx % 4) as u64;
+    let width = 1u64 << (msb - 2);
+    ((4 + sub) << (msb - 2)).saturating_add(width - 1)
+}
+
+impl Histogram {
+    fn new() -> Self {
+        Histogram {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
+            max: AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self, nanos: u64) {
+        self.buckets[bucket_of(nanos)].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(nanos, Ordering::Relaxed);
+        self.max.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    fn summary(&self) -> LatencyStats {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let count: u64 = counts.iter().sum();
+        let max = self.max.load(Ordering::Relaxed);
+        let quantile = |q: f64| -> Duration {
+            if count == 0 {
+                return Duration::ZERO;
+            }
+            let rank = ((q * count as f64).ceil() as u64).clamp(1, count);
+            let mut seen = 0;
+            for (i, c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= rank {
+                    return Duration::from_nanos(bucket_top(i).min(max));
+                }
+            }
+            Duration::from_nanos(max)
+        };
+        let sum = self.sum.load(Ordering::Relaxed);
+        LatencyStats {
+            count,
+            mean: Duration::from_nanos(sum.checked_div(count).unwrap_or(0)),
+            p50: quantile(0.50),
+            p90: quantile(0.90),
+            p99: quantile(0.99),
+            max: Duration::from_nanos(max),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-operation observation.
+// ---------------------------------------------------------------------------------------------
+
+/// How an operation that failed in the lock layer failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    Timeout {
+        waited: Duration,
+    },
+    /// The caller's absolute deadline had passed before the operation took a lock.
+    Expired,
+    WouldDeadlock,
+    Cancelled,
+    /// The breaker rejected the operation; its `retry_after` until the operation returns it.
+    Rejected(Option<Duration>),
+}
+
+/// What the map observes about its operations: counters, latency, and the breaker.
+pub(crate) struct Monitor {
+    map: Arc<str>,
+    clock: Clock,
+    slow_threshold: u64,
+    sample_every: u32,
+    counters: Arc<Counters>,
+    histogram: Histogram,
+    stale: AtomicU64,
+    breaker: Option<Arc<CircuitBreaker>>,
+}
+
+/// One operation as the monitor sees it; lives in the operation's `Waiter`.
+#[derive(Debug)]
+pub(crate) struct Observation {
+    generation: u64,
+    /// When timing started (clock nanos), if the operation is timed.
+    start: Option<u64>,
+    failure: Option<Failure>,
+    stripe: u8,
+    kind: u8,
+    probe: bool,
+    sampled: bool,
+    /// Set when the operation waited for a lock (timed from its first wait).
+    contended: bool,
+    /// Untimed, not a probe, no failure: the end of the operation is one counter increment.
+    plain: bool,
+}
+
+impl Observation {
+    /// Records how the operation failed.
+    #[inline]
+    pub(crate) fn fail(&mut self, failure: Failure) {
+        self.failure = Some(failure);
+        self.plain = false;
+    }
+
+    /// The breaker's rejection (its `retry_after`), the first time it is asked for.
+    #[inline]
+    pub(crate) fn take_rejection(&mut self) -> Option<Duration> {
+        match &mut self.failure {
+            Some(Failure::Rejected(r)) => r.take(),
+            _ => None,
+        }
+    }
+
+    /// Whether the breaker rejected the operation and the rejection is not handed out yet
+    /// (the lock fast path in `shard.rs` must not run then).
+    #[inline]
+    pub(crate) fn has_rejection(&self) -> bool {
+        matches!(&self.failure, Some(Failure::Rejected(Some(_))))
+    }
+}
+
+impl Monitor {
+    pub(crate) fn new(
+        map: Arc<str>,
+        clock: Clock,
+        slow_threshold: Duration,
+        sample_every: u32,
+        breaker: Option<(crate::breaker::BreakerConfig, Vec<crate::breaker::BreakerListener>)>,
+    ) -> Self {
+        let counters = Arc::new(Counters::new());
+        let breaker = breaker.map(|(config, listeners)| {
+            CircuitBreaker::new(map.clone(), config, clock.clone(), Arc::clone(&counters), listeners)
+        });
+        Monitor {
+            map,
+            clock,
+            slow_threshold: duration_nanos(slow_threshold),
+            sample_every: sample_every.max(1),
+            counters,
+            histogram: Histogram::new(),
+            stale: AtomicU64::new(0),
+            breaker,
+        }
+    }
+
+    pub(crate) fn breaker(&self) -> Option<&CircuitBreaker> {
+        self.breaker.as_deref()
+    }
+
+    /// Starts watching operation `op`; a rejection by the breaker is left in the observation.
+    #[inline(always)]
+    pub(crate) fn begin(&self, op: &'static str) -> Observation {
+        let (stripe, sampled) = local(self.sample_every);
+        let (generation, probe, rejected) = match self.breaker.as_deref().map(CircuitBreaker::admit) {
+            None => (0, false, None),
+            Some(Admission::Pass { generation, probe }) => (generation, probe, None),
+            Some(Admission::Reject { retry_after }) => (0, false, Some(retry_after)),
+        };
+        let kind = kind_index(op);
+        let mut obs = Observation {
+            generation,
+            start: None,
+            failure: rejected.map(|r| Failure::Rejected(Some(r))),
+            stripe: (stripe & (STRIPES - 1)) as u8,
+            kind: kind as u8,
+            probe,
+            sampled,
+            contended: false,
+            plain: rejected.is_none() && !probe && !sampled,
+        };
+        // A rejection is counted and reported when the operation hands it out (at its first
+        // lock), not here: an operation that never needs a lock (`extend` of nothing) is not
+        // refused.
+        if sampled || probe {
+            obs.start = Some(self.clock.now_nanos());
+        }
+        obs
+    }
+
+    /// The error for a rejected operation, counted and reported as it is handed out.
+    #[cold]
+    pub(crate) fn circuit_open(
+        &self,
+        op: &'static str,
+        obs: &Observation,
+        retry_after: Duration,
+    ) -> MapError {
+        self.counters.add(usize::from(obs.stripe), usize::from(obs.kind), Slot::Rejected);
+        if let Some(b) = &self.breaker {
+            b.rejected(op, retry_after);
+        }
+        MapError::CircuitOpen { map: self.map.clone(), retry_after }
+    }
+
+    /// The operation is about to wait for a lock: time it from here if it is not timed yet.
+    #[cold]
+    pub(crate) fn contended(&self, obs: &mut Observation) {
+        obs.contended = true;
+        obs.plain = false;
+        if obs.start.is_none() {
+            obs.start = Some(self.clock.now_nanos());
+        }
+    }
+
+    /// The operation is over: count it, time it, and tell the breaker.
+    #[inline]
+    pub(crate) fn finish(&self, obs: &Observation) {
+        let (kind, stripe) = (usize::from(obs.kind), usize::from(obs.stripe));
+        if obs.plain {
+            // The fast path: untimed and fine.
+            let slot = if std::thread::panicking() { Slot::Panicked } else { Slot::Ok };
+            self.counters.add(stripe, kind, slot);
+            return;
+        }
+        self.finish_slow(kind, obs);
+    }
+
+    #[cold]
+    fn finish_slow(&self, kind: usize, obs: &Observation) {
+        let mut now = None;
+        let (slot, verdict, latency) = match obs.failure {
+            // Counted when the rejection was handed out.
+            Some(Failure::Rejected(None)) => return,
+            // Rejected, but it never asked for a lock: it did nothing, successfully.
+            Some(Failure::Rejected(Some(_))) => (Slot::Ok, Verdict::Ignored, None),
+            // Recorded at the deadline: the time it waited.
+            Some(Failure::Timeout { waited }) => {
+                (Slot::Timeout, Verdict::Failed { slow: true }, Some(duration_nanos(waited)))
+            }
+            Some(Failure::WouldDeadlock) => {
+                let took = obs.start.map(|start| {
+                    let end = self.clock.now_nanos();
+                    now = Some(end);
+                    end.saturating_sub(start)
+                });
+                (Slot::WouldDeadlock, Verdict::Failed { slow: false }, took)
+            }
+            Some(Failure::Cancelled) => (Slot::Cancelled, Verdict::Ignored, None),
+            Some(Failure::Expired) => (Slot::Expired, Verdict::Ignored, None),
+            None if std::thread::panicking() => (Slot::Panicked, Verdict::Ignored, None),
+            None => match obs.start {
+                Some(start) => {
+                    let end = self.clock.now_nanos();
+                    now = Some(end);
+                    let took = end.saturating_sub(start);
+                    if took > self.slow_threshold {
+                        // A sampled call stands for the calls not sampled between samples.
+                        let weight = if obs.contended || obs.probe || !obs.sampled {
+                            1
+                        } else {
+                            u64::from(self.sample_every)
+                        };
+                        (Slot::Slow, Verdict::Slow { weight }, Some(took))
+                    } else {
+                        (Slot::Ok, Verdict::Ok, Some(took))
+                    }
+                }
+                None => (Slot::Ok, Verdict::Ok, None),
+            },
+        };
+        self.counters.add(usize::from(obs.stripe), kind, slot);
+        if let Some(l) = latency {
+            self.histogram.record(l);
+        }
+        let Some(b) = &self.breaker else { return };
+        if obs.probe || matches!(verdict, Verdict::Slow { .. } | Verdict::Failed { .. }) {
+            if !b.report(obs.generation, obs.probe, verdict, now) {
+                self.stale.fetch_add(1, Ordering::Relaxed);
+            }
+        } else if let Some(now) = now {
+            b.tick(now);
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        let mut ops = Vec::new();
+        let mut total = OpStats::default();
+        for (kind, &name) in KINDS.iter().enumerate() {
+            let get = |slot| self.counters.get(kind, slot);
+            let s = OpStats {
+                op: name,
+                ok: get(Slot::Ok),
+                slow: get(Slot::Slow),
+                failed: get(Slot::Timeout) + get(Slot::WouldDeadlock),
+                ignored: get(Slot::Cancelled) + get(Slot::Expired) + get(Slot::Panicked),
+                rejected: get(Slot::Rejected),
+            };
+            total.ok += s.ok;
+            total.slow += s.slow;
+            total.failed += s.failed;
+            total.ignored += s.ignored;
+            total.rejected += s.rejected;
+            if s != (OpStats { op: name, ..OpStats::default() }) {
+                ops.push(s);
+            }
+        }
+        total.op = "all";
+        let sum = |slot| (0..KINDS.len()).map(|k| self.counters.get(k, slot)).sum::<u64>();
+        Stats {
+            map: self.map.clone(),
+            ops,
+            total,
+            timeouts: sum(Slot::Timeout),
+            deadlines_exceeded: sum(Slot::Expired),
+            cancellations: sum(Slot::Cancelled),
+            would_deadlocks: sum(Slot::WouldDeadlock),
+            panics: sum(Slot::Panicked),
+            rejected: sum(Slot::Rejected),
+            latency: self.histogram.summary(),
+            stale_results: self.stale.load(Ordering::Relaxed),
+            breaker: self.breaker.as_ref().map(|b| {
+                let f = b.figures();
+                BreakerStats {
+                    state: f.state,
+                    transitions: f.transitions,
+                    window_calls: f.window.calls,
+                    failure_rate: f.window.failure_rate(),
+                    slow_rate: f.window.slow_rate(),
+                    combined_rate: f.window.combined_rate(),
+                }
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Monitor")
+            .field("clock", &self.clock)
+            .field("slow_threshold", &Duration::from_nanos(self.slow_threshold))
+            .field("sample_every", &self.sample_every)
+            .field("breaker", &self.breaker)
+            .finish_non_exhaustive()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The snapshot.
+// ---------------------------------------------------------------------------------------------
+
+/// A snapshot of a map's statistics; made by [`MapWrapper::stats`](crate::MapWrapper::stats).
+///
+/// Counters are read one by one while operations go on, so a snapshot taken under load is
+/// not one instant; taken while the map is idle, it is exact.
+///
+/// More figures may be added (audit queue depth, records written, records per fsync), so the
+/// struct is `#[non_exhaustive]`.
+///
+/// # Examples
+///
+/// ```
+/// use map_wrapper::MapWrapper;
+///
+/// let map: MapWrapper<u32, u32> = MapWrapper::builder().latency_sampling(1).build()?;
+/// map.insert(1, 1)?;
+/// map.get_cloned(&1)?;
+/// map.get_cloned(&2)?; // not found is an ok call
+/// let stats = map.stats();
+/// assert_eq!(stats.op("insert").unwrap().ok, 1);
+/// assert_eq!(stats.op("get_cloned").unwrap().ok, 2);
+/// assert_eq!(stats.total.ok, 3);
+/// assert_eq!(stats.latency.count, 3); // sampling 1: every operation is timed
+/// # Ok::<(), map_wrapper::MapError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// The map's name.
+    pub map: Arc<str>,
+    /// Per operation kind that ran at least once (`insert`, `get`, …; `other` for the rest).
+    pub ops: Vec<OpStats>,
+    /// All kinds together (`op` is `"all"`).
+    pub total: OpStats,
+    /// Operations that timed out waiting for a lock.
+    pub timeouts: u64,
+    /// Operations whose caller's deadline had passed before they started
+    /// ([`MapError::DeadlineExceeded`]); ignored by the breaker (not the map's doing).
+    pub deadlines_exceeded: u64,
+    /// Operations cancelled by their caller.
+    pub cancellations: u64,
+    /// Operations refused because they would have deadlocked.
+    pub would_deadlocks: u64,
+    /// Operations during which a caller's closure panicked.
+    pub panics: u64,
+    /// Operations rejected by the circuit breaker.
+    pub rejected: u64,
+    /// Latency of the timed operations (see the module notes on sampling).
+    pub latency: LatencyStats,
+    /// Results the breaker discarded because its state changed while the call ran.
+    pub stale_results: u64,
+    /// The circuit breaker, if the map has one.
+    pub breaker: Option<BreakerStats>,
+}
+
+impl Stats {
+    /// All zero: a map without statistics.
+    pub(crate) fn empty(map: Arc<str>) -> Self {
+        Stats {
+            map,
+            ops: Vec::new(),
+            total: OpStats { op: "all", ..OpStats::default() },
+            timeouts: 0,
+            deadlines_exceeded: 0,
+            cancellations: 0,
+            would_deadlocks: 0,
+            panics: 0,
+            rejected: 0,
+            latency: LatencyStats::default(),
+            stale_results: 0,
+            breaker: None,
+        }
+    }
+
+    /// The figures of one operation kind, if it ran.
+    pub fn op(&self, name: &str) -> Option<&OpStats> {
+        self.ops.iter().find(|s| s.op == name)
+    }
+
+    /// Reports this snapshot through the `metrics` facade: counters `map_wrapper_ops_total`
+    /// (labels `map`, `op`, `outcome`), `map_wrapper_timeouts_total`,
+    /// `map_wrapper_deadlines_exceeded_total`, `map_wrapper_cancellations_total`, `map_wrapper_would_deadlocks_total`,
+    /// `map_wrapper_rejected_total`; gauges `map_wrapper_latency_seconds` (label `quantile`:
+    /// `0.5`, `0.9`, `0.99`, `1`) and `map_wrapper_breaker_state` (0 closed, 1 open,
+    /// 2 half-open, 3 forced open, 4 disabled, 5 metrics-only). Call it periodically.
+    #[cfg(feature = "metrics")]
+    pub fn publish_metrics(&self) {
+        let map = self.map.to_string();
+        for s in &self.ops {
+            for (outcome, n) in [
+                ("ok", s.ok),
+                ("slow", s.slow),
+                ("failed", s.failed),
+                ("ignored", s.ignored),
+                ("rejected", s.rejected),
+            ] {
+                metrics::counter!("map_wrapper_ops_total", "map" => map.clone(), "op" => s.op, "outcome" => outcome)
+                    .absolute(n);
+            }
+        }
+        metrics::counter!("map_wrapper_timeouts_total", "map" => map.clone()).absolute(self.timeouts);
+        metrics::counter!("map_wrapper_deadlines_exceeded_total", "map" => map.clone())
+            .absolute(self.deadlines_exceeded);
+        metrics::counter!("map_wrapper_cancellations_total", "map" => map.clone())
+            .absolute(self.cancellations);
+        metrics::counter!("map_wrapper_would_deadlocks_total", "map" => map.clone())
+            .absolute(self.would_deadlocks);
+        metrics::counter!("map_wrapper_rejected_total", "map" => map.clone()).absolute(self.rejected);
+        for (q, d) in [
+            ("0.5", self.latency.p50),
+            ("0.9", self.latency.p90),
+            ("0.99", self.latency.p99),
+            ("1", self.latency.max),
+        ] {
+            metrics::gauge!("map_wrapper_latency_seconds", "map" => map.clone(), "quantile" => q)
+                .set(d.as_secs_f64());
+        }
+        if let Some(b) = &self.breaker {
+            metrics_breaker_state(&self.map, b.state);
+        }
+    }
+}
+
+/// Sets the `map_wrapper_breaker_state` gauge (also done at every state change).
+#[cfg(feature = "metrics")]
+pub(crate) fn metrics_breaker_state(map: &str, state: BreakerState) {
+    let code = match state {
+        BreakerState::Closed => 0.0,
+        BreakerState::Open => 1.0,
+        BreakerState::HalfOpen => 2.0,
+        BreakerState::ForcedOpen => 3.0,
+        BreakerState::Disabled => 4.0,
+        BreakerState::MetricsOnly => 5.0,
+    };
+    metrics::gauge!("map_wrapper_breaker_state", "map" => map.to_string()).set(code);
+}
+
+/// How the operations of one kind ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct OpStats {
+    /// The operation's name.
+    pub op: &'static str,
+    /// Completed, and (if timed) not slow.
+    pub ok: u64,
+    /// Completed, but timed above the slow threshold.
+    pub slow: u64,
+    /// Timed out or refused as a would-be deadlock.
+    pub failed: u64,
+    /// Cancelled, started after their caller's deadline, or a caller's closure panicked.
+    pub ignored: u64,
+    /// Rejected by the circuit breaker.
+    pub rejected: u64,
+}
+
+/// Latency of the timed operations. Percentiles are bucket upper bounds (at most 25 % above
+/// the true value) capped by the maximum; a timeout counts with the time it waited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct LatencyStats {
+    /// How many operations were timed.
+    pub count: u64,
+    /// Their mean.
+    pub mean: Duration,
+    /// Median.
+    pub p50: Duration,
+    /// 90th percentile.
+    pub p90: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// The slowest.
+    pub max: Duration,
+}
+
+/// The circuit breaker's part of [`Stats`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct BreakerStats {
+    /// Its state now.
+    pub state: BreakerState,
+    /// How many state changes it has made.
+    pub transitions: u64,
+    /// The calls in its window (since the last close).
+    pub window_calls: u64,
+    /// The share of failed calls in the window.
+    pub failure_rate: f64,
+    /// The share of slow calls in the window.
+    pub slow_rate: f64,
+    /// The share of slow-or-failed calls in the window.
+    pub combined_rate: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_cover_their_values_within_a_quarter() {
+        for v in [0u64, 1, 3, 4, 5, 7, 8, 9, 100, 1_000, 123_456, 50_000_000, u64::MAX / 3, u64::MAX] {
+            let b = bucket_of(v);
+            assert!(b < BUCKETS, "{v}");
+            let top = bucket_top(b);
+            assert!(top >= v, "{v} in bucket {b} topped at {top}");
+            assert!(top as f64 <= v as f64 * 1.25 + 1.0, "{v} -> {top}");
+            if b > 0 {
+                assert!(bucket_top(b - 1) < v, "{v}");
+            }
+        }
+    }
+
+    #[test]
+    fn percentiles_come_from_the_recorded_values() {
+        let h = Histogram::new();
+        for i in 1..=100u64 {
+            h.record(i * 1_000);
+        }
+        let s = h.summary();
+        assert_eq!(s.count, 100);
+        assert_eq!(s.max, Duration::from_micros(100));
+        let near = |d: Duration, want: u64| {
+            let n = d.as_nanos() as u64;
+            n >= want && n as f64 <= want as f64 * 1.25
+        };
+        assert!(near(s.p50, 50_000), "{s:?}");
+        assert!(near(s.p90, 90_000), "{s:?}");
+        assert!(near(s.p99, 99_000), "{s:?}");
+        assert_eq!(s.mean, Duration::from_nanos(50_500));
+    }
+
+    #[cfg(feature = "metrics")]
+    #[test]
+    fn publish_metrics_reports_the_snapshot_through_the_facade() {
+        use std::collections::BTreeMap;
+        use std::sync::Mutex;
+
+        use metrics::{
+            Counter, CounterFn, Gauge, GaugeFn, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+        };
+
+        type Store = Arc<Mutex<BTreeMap<String, f64>>>;
+        struct Handle(String, Store);
+        impl CounterFn for Handle {
+            fn increment(&self, v: u64) {
+                *self.1.lock().unwrap().entry(self.0.clone()).or_default() += v as f64;
+            }
+            fn absolute(&self, v: u64) {
+                self.1.lock().unwrap().insert(self.0.clone(), v as f64);
+            }
+        }
+        impl GaugeFn for Handle {
+            fn increment(&self, v: f64) {
+                *self.1.lock().unwrap().entry(self.0.clone()).or_default() += v;
+            }
+            fn decrement(&self, v: f64) {
+                *self.1.lock().unwrap().entry(self.0.clone()).or_default() -= v;
+            }
+            fn set(&self, v: f64) {
+                self.1.lock().unwrap().insert(self.0.clone(), v);
+            }
+        }
+        struct Rec(Store);
+        impl Rec {
+            fn handle(&self, key: &Key) -> Arc<Handle> {
+                let labels: Vec<String> =
+                    key.labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
+                Arc::new(Handle(format!("{}{{{}}}", key.name(), labels.join(",")), Arc::clone(&self.0)))
+            }
+        }
+        impl Recorder for Rec {
+            fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+            fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+            fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+            fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+                Counter::from_arc(self.handle(key))
+            }
+            fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+                Gauge::from_arc(self.handle(key))
+            }
+            fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> metrics::Histogram {
+                metrics::Histogram::noop()
+            }
+        }
+
+        let store: Store = Arc::default();
+        let rec = Rec(Arc::clone(&store));
+        let map: crate::MapWrapper<u8, u8> =
+            crate::MapWrapper::builder().name("m").breaker(crate::BreakerConfig::new()).build().unwrap();
+        map.insert(1, 1).unwrap();
+        map.insert(2, 2).unwrap();
+        metrics::with_local_recorder(&rec, || {
+            map.breaker().unwrap().force_open();
+            assert!(map.insert(3, 3).is_err());
+            map.stats().publish_metrics();
+        });
+        let got = store.lock().unwrap().clone();
+        assert_eq!(got["map_wrapper_ops_total{map=m,op=insert,outcome=ok}"], 2.0);
+        assert_eq!(got["map_wrapper_ops_total{map=m,op=insert,outcome=rejected}"], 1.0);
+        assert_eq!(got["map_wrapper_rejected_total{map=m}"], 1.0);
+        assert_eq!(got["map_wrapper_breaker_state{map=m}"], 3.0);
+        assert!(got.contains_key("map_wrapper_latency_seconds{map=m,quantile=0.99}"));
+    }
+
+    #[test]
+    fn fast_kind_dispatch_agrees_with_a_plain_match() {
+        for name in
+            KINDS.iter().copied().chain(["", "x", "inserts", "remove_all", "rename", "gets", "lenx", "audit"])
+        {
+            assert_eq!(kind_index(name), kind_index_by_match(name), "{name}");
+        }
+        for (i, name) in KINDS.iter().enumerate() {
+            assert_eq!(kind_index(name), i);
+        }
+    }
+
+    #[test]
+    fn counters_sum_over_stripes() {
+        let c = Counters::new();
+        for stripe in 0..20 {
+            c.add(stripe, kind_index("insert"), Slot::Ok);
+        }
+        c.add(3, kind_index("nonsense"), Slot::Timeout);
+        c.add(3, kind_index("get"), Slot::Cancelled);
+        assert_eq!(c.get(kind_index("insert"), Slot::Ok), 20);
+        assert_eq!(c.get(kind_index("other"), Slot::Timeout), 1);
+        assert_eq!(c.calls(), 21);
+    }
+}
