@@ -94,6 +94,7 @@ impl<S: BuildHasher + Send + Sync> BenchMap for papaya::HashMap<u64, u64, S> {
 /// thread's operation then times out after its 500 ms.
 pub static RETRIED: AtomicU64 = AtomicU64::new(0);
 
+#[inline(always)]
 fn retried<T>(what: &str, mut op: impl FnMut() -> Result<T, MapError>) -> T {
     loop {
         match op() {
@@ -101,9 +102,15 @@ fn retried<T>(what: &str, mut op: impl FnMut() -> Result<T, MapError>) -> T {
             Err(e) if e.is_retryable() => {
                 RETRIED.fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) => panic!("{what}: {e}"),
+            Err(e) => failed(what, e),
         }
     }
+}
+
+#[cold]
+#[inline(never)]
+fn failed(what: &str, e: MapError) -> ! {
+    panic!("{what}: {e}")
 }
 
 /// `MapWrapper` as configured by its row (policies on or off). A retryable error is retried;
