@@ -1,7 +1,7 @@
 //! [`OpContext`]: the deadline, cancellation and identity of an operation, given per call
 //! (`map.with(&ctx)`) or for everything the current thread does in a scope (`ctx.enter()`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -278,14 +278,23 @@ impl Scopes {
                 })
             })
             .map(Rc::new);
+        AMBIENT_SET.with(|set| set.set(self.merged.is_some()));
     }
 }
 
 thread_local! {
     static SCOPES: RefCell<Scopes> = RefCell::new(Scopes::default());
+    // Whether SCOPES has a merged context. A destructor-less `Cell<bool>` is one plain TLS
+    // load, where SCOPES costs a lazy-init check, a borrow and an `Rc` clone: every operation
+    // outside a scope reads only this.
+    static AMBIENT_SET: Cell<bool> = const { Cell::new(false) };
 }
 
+#[inline]
 fn ambient() -> Option<Rc<OpContext>> {
+    if !AMBIENT_SET.with(Cell::get) {
+        return None;
+    }
     SCOPES.try_with(|s| s.borrow().merged.clone()).ok().flatten()
 }
 
@@ -297,8 +306,16 @@ pub(crate) struct Effective<'c> {
 }
 
 impl<'c> Effective<'c> {
+    #[inline]
     pub(crate) fn new(explicit: Option<&'c OpContext>) -> Self {
         Effective { explicit, ambient: ambient() }
+    }
+
+    /// Whether the operation runs under no context at all: no token, no deadline but the
+    /// map's timeout, no identity.
+    #[inline]
+    pub(crate) fn is_plain(&self) -> bool {
+        self.explicit.is_none() && self.ambient.is_none()
     }
 
     fn contexts(&self) -> impl Iterator<Item = &OpContext> {

@@ -348,6 +348,13 @@ impl Observation {
             _ => None,
         }
     }
+
+    /// Whether the breaker rejected the operation and the rejection is not handed out yet
+    /// (the lock fast path in `shard.rs` must not run then).
+    #[inline]
+    pub(crate) fn has_rejection(&self) -> bool {
+        matches!(&self.failure, Some(Failure::Rejected(Some(_))))
+    }
 }
 
 impl Monitor {
