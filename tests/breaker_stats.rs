@@ -326,3 +326,28 @@ fn a_rejected_mutation_is_audited_as_circuit_open_and_changes_nothing() {
     assert_eq!(outcomes, vec![("insert", "ok"), ("insert", "circuit_open"), ("remove", "circuit_open")]);
     assert_eq!(map.stats().rejected, 2);
 }
+
+/// Issue 4 item 7: an audited map's stats show the audit queue, records written and records
+/// per fsync, agreeing with what the sink wrote.
+#[test]
+fn stats_show_the_audit_figures_of_a_file_trail() {
+    use map_wrapper::audit::{Auditor, Durability, JsonLinesSink};
+    let dir = tempfile::tempdir().unwrap();
+    let sink = std::sync::Arc::new(JsonLinesSink::open(dir.path(), Default::default()).unwrap());
+    let auditor = Auditor::from_arc(sink.clone()).durability(Durability::Synced);
+    let map: MapWrapper<u32, u32> = MapWrapper::builder().auditor(auditor).build().unwrap();
+    for i in 0..50 {
+        map.insert(i, i).unwrap();
+    }
+    let audit = map.stats().audit.expect("an audited map has audit stats");
+    let figures = audit.sink.expect("a file sink keeps figures");
+    // Synced: every insert returned after its record was on disk, so nothing is queued and
+    // the 50 records were written by the writer thread.
+    assert_eq!(figures.queued, 0);
+    assert_eq!(figures.written, 50);
+    assert!(figures.syncs >= 1 && figures.syncs <= 51, "{figures:?}");
+    assert!(figures.records_per_sync() >= 1.0);
+    assert_eq!(audit.lost_records, 0);
+    let plain: MapWrapper<u32, u32> = MapWrapper::new();
+    assert!(plain.stats().audit.is_none());
+}

@@ -139,7 +139,7 @@ pub use context::{ContextGuard, OpContext};
 pub use error::{MapError, Severity};
 pub use map::{Entry, Iter, MapWrapper, Ref, Upserted, WithContext};
 pub use map_wrapper_macros::{guarded_map, GuardedMap};
-pub use stats::{BreakerStats, LatencyStats, OpStats, Stats, DEFAULT_LATENCY_SAMPLING};
+pub use stats::{AuditStats, BreakerStats, LatencyStats, OpStats, Stats, DEFAULT_LATENCY_SAMPLING};
 
 /// `MapWrapper` can be shared between threads when its keys and values can.
 #[allow(dead_code)]

@@ -169,8 +169,10 @@ impl<K, V, S> MapWrapper<K, V, S> {
     }
 
     /// A snapshot of the map's statistics: operations by kind and outcome, latency,
-    /// timeouts, cancellations, would-deadlocks, rejections and the breaker's state. All zero
-    /// when statistics are off ([`Builder::stats`]). Takes no shard lock.
+    /// timeouts, cancellations, would-deadlocks, rejections, the breaker's state, and for an
+    /// audited map the audit queue's depth, records written, syncs and lost records. The
+    /// operation figures are zero when statistics are off ([`Builder::stats`]). Takes no shard
+    /// lock.
     ///
     /// ```
     /// use map_wrapper::MapWrapper;
@@ -180,10 +182,12 @@ impl<K, V, S> MapWrapper<K, V, S> {
     /// # Ok::<(), map_wrapper::MapError>(())
     /// ```
     pub fn stats(&self) -> Stats {
-        match &self.monitor {
+        let mut stats = match &self.monitor {
             Some(m) => m.snapshot(),
             None => Stats::empty(self.name.clone()),
-        }
+        };
+        stats.audit = self.audit.as_ref().map(|a| a.stats());
+        stats
     }
 
     /// The map's circuit breaker, if it has one ([`Builder::breaker`]).

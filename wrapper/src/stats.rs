@@ -557,6 +557,7 @@ impl Monitor {
                     combined_rate: f.window.combined_rate(),
                 }
             }),
+            audit: None,
         }
     }
 }
@@ -628,6 +629,19 @@ pub struct Stats {
     pub stale_results: u64,
     /// The circuit breaker, if the map has one.
     pub breaker: Option<BreakerStats>,
+    /// The audit trail, if the map is audited (filled in even when statistics are off).
+    pub audit: Option<AuditStats>,
+}
+
+/// The audit side of [`Stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[non_exhaustive]
+pub struct AuditStats {
+    /// What the sink has done (queue depth, records written, syncs); `None` when the sink keeps
+    /// no figures ([`MemorySink`](crate::audit::MemorySink), …).
+    pub sink: Option<crate::audit::SinkFigures>,
+    /// Records a fail-open auditor lost while its sink was failed.
+    pub lost_records: u64,
 }
 
 impl Stats {
@@ -646,6 +660,7 @@ impl Stats {
             latency: LatencyStats::default(),
             stale_results: 0,
             breaker: None,
+            audit: None,
         }
     }
 

@@ -721,6 +721,15 @@ fn fail(shared: &Shared, e: SinkError) {
 }
 
 impl AuditSink for JsonLinesSink {
+    fn figures(&self) -> Option<super::sink::SinkFigures> {
+        let queued = {
+            let st = self.shared.state.lock();
+            st.next_seq.saturating_sub(st.written + 1)
+        };
+        let s = self.stats();
+        Some(super::sink::SinkFigures::new(queued, s.records, s.syncs))
+    }
+
     fn append(&self, event: AuditEvent) -> Result<Ticket, SinkError> {
         let mut st = self.shared.state.lock();
         loop {

@@ -75,7 +75,7 @@ pub use record::{
     digest_hex, from_hex, to_hex, AuditEvent, AuditRecord, Chain, ChainKey, Encoded, EventFields,
     DEFAULT_ACTOR, DOMAIN, FORMAT_VERSION, GENESIS, OPS,
 };
-pub use sink::{AuditSink, Durability, MemorySink, SinkError, TeeSink, Ticket, TracingSink};
+pub use sink::{AuditSink, Durability, MemorySink, SinkError, SinkFigures, TeeSink, Ticket, TracingSink};
 
 /// How a map writes keys or values into its audit records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -345,6 +345,16 @@ pub(crate) struct MapAudit<K, V> {
     auditor: Auditor,
     key: Encoder<K>,
     value: Encoder<V>,
+}
+
+impl<K, V> MapAudit<K, V> {
+    /// The audit figures of the map's stats: the sink's, and the records the auditor lost.
+    pub(crate) fn stats(&self) -> crate::stats::AuditStats {
+        crate::stats::AuditStats {
+            sink: self.auditor.sink.figures(),
+            lost_records: self.auditor.lost_records(),
+        }
+    }
 }
 
 /// How an audited operation ended.

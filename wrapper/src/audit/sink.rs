@@ -108,6 +108,41 @@ pub trait AuditSink: Send + Sync {
     fn flush(&self) -> Result<(), SinkError> {
         Ok(())
     }
+
+    /// What the sink has done so far, for [`MapWrapper::stats`](crate::MapWrapper::stats);
+    /// `None` for a sink that keeps no figures.
+    fn figures(&self) -> Option<SinkFigures> {
+        None
+    }
+}
+
+/// What an audit sink has done since it was opened; shown in
+/// [`Stats::audit`](crate::Stats::audit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct SinkFigures {
+    /// Records taken but not yet handed to the operating system (the queue's depth).
+    pub queued: u64,
+    /// Records written (lifecycle records included).
+    pub written: u64,
+    /// `fdatasync` calls made (group commits).
+    pub syncs: u64,
+}
+
+impl SinkFigures {
+    /// A sink's figures.
+    pub fn new(queued: u64, written: u64, syncs: u64) -> Self {
+        SinkFigures { queued, written, syncs }
+    }
+
+    /// Records written per `fdatasync` (0 when there was no sync).
+    pub fn records_per_sync(&self) -> f64 {
+        if self.syncs == 0 {
+            0.0
+        } else {
+            self.written as f64 / self.syncs as f64
+        }
+    }
 }
 
 impl<T: AuditSink + ?Sized> AuditSink for Arc<T> {
@@ -125,6 +160,9 @@ impl<T: AuditSink + ?Sized> AuditSink for Arc<T> {
     }
     fn flush(&self) -> Result<(), SinkError> {
         (**self).flush()
+    }
+    fn figures(&self) -> Option<SinkFigures> {
+        (**self).figures()
     }
 }
 
