@@ -214,21 +214,24 @@ impl Auditor {
         self.durability
     }
 
-    /// How many records fail-open maps could not hand to the sink (the sink refused the
-    /// append: it had failed) since the last reopen. Records the sink accepted but lost in the
+    /// How many records maps could not hand to the sink (the sink refused the append: it had
+    /// failed) since the last reopen: in fail-open mode every such record, in fail-closed mode
+    /// the records of changes already applied when the sink failed under them. Records the sink accepted but lost in the
     /// failure are not counted here: the sink itself counts them and writes them as a
     /// `sink_gap` record when it is reopened (see [`JsonLinesSink`]).
     pub fn lost_records(&self) -> u64 {
         self.lost.load(Ordering::Relaxed)
     }
 
-    /// Reopens a failed sink; fail-closed maps take mutations again. In fail-open mode,
-    /// also writes a `sink_gap` record with the number of records refused by the failed sink
+    /// Reopens a failed sink; fail-closed maps take mutations again. In fail-open mode, and in
+    /// fail-closed mode when the failed sink refused the record of a change already applied
+    /// (a race between the sink failing and a mutation), also writes a `sink_gap` record with
+    /// the number of records refused by the failed sink
     /// ([`lost_records`](Self::lost_records)); the count is reset only once that record is
     /// written, so a failed attempt loses no count.
     pub fn reopen(&self) -> Result<(), SinkError> {
         self.sink.reopen()?;
-        if self.fail_mode == FailMode::FailOpen {
+        if self.fail_mode == FailMode::FailOpen || self.lost.load(Ordering::Relaxed) > 0 {
             let lost = self.lost.load(Ordering::Relaxed);
             let reason = format!("{lost} records lost while the sink was unavailable");
             let t = self.sink.append(AuditEvent::new(EventFields::lifecycle("sink_gap", Some(&reason))))?;
@@ -483,7 +486,13 @@ impl<K, V> MapAudit<K, V> {
         });
         match self.auditor.sink.append(event) {
             Ok(t) => Ok(Some(t)),
-            Err(e) => self.lost(map, &e, "applied but not recorded").map(|()| None),
+            Err(e) => {
+                // The sink refused the record (it failed between the health check and now):
+                // the change is applied and its record is nowhere, so it is counted in both
+                // fail modes, and `Auditor::reopen` writes the count into the trail.
+                self.auditor.lost.fetch_add(1, Ordering::Relaxed);
+                self.lost(map, &e, "applied but not recorded").map(|()| None)
+            }
         }
     }
 
@@ -504,13 +513,10 @@ impl<K, V> MapAudit<K, V> {
         }
     }
 
-    /// A record that could not be written: counted (fail-open) or an error (fail-closed).
+    /// A record that could not be written: ignored (fail-open) or an error (fail-closed).
     fn lost(&self, map: &Arc<str>, e: &SinkError, what: &str) -> Result<(), MapError> {
         match self.auditor.fail_mode {
-            FailMode::FailOpen => {
-                self.auditor.lost.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
+            FailMode::FailOpen => Ok(()),
             FailMode::FailClosed => Err(MapError::AuditUnavailable {
                 map: map.clone(),
                 reason: format!("{e}; this change was {what}").into(),
