@@ -6,13 +6,16 @@
 //! A custom harness (`harness = false`): the same binary is the child when
 //! `MW_AUDIT_CRASH_CHILD` is set. `MW_AUDIT_CRASH_REPS` sets the repetitions (default 20).
 
+mod common;
+use common::records;
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use map_wrapper::audit::{verify, AuditRecord, Auditor, Durability, JsonLinesOptions, JsonLinesSink};
+use map_wrapper::audit::{verify, Auditor, Durability, JsonLinesOptions, JsonLinesSink};
 use map_wrapper::MapWrapper;
 
 const CHILD_ENV: &str = "MW_AUDIT_CRASH_CHILD";
@@ -47,18 +50,6 @@ fn child(dir: &Path) {
     for h in handles {
         h.join().unwrap();
     }
-}
-
-fn records(dir: &Path) -> Vec<AuditRecord> {
-    let mut out = Vec::new();
-    for (_, path) in map_wrapper::audit::list_segments(dir).unwrap() {
-        for line in std::fs::read_to_string(path).unwrap().lines() {
-            if let Ok(r) = serde_json::from_str::<AuditRecord>(line) {
-                out.push(r);
-            }
-        }
-    }
-    out
 }
 
 fn run_once(rep: usize) -> Result<(), String> {

@@ -2,6 +2,9 @@
 //! that returned Ok has its record; no `ok` record for an operation that did not happen;
 //! mutations after the failure are refused; the trail continues after a reopen.
 
+mod common;
+use common::records;
+
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Write};
@@ -55,18 +58,6 @@ fn open(dir: &Path, faults: &Arc<Faults>) -> JsonLinesSink {
         ..Default::default()
     };
     JsonLinesSink::open(dir, opts).unwrap()
-}
-
-fn records(dir: &Path) -> Vec<AuditRecord> {
-    let mut out = Vec::new();
-    for (_, path) in map_wrapper::audit::list_segments(dir).unwrap() {
-        for line in std::fs::read_to_string(path).unwrap().lines() {
-            if let Ok(r) = serde_json::from_str::<AuditRecord>(line) {
-                out.push(r);
-            }
-        }
-    }
-    out
 }
 
 fn ok_keys(dir: &Path) -> HashSet<u32> {
