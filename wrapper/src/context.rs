@@ -290,6 +290,12 @@ thread_local! {
     static AMBIENT_SET: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Whether this thread is inside no [`OpContext::enter`] scope (one plain thread-local load).
+#[inline(always)]
+pub(crate) fn no_ambient() -> bool {
+    !AMBIENT_SET.with(Cell::get)
+}
+
 #[inline]
 fn ambient() -> Option<Rc<OpContext>> {
     if !AMBIENT_SET.with(Cell::get) {

@@ -73,6 +73,12 @@ pub(crate) enum Holding {
     Write,
 }
 
+/// Whether this thread holds no shard of any map (one plain thread-local load).
+#[inline(always)]
+pub(crate) fn holds_nothing() -> bool {
+    HELD_COUNT.with(Cell::get) == 0
+}
+
 #[inline]
 fn holding(map: u64, shard: usize) -> Holding {
     if HELD_COUNT.with(Cell::get) == 0 {
