@@ -351,3 +351,47 @@ fn stats_show_the_audit_figures_of_a_file_trail() {
     let plain: MapWrapper<u32, u32> = MapWrapper::new();
     assert!(plain.stats().audit.is_none());
 }
+
+/// With the default sampling most operations take the fast path (a count, no `Waiter`), one in
+/// 64 the timed full path: together they count every operation exactly, from many threads, and
+/// a panicking closure on the fast path is counted as a panic and releases the lock.
+#[test]
+fn the_fast_path_counts_every_operation_exactly() {
+    let map: MapWrapper<u32, u32> = MapWrapper::builder().breaker(BreakerConfig::new()).build().unwrap();
+    let threads = 8u32;
+    let per = 1_000u32;
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let map = &map;
+            s.spawn(move || {
+                for i in 0..per {
+                    let k = t * per + i;
+                    assert_eq!(map.insert(k, i).unwrap(), None);
+                    assert_eq!(map.get_cloned(&k).unwrap(), Some(i));
+                    assert_eq!(map.update(&k, |v| *v + 1).unwrap(), Some(i + 1));
+                    assert!(map.contains_key(&k).unwrap());
+                    if i % 2 == 0 {
+                        assert_eq!(map.remove(&k).unwrap(), Some(i));
+                    }
+                }
+            });
+        }
+    });
+    for _ in 0..3 {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = map.update(&1, |_| panic!("caller's bug"));
+        }));
+        assert!(r.is_err());
+        map.insert(1, 1).unwrap(); // the lock was released
+    }
+    let s = map.stats();
+    let n = u64::from(threads * per);
+    let ok = |name| s.op(name).unwrap_or_else(|| panic!("no {name} in {s:?}")).ok;
+    assert_eq!(ok("insert"), n + 3);
+    assert_eq!(ok("get_cloned"), n);
+    assert_eq!(ok("contains_key"), n);
+    assert_eq!(ok("remove"), n / 2);
+    assert_eq!(ok("update") + s.op("update").unwrap().slow, n);
+    assert_eq!(s.panics, 3);
+    assert_eq!(map.len().unwrap() as u64, n - n / 2, "key 1 (odd, kept) was only replaced");
+}

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use map_wrapper::{MapWrapper, Upserted};
+use map_wrapper::{MapWrapper, OpContext, Upserted};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 
@@ -163,9 +163,19 @@ proptest! {
         ..ProptestConfig::default()
     })]
 
+    /// `path` picks which code runs each operation: 0, the default map (statistics on: the
+    /// fast path with its count, every 64th operation of a thread timed on the full path); 1,
+    /// statistics off (the bare fast path); 2, statistics off inside an ambient context (every
+    /// operation on the full path, with a `Waiter`).
     #[test]
-    fn every_operation_agrees_with_hashmap(ops in proptest::collection::vec(op(), 1..120), shards in 0u32..5) {
-        let map: MapWrapper<u8, u16> = MapWrapper::builder().shards(1 << shards).build().unwrap();
+    fn every_operation_agrees_with_hashmap(
+        ops in proptest::collection::vec(op(), 1..120),
+        shards in 0u32..5,
+        path in 0u8..3,
+    ) {
+        let map: MapWrapper<u8, u16> =
+            MapWrapper::builder().shards(1 << shards).stats(path == 0).build().unwrap();
+        let _scope = (path == 2).then(|| OpContext::new().actor("model").enter());
         let mut model = HashMap::new();
         for op in &ops {
             step(&map, &mut model, op);

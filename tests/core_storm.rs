@@ -64,6 +64,14 @@ fn hundreds_of_threads_agree_with_their_own_logs() {
     within(Duration::from_secs(240), || suite::model_storm(map(16), 300, 400));
 }
 
+/// The same storm on a map with statistics off, whose uncontended operations take the bare
+/// fast path (no `Waiter`, no count) and whose contended ones fall back to the full path.
+#[test]
+fn hundreds_of_threads_agree_with_their_own_logs_on_a_map_without_statistics() {
+    let bare = MapWrapper::builder().name("storm").shards(16).stats(false).timeout(Duration::from_secs(30));
+    within(Duration::from_secs(240), || suite::model_storm(Arc::new(bare.build().unwrap()), 300, 400));
+}
+
 #[test]
 fn bulk_operations_under_a_storm_lose_nothing() {
     within(Duration::from_secs(120), || {

@@ -96,6 +96,9 @@ where
         Contender::peer("dashmap", |h: S| dashmap::DashMap::with_hasher(h)),
         Contender::peer("scc", |h: S| scc::HashMap::with_hasher(h)),
         Contender::peer("papaya", |h: S| papaya::HashMap::with_hasher(h)),
+        Contender::ours("sharded RwLock (bare reference)", |h: S| {
+            adapters::Sharded::new(h, map_wrapper::default_shards())
+        }),
         Contender::ours("MapWrapper (policies off)", |h: S| {
             let b = MapWrapper::builder().name("bench").hasher(h).stats(false);
             b.build().expect("valid bench config")

@@ -150,9 +150,13 @@ impl Report {
              succeeded); median of {} repetitions, min–max in brackets. Mops/s = million \
              operations per second, all threads together. ×dashmap and ×best are the median's \
              ratio to dashmap's and to the best peer's median in the same cell (peers: every row \
-             but MapWrapper). *MapWrapper (policies off)*: no circuit breaker, no stats, no audit \
-             (every operation still has its 500 ms deadline, cancellation and deadlock-refusal \
-             checks, which cannot be turned off); *+breaker+stats*: the default circuit breaker \
+             but MapWrapper and the reference). *sharded RwLock (bare reference)*: the design \
+             under MapWrapper written by hand with no policy at all (as many padded \
+             `parking_lot::RwLock<hashbrown::HashTable>` shards as MapWrapper's default, hash once); \
+             not a peer: MapWrapper against it is what the policies cost. *MapWrapper (policies \
+             off)*: no circuit breaker, no stats, no audit (every operation still has its 500 ms \
+             deadline, cancellation and deadlock-refusal checks, which cannot be turned off); \
+             *+breaker+stats*: the default circuit breaker \
              and stats (the map's defaults plus `BreakerConfig::new()`); *+audit …*: policies \
              off plus an auditor with that sink (full value policy).\n",
             self.prefill, self.ops_per_thread, self.reps

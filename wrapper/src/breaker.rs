@@ -807,6 +807,13 @@ impl CircuitBreaker {
         (w >> STATE_BITS, BreakerState::from_code(w & STATE_MASK))
     }
 
+    /// Whether calls pass without a probe or a clock reading (closed, disabled or
+    /// metrics-only): the operation fast path's admission.
+    #[inline(always)]
+    pub(crate) fn passes_plainly(&self) -> bool {
+        matches!(self.load().1, BreakerState::Closed | BreakerState::Disabled | BreakerState::MetricsOnly)
+    }
+
     /// Whether a call may start. Reads no clock while closed, disabled or metrics-only.
     #[inline]
     pub(crate) fn admit(&self) -> Admission {

@@ -16,7 +16,7 @@ use crate::audit::{Change, Encoded, MapAudit, Outcome, Ticket, PANICKED_NO_CHANG
 use crate::builder::{Builder, Config};
 use crate::context::{self, Effective};
 use crate::shard::{self, HeldMark, Shard, Table, Waiter};
-use crate::stats::{Monitor, Stats};
+use crate::stats::{Counted, Monitor, Stats};
 use crate::{CircuitBreaker, MapError, OpContext};
 
 /// A sharded concurrent hash map whose every operation has a deadline, can be cancelled,
@@ -512,6 +512,10 @@ where
     }
 }
 
+/// An operation on the fast path: its count (if statistics are on) and its lock guard, in
+/// the order they are to be bound (the guard is dropped first).
+type Fast<'m, G> = (Option<Counted<'m>>, G);
+
 /// A [`MapWrapper`] bound to an [`OpContext`] for the next operation; made by
 /// [`MapWrapper::with`]. It has the same operations, documented on [`MapWrapper`].
 pub struct WithContext<'m, 'c, K, V, S = RandomState> {
@@ -557,44 +561,57 @@ where
         )
     }
 
-    /// Whether this operation has nothing to do but lock and run: no context (explicit or
-    /// ambient), no audit, no statistics or breaker, and this thread holds no shard (so it
-    /// cannot deadlock on this one). Then the operation builds no [`Waiter`] and only *tries*
-    /// the lock; if the lock is taken it goes the full way (which waits under the deadline).
+    /// The fast path: when operation `op` has nothing to check (no context, explicit or
+    /// ambient; no audit; this thread holds no shard, so it cannot deadlock on this one; the
+    /// breaker, if any, is closed; statistics do not sample it for timing), tries `lock` once
+    /// and returns the guard with the operation's count (which counts it when dropped, after
+    /// the guard: bind them in this order).
+    /// `None`: the operation goes the full way (a [`Waiter`], which waits for a
+    /// taken lock under the deadline, times, audits).
     ///
     /// Why a separate path: on a table far larger than the caches an operation's cost is its
     /// cache misses, and the CPU overlaps the misses of consecutive operations only when few
     /// instructions lie between them. The full path (a 21-word `Waiter`, the context and
-    /// policy checks, an 80-byte `Result` moved through it) was 2–4× slower than the lock and
-    /// table alone in `benches/maps`, although the difference is only ~200 instructions.
+    /// policy checks, an 80-byte `Result` moved through it) made operations 2–4× slower than
+    /// the lock and table alone in `benches/maps`, for ~200 more instructions.
     #[inline(always)]
-    fn bare(&self) -> bool {
-        self.ctx.is_none()
-            && self.map.audit.is_none()
-            && self.map.monitor.is_none()
-            && shard::holds_nothing()
-            && context::no_ambient()
-    }
-
-    /// The bare fast path's read lock, if the operation is [`bare`](Self::bare) and the lock
-    /// is free.
-    #[inline(always)]
-    fn bare_read(&self, idx: usize) -> Option<RwLockReadGuard<'m, Table<K, V>>> {
-        if self.bare() {
-            self.map.shards[idx].try_read()
-        } else {
-            None
+    fn fast<G>(&self, op: &'static str, lock: impl FnOnce() -> Option<G>) -> Option<Fast<'m, G>> {
+        if self.ctx.is_some() || self.map.audit.is_some() || !shard::holds_nothing() || !context::no_ambient()
+        {
+            return None;
+        }
+        let counted = match self.map.monitor.as_deref() {
+            None => None,
+            Some(m) => Some(m.quick(op)?),
+        };
+        match lock() {
+            Some(guard) => Some((counted, guard)),
+            None => {
+                // Taken: the full path waits for it and counts the operation itself.
+                if let Some(c) = counted {
+                    c.discard();
+                }
+                None
+            }
         }
     }
 
-    /// The bare fast path's write lock; see [`bare_read`](Self::bare_read).
+    /// [`fast`](Self::fast) for a read lock on shard `idx`.
     #[inline(always)]
-    fn bare_write(&self, idx: usize) -> Option<RwLockWriteGuard<'m, Table<K, V>>> {
-        if self.bare() {
-            self.map.shards[idx].try_write()
-        } else {
-            None
-        }
+    fn fast_read(&self, op: &'static str, idx: usize) -> Option<Fast<'m, RwLockReadGuard<'m, Table<K, V>>>> {
+        let shard = &self.map.shards[idx];
+        self.fast(op, || shard.try_read())
+    }
+
+    /// [`fast`](Self::fast) for a write lock on shard `idx`.
+    #[inline(always)]
+    fn fast_write(
+        &self,
+        op: &'static str,
+        idx: usize,
+    ) -> Option<Fast<'m, RwLockWriteGuard<'m, Table<K, V>>>> {
+        let shard = &self.map.shards[idx];
+        self.fast(op, || shard.try_write())
     }
 
     fn rehasher(&self) -> impl Fn(&(K, V)) -> u64 + '_ {
@@ -682,9 +699,10 @@ where
     }
 
     /// See [`MapWrapper::insert`].
+    #[inline]
     pub fn insert(self, key: K, value: V) -> Result<Option<V>, MapError> {
         let (hash, idx) = self.locate(&key);
-        if let Some(mut table) = self.bare_write(idx) {
+        if let Some((_counted, mut table)) = self.fast_write("insert", idx) {
             let old = match table.entry(hash, |(k, _)| *k == key, self.rehasher()) {
                 hash_table::Entry::Occupied(mut o) => Some(std::mem::replace(&mut o.get_mut().1, value)),
                 hash_table::Entry::Vacant(v) => {
@@ -781,6 +799,7 @@ where
     }
 
     /// See [`MapWrapper::get_cloned`].
+    #[inline]
     pub fn get_cloned<Q>(self, key: &Q) -> Result<Option<V>, MapError>
     where
         K: Borrow<Q>,
@@ -791,6 +810,7 @@ where
     }
 
     /// See [`MapWrapper::contains_key`].
+    #[inline]
     pub fn contains_key<Q>(self, key: &Q) -> Result<bool, MapError>
     where
         K: Borrow<Q>,
@@ -800,6 +820,7 @@ where
     }
 
     /// A lookup whose result is computed under the read lock by crate code (no user closure).
+    #[inline]
     fn read_op<Q, R>(
         self,
         op: &'static str,
@@ -811,7 +832,7 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let (hash, idx) = self.locate(key);
-        if let Some(table) = self.bare_read(idx) {
+        if let Some((_counted, table)) = self.fast_read(op, idx) {
             return Ok(f(table.find(hash, |(k, _)| k.borrow() == key)));
         }
         self.read_op_full(op, hash, idx, key, f)
@@ -837,50 +858,60 @@ where
     }
 
     /// See [`MapWrapper::remove`].
+    #[inline]
     pub fn remove<Q>(self, key: &Q) -> Result<Option<V>, MapError>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        Ok(self.remove_entry_op("remove", key, |_, _| true)?.map(|(_, v)| v))
+        Ok(self.remove_entry_op("remove", key, None::<fn(&K, &V) -> bool>)?.map(|(_, v)| v))
     }
 
     /// See [`MapWrapper::remove_entry`].
+    #[inline]
     pub fn remove_entry<Q>(self, key: &Q) -> Result<Option<(K, V)>, MapError>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.remove_entry_op("remove_entry", key, |_, _| true)
+        self.remove_entry_op("remove_entry", key, None::<fn(&K, &V) -> bool>)
     }
 
     /// See [`MapWrapper::remove_if`].
+    #[inline]
     pub fn remove_if<Q, F>(self, key: &Q, f: F) -> Result<Option<V>, MapError>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
         F: FnOnce(&K, &V) -> bool,
     {
-        Ok(self.remove_entry_op("remove_if", key, f)?.map(|(_, v)| v))
+        Ok(self.remove_entry_op("remove_if", key, Some(f))?.map(|(_, v)| v))
     }
 
-    fn remove_entry_op<Q, F>(self, op: &'static str, key: &Q, f: F) -> Result<Option<(K, V)>, MapError>
+    /// Removes `key` if `f` (when given) says so; `f` runs under the write lock with the shard
+    /// marked as held (a call back into the map from it is refused).
+    #[inline]
+    fn remove_entry_op<Q, F>(
+        self,
+        op: &'static str,
+        key: &Q,
+        f: Option<F>,
+    ) -> Result<Option<(K, V)>, MapError>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
         F: FnOnce(&K, &V) -> bool,
     {
         let (hash, idx) = self.locate(key);
-        if let Some(mut table) = self.bare_write(idx) {
+        if let Some((_counted, mut table)) = self.fast_write(op, idx) {
             let Ok(entry) = table.find_entry(hash, |(k, _)| k.borrow() == key) else {
                 return Ok(None);
             };
-            let keep = {
+            if f.is_some_and(|f| {
                 let _held = HeldMark::new(self.map.id, idx, true);
                 let (k, v) = entry.get();
                 !f(k, v)
-            };
-            if keep {
+            }) {
                 return Ok(None);
             }
             let removed = entry.remove().0;
@@ -898,7 +929,7 @@ where
         hash: u64,
         idx: usize,
         key: &Q,
-        f: F,
+        f: Option<F>,
     ) -> Result<Option<(K, V)>, MapError>
     where
         K: Borrow<Q>,
@@ -912,12 +943,11 @@ where
         let Ok(entry) = table.find_entry(hash, |(k, _)| k.borrow() == key) else {
             return Ok(None);
         };
-        let keep = {
+        if f.is_some_and(|f| {
             let _held = HeldMark::new(self.map.id, idx, true);
             let (k, v) = entry.get();
             !f(k, v)
-        };
-        if keep {
+        }) {
             return Ok(None);
         }
         let (k, v) = entry.remove().0;
@@ -932,6 +962,7 @@ where
     }
 
     /// See [`MapWrapper::update`].
+    #[inline]
     pub fn update<Q, R, F>(self, key: &Q, f: F) -> Result<Option<R>, MapError>
     where
         K: Borrow<Q>,
@@ -939,7 +970,7 @@ where
         F: FnOnce(&mut V) -> R,
     {
         let (hash, idx) = self.locate(key);
-        if let Some(mut table) = self.bare_write(idx) {
+        if let Some((_counted, mut table)) = self.fast_write("update", idx) {
             let Some((_, v)) = table.find_mut(hash, |(k, _)| k.borrow() == key) else {
                 return Ok(None);
             };

@@ -315,6 +315,30 @@ pub(crate) struct Monitor {
     breaker: Option<Arc<CircuitBreaker>>,
 }
 
+/// One operation on the fast path (see [`Monitor::quick`]): counted as ok (or panicked, if
+/// dropped while the thread panics) when dropped, as [`Monitor::finish`] counts a plain one.
+pub(crate) struct Counted<'a> {
+    counters: &'a Counters,
+    stripe: u8,
+    kind: u8,
+}
+
+impl Counted<'_> {
+    /// Drops this count without counting: the operation did not run on the fast path.
+    #[inline]
+    pub(crate) fn discard(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Counted<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        let slot = if std::thread::panicking() { Slot::Panicked } else { Slot::Ok };
+        self.counters.add(usize::from(self.stripe), usize::from(self.kind), slot);
+    }
+}
+
 /// One operation as the monitor sees it; lives in the operation's `Waiter`.
 #[derive(Debug)]
 pub(crate) struct Observation {
@@ -383,6 +407,34 @@ impl Monitor {
 
     pub(crate) fn breaker(&self) -> Option<&CircuitBreaker> {
         self.breaker.as_deref()
+    }
+
+    /// The fast path's admission of operation `op`: `Some` when the operation needs nothing
+    /// but a count (it is not sampled for timing, this thread has its stripe, and the breaker
+    /// lets calls through plainly). The returned [`Counted`] counts it when dropped. `None`:
+    /// the operation takes the full path ([`begin`](Self::begin)).
+    #[inline(always)]
+    pub(crate) fn quick(&self, op: &'static str) -> Option<Counted<'_>> {
+        let stripe = LOCAL
+            .try_with(|(stripe, countdown)| {
+                let (s, c) = (stripe.get(), countdown.get());
+                // Sampled (countdown 0) or no stripe yet: `begin` does both.
+                if c == 0 || s == u32::MAX {
+                    return None;
+                }
+                countdown.set(c - 1);
+                Some(s)
+            })
+            .ok()
+            .flatten()?;
+        if self.breaker.as_deref().is_some_and(|b| !b.passes_plainly()) {
+            return None;
+        }
+        Some(Counted {
+            counters: &self.counters,
+            stripe: (stripe as usize & (STRIPES - 1)) as u8,
+            kind: kind_index(op) as u8,
+        })
     }
 
     /// Starts watching operation `op`; a rejection by the breaker is left in the observation.
