@@ -282,11 +282,13 @@ impl Report {
         let _ = writeln!(
             md,
             "## Memory (std hasher, each figure from a fresh process)\n\n\
-             Bytes per entry = growth of the resident set (`VmRSS`) from before the map was made \
-             to after N inserts of u64 → u64, divided by N; *trimmed* is the same after \
-             `malloc_trim(0)` (free heap pages returned, so only live data counts); *peak* is \
-             the high-water mark (`VmHWM`) while growing to 1 M, over the same baseline. Each \
-             figure is the median of {} process(es) (by resident growth).\n",
+             Bytes per entry = growth of resident anonymous memory (`RssAnon`: heap and \
+             stacks; the binary's code pages are left out, a fixed cost that moves by hundreds \
+             of kB between runs of the same map) from before the map was made to after N \
+             inserts of u64 → u64, divided by N; *trimmed* is the same after `malloc_trim(0)` \
+             (free heap pages returned, so only live data counts); *peak* is the high-water mark \
+             while growing to 1 M (`VmHWM` less the file pages resident at the end), over the \
+             same baseline. Each figure is the median of {} process(es) (by resident growth).\n",
             self.mem_runs
         );
         let _ = writeln!(
