@@ -149,8 +149,13 @@ impl Counters {
 
     #[inline]
     fn add(&self, stripe: usize, kind: usize, slot: Slot) {
-        let row = &self.stripes[stripe & (STRIPES - 1)][kind.min(KINDS.len() - 1)];
-        row[slot as usize].fetch_add(1, Ordering::Relaxed);
+        self.row(stripe, kind)[slot as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters of kind `kind` in stripe `stripe`.
+    #[inline(always)]
+    fn row(&self, stripe: usize, kind: usize) -> &[AtomicU64; SLOTS] {
+        &self.stripes[stripe & (STRIPES - 1)][kind.min(KINDS.len() - 1)]
     }
 
     fn get(&self, kind: usize, slot: Slot) -> u64 {
@@ -318,9 +323,8 @@ pub(crate) struct Monitor {
 /// One operation on the fast path (see [`Monitor::quick`]): counted as ok (or panicked, if
 /// dropped while the thread panics) when dropped, as [`Monitor::finish`] counts a plain one.
 pub(crate) struct Counted<'a> {
-    counters: &'a Counters,
-    stripe: u8,
-    kind: u8,
+    /// The counters of this operation's kind in this thread's stripe.
+    row: &'a [AtomicU64; SLOTS],
 }
 
 impl Counted<'_> {
@@ -335,7 +339,7 @@ impl Drop for Counted<'_> {
     #[inline(always)]
     fn drop(&mut self) {
         let slot = if std::thread::panicking() { Slot::Panicked } else { Slot::Ok };
-        self.counters.add(usize::from(self.stripe), usize::from(self.kind), slot);
+        self.row[slot as usize].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -410,31 +414,24 @@ impl Monitor {
     }
 
     /// The fast path's admission of operation `op`: `Some` when the operation needs nothing
-    /// but a count (it is not sampled for timing, this thread has its stripe, and the breaker
-    /// lets calls through plainly). The returned [`Counted`] counts it when dropped. `None`:
+    /// but a count (it is not sampled for timing and the breaker lets calls through plainly). The returned [`Counted`] counts it when dropped. `None`:
     /// the operation takes the full path ([`begin`](Self::begin)).
     #[inline(always)]
     pub(crate) fn quick(&self, op: &'static str) -> Option<Counted<'_>> {
         let stripe = LOCAL
             .try_with(|(stripe, countdown)| {
-                let (s, c) = (stripe.get(), countdown.get());
-                // Sampled (countdown 0) or no stripe yet: `begin` does both.
-                if c == 0 || s == u32::MAX {
-                    return None;
-                }
-                countdown.set(c - 1);
-                Some(s)
+                // Sampled (countdown 0): `begin` times it. The countdown starts at 0, so a
+                // thread's first operation goes to `begin`, which also assigns its stripe.
+                let c = countdown.get().checked_sub(1)?;
+                countdown.set(c);
+                Some(stripe.get() as usize)
             })
             .ok()
             .flatten()?;
         if self.breaker.as_deref().is_some_and(|b| !b.passes_plainly()) {
             return None;
         }
-        Some(Counted {
-            counters: &self.counters,
-            stripe: (stripe as usize & (STRIPES - 1)) as u8,
-            kind: kind_index(op) as u8,
-        })
+        Some(Counted { row: self.counters.row(stripe, kind_index(op)) })
     }
 
     /// Starts watching operation `op`; a rejection by the breaker is left in the observation.
