@@ -774,12 +774,30 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let (hash, idx) = self.locate(key);
+        if let Some((_counted, guard)) = self.fast_read("get", idx) {
+            return Ok(self.found_ref(guard, idx, hash, key));
+        }
         let mut op = self.begin("get");
         let guard = op.read(idx, &self.map.shards[idx])?;
-        match RwLockReadGuard::try_map(guard, |t| t.find(hash, |(k, _)| k.borrow() == key)) {
-            Ok(entry) => Ok(Some(Ref { entry, _held: HeldMark::new(self.map.id, idx, false) })),
-            Err(_) => Ok(None),
-        }
+        Ok(self.found_ref(guard, idx, hash, key))
+    }
+
+    /// The guard of `get`, narrowed to the entry of `key` and marking its shard as held, or
+    /// `None` (and the shard unlocked) if `key` is absent.
+    #[inline]
+    fn found_ref<Q>(
+        &self,
+        guard: RwLockReadGuard<'m, Table<K, V>>,
+        idx: usize,
+        hash: u64,
+        key: &Q,
+    ) -> Option<Ref<'m, K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let entry = RwLockReadGuard::try_map(guard, |t| t.find(hash, |(k, _)| k.borrow() == key)).ok()?;
+        Some(Ref { entry, _held: HeldMark::new(self.map.id, idx, false) })
     }
 
     /// See [`MapWrapper::view`].
@@ -790,12 +808,18 @@ where
         F: FnOnce(&V) -> R,
     {
         let (hash, idx) = self.locate(key);
+        let run = |table: &Table<K, V>| {
+            table.find(hash, |(k, _)| k.borrow() == key).map(|(_, v)| {
+                let _held = HeldMark::new(self.map.id, idx, false);
+                f(v)
+            })
+        };
+        if let Some((_counted, table)) = self.fast_read("view", idx) {
+            return Ok(run(&table));
+        }
         let mut op = self.begin("view");
         let table = op.read(idx, &self.map.shards[idx])?;
-        Ok(table.find(hash, |(k, _)| k.borrow() == key).map(|(_, v)| {
-            let _held = HeldMark::new(self.map.id, idx, false);
-            f(v)
-        }))
+        Ok(run(&table))
     }
 
     /// See [`MapWrapper::get_cloned`].

@@ -217,8 +217,8 @@ fn local(sample_every: u32) -> (usize, bool) {
 const BUCKETS: usize = 252;
 
 struct Histogram {
+    /// The count is the sum of the buckets: one shared counter fewer to bump per sample.
     buckets: Box<[AtomicU64]>,
-    count: AtomicU64,
     sum: AtomicU64,
     max: AtomicU64,
 }
@@ -247,7 +247,6 @@ impl Histogram {
     fn new() -> Self {
         Histogram {
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
             sum: AtomicU64::new(0),
             max: AtomicU64::new(0),
         }
@@ -255,9 +254,12 @@ impl Histogram {
 
     fn record(&self, nanos: u64) {
         self.buckets[bucket_of(nanos)].fetch_add(1, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
         self.sum.fetch_add(nanos, Ordering::Relaxed);
-        self.max.fetch_max(nanos, Ordering::Relaxed);
+        // Most samples are not a new maximum: read before the read-modify-write, which would
+        // take the line exclusively from the other cores that sample.
+        if nanos > self.max.load(Ordering::Relaxed) {
+            self.max.fetch_max(nanos, Ordering::Relaxed);
+        }
     }
 
     fn summary(&self) -> LatencyStats {
