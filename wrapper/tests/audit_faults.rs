@@ -24,6 +24,8 @@ struct Faults {
     syncs: AtomicUsize,
     fail_write_at: AtomicUsize,
     fail_sync_at: AtomicUsize,
+    /// The failing write keeps every byte but the last (a record's newline) instead of half.
+    cut_before_newline: std::sync::atomic::AtomicBool,
 }
 
 struct Failing {
@@ -35,8 +37,14 @@ impl SegmentWriter for Failing {
     fn append(&mut self, buf: &[u8]) -> io::Result<()> {
         let n = self.faults.writes.fetch_add(1, Ordering::SeqCst) + 1;
         if n == self.faults.fail_write_at.load(Ordering::SeqCst) {
-            // Half the buffer reaches the file, as when a disk fills mid-write.
-            self.file.write_all(&buf[..buf.len() / 2])?;
+            // Half the buffer reaches the file, as when a disk fills mid-write (or all of it
+            // but the final newline).
+            let keep = if self.faults.cut_before_newline.load(Ordering::SeqCst) {
+                buf.len() - 1
+            } else {
+                buf.len() / 2
+            };
+            self.file.write_all(&buf[..keep])?;
             return Err(io::Error::other("injected write failure (no space left)"));
         }
         self.file.write_all(buf)
@@ -278,6 +286,47 @@ fn a_reopened_fail_closed_trail_says_how_many_accepted_records_were_lost() {
     assert!(gap.reason.as_deref().unwrap().contains(&format!("(seq {a}..")), "{:?}", gap.reason);
     let seqs: Vec<u64> = recs.iter().map(|r| r.seq).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "seq stays gap-free");
+}
+
+/// A write that fails after every byte of a record but its newline leaves a line that parses
+/// but is torn: the reopened trail counts that record as lost in its `sink_gap`, continues at
+/// its seq, and verifies; a reader that took the unterminated line for a record would count
+/// it twice (this once made the test above overcount by one under load).
+#[test]
+fn a_record_cut_just_before_its_newline_is_torn_and_counted_as_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(Faults::default());
+    let sink = Arc::new(open(dir.path(), &faults));
+    let auditor = Auditor::from_arc(sink.clone()).durability(Durability::Flushed);
+    let map: MapWrapper<u32, u32> = MapWrapper::builder().auditor(auditor.clone()).build().unwrap();
+    map.insert(1, 1).unwrap();
+    faults.cut_before_newline.store(true, Ordering::SeqCst);
+    faults.fail_write_at.store(faults.writes.load(Ordering::SeqCst) + 1, Ordering::SeqCst);
+    let err = map.insert(2, 2).unwrap_err();
+    assert!(err.to_string().contains("applied"), "{err}");
+    let segment = map_wrapper::audit::list_segments(dir.path()).unwrap().pop().unwrap().1;
+    let bytes = std::fs::read(&segment).unwrap();
+    assert_ne!(bytes.last(), Some(&b'\n'), "the failed write left an unterminated line");
+    let last =
+        String::from_utf8_lossy(&bytes[bytes.iter().rposition(|&b| b == b'\n').unwrap() + 1..]).to_string();
+    let torn: AuditRecord = serde_json::from_str(&last).expect("the cut line parses as a record");
+    assert_eq!(torn.op, "insert");
+
+    auditor.reopen().unwrap();
+    drop((map, auditor));
+    sink.close().unwrap();
+    let recs = records(dir.path());
+    let ok: Vec<u64> = recs
+        .iter()
+        .filter(|r| r.op == "insert" && r.outcome == "ok")
+        .filter_map(|r| r.key.as_ref()?["full"].as_u64())
+        .collect();
+    assert_eq!(ok, vec![1], "only the first insert is in the trail");
+    let gap = recs.iter().find(|r| r.op == "sink_gap").expect("a sink_gap record");
+    assert_eq!(gap_count(gap), 1, "{:?}", gap.reason);
+    assert_eq!(gap.seq, torn.seq, "the trail continues at the torn record's seq");
+    let report = verify::verify_paths(&[dir.path().to_path_buf()], &Default::default()).unwrap();
+    assert_eq!(report.verdict, verify::Verdict::Intact, "{}", report.human());
 }
 
 const DISK_FULL_CHILD: &str = "MW_AUDIT_DISK_FULL_CHILD";
