@@ -1444,8 +1444,24 @@ where
     /// changes, and an audited map writes no record.
     pub fn or_insert_with<F: FnOnce() -> V>(self, make: F) -> Result<Upserted, MapError> {
         let Entry { with, key, modify, modifies } = self;
-        let t0 = with.audit_begin()?;
         let (hash, idx) = with.locate(&key);
+        if let Some((_counted, mut table)) = with.fast_write("entry", idx) {
+            let _held = HeldMark::new(with.map.id, idx, true);
+            return Ok(match table.entry(hash, |(k, _)| *k == key, with.rehasher()) {
+                hash_table::Entry::Occupied(_) if !modifies => Upserted::Existing,
+                hash_table::Entry::Occupied(mut o) => {
+                    modify(&mut o.get_mut().1);
+                    Upserted::Existing
+                }
+                hash_table::Entry::Vacant(slot) => {
+                    // `make` first: if it panics, `key` is dropped after the unlock.
+                    let value = make();
+                    slot.insert((key, value));
+                    Upserted::Inserted
+                }
+            });
+        }
+        let t0 = with.audit_begin()?;
         let mut op = with.begin("entry");
         let mut table = op
             .write(idx, &with.map.shards[idx])
