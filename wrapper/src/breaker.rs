@@ -53,6 +53,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
 use crate::clock::{duration_nanos, Clock};
@@ -691,8 +692,10 @@ pub struct CircuitBreaker {
     map: Arc<str>,
     config: BreakerConfig,
     clock: Clock,
-    /// `generation << 3 | state`: the only thing a call admitted while closed reads.
-    word: AtomicU64,
+    /// `generation << 3 | state`: the only thing a call admitted while closed reads. On a
+    /// cache line of its own, so that the locks and counters the breaker writes on events
+    /// do not take that line away from the cores that read it on every operation.
+    word: CachePadded<AtomicU64>,
     /// When the current open wait ends (clock nanos); read without the lock to reject.
     open_until: AtomicU64,
     /// The newest bucket of a time window, so that a timed call can see without the lock
@@ -747,7 +750,7 @@ impl CircuitBreaker {
             map,
             config,
             clock,
-            word: AtomicU64::new(BreakerState::Closed.code()),
+            word: CachePadded::new(AtomicU64::new(BreakerState::Closed.code())),
             open_until: AtomicU64::new(0),
             head: AtomicU64::new(window.head),
             counters,
