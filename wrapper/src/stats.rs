@@ -219,6 +219,12 @@ const BUCKETS: usize = 252;
 struct Histogram {
     /// The count is the sum of the buckets: one shared counter fewer to bump per sample.
     buckets: Box<[AtomicU64]>,
+    /// Sum and maximum, written by every sample, on a line of their own: the monitor's other
+    /// fields are read by every operation of every thread.
+    totals: CachePadded<Totals>,
+}
+
+struct Totals {
     sum: AtomicU64,
     max: AtomicU64,
 }
@@ -247,25 +253,24 @@ impl Histogram {
     fn new() -> Self {
         Histogram {
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            sum: AtomicU64::new(0),
-            max: AtomicU64::new(0),
+            totals: CachePadded::new(Totals { sum: AtomicU64::new(0), max: AtomicU64::new(0) }),
         }
     }
 
     fn record(&self, nanos: u64) {
         self.buckets[bucket_of(nanos)].fetch_add(1, Ordering::Relaxed);
-        self.sum.fetch_add(nanos, Ordering::Relaxed);
+        self.totals.sum.fetch_add(nanos, Ordering::Relaxed);
         // Most samples are not a new maximum: read before the read-modify-write, which would
         // take the line exclusively from the other cores that sample.
-        if nanos > self.max.load(Ordering::Relaxed) {
-            self.max.fetch_max(nanos, Ordering::Relaxed);
+        if nanos > self.totals.max.load(Ordering::Relaxed) {
+            self.totals.max.fetch_max(nanos, Ordering::Relaxed);
         }
     }
 
     fn summary(&self) -> LatencyStats {
         let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
         let count: u64 = counts.iter().sum();
-        let max = self.max.load(Ordering::Relaxed);
+        let max = self.totals.max.load(Ordering::Relaxed);
         let quantile = |q: f64| -> Duration {
             if count == 0 {
                 return Duration::ZERO;
@@ -280,7 +285,7 @@ impl Histogram {
             }
             Duration::from_nanos(max)
         };
-        let sum = self.sum.load(Ordering::Relaxed);
+        let sum = self.totals.sum.load(Ordering::Relaxed);
         LatencyStats {
             count,
             mean: Duration::from_nanos(sum.checked_div(count).unwrap_or(0)),
