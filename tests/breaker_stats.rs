@@ -395,3 +395,69 @@ fn the_fast_path_counts_every_operation_exactly() {
     assert_eq!(s.panics, 3);
     assert_eq!(map.len().unwrap() as u64, n - n / 2, "key 1 (odd, kept) was only replaced");
 }
+
+/// Runs `f` on a thread of its own, whose sampling countdown starts afresh (its first
+/// operation on a map with statistics is the sampled one).
+fn on_a_fresh_thread(f: impl FnOnce() + Send) {
+    std::thread::scope(|s| s.spawn(f).join().unwrap());
+}
+
+/// An operation whose shard is taken falls back from the fast path to the full one: it is one
+/// operation of the thread, so it takes one turn of the sampling countdown, not two. With
+/// sampling 64, the first operation of a thread and then every 64th are timed, whether the
+/// ones between were contended or not.
+#[test]
+fn an_operation_that_falls_back_to_the_full_path_takes_one_turn_of_the_sampling_countdown() {
+    let map: MapWrapper<u32, u32> =
+        MapWrapper::builder().shards(1).timeout(Duration::from_millis(2)).build().unwrap();
+    on_a_fresh_thread(|| {
+        map.insert(1, 1).unwrap(); // timed: the thread's first operation
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            let map = &map;
+            s.spawn(move || {
+                let guard = map.get(&1).unwrap().unwrap(); // timed: that thread's first operation
+                locked_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+                drop(guard);
+            });
+            locked_rx.recv().unwrap();
+            for _ in 0..10 {
+                // Timed (it waited), and the 2nd to 11th operations of this thread.
+                assert_eq!(map.insert(2, 2).unwrap_err().code(), "TIMEOUT");
+            }
+            release_tx.send(()).unwrap();
+        });
+        for _ in 0..53 {
+            map.get_cloned(&1).unwrap(); // the 12th to 64th: not sampled
+        }
+        assert_eq!(map.stats().latency.count, 1 + 1 + 10, "{:?}", map.stats().latency);
+        map.get_cloned(&1).unwrap(); // the 65th: sampled
+        assert_eq!(map.stats().latency.count, 1 + 1 + 10 + 1);
+    });
+    let s = map.stats();
+    assert_eq!((s.total.ok, s.timeouts), (1 + 1 + 54, 10));
+}
+
+/// The same for a call the breaker rejects: it takes one turn of the countdown.
+#[test]
+fn a_call_the_breaker_rejects_takes_one_turn_of_the_sampling_countdown() {
+    let map: MapWrapper<u32, u32> = MapWrapper::builder().breaker(BreakerConfig::new()).build().unwrap();
+    on_a_fresh_thread(|| {
+        map.insert(1, 1).unwrap(); // timed: the thread's first operation
+        map.breaker().unwrap().force_open();
+        for _ in 0..10 {
+            assert_eq!(map.get_cloned(&1).unwrap_err().code(), "CIRCUIT_OPEN"); // 2nd to 11th
+        }
+        map.breaker().unwrap().close();
+        for _ in 0..53 {
+            map.get_cloned(&1).unwrap(); // the 12th to 64th: not sampled
+        }
+        assert_eq!(map.stats().latency.count, 1, "{:?}", map.stats().latency);
+        map.get_cloned(&1).unwrap(); // the 65th: sampled
+        assert_eq!(map.stats().latency.count, 2);
+    });
+    let s = map.stats();
+    assert_eq!((s.total.ok, s.rejected), (1 + 54, 10));
+}

@@ -335,9 +335,12 @@ pub(crate) struct Counted<'a> {
 }
 
 impl Counted<'_> {
-    /// Drops this count without counting: the operation did not run on the fast path.
+    /// Drops this count without counting: the operation did not run on the fast path. Gives
+    /// back the turn of the sampling countdown that [`Monitor::quick`] took, since the full
+    /// path ([`Monitor::begin`]) takes its own: an operation is one turn, whichever path runs it.
     #[inline]
     pub(crate) fn discard(self) {
+        let _ = LOCAL.try_with(|(_, countdown)| countdown.set(countdown.get() + 1));
         std::mem::forget(self);
     }
 }
@@ -421,10 +424,16 @@ impl Monitor {
     }
 
     /// The fast path's admission of operation `op`: `Some` when the operation needs nothing
-    /// but a count (it is not sampled for timing and the breaker lets calls through plainly). The returned [`Counted`] counts it when dropped. `None`:
-    /// the operation takes the full path ([`begin`](Self::begin)).
+    /// but a count (it is not sampled for timing and the breaker lets calls through plainly).
+    /// The returned [`Counted`] counts it when dropped. `None`: the operation takes the full
+    /// path ([`begin`](Self::begin)), and the sampling countdown is left for `begin` to move.
     #[inline(always)]
     pub(crate) fn quick(&self, op: &'static str) -> Option<Counted<'_>> {
+        // The breaker first: a call it does not pass plainly must not take a turn of the
+        // countdown here, as `begin` takes one for it.
+        if self.breaker.as_deref().is_some_and(|b| !b.passes_plainly()) {
+            return None;
+        }
         let stripe = LOCAL
             .try_with(|(stripe, countdown)| {
                 // Sampled (countdown 0): `begin` times it. The countdown starts at 0, so a
@@ -435,9 +444,6 @@ impl Monitor {
             })
             .ok()
             .flatten()?;
-        if self.breaker.as_deref().is_some_and(|b| !b.passes_plainly()) {
-            return None;
-        }
         Some(Counted { row: self.counters.row(stripe, kind_index(op)) })
     }
 
