@@ -484,3 +484,56 @@ fn a_key_removed_by_alter_is_dropped_after_unlocking() {
     let seen = SEEN.lock().unwrap();
     assert!(matches!(seen.as_slice(), [Ok(0)]), "the stored key's Drop saw {seen:?}");
 }
+
+/// `insert` of a key already stored keeps the stored key and drops the caller's: after
+/// unlocking, on the fast path (no context) as on the full path (a context, explicit or
+/// ambient) and in `extend`, so that the key's `Drop` may use the map.
+#[test]
+fn the_key_insert_does_not_store_is_dropped_after_unlocking_on_every_path() {
+    use std::hash::{Hash, Hasher};
+    use std::sync::{Mutex, OnceLock};
+    static MAP: OnceLock<MapWrapper<Key, u32>> = OnceLock::new();
+    static SEEN: Mutex<Vec<Result<usize, MapError>>> = Mutex::new(Vec::new());
+    struct Key(u32, bool);
+    impl PartialEq for Key {
+        fn eq(&self, o: &Self) -> bool {
+            self.0 == o.0
+        }
+    }
+    impl Eq for Key {}
+    impl Hash for Key {
+        fn hash<H: Hasher>(&self, h: &mut H) {
+            self.0.hash(h)
+        }
+    }
+    impl Drop for Key {
+        fn drop(&mut self) {
+            if self.1 {
+                if let Some(m) = MAP.get() {
+                    SEEN.lock().unwrap().push(m.len());
+                }
+            }
+        }
+    }
+    let map = MAP
+        .get_or_init(|| MapWrapper::builder().shards(1).timeout(Duration::from_millis(100)).build().unwrap());
+    map.insert(Key(1, false), 1).unwrap();
+    assert_eq!(map.insert(Key(1, true), 2).unwrap(), Some(1), "fast path");
+    assert_eq!(map.with(&OpContext::new()).insert(Key(1, true), 3).unwrap(), Some(2), "full path");
+    {
+        let _scope = OpContext::new().actor("t").enter();
+        assert_eq!(map.insert(Key(1, true), 4).unwrap(), Some(3), "full path, ambient context");
+    }
+    assert_eq!(map.extend([(Key(1, true), 5)]).unwrap(), 1);
+    assert_eq!(map.entry(Key(1, true)).or_insert(0).unwrap(), map_wrapper::Upserted::Existing);
+    assert_eq!(
+        map.with(&OpContext::new()).entry(Key(1, true)).or_insert(0).unwrap(),
+        map_wrapper::Upserted::Existing
+    );
+    let seen = SEEN.lock().unwrap();
+    assert!(
+        seen.len() == 6 && seen.iter().all(|r| matches!(r, Ok(1))),
+        "each unstored key's Drop ran after unlocking and saw the map: {seen:?}"
+    );
+    assert_eq!(map.get_cloned(&Key(1, false)).unwrap(), Some(5));
+}

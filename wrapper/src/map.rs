@@ -724,14 +724,17 @@ where
         let mut table = op
             .write(idx, &self.map.shards[idx])
             .map_err(|e| self.audit_refused(&op, t0, idx, Some(&key), e))?;
-        let (old, ticket) = self.put(&op, t0, idx, &mut table, hash, key, value);
+        let (old, unstored, ticket) = self.put(&op, t0, idx, &mut table, hash, key, value);
         drop(table);
+        drop(unstored);
         self.audit_settle(ticket?)?;
         Ok(old)
     }
 
     /// Stores `value` under `key` in a locked shard and records it: the body of `insert` and
-    /// of each pair of `extend`.
+    /// of each pair of `extend`. Hands back the old value and, when the key was already
+    /// stored, the caller's `key`, for the caller to drop after unlocking (their `Drop` may
+    /// use the map).
     #[allow(clippy::too_many_arguments)]
     fn put(
         &self,
@@ -742,7 +745,7 @@ where
         hash: u64,
         key: K,
         value: V,
-    ) -> (Option<V>, Result<Option<Ticket>, MapError>) {
+    ) -> (Option<V>, Option<K>, Result<Option<Ticket>, MapError>) {
         match table.entry(hash, |(k, _)| *k == key, self.rehasher()) {
             hash_table::Entry::Occupied(mut o) => {
                 let old = std::mem::replace(&mut o.get_mut().1, value);
@@ -752,7 +755,7 @@ where
                     old: a.value(&old),
                     new: a.value(new),
                 });
-                (Some(old), t)
+                (Some(old), Some(key), t)
             }
             hash_table::Entry::Vacant(v) => {
                 let o = v.insert((key, value));
@@ -762,7 +765,7 @@ where
                     old: Encoded::NONE,
                     new: a.value(new),
                 });
-                (None, t)
+                (None, None, t)
             }
         }
     }
@@ -1345,9 +1348,9 @@ where
                     break;
                 }
             };
-            let (old, recorded) = self.put(&waiter, t0, idx, &mut table, hash, key, value);
+            let (old, unstored, recorded) = self.put(&waiter, t0, idx, &mut table, hash, key, value);
             drop(table);
-            drop(old);
+            drop((old, unstored));
             n += 1;
             match recorded {
                 Ok(t) => last = t.or(last),
