@@ -472,3 +472,106 @@ fn a_call_the_breaker_rejects_takes_one_turn_of_the_sampling_countdown() {
     let s = map.stats();
     assert_eq!((s.total.ok, s.rejected), (1 + 54, 10));
 }
+
+/// On a thread past its first (sampled) operation, every operation with a fast path asks the
+/// breaker: forced open or open, each is rejected, runs no closure and changes nothing.
+#[test]
+fn every_fast_path_operation_is_rejected_by_an_open_breaker() {
+    let map: MapWrapper<u32, u32> = MapWrapper::builder()
+        .breaker(BreakerConfig::new().window(SlidingWindow::count(2)).minimum_calls(1).failure_rate(0.5))
+        .build()
+        .unwrap();
+    let breaker = map.breaker().unwrap();
+    let all_rejected = |state: BreakerState| {
+        assert_eq!(breaker.state(), state);
+        let ran = std::cell::Cell::new(false);
+        let results = [
+            map.insert(1, 9).map(drop),
+            map.get(&1).map(drop),
+            map.get_cloned(&1).map(drop),
+            map.view(&1, |_| ran.set(true)).map(drop),
+            map.contains_key(&1).map(drop),
+            map.remove(&1).map(drop),
+            map.remove_entry(&1).map(drop),
+            map.remove_if(&1, |_, _| {
+                ran.set(true);
+                true
+            })
+            .map(drop),
+            map.update(&1, |v| {
+                ran.set(true);
+                *v = 9;
+            })
+            .map(drop),
+            map.entry(2)
+                .or_insert_with(|| {
+                    ran.set(true);
+                    9
+                })
+                .map(drop),
+        ];
+        for r in results {
+            assert_eq!(r.unwrap_err().code(), "CIRCUIT_OPEN", "in state {state:?}");
+        }
+        assert!(!ran.get(), "no closure ran in state {state:?}");
+    };
+    for i in 0..10 {
+        map.insert(1, i).unwrap(); // the thread's countdown is running: the next calls are not sampled
+    }
+    breaker.force_open();
+    all_rejected(BreakerState::ForcedOpen);
+    breaker.close();
+    let guard = map.get(&1).unwrap().unwrap();
+    assert_eq!(map.insert(1, 0).unwrap_err().code(), "WOULD_DEADLOCK");
+    drop(guard);
+    all_rejected(BreakerState::Open);
+    let s = map.stats();
+    for name in [
+        "insert",
+        "get",
+        "get_cloned",
+        "view",
+        "contains_key",
+        "remove",
+        "remove_entry",
+        "remove_if",
+        "update",
+        "entry",
+    ] {
+        assert_eq!(s.op(name).unwrap().rejected, 2, "{name}: {:?}", s.op(name));
+    }
+    breaker.close();
+    assert_eq!(map.snapshot().unwrap(), vec![(1, 9)], "the rejected calls changed nothing");
+}
+
+/// An audited map never takes the fast path: on a thread whose statistics would let most
+/// calls through it, every change is recorded, in order.
+#[test]
+fn an_audited_map_records_every_change_made_on_a_warm_thread() {
+    use map_wrapper::audit::{Auditor, MemorySink};
+    let sink = MemorySink::new();
+    let map: MapWrapper<u32, u32> =
+        MapWrapper::builder().auditor(Auditor::new(sink.clone())).shards(4).build().unwrap();
+    let mut expected = Vec::new();
+    for i in 0..100 {
+        map.insert(i, i).unwrap();
+        map.update(&i, |v| *v += 1).unwrap();
+        map.entry(i).and_modify(|v| *v += 1).or_insert(0).unwrap();
+        assert_eq!(map.get_cloned(&i).unwrap(), Some(i + 2));
+        if i % 2 == 0 {
+            assert_eq!(map.remove(&i).unwrap(), Some(i + 2));
+            expected.extend([(i, "insert"), (i, "update"), (i, "entry"), (i, "remove")]);
+        } else {
+            assert_eq!(map.remove_if(&i, |_, _| true).unwrap(), Some(i + 2));
+            expected.extend([(i, "insert"), (i, "update"), (i, "entry"), (i, "remove_if")]);
+        }
+    }
+    let records = sink.records();
+    let got: Vec<(Option<serde_json::Value>, &str)> =
+        records.iter().map(|r| (r.key.clone(), r.op.as_str())).collect();
+    let expected: Vec<_> =
+        expected.into_iter().map(|(k, op)| (Some(serde_json::json!({ "full": k })), op)).collect();
+    assert_eq!(got, expected);
+    assert!(records.iter().all(|r| r.outcome == "ok"));
+    assert_eq!(map.stats().total.ok, 500);
+}
