@@ -537,3 +537,69 @@ fn the_key_insert_does_not_store_is_dropped_after_unlocking_on_every_path() {
     );
     assert_eq!(map.get_cloned(&Key(1, false)).unwrap(), Some(5));
 }
+
+/// Runs each operation that has a fast path once on `map` (key 1 present) and returns the
+/// error codes; `ran` is set if a closure ran.
+fn every_single_key_operation(map: &MapWrapper<u32, u32>, ran: &std::cell::Cell<bool>) -> Vec<&'static str> {
+    let code = |r: Result<(), MapError>| r.map_or_else(|e| e.code(), |()| "OK");
+    vec![
+        code(map.insert(1, 99).map(drop)),
+        code(map.get(&1).map(drop)),
+        code(map.get_cloned(&1).map(drop)),
+        code(map.view(&1, |_| ran.set(true)).map(drop)),
+        code(map.contains_key(&1).map(drop)),
+        code(map.remove(&1).map(drop)),
+        code(map.remove_entry(&1).map(drop)),
+        code(map.remove_if(&1, |_, _| !ran.replace(true)).map(drop)),
+        code(map.update(&1, |v| *v = u32::from(ran.replace(true))).map(drop)),
+        code(map.entry(2).or_insert_with(|| u32::from(ran.replace(true))).map(drop)),
+    ]
+}
+
+/// No operation takes the fast path under a context: a cancelled token or a passed deadline,
+/// given with `with` or entered as the ambient scope, fails each one before it locks or runs
+/// anything, on a map with statistics and on one without.
+#[test]
+fn every_fast_path_operation_honours_a_cancelled_or_expired_context() {
+    for stats in [true, false] {
+        let map: MapWrapper<u32, u32> = MapWrapper::builder().shards(1).stats(stats).build().unwrap();
+        for i in 0..10 {
+            map.insert(1, i).unwrap(); // warm: past the thread's first, sampled, operation
+        }
+        let token = CancelToken::new();
+        token.cancel();
+        let contexts = [
+            (OpContext::new().cancel_token(token), "CANCELLED"),
+            (OpContext::new().deadline(Instant::now()), "DEADLINE_EXCEEDED"),
+        ];
+        for (ctx, expected) in &contexts {
+            let ran = std::cell::Cell::new(false);
+            let scoped = {
+                let _scope = ctx.clone().enter();
+                every_single_key_operation(&map, &ran)
+            };
+            assert_eq!(scoped, vec![*expected; 10], "ambient {expected}, stats {stats}");
+            let with = map.with(ctx);
+            let code = |r: Result<(), MapError>| r.map_or_else(|e| e.code(), |()| "OK");
+            let explicit = vec![
+                code(with.insert(1, 99).map(drop)),
+                code(with.get(&1).map(drop)),
+                code(with.get_cloned(&1).map(drop)),
+                code(with.view(&1, |_| ran.set(true)).map(drop)),
+                code(with.contains_key(&1).map(drop)),
+                code(with.remove(&1).map(drop)),
+                code(with.remove_entry(&1).map(drop)),
+                code(with.remove_if(&1, |_, _| !ran.replace(true)).map(drop)),
+                code(with.update(&1, |v| *v = u32::from(ran.replace(true))).map(drop)),
+                code(with.entry(2).or_insert_with(|| u32::from(ran.replace(true))).map(drop)),
+            ];
+            assert_eq!(explicit, vec![*expected; 10], "explicit {expected}, stats {stats}");
+            assert!(!ran.get(), "no closure ran");
+        }
+        assert_eq!(map.snapshot().unwrap(), vec![(1, 9)]);
+        // Without a context the same calls succeed (and the key is removed by the first remove).
+        let ran = std::cell::Cell::new(false);
+        let plain = every_single_key_operation(&map, &ran);
+        assert_eq!(plain, vec!["OK"; 10]);
+    }
+}
