@@ -575,3 +575,32 @@ fn an_audited_map_records_every_change_made_on_a_warm_thread() {
     assert!(records.iter().all(|r| r.outcome == "ok"));
     assert_eq!(map.stats().total.ok, 500);
 }
+
+/// A closure that panics on the fast path (a warm thread, statistics on): the lock is
+/// released, the thread no longer counts as holding the shard, and the call is counted once,
+/// as a panic, under its own kind.
+#[test]
+fn a_panicking_closure_on_the_fast_path_is_counted_once_and_leaves_nothing_held() {
+    let map: MapWrapper<u32, u32> =
+        MapWrapper::builder().shards(1).timeout(Duration::from_millis(200)).build().unwrap();
+    map.insert(1, 1).unwrap(); // the thread's first operation: sampled, on the full path
+    let panics = |f: &dyn Fn()| {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        assert!(r.is_err());
+        // Released and unmarked: a write from this thread neither times out nor is refused.
+        assert_eq!(map.insert(1, 1).unwrap(), Some(1));
+    };
+    panics(&|| drop(map.update(&1, |_| panic!("caller's bug"))));
+    panics(&|| drop(map.view(&1, |_| panic!("caller's bug"))));
+    panics(&|| drop(map.remove_if(&1, |_, _| panic!("caller's bug"))));
+    panics(&|| drop(map.entry(1).and_modify(|_| panic!("caller's bug")).or_insert(0)));
+    panics(&|| drop(map.entry(2).or_insert_with(|| panic!("caller's bug"))));
+    let s = map.stats();
+    for name in ["update", "view", "remove_if", "entry"] {
+        let k = s.op(name).unwrap();
+        let expected_panics = if name == "entry" { 2 } else { 1 };
+        assert_eq!((k.ok, k.ignored), (0, expected_panics), "{name}: {k:?}");
+    }
+    assert_eq!((s.panics, s.op("insert").unwrap().ok), (5, 6));
+    assert_eq!(map.snapshot().unwrap(), vec![(1, 1)], "no panicking call changed the map");
+}
