@@ -603,3 +603,59 @@ fn every_fast_path_operation_honours_a_cancelled_or_expired_context() {
         assert_eq!(plain, vec!["OK"; 10]);
     }
 }
+
+/// `remove`, `remove_entry` and `remove_if` drop the stored key they take out (and hand the
+/// value back) after unlocking, on the fast path as on the full one: the key's `Drop` may use
+/// the map.
+#[test]
+fn a_removed_key_is_dropped_after_unlocking_on_every_path() {
+    use std::hash::{Hash, Hasher};
+    use std::sync::{Mutex, OnceLock};
+    static MAP: OnceLock<MapWrapper<Key, u32>> = OnceLock::new();
+    static SEEN: Mutex<Vec<Result<usize, MapError>>> = Mutex::new(Vec::new());
+    struct Key(u32, bool);
+    impl PartialEq for Key {
+        fn eq(&self, o: &Self) -> bool {
+            self.0 == o.0
+        }
+    }
+    impl Eq for Key {}
+    impl Hash for Key {
+        fn hash<H: Hasher>(&self, h: &mut H) {
+            self.0.hash(h)
+        }
+    }
+    impl Drop for Key {
+        fn drop(&mut self) {
+            if self.1 {
+                if let Some(m) = MAP.get() {
+                    SEEN.lock().unwrap().push(m.len());
+                }
+            }
+        }
+    }
+    let map = MAP
+        .get_or_init(|| MapWrapper::builder().shards(1).timeout(Duration::from_millis(100)).build().unwrap());
+    let ctx = OpContext::new();
+    let probe = Key(1, false);
+    for full in [false, true] {
+        // Calls through `with` take the full path; the plain calls, the fast one.
+        let with = map.with(&ctx);
+        let put = || assert_eq!(map.insert(Key(1, true), 1).unwrap(), None);
+        put();
+        assert_eq!(if full { with.remove(&probe) } else { map.remove(&probe) }.unwrap(), Some(1));
+        put();
+        let (k, v) =
+            if full { with.remove_entry(&probe) } else { map.remove_entry(&probe) }.unwrap().unwrap();
+        assert_eq!(v, 1);
+        drop(k);
+        put();
+        let r = if full { with.remove_if(&probe, |_, _| true) } else { map.remove_if(&probe, |_, _| true) };
+        assert_eq!(r.unwrap(), Some(1));
+    }
+    let seen = SEEN.lock().unwrap();
+    assert!(
+        seen.len() == 6 && seen.iter().all(|r| matches!(r, Ok(0))),
+        "each removed key's Drop ran after unlocking and saw the map: {seen:?}"
+    );
+}
