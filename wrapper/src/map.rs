@@ -16,7 +16,7 @@ use crate::audit::{Change, Encoded, MapAudit, Outcome, Ticket, PANICKED_NO_CHANG
 use crate::builder::{Builder, Config};
 use crate::context::{self, Effective};
 use crate::shard::{self, HeldMark, Shard, Table, Waiter};
-use crate::stats::{Counted, Monitor, Stats};
+use crate::stats::{count_ok, Counted, Monitor, Stats};
 use crate::{CircuitBreaker, MapError, OpContext};
 
 /// A sharded concurrent hash map whose every operation has a deadline, can be cancelled,
@@ -702,7 +702,7 @@ where
     #[inline]
     pub fn insert(self, key: K, value: V) -> Result<Option<V>, MapError> {
         let (hash, idx) = self.locate(&key);
-        if let Some((_counted, mut table)) = self.fast_write("insert", idx) {
+        if let Some((counted, mut table)) = self.fast_write("insert", idx) {
             let old = match table.entry(hash, |(k, _)| *k == key, self.rehasher()) {
                 hash_table::Entry::Occupied(mut o) => Some(std::mem::replace(&mut o.get_mut().1, value)),
                 hash_table::Entry::Vacant(v) => {
@@ -711,6 +711,7 @@ where
                 }
             };
             drop(table);
+            count_ok(counted);
             return Ok(old);
         }
         self.insert_full(hash, idx, key, value)
@@ -859,8 +860,11 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let (hash, idx) = self.locate(key);
-        if let Some((_counted, table)) = self.fast_read(op, idx) {
-            return Ok(f(table.find(hash, |(k, _)| k.borrow() == key)));
+        if let Some((counted, table)) = self.fast_read(op, idx) {
+            let r = f(table.find(hash, |(k, _)| k.borrow() == key));
+            drop(table);
+            count_ok(counted);
+            return Ok(r);
         }
         self.read_op_full(op, hash, idx, key, f)
     }
@@ -930,7 +934,7 @@ where
         F: FnOnce(&K, &V) -> bool,
     {
         let (hash, idx) = self.locate(key);
-        if let Some((_counted, mut table)) = self.fast_write(op, idx) {
+        if let Some((counted, mut table)) = self.fast_write(op, idx) {
             let Ok(entry) = table.find_entry(hash, |(k, _)| k.borrow() == key) else {
                 return Ok(None);
             };
@@ -943,6 +947,7 @@ where
             }
             let removed = entry.remove().0;
             drop(table);
+            count_ok(counted);
             return Ok(Some(removed));
         }
         self.remove_entry_full(op, hash, idx, key, f)
@@ -997,12 +1002,14 @@ where
         F: FnOnce(&mut V) -> R,
     {
         let (hash, idx) = self.locate(key);
-        if let Some((_counted, mut table)) = self.fast_write("update", idx) {
-            let Some((_, v)) = table.find_mut(hash, |(k, _)| k.borrow() == key) else {
-                return Ok(None);
-            };
-            let _held = HeldMark::new(self.map.id, idx, true);
-            return Ok(Some(f(v)));
+        if let Some((counted, mut table)) = self.fast_write("update", idx) {
+            let r = table.find_mut(hash, |(k, _)| k.borrow() == key).map(|(_, v)| {
+                let _held = HeldMark::new(self.map.id, idx, true);
+                f(v)
+            });
+            drop(table);
+            count_ok(counted);
+            return Ok(r);
         }
         self.update_full(hash, idx, key, f)
     }

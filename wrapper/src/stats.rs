@@ -135,15 +135,17 @@ const STRIPES: usize = 8;
 
 /// The operation counters: kinds × slots, striped by thread.
 pub(crate) struct Counters {
-    stripes: Box<[CachePadded<[[AtomicU64; SLOTS]; KINDS.len()]>; STRIPES]>,
+    /// Inline (the counters live in one `Arc` allocation): one pointer less to follow on
+    /// every operation.
+    stripes: [CachePadded<[[AtomicU64; SLOTS]; KINDS.len()]>; STRIPES],
 }
 
 impl Counters {
     pub(crate) fn new() -> Self {
         Counters {
-            stripes: Box::new(std::array::from_fn(|_| {
+            stripes: std::array::from_fn(|_| {
                 CachePadded::new(std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))))
-            })),
+            }),
         }
     }
 
@@ -342,6 +344,17 @@ impl Counted<'_> {
     pub(crate) fn discard(self) {
         let _ = LOCAL.try_with(|(_, countdown)| countdown.set(countdown.get() + 1));
         std::mem::forget(self);
+    }
+}
+
+/// Counts a fast-path operation that returned normally as ok. (Dropping the [`Counted`]
+/// instead counts the same, but first asks whether the thread is panicking: that check is
+/// left to the unwinding and early-return paths.)
+#[inline(always)]
+pub(crate) fn count_ok(counted: Option<Counted<'_>>) {
+    if let Some(c) = counted {
+        c.row[Slot::Ok as usize].fetch_add(1, Ordering::Relaxed);
+        std::mem::forget(c);
     }
 }
 

@@ -414,6 +414,29 @@ fn a_segment_file_left_without_its_header_is_removed_on_open_with_a_record() {
     }
 }
 
+/// The trail's lock held for a moment by someone else — as by a child process another thread
+/// is spawning, which shares the closed sink's lock until it starts its program — delays the
+/// open instead of failing it.
+#[cfg(unix)]
+#[test]
+fn a_lock_held_for_a_moment_elsewhere_delays_the_open_instead_of_refusing_it() {
+    use std::os::unix::io::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    drop(JsonLinesSink::open(dir.path(), JsonLinesOptions::default()).unwrap());
+    let holder = std::fs::OpenOptions::new().write(true).open(dir.path().join(".lock")).unwrap();
+    // SAFETY: flock on a descriptor this test owns; it touches no memory.
+    assert_eq!(unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        drop(holder); // closing the descriptor releases the lock
+    });
+    let reopened = JsonLinesSink::open(dir.path(), JsonLinesOptions::default());
+    release.join().unwrap();
+    drop(reopened.expect("the open waited for the lock"));
+    let report = verify::verify_paths(&[dir.path().to_path_buf()], &Default::default()).unwrap();
+    assert_eq!(report.verdict, verify::Verdict::Intact, "{}", report.human());
+}
+
 #[test]
 fn a_trail_directory_takes_one_sink_at_a_time() {
     let dir = tempfile::tempdir().unwrap();

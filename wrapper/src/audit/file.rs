@@ -260,6 +260,10 @@ fn segments_without_headerless_last(dir: &Path) -> Result<(Segments, Option<Stri
 /// The name of the lock file in a trail directory.
 pub(crate) const LOCK_FILE: &str = ".lock";
 
+/// How long opening a trail waits for a lock that is taken before it reports the trail as
+/// open by another sink.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Takes the trail's lock file: one sink per directory at a time, across processes. The lock
 /// goes with the returned file (and with the process).
 fn lock_dir(dir: &Path) -> Result<File, SinkError> {
@@ -272,11 +276,24 @@ fn lock_dir(dir: &Path) -> Result<File, SinkError> {
     #[cfg(unix)]
     {
         use std::os::unix::io::AsRawFd;
-        // SAFETY: flock on a file descriptor we own and keep open for the call; it touches no
-        // memory of ours.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let e = io::Error::last_os_error();
+        // A sink just closed in this process can still hold the lock for a moment: a child
+        // process being spawned by another thread shares every open file description until it
+        // starts its program, the lock's included. So a taken lock is tried again for a while
+        // before the trail is reported as open elsewhere.
+        let patience = std::time::Instant::now() + LOCK_PATIENCE;
+        let locked = loop {
+            // SAFETY: flock on a file descriptor we own and keep open for the call; it touches
+            // no memory of ours.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            let locked = if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) };
+            match &locked {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && std::time::Instant::now() < patience => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                _ => break locked,
+            }
+        };
+        if let Err(e) = locked {
             return Err(if e.kind() == io::ErrorKind::WouldBlock {
                 SinkError::new(format!(
                     "{} is already open by another audit sink (this or another process): one writer per \
@@ -406,7 +423,9 @@ impl JsonLinesSink {
     ///
     /// I/O errors; a last segment damaged before its end; a trail chained with another
     /// algorithm or key id than `opts.chain_key`, or whose last line does not verify with it;
-    /// `queue_capacity` 0 or `max_segment_bytes` below [`MIN_SEGMENT_BYTES`].
+    /// `queue_capacity` 0 or `max_segment_bytes` below [`MIN_SEGMENT_BYTES`]; the trail open
+    /// by another sink, in this process or another (after waiting up to half a second for its
+    /// lock: a child process being spawned holds a just-closed sink's lock until it starts).
     pub fn open(dir: impl AsRef<Path>, opts: JsonLinesOptions) -> Result<Self, SinkError> {
         let dir = dir.as_ref().to_path_buf();
         if opts.queue_capacity == 0 {
