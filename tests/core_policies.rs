@@ -450,33 +450,41 @@ fn an_expired_deadline_is_reported_as_such() {
     assert!(map.is_empty().unwrap());
 }
 
-#[test]
-fn a_key_removed_by_alter_is_dropped_after_unlocking() {
-    use std::hash::{Hash, Hasher};
-    use std::sync::{Mutex, OnceLock};
-    static MAP: OnceLock<MapWrapper<Key, u32>> = OnceLock::new();
-    static SEEN: Mutex<Vec<Result<usize, MapError>>> = Mutex::new(Vec::new());
-    struct Key(u32, bool);
-    impl PartialEq for Key {
-        fn eq(&self, o: &Self) -> bool {
-            self.0 == o.0
+/// Declares `Key(u32, bool)` in a test, equal and hashed by its number. When its flag is set, its
+/// `Drop` calls `len()` on the map in the static `$map` and pushes the result to `$seen`: it
+/// tells whether a key is dropped under the map's lock (`len` then times out) or after it.
+macro_rules! key_that_calls_the_map_when_dropped {
+    ($map:ident, $seen:ident) => {
+        struct Key(u32, bool);
+        impl PartialEq for Key {
+            fn eq(&self, o: &Self) -> bool {
+                self.0 == o.0
+            }
         }
-    }
-    impl Eq for Key {}
-    impl Hash for Key {
-        fn hash<H: Hasher>(&self, h: &mut H) {
-            self.0.hash(h)
+        impl Eq for Key {}
+        impl std::hash::Hash for Key {
+            fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+                self.0.hash(h)
+            }
         }
-    }
-    impl Drop for Key {
-        fn drop(&mut self) {
-            if self.1 {
-                if let Some(m) = MAP.get() {
-                    SEEN.lock().unwrap().push(m.len());
+        impl Drop for Key {
+            fn drop(&mut self) {
+                if self.1 {
+                    if let Some(m) = $map.get() {
+                        $seen.lock().unwrap().push(m.len());
+                    }
                 }
             }
         }
-    }
+    };
+}
+
+#[test]
+fn a_key_removed_by_alter_is_dropped_after_unlocking() {
+    use std::sync::{Mutex, OnceLock};
+    static MAP: OnceLock<MapWrapper<Key, u32>> = OnceLock::new();
+    static SEEN: Mutex<Vec<Result<usize, MapError>>> = Mutex::new(Vec::new());
+    key_that_calls_the_map_when_dropped!(MAP, SEEN);
     let map = MAP
         .get_or_init(|| MapWrapper::builder().shards(1).timeout(Duration::from_millis(100)).build().unwrap());
     map.insert(Key(1, true), 1).unwrap();
@@ -490,31 +498,10 @@ fn a_key_removed_by_alter_is_dropped_after_unlocking() {
 /// ambient) and in `extend`, so that the key's `Drop` may use the map.
 #[test]
 fn the_key_insert_does_not_store_is_dropped_after_unlocking_on_every_path() {
-    use std::hash::{Hash, Hasher};
     use std::sync::{Mutex, OnceLock};
     static MAP: OnceLock<MapWrapper<Key, u32>> = OnceLock::new();
     static SEEN: Mutex<Vec<Result<usize, MapError>>> = Mutex::new(Vec::new());
-    struct Key(u32, bool);
-    impl PartialEq for Key {
-        fn eq(&self, o: &Self) -> bool {
-            self.0 == o.0
-        }
-    }
-    impl Eq for Key {}
-    impl Hash for Key {
-        fn hash<H: Hasher>(&self, h: &mut H) {
-            self.0.hash(h)
-        }
-    }
-    impl Drop for Key {
-        fn drop(&mut self) {
-            if self.1 {
-                if let Some(m) = MAP.get() {
-                    SEEN.lock().unwrap().push(m.len());
-                }
-            }
-        }
-    }
+    key_that_calls_the_map_when_dropped!(MAP, SEEN);
     let map = MAP
         .get_or_init(|| MapWrapper::builder().shards(1).timeout(Duration::from_millis(100)).build().unwrap());
     map.insert(Key(1, false), 1).unwrap();
@@ -609,31 +596,10 @@ fn every_fast_path_operation_honours_a_cancelled_or_expired_context() {
 /// the map.
 #[test]
 fn a_removed_key_is_dropped_after_unlocking_on_every_path() {
-    use std::hash::{Hash, Hasher};
     use std::sync::{Mutex, OnceLock};
     static MAP: OnceLock<MapWrapper<Key, u32>> = OnceLock::new();
     static SEEN: Mutex<Vec<Result<usize, MapError>>> = Mutex::new(Vec::new());
-    struct Key(u32, bool);
-    impl PartialEq for Key {
-        fn eq(&self, o: &Self) -> bool {
-            self.0 == o.0
-        }
-    }
-    impl Eq for Key {}
-    impl Hash for Key {
-        fn hash<H: Hasher>(&self, h: &mut H) {
-            self.0.hash(h)
-        }
-    }
-    impl Drop for Key {
-        fn drop(&mut self) {
-            if self.1 {
-                if let Some(m) = MAP.get() {
-                    SEEN.lock().unwrap().push(m.len());
-                }
-            }
-        }
-    }
+    key_that_calls_the_map_when_dropped!(MAP, SEEN);
     let map = MAP
         .get_or_init(|| MapWrapper::builder().shards(1).timeout(Duration::from_millis(100)).build().unwrap());
     let ctx = OpContext::new();
