@@ -563,11 +563,12 @@ where
 
     /// The fast path: when operation `op` has nothing to check (no context, explicit or
     /// ambient; no audit; this thread holds no shard, so it cannot deadlock on this one; the
-    /// breaker, if any, is closed; statistics do not sample it for timing), tries `lock` once
-    /// and returns the guard with the operation's count (which counts it when dropped, after
-    /// the guard: bind them in this order).
-    /// `None`: the operation goes the full way (a [`Waiter`], which waits for a
-    /// taken lock under the deadline, times, audits).
+    /// breaker, if any, closed, disabled or metrics-only; statistics do not sample it for
+    /// timing), tries `lock` once and returns the operation's count with the guard. Bind them
+    /// in this order, so that the guard is dropped first; then [`count_ok`] the count on a
+    /// normal return (dropped instead, it counts the operation as ok or, while the thread
+    /// panics, as panicked). `None`: the operation goes the full way (a [`Waiter`], which
+    /// waits for a taken lock under the deadline, times, audits).
     ///
     /// Why a separate path: on a table far larger than the caches an operation's cost is its
     /// cache misses, and the CPU overlaps the misses of consecutive operations only when few
