@@ -82,6 +82,24 @@ fn sampling_times_one_in_n_uncontended_operations_of_a_thread() {
     assert_eq!(s.latency.count, 10, "1 in 4 of 40 consecutive operations, whatever the phase");
 }
 
+/// Each map keeps its own sampling countdown: a thread that uses two maps in turn (as the
+/// fields of one `#[guarded_map]` struct are) times one in N operations of each, and a map that
+/// asks for every operation to be timed gets them all, whatever the other map asks for.
+#[test]
+fn each_map_samples_one_in_n_of_its_own_operations_when_a_thread_alternates_maps() {
+    let a: MapWrapper<u32, u32> = MapWrapper::builder().latency_sampling(4).build().unwrap();
+    let b: MapWrapper<u32, u32> = MapWrapper::builder().latency_sampling(4).build().unwrap();
+    let every: MapWrapper<u32, u32> = MapWrapper::builder().latency_sampling(1).build().unwrap();
+    for i in 0..200 {
+        a.insert(i, i).unwrap();
+        b.insert(i, i).unwrap();
+        every.insert(i, i).unwrap();
+    }
+    assert_eq!(a.stats().latency.count, 50, "1 in 4 of a's 200 operations");
+    assert_eq!(b.stats().latency.count, 50, "1 in 4 of b's 200 operations");
+    assert_eq!(every.stats().latency.count, 200, "every operation of the map sampling 1 in 1");
+}
+
 #[test]
 fn slow_operations_on_the_test_clock_trip_the_breaker_and_a_rejected_call_does_nothing() {
     let clock = TestClock::new();

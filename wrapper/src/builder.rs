@@ -261,7 +261,7 @@ impl<K, V, S> Builder<K, V, S> {
         self
     }
 
-    /// Times 1 in `every` uncontended operations of each thread (default
+    /// Times 1 in `every` uncontended operations of each thread on this map (default
     /// [`DEFAULT_LATENCY_SAMPLING`](crate::DEFAULT_LATENCY_SAMPLING)); `1` times every
     /// operation, at the cost of two clock reads each. Operations that wait for a lock and
     /// breaker probes are always timed. Must be at least 1.

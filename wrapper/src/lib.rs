@@ -103,12 +103,13 @@
 //! An operation on one key hashes the key once (the same hash picks the shard and the slot in
 //! it) and, in the common case, runs on a fast path: no context given (neither
 //! [`MapWrapper::with`] nor an [`OpContext::enter`] scope), the map not audited, the breaker
-//! (if any) closed, disabled or metrics-only, and the thread holding no shard of any map. Then it *tries* the shard lock
-//! once and, if it gets it, does its work and counts itself in a per-thread stripe of the
-//! statistics (one relaxed atomic add). Everything else — a lock that is taken, a context, an
-//! audited map, a sampled operation (one in [`Builder::latency_sampling`] of a thread is timed),
-//! an open breaker — goes the full way: a bounded wait under the deadline, polling the cancel
-//! token, timing, auditing. Both paths give the same results, errors and counts.
+//! (if any) closed, disabled or metrics-only, and the thread holding no shard of any map.
+//! Then it *tries* the shard lock once and, if it gets it, does its work and counts itself in
+//! a per-thread stripe of the statistics (one relaxed atomic add). Everything else — a lock
+//! that is taken, a context, an audited map, a sampled operation (one in
+//! [`Builder::latency_sampling`] of a thread on the map is timed), an open breaker — goes the
+//! full way: a bounded wait under the deadline, polling the cancel token, timing, auditing.
+//! Both paths give the same results, errors and counts.
 //!
 //! The fast path exists because on a table far larger than the caches an operation costs its
 //! cache misses, and the processor overlaps the misses of consecutive operations only when few

@@ -589,8 +589,8 @@ where
             Some(guard) => Some((counted, guard)),
             None => {
                 // Taken: the full path waits for it and counts the operation itself.
-                if let Some(c) = counted {
-                    c.discard();
+                if let (Some(c), Some(m)) = (counted, self.map.monitor.as_deref()) {
+                    m.discard(c);
                 }
                 None
             }

@@ -8,8 +8,8 @@
 //!   counter striped by thread, so two threads do not share a cache line;
 //! - an operation is *timed* (two clock reads) when it had to wait for a lock (the wait reads
 //!   the clock anyway), when it is a half-open probe, and otherwise for 1 in
-//!   [`Builder::latency_sampling`](crate::Builder::latency_sampling) operations of a thread
-//!   (default [`DEFAULT_LATENCY_SAMPLING`]). A sampled slow operation counts for that many
+//!   [`Builder::latency_sampling`](crate::Builder::latency_sampling) operations of a thread on
+//!   this map (default [`DEFAULT_LATENCY_SAMPLING`]; each map keeps its own count). A sampled slow operation counts for that many
 //!   operations in the breaker's slow rate, so sampling does not bias the rate downwards.
 //!
 //! The latency histogram therefore holds the timed operations (with sampling 1, all of them);
@@ -27,7 +27,7 @@ use crate::breaker::{Admission, BreakerState, CircuitBreaker, Verdict};
 use crate::clock::{duration_nanos, Clock};
 use crate::MapError;
 
-/// By default, 1 in this many uncontended operations of a thread is timed.
+/// By default, 1 in this many uncontended operations of a thread on a map is timed.
 pub const DEFAULT_LATENCY_SAMPLING: u32 = 64;
 
 // ---------------------------------------------------------------------------------------------
@@ -137,14 +137,28 @@ const STRIPES: usize = 8;
 pub(crate) struct Counters {
     /// Inline (the counters live in one `Arc` allocation): one pointer less to follow on
     /// every operation.
-    stripes: [CachePadded<[[AtomicU64; SLOTS]; KINDS.len()]>; STRIPES],
+    stripes: [CachePadded<Stripe>; STRIPES],
+}
+
+/// One stripe of a map's counters, used by the threads whose stripe index it has (one thread
+/// each, unless more than [`STRIPES`] threads use the map).
+struct Stripe {
+    rows: [[AtomicU64; SLOTS]; KINDS.len()],
+    /// Operations until the next one sampled for timing, for this map: a countdown per thread
+    /// shared by all maps would time one map and never another that the thread uses in turn.
+    /// Threads sharing the stripe share it (a relaxed load and store: the sampling rate stays
+    /// about one in N, and no count depends on it).
+    countdown: AtomicU32,
 }
 
 impl Counters {
     pub(crate) fn new() -> Self {
         Counters {
             stripes: std::array::from_fn(|_| {
-                CachePadded::new(std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))))
+                CachePadded::new(Stripe {
+                    rows: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+                    countdown: AtomicU32::new(0),
+                })
             }),
         }
     }
@@ -157,11 +171,25 @@ impl Counters {
     /// The counters of kind `kind` in stripe `stripe`.
     #[inline(always)]
     fn row(&self, stripe: usize, kind: usize) -> &[AtomicU64; SLOTS] {
-        &self.stripes[stripe & (STRIPES - 1)][kind.min(KINDS.len() - 1)]
+        &self.stripes[stripe & (STRIPES - 1)].rows[kind.min(KINDS.len() - 1)]
+    }
+
+    /// The sampling countdown of stripe `stripe`.
+    #[inline(always)]
+    fn countdown(&self, stripe: usize) -> &AtomicU32 {
+        &self.stripes[stripe & (STRIPES - 1)].countdown
+    }
+
+    /// Whether the operation now starting on stripe `stripe` is the one in `every` timed.
+    fn sampled(&self, stripe: usize, every: u32) -> bool {
+        let countdown = self.countdown(stripe);
+        let c = countdown.load(Ordering::Relaxed);
+        countdown.store(c.checked_sub(1).unwrap_or(every - 1), Ordering::Relaxed);
+        c == 0
     }
 
     fn get(&self, kind: usize, slot: Slot) -> u64 {
-        self.stripes.iter().map(|s| s[kind][slot as usize].load(Ordering::Relaxed)).sum()
+        self.stripes.iter().map(|s| s.rows[kind][slot as usize].load(Ordering::Relaxed)).sum()
     }
 
     /// Counts one ok call (for the breaker's tests, which drive it without a map).
@@ -174,7 +202,7 @@ impl Counters {
     pub(crate) fn calls(&self) -> u64 {
         let mut n = 0;
         for s in self.stripes.iter() {
-            for k in s.iter() {
+            for k in s.rows.iter() {
                 for slot in COUNTED {
                     n += k[slot as usize].load(Ordering::Relaxed);
                 }
@@ -185,29 +213,25 @@ impl Counters {
 }
 
 thread_local! {
-    // This thread's counter stripe (assigned on first use) and its countdown to the next
-    // sampled operation.
-    static LOCAL: (Cell<u32>, Cell<u32>) = const { (Cell::new(u32::MAX), Cell::new(0)) };
+    // This thread's counter stripe, assigned on its first operation (on the full path).
+    static STRIPE: Cell<u32> = const { Cell::new(u32::MAX) };
 }
 
 static NEXT_STRIPE: AtomicU32 = AtomicU32::new(0);
 
-/// This thread's stripe, and whether this operation is sampled.
+/// This thread's stripe (assigned now if it has none).
 #[inline]
-fn local(sample_every: u32) -> (usize, bool) {
-    LOCAL
-        .try_with(|(stripe, countdown)| {
+fn local_stripe() -> usize {
+    STRIPE
+        .try_with(|stripe| {
             let mut s = stripe.get();
             if s == u32::MAX {
                 s = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed);
                 stripe.set(s);
             }
-            let c = countdown.get();
-            let sampled = c == 0;
-            countdown.set(if sampled { sample_every - 1 } else { c - 1 });
-            (s as usize, sampled)
+            s as usize
         })
-        .unwrap_or((0, false))
+        .unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -336,17 +360,6 @@ pub(crate) struct Counted<'a> {
     row: &'a [AtomicU64; SLOTS],
 }
 
-impl Counted<'_> {
-    /// Drops this count without counting: the operation did not run on the fast path. Gives
-    /// back the turn of the sampling countdown that [`Monitor::quick`] took, since the full
-    /// path ([`Monitor::begin`]) takes its own: an operation is one turn, whichever path runs it.
-    #[inline]
-    pub(crate) fn discard(self) {
-        let _ = LOCAL.try_with(|(_, countdown)| countdown.set(countdown.get() + 1));
-        std::mem::forget(self);
-    }
-}
-
 /// Counts a fast-path operation that returned normally as ok. (Dropping the [`Counted`]
 /// instead counts the same, but first asks whether the thread is panicking: that check is
 /// left to the unwinding and early-return paths.)
@@ -447,23 +460,32 @@ impl Monitor {
         if self.breaker.as_deref().is_some_and(|b| !b.passes_plainly()) {
             return None;
         }
-        let stripe = LOCAL
-            .try_with(|(stripe, countdown)| {
-                // Sampled (countdown 0): `begin` times it. The countdown starts at 0, so a
-                // thread's first operation goes to `begin`, which also assigns its stripe.
-                let c = countdown.get().checked_sub(1)?;
-                countdown.set(c);
-                Some(stripe.get() as usize)
-            })
-            .ok()
-            .flatten()?;
+        // A thread's first operation goes to `begin`, which assigns its stripe.
+        let stripe = STRIPE.try_with(Cell::get).ok().filter(|&s| s != u32::MAX)? as usize;
+        // Sampled (countdown 0): `begin` times it.
+        let countdown = self.counters.countdown(stripe);
+        let c = countdown.load(Ordering::Relaxed).checked_sub(1)?;
+        countdown.store(c, Ordering::Relaxed);
         Some(Counted { row: self.counters.row(stripe, kind_index(op)) })
+    }
+
+    /// Drops a fast-path count without counting: the operation did not run on the fast path.
+    /// Gives back the turn of the sampling countdown that [`quick`](Self::quick) took, since
+    /// the full path ([`begin`](Self::begin)) takes its own: an operation is one turn,
+    /// whichever path runs it.
+    #[inline]
+    pub(crate) fn discard(&self, counted: Counted<'_>) {
+        std::mem::forget(counted);
+        let stripe = STRIPE.try_with(Cell::get).unwrap_or(0) as usize;
+        let countdown = self.counters.countdown(stripe);
+        countdown.store(countdown.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
 
     /// Starts watching operation `op`; a rejection by the breaker is left in the observation.
     #[inline(always)]
     pub(crate) fn begin(&self, op: &'static str) -> Observation {
-        let (stripe, sampled) = local(self.sample_every);
+        let stripe = local_stripe();
+        let sampled = self.counters.sampled(stripe, self.sample_every);
         let (generation, probe, rejected) = match self.breaker.as_deref().map(CircuitBreaker::admit) {
             None => (0, false, None),
             Some(Admission::Pass { generation, probe }) => (generation, probe, None),
