@@ -462,11 +462,13 @@ impl Monitor {
         }
         // A thread's first operation goes to `begin`, which assigns its stripe.
         let stripe = STRIPE.try_with(Cell::get).ok().filter(|&s| s != u32::MAX)? as usize;
+        // One stripe reference for both fields: read through `self` again after the store,
+        // the counters' address would be loaded again.
+        let st: &Stripe = &self.counters.stripes[stripe & (STRIPES - 1)];
         // Sampled (countdown 0): `begin` times it.
-        let countdown = self.counters.countdown(stripe);
-        let c = countdown.load(Ordering::Relaxed).checked_sub(1)?;
-        countdown.store(c, Ordering::Relaxed);
-        Some(Counted { row: self.counters.row(stripe, kind_index(op)) })
+        let c = st.countdown.load(Ordering::Relaxed).checked_sub(1)?;
+        st.countdown.store(c, Ordering::Relaxed);
+        Some(Counted { row: &st.rows[kind_index(op).min(KINDS.len() - 1)] })
     }
 
     /// Drops a fast-path count without counting: the operation did not run on the fast path.
