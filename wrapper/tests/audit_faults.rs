@@ -427,7 +427,7 @@ fn a_lock_held_for_a_moment_elsewhere_delays_the_open_instead_of_refusing_it() {
     // SAFETY: flock on a descriptor this test owns; it touches no memory.
     assert_eq!(unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
     let release = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(std::time::Duration::from_millis(30));
         drop(holder); // closing the descriptor releases the lock
     });
     let reopened = JsonLinesSink::open(dir.path(), JsonLinesOptions::default());
