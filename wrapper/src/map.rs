@@ -516,6 +516,15 @@ where
 /// the order they are to be bound (the guard is dropped first).
 type Fast<'m, G> = (Option<Counted<'m>>, G);
 
+/// Ends an operation that ran on the fast path: unlocks (drops `guard`), then counts it as
+/// ok, and hands back its result.
+#[inline(always)]
+fn fast_ok<G, R>(counted: Option<Counted<'_>>, guard: G, r: R) -> R {
+    drop(guard);
+    count_ok(counted);
+    r
+}
+
 /// A [`MapWrapper`] bound to an [`OpContext`] for the next operation; made by
 /// [`MapWrapper::with`]. It has the same operations, documented on [`MapWrapper`].
 pub struct WithContext<'m, 'c, K, V, S = RandomState> {
@@ -565,7 +574,7 @@ where
     /// ambient; no audit; this thread holds no shard, so it cannot deadlock on this one; the
     /// breaker, if any, closed, disabled or metrics-only; statistics do not sample it for
     /// timing), tries `lock` once and returns the operation's count with the guard. Bind them
-    /// in this order, so that the guard is dropped first; then [`count_ok`] the count on a
+    /// in this order, so that the guard is dropped first; then end with [`fast_ok`] on a
     /// normal return (dropped instead, it counts the operation as ok or, while the thread
     /// panics, as panicked). `None`: the operation goes the full way (a [`Waiter`], which
     /// waits for a taken lock under the deadline, times, audits).
@@ -711,9 +720,7 @@ where
                     None
                 }
             };
-            drop(table);
-            count_ok(counted);
-            return Ok(old);
+            return Ok(fast_ok(counted, table, old));
         }
         self.insert_full(hash, idx, key, value)
     }
@@ -863,9 +870,7 @@ where
         let (hash, idx) = self.locate(key);
         if let Some((counted, table)) = self.fast_read(op, idx) {
             let r = f(table.find(hash, |(k, _)| k.borrow() == key));
-            drop(table);
-            count_ok(counted);
-            return Ok(r);
+            return Ok(fast_ok(counted, table, r));
         }
         self.read_op_full(op, hash, idx, key, f)
     }
@@ -947,9 +952,7 @@ where
                 return Ok(None);
             }
             let removed = entry.remove().0;
-            drop(table);
-            count_ok(counted);
-            return Ok(Some(removed));
+            return Ok(fast_ok(counted, table, Some(removed)));
         }
         self.remove_entry_full(op, hash, idx, key, f)
     }
@@ -1008,9 +1011,7 @@ where
                 let _held = HeldMark::new(self.map.id, idx, true);
                 f(v)
             });
-            drop(table);
-            count_ok(counted);
-            return Ok(r);
+            return Ok(fast_ok(counted, table, r));
         }
         self.update_full(hash, idx, key, f)
     }
