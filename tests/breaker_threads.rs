@@ -250,7 +250,10 @@ fn half_open_admits_only_its_probe_cap_under_concurrency() {
         .unwrap()
         .iter()
         .filter(|e| {
-            matches!(e.kind, BreakerEventKind::Rejected { op: "view", state: BreakerState::HalfOpen, .. })
+            matches!(
+                e.kind,
+                BreakerEventKind::Rejected { op: map_wrapper::Op::View, state: BreakerState::HalfOpen, .. }
+            )
         })
         .count();
     assert_eq!(rejections, THREADS - 2);

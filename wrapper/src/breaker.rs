@@ -468,8 +468,8 @@ pub enum BreakerEventKind {
     },
     /// A call was rejected.
     Rejected {
-        /// The operation rejected (`insert`, `get`, …).
-        op: &'static str,
+        /// The operation rejected.
+        op: crate::Op,
         /// The state that rejected it.
         state: BreakerState,
         /// The `retry_after` given to the caller.
@@ -869,11 +869,11 @@ impl CircuitBreaker {
     }
 
     /// Records a rejection: a tracing event and the listeners.
-    pub(crate) fn rejected(&self, op: &'static str, retry_after: Duration) {
+    pub(crate) fn rejected(&self, op: crate::Op, retry_after: Duration) {
         let state = self.load().1;
         tracing::debug!(
             target: "map_wrapper::breaker",
-            map = %self.map, op, state = state.as_str(), retry_after_ms = retry_after.as_millis() as u64,
+            map = %self.map, op = op.as_str(), state = state.as_str(), retry_after_ms = retry_after.as_millis() as u64,
             "call rejected by the circuit breaker"
         );
         if self.listeners.is_empty() || IN_LISTENER.with(Cell::get) {

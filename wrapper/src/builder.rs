@@ -246,7 +246,7 @@ impl<K, V, S> Builder<K, V, S> {
     /// assert!(map.insert(1, 1).is_err());
     /// let seen = seen.lock().unwrap();
     /// assert!(matches!(seen[0], BreakerEventKind::StateChanged { .. }));
-    /// assert!(matches!(seen[1], BreakerEventKind::Rejected { op: "insert", .. }));
+    /// assert!(matches!(seen[1], BreakerEventKind::Rejected { op: map_wrapper::Op::Insert, .. }));
     /// # Ok::<(), map_wrapper::MapError>(())
     /// ```
     pub fn on_breaker_event(mut self, listener: impl Fn(&BreakerEvent) + Send + Sync + 'static) -> Self {

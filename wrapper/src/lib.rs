@@ -133,8 +133,10 @@ mod builder;
 mod cancel;
 mod clock;
 mod context;
+mod deadlock;
 mod error;
 mod map;
+mod op;
 mod shard;
 mod stats;
 
@@ -158,6 +160,7 @@ pub use context::{ContextGuard, OpContext};
 pub use error::{MapError, Severity};
 pub use map::{Entry, Iter, MapWrapper, Ref, Upserted, WithContext};
 pub use map_wrapper_macros::{guarded_map, GuardedMap};
+pub use op::Op;
 pub use stats::{AuditStats, BreakerStats, LatencyStats, OpStats, Stats, DEFAULT_LATENCY_SAMPLING};
 
 /// `MapWrapper` can be shared between threads when its keys and values can.

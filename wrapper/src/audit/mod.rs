@@ -381,7 +381,10 @@ pub(crate) const PANICKED_RETAIN: &str =
     "the predicate panicked; entries it removed before the panic are recorded as removed, the rest is unchanged";
 
 impl Outcome<'_> {
-    pub(crate) fn of<R>(r: &std::thread::Result<R>) -> Self {
+    /// The outcome of a closure that changed a value in place: ok, or panicked (`Err`: the
+    /// panic caught to record the change first).
+    #[inline(always)]
+    pub(crate) fn of<R, C>(r: &Result<R, C>) -> Self {
         if r.is_ok() {
             Outcome::Ok
         } else {
@@ -457,13 +460,14 @@ impl<K, V> MapAudit<K, V> {
         &self,
         map: &Arc<str>,
         shard: Option<usize>,
-        op: &'static str,
+        op: crate::Op,
         eff: &Effective<'_>,
         start: Instant,
         outcome: Outcome<'_>,
         change: Change,
     ) -> Result<Option<Ticket>, MapError> {
-        debug_assert!(record::OPS.contains(&op), "op {op:?} is not in the format's list (record::OPS)");
+        debug_assert!(op.is_mutation(), "{op:?} is not a mutation: it has no audit record");
+        let op = op.as_str();
         let tags = eff.tags();
         let (outcome, reason): (std::borrow::Cow<'_, str>, _) = match outcome {
             Outcome::Ok => ("ok".into(), None),
