@@ -496,6 +496,49 @@ pub(crate) enum Verdict {
     Ignored,
 }
 
+/// How a call ended, as the map saw it; [`Verdict::of`] turns it into what the breaker counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// Admitted as rejected, but it never asked for a lock (it had nothing to do).
+    NotStarted,
+    /// It waited for a lock until its deadline.
+    TimedOut,
+    /// It was refused because it would have deadlocked.
+    WouldDeadlock,
+    /// Its caller cancelled it.
+    Cancelled,
+    /// Its caller's deadline had passed before it started.
+    Expired,
+    /// A closure its caller gave panicked.
+    Panicked,
+    /// It completed; `took` its latency in clock nanos, if it was timed.
+    Completed { took: Option<u64> },
+}
+
+impl Verdict {
+    /// The breaker's rule for one call:
+    ///
+    /// - **failed**: a timeout (which also counts as slow) or a would-deadlock (not slow): the
+    ///   map could not serve the call;
+    /// - **slow**: completed, timed, and above the slow threshold; it weighs `stands_for`
+    ///   calls (a call sampled for timing stands for the calls not sampled since the last
+    ///   sample, so sampling does not bias the slow rate downwards);
+    /// - **ignored**: cancelled, started after its caller's deadline, a caller's closure
+    ///   panicked, or never started: none says anything about the map's health;
+    /// - **ok**: everything else (completed and not timed, or timed within the threshold).
+    pub(crate) fn of(ended: Ended, slow_threshold: u64, stands_for: u64) -> Verdict {
+        match ended {
+            Ended::TimedOut => Verdict::Failed { slow: true },
+            Ended::WouldDeadlock => Verdict::Failed { slow: false },
+            Ended::NotStarted | Ended::Cancelled | Ended::Expired | Ended::Panicked => Verdict::Ignored,
+            Ended::Completed { took: Some(took) } if took > slow_threshold => {
+                Verdict::Slow { weight: stands_for }
+            }
+            Ended::Completed { .. } => Verdict::Ok,
+        }
+    }
+}
+
 /// Admission of one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Admission {
@@ -1308,6 +1351,19 @@ impl fmt::Debug for CircuitBreaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_verdict_rule_fails_timeouts_and_deadlocks_and_weighs_sampled_slow_calls() {
+        let v = |e| Verdict::of(e, 100, 64);
+        assert_eq!(v(Ended::TimedOut), Verdict::Failed { slow: true });
+        assert_eq!(v(Ended::WouldDeadlock), Verdict::Failed { slow: false });
+        for e in [Ended::NotStarted, Ended::Cancelled, Ended::Expired, Ended::Panicked] {
+            assert_eq!(v(e), Verdict::Ignored, "{e:?}");
+        }
+        assert_eq!(v(Ended::Completed { took: Some(101) }), Verdict::Slow { weight: 64 });
+        assert_eq!(v(Ended::Completed { took: Some(100) }), Verdict::Ok);
+        assert_eq!(v(Ended::Completed { took: None }), Verdict::Ok);
+    }
     use crate::TestClock;
 
     const S: Duration = Duration::from_secs(1);

@@ -134,9 +134,14 @@ mod cancel;
 mod clock;
 mod context;
 mod deadlock;
+mod engine;
+mod entry;
 mod error;
+mod guard;
+mod iter;
 mod map;
 mod op;
+mod pipeline;
 mod shard;
 mod stats;
 
@@ -147,6 +152,7 @@ pub mod __private;
 #[cfg(feature = "serde")]
 mod serde_impl;
 
+pub use audit::AuditStats;
 pub use breaker::{
     BreakerConfig, BreakerEvent, BreakerEventKind, BreakerListener, BreakerState, CircuitBreaker, OpenWait,
     SlidingWindow, TransitionCause, MAX_BUCKETS, MAX_WINDOW_CALLS,
@@ -157,11 +163,15 @@ pub use builder::{
 pub use cancel::CancelToken;
 pub use clock::{Clock, TestClock};
 pub use context::{ContextGuard, OpContext};
+pub use engine::WithContext;
+pub use entry::{Entry, Upserted};
 pub use error::{MapError, Severity};
-pub use map::{Entry, Iter, MapWrapper, Ref, Upserted, WithContext};
+pub use guard::Ref;
+pub use iter::{IntoIter, Iter};
+pub use map::MapWrapper;
 pub use map_wrapper_macros::{guarded_map, GuardedMap};
 pub use op::Op;
-pub use stats::{AuditStats, BreakerStats, LatencyStats, OpStats, Stats, DEFAULT_LATENCY_SAMPLING};
+pub use stats::{BreakerStats, LatencyStats, OpStats, Stats, DEFAULT_LATENCY_SAMPLING};
 
 /// `MapWrapper` can be shared between threads when its keys and values can.
 #[allow(dead_code)]

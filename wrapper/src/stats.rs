@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
-use crate::breaker::{Admission, BreakerState, CircuitBreaker, Verdict};
+use crate::breaker::{Admission, BreakerState, CircuitBreaker, Ended, Verdict};
 use crate::clock::{duration_nanos, Clock};
 use crate::{MapError, Op};
 
@@ -469,45 +469,41 @@ impl Monitor {
     #[cold]
     fn finish_slow(&self, kind: usize, obs: &Observation) {
         let mut now = None;
-        let (slot, verdict, latency) = match obs.failure {
+        let mut took_now = |start: u64| {
+            let end = self.clock.now_nanos();
+            now = Some(end);
+            end.saturating_sub(start)
+        };
+        // How the call ended (and its latency, if timed); the breaker's rule gives the verdict.
+        let (ended, latency) = match obs.failure {
             // Counted when the rejection was handed out.
             Some(Failure::Rejected(None)) => return,
-            // Rejected, but it never asked for a lock: it did nothing, successfully.
-            Some(Failure::Rejected(Some(_))) => (Slot::Ok, Verdict::Ignored, None),
+            Some(Failure::Rejected(Some(_))) => (Ended::NotStarted, None),
             // Recorded at the deadline: the time it waited.
-            Some(Failure::Timeout { waited }) => {
-                (Slot::Timeout, Verdict::Failed { slow: true }, Some(duration_nanos(waited)))
+            Some(Failure::Timeout { waited }) => (Ended::TimedOut, Some(duration_nanos(waited))),
+            Some(Failure::WouldDeadlock) => (Ended::WouldDeadlock, obs.start.map(&mut took_now)),
+            Some(Failure::Cancelled) => (Ended::Cancelled, None),
+            Some(Failure::Expired) => (Ended::Expired, None),
+            None if std::thread::panicking() => (Ended::Panicked, None),
+            None => {
+                let took = obs.start.map(&mut took_now);
+                (Ended::Completed { took }, took)
             }
-            Some(Failure::WouldDeadlock) => {
-                let took = obs.start.map(|start| {
-                    let end = self.clock.now_nanos();
-                    now = Some(end);
-                    end.saturating_sub(start)
-                });
-                (Slot::WouldDeadlock, Verdict::Failed { slow: false }, took)
-            }
-            Some(Failure::Cancelled) => (Slot::Cancelled, Verdict::Ignored, None),
-            Some(Failure::Expired) => (Slot::Expired, Verdict::Ignored, None),
-            None if std::thread::panicking() => (Slot::Panicked, Verdict::Ignored, None),
-            None => match obs.start {
-                Some(start) => {
-                    let end = self.clock.now_nanos();
-                    now = Some(end);
-                    let took = end.saturating_sub(start);
-                    if took > self.slow_threshold {
-                        // A sampled call stands for the calls not sampled between samples.
-                        let weight = if obs.contended || obs.probe || !obs.sampled {
-                            1
-                        } else {
-                            u64::from(self.sample_every)
-                        };
-                        (Slot::Slow, Verdict::Slow { weight }, Some(took))
-                    } else {
-                        (Slot::Ok, Verdict::Ok, Some(took))
-                    }
-                }
-                None => (Slot::Ok, Verdict::Ok, None),
-            },
+        };
+        // A sampled call stands for the calls not sampled between samples.
+        let stands_for =
+            if obs.contended || obs.probe || !obs.sampled { 1 } else { u64::from(self.sample_every) };
+        let verdict = Verdict::of(ended, self.slow_threshold, stands_for);
+        let slot = match ended {
+            // Rejected, but it never asked for a lock: it did nothing, successfully.
+            Ended::NotStarted => Slot::Ok,
+            Ended::TimedOut => Slot::Timeout,
+            Ended::WouldDeadlock => Slot::WouldDeadlock,
+            Ended::Cancelled => Slot::Cancelled,
+            Ended::Expired => Slot::Expired,
+            Ended::Panicked => Slot::Panicked,
+            Ended::Completed { .. } if matches!(verdict, Verdict::Slow { .. }) => Slot::Slow,
+            Ended::Completed { .. } => Slot::Ok,
         };
         self.counters.add(usize::from(obs.stripe), kind, slot);
         if let Some(l) = latency {
@@ -643,18 +639,7 @@ pub struct Stats {
     /// The circuit breaker, if the map has one.
     pub breaker: Option<BreakerStats>,
     /// The audit trail, if the map is audited (filled in even when statistics are off).
-    pub audit: Option<AuditStats>,
-}
-
-/// The audit side of [`Stats`].
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-#[non_exhaustive]
-pub struct AuditStats {
-    /// What the sink has done (queue depth, records written, syncs); `None` when the sink keeps
-    /// no figures ([`MemorySink`](crate::audit::MemorySink), …).
-    pub sink: Option<crate::audit::SinkFigures>,
-    /// Records a fail-open auditor lost while its sink was failed.
-    pub lost_records: u64,
+    pub audit: Option<crate::audit::AuditStats>,
 }
 
 impl Stats {

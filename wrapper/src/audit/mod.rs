@@ -65,6 +65,7 @@ use crate::MapError;
 mod file;
 mod record;
 mod sink;
+mod stats;
 pub mod verify;
 
 pub use file::{
@@ -76,6 +77,7 @@ pub use record::{
     DEFAULT_ACTOR, DOMAIN, FORMAT_VERSION, GENESIS, OPS,
 };
 pub use sink::{AuditSink, Durability, MemorySink, SinkError, SinkFigures, TeeSink, Ticket, TracingSink};
+pub use stats::AuditStats;
 
 /// How a map writes keys or values into its audit records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -352,11 +354,8 @@ pub(crate) struct MapAudit<K, V> {
 
 impl<K, V> MapAudit<K, V> {
     /// The audit figures of the map's stats: the sink's, and the records the auditor lost.
-    pub(crate) fn stats(&self) -> crate::stats::AuditStats {
-        crate::stats::AuditStats {
-            sink: self.auditor.sink.figures(),
-            lost_records: self.auditor.lost_records(),
-        }
+    pub(crate) fn stats(&self) -> AuditStats {
+        AuditStats { sink: self.auditor.sink.figures(), lost_records: self.auditor.lost_records() }
     }
 }
 
