@@ -91,6 +91,40 @@ fn per_call_timeout_overrides_the_map_default() {
     assert_eq!(map.len().unwrap(), 1);
 }
 
+/// The map's timeout is a ceiling: a context (explicit or ambient) whose timeout is longer
+/// does not let an operation wait past the map's. Another thread holds the shard for 1 s; the
+/// map's timeout is 200 ms; the caller asks for 5 s. Before the fix the insert waited the full
+/// second and succeeded.
+#[test]
+fn the_maps_timeout_caps_a_longer_context_timeout() {
+    let map_timeout = Duration::from_millis(200);
+    let held_for = Duration::from_secs(1);
+    let long = OpContext::new().timeout(Duration::from_secs(5));
+    for ambient in [false, true] {
+        let map = one_shard(map_timeout);
+        map.insert(9, 1).unwrap();
+        let (release, h) = hold_shard(&map, 9);
+        let releaser = thread::spawn(move || {
+            thread::sleep(held_for);
+            let _ = release.send(());
+        });
+        let started = Instant::now();
+        let result = if ambient {
+            let _scope = long.clone().enter();
+            map.insert(9, 2)
+        } else {
+            map.with(&long).insert(9, 2)
+        };
+        let elapsed = started.elapsed();
+        let err = result.expect_err("the map's 200 ms timeout must cap the context's 5 s");
+        assert_eq!(err.code(), "TIMEOUT", "ambient: {ambient}: {err}");
+        assert!(elapsed < held_for, "ambient: {ambient}: waited {elapsed:?}, as long as the holder");
+        releaser.join().unwrap();
+        h.join().unwrap();
+        assert_eq!(map.get_cloned(&9).unwrap(), Some(1), "a timed-out insert changes nothing");
+    }
+}
+
 #[test]
 fn ambient_deadline_bounds_a_whole_scope() {
     let map = one_shard(Duration::from_secs(30));

@@ -154,8 +154,9 @@ impl<K, V, S> Builder<K, V, S> {
         self
     }
 
-    /// How long an operation may wait for a lock unless its context says otherwise. Default:
-    /// [`DEFAULT_TIMEOUT`] (500 ms). `Duration::ZERO` makes every operation fail at once on a
+    /// How long an operation may wait for a lock, at most: a ceiling for every call. An
+    /// [`OpContext`](crate::OpContext) (explicit or ambient) can shorten it with its own
+    /// timeout or deadline, never lengthen it. Default: [`DEFAULT_TIMEOUT`] (500 ms). `Duration::ZERO` makes every operation fail at once on a
     /// contended shard instead of waiting.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.config.timeout = timeout;

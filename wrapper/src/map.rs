@@ -157,7 +157,8 @@ impl<K, V, S> MapWrapper<K, V, S> {
         self.shards.len()
     }
 
-    /// The timeout an operation gets when its context sets none.
+    /// The map's timeout: the longest any operation waits for a lock (a context can only
+    /// shorten it).
     pub fn default_timeout(&self) -> Duration {
         self.timeout
     }
