@@ -168,11 +168,12 @@ fn accessors_time_out_after_the_struct_timeout_while_a_guard_is_held() {
     let err = ledger.balances_insert("hot".into(), 2).unwrap_err();
     let elapsed = started.elapsed();
     match &err {
-        MapError::Timeout { map, op, waited, timeout, .. } => {
-            assert_eq!(&**map, "ledger.balances");
-            assert_eq!(*op, "insert");
-            assert_eq!(*timeout, Duration::from_millis(120));
-            assert!(*waited >= Duration::from_millis(120), "waited only {waited:?}");
+        e if e.kind() == map_wrapper::ErrorKind::Timeout => {
+            assert_eq!(e.map(), Some("ledger.balances"));
+            assert_eq!(e.op(), Some(map_wrapper::Op::Insert));
+            assert_eq!(e.timeout(), Some(Duration::from_millis(120)));
+            let waited = e.waited().unwrap();
+            assert!(waited >= Duration::from_millis(120), "waited only {waited:?}");
         }
         other => panic!("expected Timeout, got {other:?}"),
     }

@@ -23,7 +23,7 @@
 //! combined (slow-or-failed) rate reaches its threshold.
 //!
 //! **States.** *Closed* admits everything. *Open* rejects with
-//! [`MapError::CircuitOpen`](crate::MapError::CircuitOpen) for the open wait (fixed, or
+//! [`ErrorKind::CircuitOpen`](crate::ErrorKind::CircuitOpen) for the open wait (fixed, or
 //! exponential backoff with jitter over consecutive openings). Then it is *half-open*: a capped
 //! number of concurrent probe calls go through; a quota of successful probes closes it, one
 //! slow or failed probe opens it again, and if probes are still out when the maximum half-open
@@ -58,7 +58,6 @@ use parking_lot::Mutex;
 
 use crate::clock::{duration_nanos, Clock};
 use crate::stats::Counters;
-use crate::MapError;
 
 /// The most blocks a count-based window, or buckets a time-based one, may have.
 pub const MAX_BUCKETS: u32 = 1024;
@@ -138,7 +137,7 @@ pub enum OpenWait {
 
 /// The settings of a map's circuit breaker; give it to
 /// [`Builder::breaker`](crate::Builder::breaker). Checked at `build()`: a bad value is a
-/// [`MapError::InvalidConfig`] naming it.
+/// [`BuildError`](crate::BuildError) naming it.
 ///
 /// Defaults: a count window of the last 100 calls, at least 20 calls before it may trip, opens
 /// when half of the calls in the window were slow or failed (combined rate 0.5; the separate
@@ -263,9 +262,9 @@ impl BreakerConfig {
         self
     }
 
-    pub(crate) fn validate(&self) -> Result<(), MapError> {
-        fn bad(field: &'static str, reason: String) -> Result<(), MapError> {
-            Err(MapError::InvalidConfig { field, reason })
+    pub(crate) fn validate(&self) -> Result<(), crate::BuildError> {
+        fn bad(field: &'static str, reason: String) -> Result<(), crate::BuildError> {
+            Err(crate::BuildError::new(field, reason))
         }
         match self.window {
             SlidingWindow::Count { calls } => {
@@ -1794,8 +1793,8 @@ mod tests {
     #[test]
     fn invalid_configurations_name_their_field() {
         let field = |c: BreakerConfig| match c.validate() {
-            Err(MapError::InvalidConfig { field, .. }) => field,
-            other => panic!("expected InvalidConfig, got {other:?}"),
+            Err(e) => e.field(),
+            Ok(_) => panic!("expected a BuildError"),
         };
         assert_eq!(field(BreakerConfig::new().window(SlidingWindow::count(0))), "breaker.window");
         assert_eq!(

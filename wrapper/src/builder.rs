@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::audit::{encoder, AuditSetup, Auditor, MapAudit, ValuePolicy};
 use crate::breaker::{BreakerConfig, BreakerEvent, BreakerListener};
 use crate::stats::DEFAULT_LATENCY_SAMPLING;
-use crate::{Clock, MapError, MapWrapper};
+use crate::{BuildError, Clock, MapWrapper};
 
 /// The most shards a map may have.
 pub const MAX_SHARDS: usize = 1 << 16;
@@ -97,7 +97,7 @@ pub fn default_shards() -> usize {
 /// Configures a [`MapWrapper`]; made by [`MapWrapper::builder`].
 ///
 /// Nothing is checked until [`build`](Builder::build), which returns
-/// [`MapError::InvalidConfig`] for a bad setting instead of panicking.
+/// [`BuildError`] for a bad setting instead of panicking.
 ///
 /// # Examples
 ///
@@ -187,7 +187,7 @@ impl<K, V, S> Builder<K, V, S> {
     /// [`key_policy`](Builder::key_policy) and [`value_policy`](Builder::value_policy). See
     /// [`crate::audit`] for what is recorded and what happens when the sink fails.
     ///
-    /// `build()` fails with [`MapError::InvalidConfig`] when a policy is
+    /// `build()` fails with [`BuildError`] when a policy is
     /// [`ValuePolicy::Digest`] and the auditor has no digest key.
     ///
     /// ```
@@ -291,27 +291,27 @@ impl<K, V, S> Builder<K, V, S> {
         }
     }
 
-    fn config(&self) -> Result<Config, MapError> {
+    fn config(&self) -> Result<Config, BuildError> {
         if let Some(name) = &self.config.name {
             if name.is_empty() || name.len() > MAX_NAME_LEN {
-                return Err(MapError::InvalidConfig {
-                    field: "name",
-                    reason: format!("must be 1 to {MAX_NAME_LEN} bytes long, got {}", name.len()),
-                });
+                return Err(BuildError::new(
+                    "name",
+                    format!("must be 1 to {MAX_NAME_LEN} bytes long, got {}", name.len()),
+                ));
             }
             if name.chars().any(char::is_control) {
-                return Err(MapError::InvalidConfig {
-                    field: "name",
-                    reason: format!("must not contain control characters, got {name:?}"),
-                });
+                return Err(BuildError::new(
+                    "name",
+                    format!("must not contain control characters, got {name:?}"),
+                ));
             }
         }
         let shards = self.shards.unwrap_or_else(default_shards);
         if !shards.is_power_of_two() || shards > MAX_SHARDS {
-            return Err(MapError::InvalidConfig {
-                field: "shards",
-                reason: format!("must be a power of two from 1 to {MAX_SHARDS}, got {shards}"),
-            });
+            return Err(BuildError::new(
+                "shards",
+                format!("must be a power of two from 1 to {MAX_SHARDS}, got {shards}"),
+            ));
         }
         let timeout = self.config.timeout;
         let slow_threshold = match self.slow_threshold {
@@ -319,28 +319,27 @@ impl<K, V, S> Builder<K, V, S> {
             None if timeout.is_zero() => DEFAULT_SLOW_THRESHOLD,
             None => DEFAULT_SLOW_THRESHOLD.min(timeout / 2),
             Some(t) if t.is_zero() || (t >= timeout && !timeout.is_zero()) => {
-                return Err(MapError::InvalidConfig {
-                    field: "slow_threshold",
-                    reason: format!("must be above zero and below the timeout ({timeout:?}), got {t:?}"),
-                });
+                return Err(BuildError::new(
+                    "slow_threshold",
+                    format!("must be above zero and below the timeout ({timeout:?}), got {t:?}"),
+                ));
             }
             Some(t) => t,
         };
         let observe = &self.config.observe;
         if observe.latency_sampling == 0 {
-            return Err(MapError::InvalidConfig {
-                field: "latency_sampling",
-                reason: "must be at least 1 (1 times every operation), got 0".into(),
-            });
+            return Err(BuildError::new(
+                "latency_sampling",
+                "must be at least 1 (1 times every operation), got 0",
+            ));
         }
         match &observe.breaker {
             Some(b) => b.validate()?,
             None if !observe.listeners.is_empty() => {
-                return Err(MapError::InvalidConfig {
-                    field: "on_breaker_event",
-                    reason: "a listener was given but no breaker: add `.breaker(BreakerConfig::new())`"
-                        .into(),
-                });
+                return Err(BuildError::new(
+                    "on_breaker_event",
+                    "a listener was given but no breaker: add `.breaker(BreakerConfig::new())`",
+                ));
             }
             None => {}
         }
@@ -353,8 +352,10 @@ impl<K, V, S: BuildHasher> Builder<K, V, S> {
     ///
     /// # Errors
     ///
-    /// [`MapError::InvalidConfig`] naming the setting at fault.
-    pub fn build(self) -> Result<MapWrapper<K, V, S>, MapError> {
+    /// A [`BuildError`] naming the setting at fault (it converts into a [`MapError`](crate::MapError) of kind
+    /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig), so `build()?` works in a
+    /// function that returns `MapError`).
+    pub fn build(self) -> Result<MapWrapper<K, V, S>, BuildError> {
         let config = self.config()?;
         let audit = match self.audit {
             Some(setup) => Some(Box::new(MapAudit::build(setup, config.key_policy, config.value_policy)?)),
@@ -380,10 +381,8 @@ mod tests {
     use super::*;
 
     fn err(b: Builder<u8, u8>) -> (&'static str, String) {
-        match b.build().unwrap_err() {
-            MapError::InvalidConfig { field, reason } => (field, reason),
-            other => panic!("expected InvalidConfig, got {other:?}"),
-        }
+        let e = b.build().unwrap_err();
+        (e.field(), e.reason().to_string())
     }
 
     #[test]

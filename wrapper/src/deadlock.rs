@@ -1,6 +1,6 @@
 //! Deadlock refusal: the per-thread registry of the shards this thread holds (a live guard, or
 //! a user closure running under a shard lock), so that a call that would wait for a shard its
-//! own thread holds is refused with [`MapError::WouldDeadlock`](crate::MapError::WouldDeadlock)
+//! own thread holds is refused with [`ErrorKind::WouldDeadlock`](crate::ErrorKind::WouldDeadlock)
 //! instead of hanging.
 
 use std::cell::{Cell, RefCell};

@@ -918,7 +918,7 @@ where
     ) -> Result<(), MapError> {
         let mut op = self.start(op)?;
         if let Err(e) = op.waiter.refuse_if_holding_any() {
-            let shard = if let MapError::WouldDeadlock { shard, .. } = e { shard } else { 0 };
+            let shard = e.shard().unwrap_or(0);
             return Err(self.recorder(&op).refused(shard, None, e));
         }
         op.waiter.start_clock();

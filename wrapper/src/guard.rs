@@ -28,7 +28,7 @@ impl<'a, K, V> ReadAll<'a, K, V> {
 /// A read guard on one value of a [`MapWrapper`]; made by [`MapWrapper::get`].
 ///
 /// It holds the read lock of the value's shard until dropped: writers of that shard wait, and
-/// this thread's own writes to it return [`MapError::WouldDeadlock`]. It is not `Send`: the
+/// this thread's own writes to it return [`ErrorKind::WouldDeadlock`](crate::ErrorKind::WouldDeadlock). It is not `Send`: the
 /// lock belongs to the thread that took it.
 pub struct Ref<'a, K, V> {
     entry: MappedRwLockReadGuard<'a, (K, V)>,

@@ -35,12 +35,15 @@
 //! ## What locks, and when an operation can fail
 //!
 //! Each method's documentation says which lock it takes. Any operation can return
-//! [`MapError::Timeout`] (its shard stayed locked past the deadline),
-//! [`MapError::Cancelled`] (its token was cancelled) or [`MapError::WouldDeadlock`] (this
+//! [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) (its shard stayed locked past the deadline),
+//! [`ErrorKind::Cancelled`](crate::ErrorKind::Cancelled) (its token was cancelled) or [`ErrorKind::WouldDeadlock`](crate::ErrorKind::WouldDeadlock) (this
 //! thread already holds the shard); on a map with a circuit breaker, also
-//! [`MapError::CircuitOpen`] (refused before taking any lock). A single-key operation that
-//! returns an error changed nothing; what a bulk operation (`retain`, `clear`, `extend`)
-//! leaves after an error is documented on it.
+//! [`ErrorKind::CircuitOpen`](crate::ErrorKind::CircuitOpen) (refused before taking any lock). A single-key operation that
+//! returns an error changed nothing, with one exception visible in the error's structure:
+//! on an audited map, [`ErrorKind::AppliedNotDurable`] ([`MapError::applied`] is `true`, and
+//! it is never retryable) means the change was applied but its audit record could not be
+//! enqueued or made durable. Retry only what [`MapError::is_retryable`] allows. What a bulk
+//! operation (`retain`, `clear`, `extend`) leaves after an error is documented on it.
 //!
 //! ## Audit trail
 //!
@@ -78,7 +81,7 @@
 //! or would have deadlocked) or *ignored* (cancelled, or the caller's closure panicked).
 //! [`MapWrapper::stats`] counts them by operation, with a latency histogram. A map built with
 //! [`Builder::breaker`] also has a [`CircuitBreaker`]: when too many recent calls were slow or
-//! failed it opens, and operations fail fast with [`MapError::CircuitOpen`] until probe calls
+//! failed it opens, and operations fail fast with [`ErrorKind::CircuitOpen`](crate::ErrorKind::CircuitOpen) until probe calls
 //! show the map has recovered. See [`BreakerConfig`] for the rule and
 //! [`Builder::on_breaker_event`] for its events.
 //!
@@ -165,7 +168,7 @@ pub use clock::{Clock, TestClock};
 pub use context::{ContextGuard, OpContext};
 pub use engine::WithContext;
 pub use entry::{Entry, Upserted};
-pub use error::{MapError, Severity};
+pub use error::{BuildError, ErrorKind, MapError, Severity};
 pub use guard::Ref;
 pub use iter::{IntoIter, Iter};
 pub use map::MapWrapper;

@@ -34,16 +34,19 @@ use crate::{CircuitBreaker, MapError, OpContext};
 ///
 /// **Waiting.** An operation that finds its shard locked waits at most until its deadline
 /// (500 ms by default; see [`Builder::timeout`] and [`OpContext`]), then returns
-/// [`MapError::Timeout`]. A cancelled [`CancelToken`](crate::CancelToken) makes it return
-/// [`MapError::Cancelled`], before it locks anything or within about a millisecond while it
+/// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout). A cancelled [`CancelToken`](crate::CancelToken) makes it return
+/// [`ErrorKind::Cancelled`](crate::ErrorKind::Cancelled), before it locks anything or within about a millisecond while it
 /// waits. An uncontended operation does not read the clock.
 ///
 /// **Re-entrancy.** A thread that holds a shard (a live [`Ref`] from [`get`](MapWrapper::get),
 /// or a closure the map is running for [`update`](MapWrapper::update), [`view`](MapWrapper::view),
 /// [`retain`](MapWrapper::retain), …) and asks for the same shard in a way that would hang gets
-/// [`MapError::WouldDeadlock`] at once. Reading a shard it already reads is allowed.
+/// [`ErrorKind::WouldDeadlock`](crate::ErrorKind::WouldDeadlock) at once. Reading a shard it already reads is allowed.
 ///
-/// **Errors.** When a single-key operation returns an error, it changed nothing. The
+/// **Errors.** When a single-key operation returns an error, it changed nothing, except an
+/// error of kind [`AppliedNotDurable`](crate::ErrorKind::AppliedNotDurable)
+/// ([`MapError::applied`] is `true`; never retryable): on an audited map, the change was
+/// applied but its record could not be enqueued or made durable. The
 /// operations that visit every shard (`retain`, `clear`) check for a would-deadlock before
 /// they change anything, but a timeout or cancellation on a later shard leaves the shards
 /// already visited changed; [`extend`](MapWrapper::extend) keeps the pairs it inserted before
@@ -273,8 +276,9 @@ where
         ///
         /// # Errors
         ///
-        /// [`MapError::Timeout`], [`MapError::Cancelled`], [`MapError::WouldDeadlock`] (this
-        /// thread holds the key's shard). On error the map is unchanged and `value` is dropped.
+        /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout), [`ErrorKind::Cancelled`](crate::ErrorKind::Cancelled), [`ErrorKind::WouldDeadlock`](crate::ErrorKind::WouldDeadlock) (this
+        /// thread holds the key's shard). On error the map is unchanged and `value` is dropped
+        /// (except [`MapError::applied`]: the audit record of the applied insert failed).
         ///
         /// ```
         /// use map_wrapper::MapWrapper;
@@ -289,7 +293,7 @@ where
         ///
         /// Locks: the key's shard, for reading, **for as long as the [`Ref`] lives**. While you
         /// hold it, writers of that shard wait (and time out), and a write from this thread to
-        /// the same shard returns [`MapError::WouldDeadlock`]. Keep it short; prefer
+        /// the same shard returns [`ErrorKind::WouldDeadlock`](crate::ErrorKind::WouldDeadlock). Keep it short; prefer
         /// [`get_cloned`](MapWrapper::get_cloned) or [`view`](MapWrapper::view).
         ///
         /// ```
@@ -326,7 +330,7 @@ where
         /// key is absent.
         ///
         /// Locks: the key's shard, for reading, while `f` runs. Calls from `f` into this map
-        /// that would write the same shard return [`MapError::WouldDeadlock`].
+        /// that would write the same shard return [`ErrorKind::WouldDeadlock`](crate::ErrorKind::WouldDeadlock).
         ///
         /// ```
         /// use map_wrapper::MapWrapper;
@@ -385,7 +389,7 @@ where
         /// when the key is absent (then `f` is not called).
         ///
         /// Locks: the key's shard, for writing, while `f` runs. A call from `f` into this map
-        /// that needs the same shard returns [`MapError::WouldDeadlock`]. If `f` panics, the
+        /// that needs the same shard returns [`ErrorKind::WouldDeadlock`](crate::ErrorKind::WouldDeadlock). If `f` panics, the
         /// lock is released and the value keeps whatever `f` did before panicking.
         ///
         /// ```

@@ -139,12 +139,12 @@ impl<'a, 'c> Waiter<'a, 'c> {
     }
 
     fn would_deadlock(&mut self, shard: usize) -> MapError {
-        let err = MapError::WouldDeadlock { map: self.map_name.clone(), op: self.op.as_str(), shard };
+        let err = MapError::would_deadlock(self.map_name, self.op, shard);
         self.failed(Failure::WouldDeadlock, err)
     }
 
     fn cancelled(&mut self) -> MapError {
-        let err = MapError::Cancelled { map: self.map_name.clone(), op: self.op.as_str() };
+        let err = MapError::cancelled(self.map_name, self.op);
         self.failed(Failure::Cancelled, err)
     }
 
@@ -173,7 +173,7 @@ impl<'a, 'c> Waiter<'a, 'c> {
         if !self.checked_absolute {
             self.checked_absolute = true;
             if self.eff.absolute_deadline().is_some_and(|d| Instant::now() >= d) {
-                let err = MapError::DeadlineExceeded { map: self.map_name.clone(), op: self.op.as_str() };
+                let err = MapError::deadline_exceeded(self.map_name, self.op);
                 return Err(self.failed(Failure::Expired, err));
             }
         }
@@ -200,13 +200,13 @@ impl<'a, 'c> Waiter<'a, 'c> {
                 // The operation's own time at its deadline (for an operation that visits many
                 // shards, more than the wait for this one).
                 let elapsed = now - start;
-                let err = MapError::Timeout {
-                    map: self.map_name.clone(),
-                    op: self.op.as_str(),
-                    shard: idx,
-                    waited: now - wait_start,
-                    timeout: deadline.saturating_duration_since(start),
-                };
+                let err = MapError::timed_out(
+                    self.map_name,
+                    self.op,
+                    idx,
+                    now - wait_start,
+                    deadline.saturating_duration_since(start),
+                );
                 return Err(self.failed(Failure::Timeout { waited: elapsed }, err));
             }
             let until = if poll { deadline.min(now + CANCEL_POLL) } else { deadline };

@@ -440,7 +440,7 @@ impl Monitor {
         if let Some(b) = &self.breaker {
             b.rejected(op, retry_after);
         }
-        MapError::CircuitOpen { map: self.map.clone(), retry_after }
+        MapError::circuit_open(&self.map, op, retry_after)
     }
 
     /// The operation is about to wait for a lock: time it from here if it is not timed yet.
@@ -622,7 +622,7 @@ pub struct Stats {
     /// Operations that timed out waiting for a lock.
     pub timeouts: u64,
     /// Operations whose caller's deadline had passed before they started
-    /// ([`MapError::DeadlineExceeded`]); ignored by the breaker (not the map's doing).
+    /// ([`ErrorKind::DeadlineExceeded`](crate::ErrorKind::DeadlineExceeded)); ignored by the breaker (not the map's doing).
     pub deadlines_exceeded: u64,
     /// Operations cancelled by their caller.
     pub cancellations: u64,

@@ -27,7 +27,7 @@
 //! # When the sink fails
 //!
 //! Fail-closed (the default): once the sink reports a failure, every mutation is refused with
-//! [`MapError::AuditUnavailable`] before it locks anything,
+//! [`ErrorKind::AuditUnavailable`](crate::ErrorKind::AuditUnavailable) before it locks anything,
 //! so the map is read-only until [`Auditor::reopen`] succeeds. Reads keep working. What the
 //! map holds after the failure:
 //!
@@ -35,8 +35,11 @@
 //! - a mutation that was applied under the lock but whose record could not be enqueued (the
 //!   sink failed in between) or not made durable at the auditor's [`Durability`] (`Flushed`
 //!   or `Synced`: the write or the sync failed while the operation waited) **is in the map**
-//!   and returns `AuditUnavailable` whose reason says "applied"; its record may or may not be
-//!   in the trail (it is if its line reached the file before the failure);
+//!   and returns an error of kind
+//!   [`ErrorKind::AppliedNotDurable`](crate::ErrorKind::AppliedNotDurable) (code
+//!   `APPLIED_NOT_DURABLE`, [`MapError::applied`] `true`, never retryable: a retry would apply
+//!   the change twice); its record may or may not be in the trail (it is if its line reached
+//!   the file before the failure);
 //! - with `Durability::Buffered`, operations do not wait: records still queued when the sink
 //!   failed are lost although their operations returned `Ok`. Use `Flushed` or `Synced` when
 //!   every acknowledged operation must have its record.
@@ -97,7 +100,7 @@ pub enum ValuePolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum FailMode {
-    /// Refuse mutations ([`MapError::AuditUnavailable`]) until the sink is reopened.
+    /// Refuse mutations ([`ErrorKind::AuditUnavailable`](crate::ErrorKind::AuditUnavailable)) until the sink is reopened.
     #[default]
     FailClosed,
     /// Keep mutating, count the records lost, and write a `sink_gap` record on reopen.
@@ -405,14 +408,14 @@ impl<K, V> MapAudit<K, V> {
         setup: AuditSetup<K, V>,
         key_policy: ValuePolicy,
         value_policy: ValuePolicy,
-    ) -> Result<Self, MapError> {
+    ) -> Result<Self, crate::BuildError> {
         let value_policy = if setup.value.is_some() { value_policy } else { ValuePolicy::Redacted };
         for (field, policy) in [("key_policy", key_policy), ("value_policy", value_policy)] {
             if policy == ValuePolicy::Digest && !setup.auditor.has_digest_key() {
-                return Err(MapError::InvalidConfig {
+                return Err(crate::BuildError::new(
                     field,
-                    reason: "is Digest but the auditor has no digest key: call Auditor::digest_key".into(),
-                });
+                    "is Digest but the auditor has no digest key: call Auditor::digest_key",
+                ));
             }
         }
         let dk = setup.auditor.digest_key.clone();
@@ -446,7 +449,7 @@ impl<K, V> MapAudit<K, V> {
     pub(crate) fn begin(&self, map: &Arc<str>) -> Result<Instant, MapError> {
         if self.auditor.fail_mode == FailMode::FailClosed {
             if let Err(e) = self.auditor.sink.health() {
-                return Err(MapError::AuditUnavailable { map: map.clone(), reason: e.reason().clone() });
+                return Err(MapError::audit_unavailable(map, e.reason().clone()));
             }
         }
         Ok(Instant::now())
@@ -520,10 +523,10 @@ impl<K, V> MapAudit<K, V> {
     fn lost(&self, map: &Arc<str>, e: &SinkError, what: &str) -> Result<(), MapError> {
         match self.auditor.fail_mode {
             FailMode::FailOpen => Ok(()),
-            FailMode::FailClosed => Err(MapError::AuditUnavailable {
-                map: map.clone(),
-                reason: format!("{e}; this change was {what}").into(),
-            }),
+            // The change is in the map: an error that says so, and is never retryable.
+            FailMode::FailClosed => {
+                Err(MapError::applied_not_durable(map, format!("{e}; this change was {what}").into()))
+            }
         }
     }
 }
