@@ -1,10 +1,49 @@
-//! Deadlock refusal: the per-thread registry of the shards this thread holds (a live guard, or
-//! a user closure running under a shard lock), so that a call that would wait for a shard its
-//! own thread holds is refused with [`ErrorKind::WouldDeadlock`](crate::ErrorKind::WouldDeadlock)
-//! instead of hanging.
+//! Deadlock refusal, in two parts.
+//!
+//! - **Re-entrant calls.** The per-thread registry of the shards this thread holds (a live
+//!   guard, or a user closure running under a shard lock), so that a call that would wait for a
+//!   shard its own thread holds is refused with
+//!   [`ErrorKind::WouldDeadlock`](crate::ErrorKind::WouldDeadlock) instead of hanging. A mark
+//!   is a thread-local store: no other thread ever reads it.
+//! - **Cycles across threads and maps.** A wait-for graph of the threads that *wait*: a thread
+//!   about to wait for a shard ([`waiting_for`], called by the waiting code on its slow path)
+//!   publishes what it holds (a copy of its marks) and what it waits for in one global
+//!   registry, then follows the edges from itself: the shard it wants → the waiting threads
+//!   that hold it → the shards they want → … If that walk comes back to a shard it holds
+//!   itself, the wait would close a cycle and it is refused at once, naming the shard it
+//!   wanted and the shard of its own that the cycle waits for.
+//!
+//! Why only waiters publish: every thread in a deadlock cycle is waiting, and a waiting thread's
+//! holds cannot change while it waits. So the last thread to start waiting in a cycle finds all
+//! the others in the registry (the registry is one mutex: of two threads that start waiting at
+//! once, the second sees the first), and a thread that holds shards but never waits costs
+//! nothing beyond its thread-local mark. The uncontended path never touches the registry.
+//!
+//! Edges, so that every refusal is a real cycle:
+//! - a **write** wait for a shard is blocked by every waiting thread that holds it (read or
+//!   write); a **read** wait only by one that holds it for writing;
+//! - a read wait is also blocked by a **writer that started waiting earlier** for the same
+//!   shard (the lock is fair: a new reader queues behind a waiting writer). This is how a cycle
+//!   through shared read holds deadlocks: A reads 1 and wants to read 2, B reads 2 and wants to
+//!   write 1, and C waits to write 2 (behind B's read): A waits behind C, C behind B, B behind A.
+//! - a recursive read (of a shard this thread already reads) never waits behind a writer, so
+//!   it is not an edge.
+//!
+//! Holder edges are exact: a waiter's recorded holds are its holds until it stops waiting. What
+//! can be stale is a waiter's *want*: it may have just timed out (the cycle was real until
+//! then), or, for the writer-before-reader edge, the writer may not yet have queued in the lock
+//! when the reader looked; for that reason the waiting code tries the lock once more before it
+//! returns the refusal. What is not detected (the cycle ends in a normal timeout instead): a
+//! reader that started waiting before the writer it ends up queued behind (the writer
+//! registered later, after an earlier writer timed out).
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 // ---------------------------------------------------------------------------------------------
 // Which shards this thread holds.
@@ -166,6 +205,157 @@ impl Drop for HeldMark {
             self.remove_out_of_order(n);
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cycles across threads: the wait-for graph of the threads that wait.
+// ---------------------------------------------------------------------------------------------
+
+/// What a wait asks for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Access {
+    /// Shared access to a shard this thread does not hold yet.
+    Read,
+    /// Exclusive access.
+    Write,
+}
+
+/// A thread that waits for a shard: what it holds (its marks when it started waiting) and
+/// what it wants.
+struct Waiting {
+    thread: u64,
+    /// Order of registration: a reader queues behind the writers that started waiting before.
+    seq: u64,
+    holds: Box<[Held]>,
+    want: Held,
+    want_map: Arc<str>,
+}
+
+struct Graph {
+    seq: u64,
+    waiting: Vec<Waiting>,
+}
+
+/// Every thread that waits for a shard lock of any map right now. Touched only by threads
+/// that start or stop waiting.
+static GRAPH: Mutex<Graph> = Mutex::new(Graph { seq: 0, waiting: Vec::new() });
+
+static NEXT_THREAD: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    static THREAD: Cell<u64> = const { Cell::new(0) };
+}
+
+/// This thread's id in the graph (assigned on its first wait).
+fn thread_id() -> u64 {
+    THREAD.with(|t| {
+        if t.get() == 0 {
+            t.set(NEXT_THREAD.fetch_add(1, Ordering::Relaxed));
+        }
+        t.get()
+    })
+}
+
+/// Whether holding `h` keeps a wait for `want` from being granted.
+fn conflicts(h: &Held, want: &Held) -> bool {
+    h.map == want.map && h.shard == want.shard && (want.write || h.write)
+}
+
+/// Whether the thread waiting for `want` (registered as number `seq`) is blocked by `by`.
+fn blocked_by(thread: u64, want: &Held, seq: u64, by: &Waiting) -> bool {
+    by.thread != thread
+        && (by.holds.iter().any(|h| conflicts(h, want))
+            || (!want.write
+                && by.want.write
+                && by.want.map == want.map
+                && by.want.shard == want.shard
+                && by.seq < seq))
+}
+
+/// A wait that would close a cycle: the shard of this thread's that another thread of the
+/// cycle waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Cycle {
+    /// The name of the map of `held_shard`.
+    pub(crate) held_map: Arc<str>,
+    /// The shard this thread holds that the cycle waits for.
+    pub(crate) held_shard: usize,
+    /// How many threads the cycle has, this one included.
+    pub(crate) threads: usize,
+}
+
+/// This thread's entry in the wait-for graph, removed when dropped (when the wait ends, by
+/// lock, timeout or cancellation).
+#[must_use = "the wait is registered only while the guard lives"]
+pub(crate) struct WaitGuard {
+    /// 0: nothing was registered.
+    thread: u64,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Drop for WaitGuard {
+    fn drop(&mut self) {
+        if self.thread != 0 {
+            let mut g = GRAPH.lock();
+            if let Some(i) = g.waiting.iter().position(|w| w.thread == self.thread) {
+                g.waiting.swap_remove(i);
+            }
+        }
+    }
+}
+
+/// Called by the waiting code when this thread is about to wait for `shard` of map `map`
+/// (named `map_name`), after its non-blocking try failed and after the re-entrant checks:
+/// registers the wait for as long as the returned guard lives, or refuses it if it would close
+/// a cycle of waiting threads. Works with any wait implementation: it looks only at the graph.
+///
+/// A thread that holds nothing cannot close a cycle: it is registered (a writer, so that
+/// readers queued behind it see it) without a search, or not at all (a reader).
+#[cold]
+pub(crate) fn waiting_for(map_name: &Arc<str>, map: u64, shard: usize, access: Access) -> Result<WaitGuard, Cycle> {
+    let write = access == Access::Write;
+    let holds: Box<[Held]> = (0..HELD_COUNT.with(Cell::get)).filter_map(held_at).collect();
+    if holds.is_empty() && !write {
+        return Ok(WaitGuard { thread: 0, _not_send: PhantomData });
+    }
+    let thread = thread_id();
+    let want = Held { map, shard, write };
+    let mut g = GRAPH.lock();
+    let seq = g.seq;
+    g.seq += 1;
+    if !holds.is_empty() {
+        if let Some(cycle) = find_cycle(&g.waiting, thread, &want, seq, &holds) {
+            return Err(cycle);
+        }
+    }
+    g.waiting.push(Waiting { thread, seq, holds, want, want_map: map_name.clone() });
+    Ok(WaitGuard { thread, _not_send: PhantomData })
+}
+
+/// Breadth-first from the waiters that block `want`: the first one found whose own want is
+/// blocked by `holds` closes the shortest cycle.
+fn find_cycle(waiting: &[Waiting], thread: u64, want: &Held, seq: u64, holds: &[Held]) -> Option<Cycle> {
+    let mut seen = vec![false; waiting.len()];
+    let mut queue = VecDeque::new();
+    for (i, w) in waiting.iter().enumerate() {
+        if blocked_by(thread, want, seq, w) {
+            seen[i] = true;
+            queue.push_back((i, 2));
+        }
+    }
+    while let Some((i, threads)) = queue.pop_front() {
+        let w = &waiting[i];
+        if let Some(h) = holds.iter().find(|h| conflicts(h, &w.want)) {
+            return Some(Cycle { held_map: w.want_map.clone(), held_shard: h.shard, threads });
+        }
+        for (j, next) in waiting.iter().enumerate() {
+            if !seen[j] && blocked_by(w.thread, &w.want, w.seq, next) {
+                seen[j] = true;
+                queue.push_back((j, threads + 1));
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::context::Effective;
-use crate::deadlock::{any_held, holding, Holding};
+use crate::deadlock::{self, any_held, holding, Access, Holding};
 use crate::stats::{Failure, Monitor, Observation};
 use crate::{MapError, Op};
 
@@ -96,7 +96,9 @@ impl<'a, 'c> Waiter<'a, 'c> {
         if let Some(g) = fast {
             return Ok(g);
         }
-        self.slow(idx, |until| {
+        // A recursive read never queues behind a writer: not an edge of the wait-for graph.
+        let access = if recursive { None } else { Some(Access::Read) };
+        self.slow(idx, access, |until| {
             if recursive {
                 lock.try_read_recursive_until(until)
             } else {
@@ -122,7 +124,7 @@ impl<'a, 'c> Waiter<'a, 'c> {
         if let Some(g) = lock.try_write() {
             return Ok(g);
         }
-        self.slow(idx, |until| lock.try_write_until(until))
+        self.slow(idx, Some(Access::Write), |until| lock.try_write_until(until))
     }
 
     /// For operations that write every shard: refuses up front, before changing anything, if
@@ -180,15 +182,40 @@ impl<'a, 'c> Waiter<'a, 'c> {
         Ok(())
     }
 
+    /// Waits for shard `idx` (its non-blocking try failed): first registers the wait in the
+    /// wait-for graph (`access`; `None` for a wait that cannot be part of a cycle), which
+    /// refuses it if it would close a cycle of waiting threads; then waits under the deadline
+    /// and the cancel token.
     #[cold]
     fn slow<G>(
         &mut self,
         idx: usize,
+        access: Option<Access>,
         mut try_until: impl FnMut(Instant) -> Option<G>,
     ) -> Result<G, MapError> {
         if let Some((m, obs)) = &mut self.observed {
             m.contended(obs);
         }
+        let _waiting = match access.map(|a| deadlock::waiting_for(self.map_name, self.map_id, idx, a)) {
+            None => None,
+            Some(Ok(w)) => Some(w),
+            Some(Err(cycle)) => {
+                // One last try before refusing: a lock that came free since (a member of the
+                // cycle gave up) is taken instead.
+                if let Some(g) = try_until(Instant::now()) {
+                    return Ok(g);
+                }
+                let err = MapError::would_deadlock_cycle(
+                    self.map_name,
+                    self.op,
+                    idx,
+                    cycle.held_map,
+                    cycle.held_shard,
+                    cycle.threads,
+                );
+                return Err(self.failed(Failure::WouldDeadlock, err));
+            }
+        };
         let wait_start = Instant::now();
         let (start, deadline) = *self
             .window
