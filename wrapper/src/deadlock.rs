@@ -362,6 +362,100 @@ fn find_cycle(waiting: &[Waiting], thread: u64, want: &Held, seq: u64, holds: &[
 mod tests {
     use super::*;
 
+    fn w(thread: u64, seq: u64, holds: &[(u64, usize, bool)], want: (u64, usize, bool)) -> Waiting {
+        let h = |(map, shard, write): (u64, usize, bool)| Held { map, shard, write };
+        Waiting {
+            thread,
+            seq,
+            holds: holds.iter().copied().map(h).collect(),
+            want: h(want),
+            want_map: Arc::from(format!("map{}", want.0)),
+        }
+    }
+
+    fn cycle(waiting: &[Waiting], holds: &[(u64, usize, bool)], want: (u64, usize, bool)) -> Option<Cycle> {
+        let me = w(99, 1000, holds, want);
+        find_cycle(waiting, me.thread, &me.want, me.seq, &me.holds)
+    }
+
+    #[test]
+    fn a_write_wait_on_a_shard_whose_holder_waits_for_ours_is_a_cycle() {
+        // B reads (1, 2) and wants to write (1, 1); we read (1, 1) and want to write (1, 2).
+        let b = [w(1, 0, &[(1, 2, false)], (1, 1, true))];
+        let c = cycle(&b, &[(1, 1, false)], (1, 2, true)).expect("AB/BA");
+        assert_eq!((&*c.held_map, c.held_shard, c.threads), ("map1", 1, 2));
+        // Two readers that each want to *read* the other's shard do not block each other.
+        let b = [w(1, 0, &[(1, 2, false)], (1, 1, false))];
+        assert_eq!(cycle(&b, &[(1, 1, false)], (1, 2, false)), None);
+        // A read wait is blocked by a write holder.
+        let b = [w(1, 0, &[(1, 2, true)], (1, 1, true))];
+        assert!(cycle(&b, &[(1, 1, false)], (1, 2, false)).is_some());
+    }
+
+    #[test]
+    fn cycles_through_three_threads_and_two_maps_are_found_and_chains_are_not() {
+        // B holds (1, 2) wants (2, 3); C holds (2, 3) wants (1, 1); we hold (1, 1), want (1, 2).
+        let chain = [w(1, 0, &[(1, 2, true)], (2, 3, true)), w(2, 1, &[(2, 3, true)], (1, 1, true))];
+        let c = cycle(&chain, &[(1, 1, true)], (1, 2, true)).expect("A->B->C->A");
+        assert_eq!((&*c.held_map, c.held_shard, c.threads), ("map1", 1, 3));
+        // The same chain with C waiting for a shard nobody of the chain holds: no cycle.
+        let open = [w(1, 0, &[(1, 2, true)], (2, 3, true)), w(2, 1, &[(2, 3, true)], (1, 5, true))];
+        assert_eq!(cycle(&open, &[(1, 1, true)], (1, 2, true)), None);
+        // Same shard index in another map is another shard.
+        let other_map = [w(1, 0, &[(2, 2, true)], (1, 1, true))];
+        assert_eq!(cycle(&other_map, &[(1, 1, true)], (1, 2, true)), None);
+        // A cycle that does not pass through us is not ours to refuse.
+        let theirs = [w(1, 0, &[(1, 2, true)], (1, 3, true)), w(2, 1, &[(1, 3, true)], (1, 2, true))];
+        assert_eq!(cycle(&theirs, &[(1, 1, true)], (1, 2, true)), None);
+    }
+
+    #[test]
+    fn a_read_wait_queues_only_behind_a_writer_that_waited_first() {
+        // B reads (1, 2) and wants to write (1, 1), which we read; C waits to write (1, 2).
+        // We want to read (1, 2): B shares it with us, but we queue behind C, C behind B's read,
+        // B behind our read: a cycle, if C started waiting before us.
+        let before = [w(1, 0, &[(1, 2, false)], (1, 1, true)), w(2, 1, &[], (1, 2, true))];
+        let c = cycle(&before, &[(1, 1, false)], (1, 2, false)).expect("through a waiting writer");
+        assert_eq!((c.held_shard, c.threads), (1, 3));
+        // C registered after us (seq 2000 > 1000): we are ahead of it, no cycle.
+        let after = [w(1, 0, &[(1, 2, false)], (1, 1, true)), w(2, 2000, &[], (1, 2, true))];
+        assert_eq!(cycle(&after, &[(1, 1, false)], (1, 2, false)), None);
+        // A writer waiting on a shard no waiting thread holds blocks nothing for good.
+        let free = [w(2, 1, &[], (1, 2, true)), w(1, 0, &[(1, 3, false)], (1, 1, true))];
+        assert_eq!(cycle(&free, &[(1, 1, false)], (1, 2, false)), None);
+    }
+
+    #[test]
+    fn waiting_for_registers_until_the_guard_drops_and_refuses_the_closing_wait() {
+        let map: Arc<str> = Arc::from("unit");
+        // Map ids far from any real map's.
+        let (m, other) = (u64::MAX - 7, u64::MAX - 8);
+        let registered = |map: u64| GRAPH.lock().waiting.iter().filter(|w| w.want.map == map).count();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            let _held = HeldMark::new(m, 2, false);
+            let _w = waiting_for(&Arc::from("unit"), m, 1, Access::Write).expect("first waiter");
+            tx.send(()).unwrap();
+            done_rx.recv().unwrap();
+        });
+        rx.recv().unwrap();
+        assert_eq!(registered(m), 1);
+        {
+            let _held = HeldMark::new(m, 1, false);
+            // Another map's shard 2 is not the one the other thread holds.
+            let ok = waiting_for(&map, other, 2, Access::Write).expect("no cycle");
+            drop(ok);
+            let c = waiting_for(&map, m, 2, Access::Write).err().expect("closes the cycle");
+            assert_eq!((c.held_shard, c.threads), (1, 2));
+            // Reading what the other thread reads is no wait at all.
+            assert!(waiting_for(&map, m, 2, Access::Read).is_ok());
+        }
+        done_tx.send(()).unwrap();
+        t.join().unwrap();
+        assert_eq!(registered(m), 0);
+    }
+
     #[test]
     fn marks_nest_and_unwind() {
         assert_eq!(holding(7, 1), Holding::Nothing);
