@@ -33,9 +33,13 @@
 //! can be stale is a waiter's *want*: it may have just timed out (the cycle was real until
 //! then), or, for the writer-before-reader edge, the writer may not yet have queued in the lock
 //! when the reader looked; for that reason the waiting code tries the lock once more before it
-//! returns the refusal. What is not detected (the cycle ends in a normal timeout instead): a
-//! reader that started waiting before the writer it ends up queued behind (the writer
-//! registered later, after an earlier writer timed out).
+//! returns the refusal. A reader can end up queued behind a writer that started waiting after
+//! it (the reader was first blocked by a writer that has since let go): such a reader waits in
+//! bounded steps ([`WaitGuard::renew`], every few milliseconds) and takes a new place in the
+//! graph at each, behind the writers then waiting, so that cycle is found within one step.
+//! What is still not detected (it ends in a normal timeout): a cycle that forms and dissolves
+//! between two steps never shows, which is no deadlock; and holds a thread has without a mark
+//! (inside the map's own code, which never waits while holding one).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -290,7 +294,43 @@ pub(crate) struct Cycle {
 pub(crate) struct WaitGuard {
     /// 0: nothing was registered.
     thread: u64,
+    /// A registered read wait: see [`renew`](WaitGuard::renew).
+    reader: bool,
     _not_send: PhantomData<*const ()>,
+}
+
+impl WaitGuard {
+    const NONE: WaitGuard = WaitGuard { thread: 0, reader: false, _not_send: PhantomData };
+
+    /// Whether the wait must be [`renew`](WaitGuard::renew)ed from time to time: a read wait
+    /// of a thread that holds shards.
+    pub(crate) fn needs_renewal(&self) -> bool {
+        self.thread != 0 && self.reader
+    }
+
+    /// A read wait that goes on after a bounded try: it queues again now, behind the writers
+    /// that started waiting since, so it takes a new place in the graph and looks for a cycle
+    /// again. (A reader first blocked by a writer that let go, then by a writer that came
+    /// after it, waits behind the later writer: without this, a cycle through that writer
+    /// would not be seen.) The waiting code must then wait in bounded steps and call this
+    /// between them; a refusal here unregisters the wait.
+    pub(crate) fn renew(&mut self) -> Result<(), Cycle> {
+        if !self.needs_renewal() {
+            return Ok(());
+        }
+        let mut g = GRAPH.lock();
+        let seq = g.seq;
+        g.seq += 1;
+        let Some(i) = g.waiting.iter().position(|w| w.thread == self.thread) else { return Ok(()) };
+        g.waiting[i].seq = seq;
+        let me = &g.waiting[i];
+        if let Some(cycle) = find_cycle(&g.waiting, me.thread, &me.want, seq, &me.holds) {
+            g.waiting.swap_remove(i);
+            self.thread = 0;
+            return Err(cycle);
+        }
+        Ok(())
+    }
 }
 
 impl Drop for WaitGuard {
@@ -308,6 +348,8 @@ impl Drop for WaitGuard {
 /// (named `map_name`), after its non-blocking try failed and after the re-entrant checks:
 /// registers the wait for as long as the returned guard lives, or refuses it if it would close
 /// a cycle of waiting threads. Works with any wait implementation: it looks only at the graph.
+/// A read wait whose guard [`needs_renewal`](WaitGuard::needs_renewal) must wait in bounded
+/// steps and [`renew`](WaitGuard::renew) between them.
 ///
 /// A thread that holds nothing cannot close a cycle: it is registered (a writer, so that
 /// readers queued behind it see it) without a search, or not at all (a reader).
@@ -316,7 +358,7 @@ pub(crate) fn waiting_for(map_name: &Arc<str>, map: u64, shard: usize, access: A
     let write = access == Access::Write;
     let holds: Box<[Held]> = (0..HELD_COUNT.with(Cell::get)).filter_map(held_at).collect();
     if holds.is_empty() && !write {
-        return Ok(WaitGuard { thread: 0, _not_send: PhantomData });
+        return Ok(WaitGuard::NONE);
     }
     let thread = thread_id();
     let want = Held { map, shard, write };
@@ -328,8 +370,9 @@ pub(crate) fn waiting_for(map_name: &Arc<str>, map: u64, shard: usize, access: A
             return Err(cycle);
         }
     }
+    let reader = !holds.is_empty() && !write;
     g.waiting.push(Waiting { thread, seq, holds, want, want_map: map_name.clone() });
-    Ok(WaitGuard { thread, _not_send: PhantomData })
+    Ok(WaitGuard { thread, reader, _not_send: PhantomData })
 }
 
 /// Breadth-first from the waiters that block `want`: the first one found whose own want is

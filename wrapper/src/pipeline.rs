@@ -16,6 +16,10 @@ use crate::{MapError, Op};
 /// How long a wait sleeps before it looks at the cancel token again.
 const CANCEL_POLL: Duration = Duration::from_millis(1);
 
+/// How long a read wait of a thread that holds shards sleeps before it queues again in the
+/// wait-for graph (see `deadlock::WaitGuard::renew`).
+const REQUEUE: Duration = Duration::from_millis(5);
+
 // ---------------------------------------------------------------------------------------------
 // Bounded acquisition.
 // ---------------------------------------------------------------------------------------------
@@ -196,26 +200,12 @@ impl<'a, 'c> Waiter<'a, 'c> {
         if let Some((m, obs)) = &mut self.observed {
             m.contended(obs);
         }
-        let _waiting = match access.map(|a| deadlock::waiting_for(self.map_name, self.map_id, idx, a)) {
+        let mut waiting = match access.map(|a| deadlock::waiting_for(self.map_name, self.map_id, idx, a)) {
             None => None,
             Some(Ok(w)) => Some(w),
-            Some(Err(cycle)) => {
-                // One last try before refusing: a lock that came free since (a member of the
-                // cycle gave up) is taken instead.
-                if let Some(g) = try_until(Instant::now()) {
-                    return Ok(g);
-                }
-                let err = MapError::would_deadlock_cycle(
-                    self.map_name,
-                    self.op,
-                    idx,
-                    cycle.held_map,
-                    cycle.held_shard,
-                    cycle.threads,
-                );
-                return Err(self.failed(Failure::WouldDeadlock, err));
-            }
+            Some(Err(cycle)) => return self.refuse_cycle(idx, cycle, &mut try_until),
         };
+        let requeue = waiting.as_ref().is_some_and(deadlock::WaitGuard::needs_renewal);
         let wait_start = Instant::now();
         let (start, deadline) = *self
             .window
@@ -236,14 +226,44 @@ impl<'a, 'c> Waiter<'a, 'c> {
                 );
                 return Err(self.failed(Failure::Timeout { waited: elapsed }, err));
             }
-            let until = if poll { deadline.min(now + CANCEL_POLL) } else { deadline };
+            let until = match (poll, requeue) {
+                (true, _) => deadline.min(now + CANCEL_POLL),
+                (false, true) => deadline.min(now + REQUEUE),
+                (false, false) => deadline,
+            };
             if let Some(g) = try_until(until) {
                 return Ok(g);
             }
             if self.eff.is_cancelled() {
                 return Err(self.cancelled());
             }
+            if let Some(Err(cycle)) = waiting.as_mut().map(deadlock::WaitGuard::renew) {
+                return self.refuse_cycle(idx, cycle, &mut try_until);
+            }
         }
+    }
+
+    /// Refuses a wait for shard `idx` that would close a cycle, after one last try: a lock that
+    /// came free since (a member of the cycle gave up) is taken instead.
+    #[cold]
+    fn refuse_cycle<G>(
+        &mut self,
+        idx: usize,
+        cycle: deadlock::Cycle,
+        try_until: &mut impl FnMut(Instant) -> Option<G>,
+    ) -> Result<G, MapError> {
+        if let Some(g) = try_until(Instant::now()) {
+            return Ok(g);
+        }
+        let err = MapError::would_deadlock_cycle(
+            self.map_name,
+            self.op,
+            idx,
+            cycle.held_map,
+            cycle.held_shard,
+            cycle.threads,
+        );
+        Err(self.failed(Failure::WouldDeadlock, err))
     }
 }
 
