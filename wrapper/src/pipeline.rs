@@ -100,6 +100,19 @@ impl<'a, 'c> Waiter<'a, 'c> {
         if let Some(g) = fast {
             return Ok(g);
         }
+        self.slow_read(idx, recursive, lock)
+    }
+
+    /// The wait of [`read`](Self::read), out of line so that its fast path keeps no more
+    /// registers than before.
+    #[cold]
+    #[inline(never)]
+    fn slow_read<'s, T>(
+        &mut self,
+        idx: usize,
+        recursive: bool,
+        lock: &'s RwLock<T>,
+    ) -> Result<RwLockReadGuard<'s, T>, MapError> {
         // A recursive read never queues behind a writer: not an edge of the wait-for graph.
         let access = if recursive { None } else { Some(Access::Read) };
         self.slow(idx, access, |until| {
@@ -191,6 +204,7 @@ impl<'a, 'c> Waiter<'a, 'c> {
     /// refuses it if it would close a cycle of waiting threads; then waits under the deadline
     /// and the cancel token.
     #[cold]
+    #[inline(never)]
     fn slow<G>(
         &mut self,
         idx: usize,
