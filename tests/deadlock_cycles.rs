@@ -70,7 +70,10 @@ fn keys_land_in_the_shard_the_tests_pick() {
     for k in [1, 2, 3, 13] {
         let g = m.get(&k).unwrap().unwrap();
         let e = m.insert(k, 1).unwrap_err();
-        assert_eq!((e.kind(), e.shard(), e.held_shard(), e.cycle_threads()), (ErrorKind::WouldDeadlock, Some((k % 8) as usize), Some((k % 8) as usize), None));
+        assert_eq!(
+            (e.kind(), e.shard(), e.held_shard(), e.cycle_threads()),
+            (ErrorKind::WouldDeadlock, Some((k % 8) as usize), Some((k % 8) as usize), None)
+        );
         drop(g);
     }
 }
@@ -103,7 +106,8 @@ fn ab_ba_over_two_threads_refuses_one_side_at_once_and_the_other_goes_on() {
         let m = Arc::clone(&m);
         move || ring(&m, vec![(1, 2), (2, 1)])
     });
-    let refused: Vec<_> = results.iter().enumerate().filter_map(|(t, r)| r.as_ref().err().map(|e| (t, e))).collect();
+    let refused: Vec<_> =
+        results.iter().enumerate().filter_map(|(t, r)| r.as_ref().err().map(|e| (t, e))).collect();
     assert_eq!(refused.len(), 1, "exactly one side refused: {results:?}");
     let (t, e) = refused[0];
     let (held, wanted): (u64, u64) = if t == 0 { (1, 2) } else { (2, 1) };
@@ -160,7 +164,11 @@ fn a_cycle_across_two_maps_of_one_struct_names_both_maps() {
             let spawn = |orders_first: bool| {
                 let (shop, barrier) = (Arc::clone(&shop), Arc::clone(&barrier));
                 thread::spawn(move || {
-                    let (a, b) = if orders_first { (shop.orders(), shop.stock()) } else { (shop.stock(), shop.orders()) };
+                    let (a, b) = if orders_first {
+                        (shop.orders(), shop.stock())
+                    } else {
+                        (shop.stock(), shop.orders())
+                    };
                     let guard = a.get(&1).unwrap().unwrap();
                     barrier.wait();
                     let r = b.insert(1, 7);
@@ -172,10 +180,12 @@ fn a_cycle_across_two_maps_of_one_struct_names_both_maps() {
             [x.join().unwrap(), y.join().unwrap()]
         }
     });
-    let refused: Vec<_> = results.iter().enumerate().filter_map(|(t, r)| r.as_ref().err().map(|e| (t, e))).collect();
+    let refused: Vec<_> =
+        results.iter().enumerate().filter_map(|(t, r)| r.as_ref().err().map(|e| (t, e))).collect();
     assert_eq!(refused.len(), 1, "{results:?}");
     let (t, e) = refused[0];
-    let (held_map, wanted_map) = if t == 0 { ("Shop.orders", "Shop.stock") } else { ("Shop.stock", "Shop.orders") };
+    let (held_map, wanted_map) =
+        if t == 0 { ("Shop.orders", "Shop.stock") } else { ("Shop.stock", "Shop.orders") };
     assert_eq!(e.kind(), ErrorKind::WouldDeadlock);
     assert_eq!((e.map(), e.shard()), (Some(wanted_map), Some(0)));
     assert_eq!((e.held_map(), e.held_shard()), (Some(held_map), Some(0)));
@@ -217,7 +227,12 @@ impl Model {
                 .map(|(o, _)| *o)
                 .collect();
             if !w.2 && queued_readers {
-                out.extend(self.wants.iter().filter(|(o, x)| **o != t && x.2 && x.0 == w.0 && x.1 == w.1).map(|(o, _)| *o));
+                out.extend(
+                    self.wants
+                        .iter()
+                        .filter(|(o, x)| **o != t && x.2 && x.0 == w.0 && x.1 == w.1)
+                        .map(|(o, _)| *o),
+                );
             }
             out
         };
@@ -283,12 +298,20 @@ impl Storm {
                     mine.iter().any(|h| (self.maps[h.0 as usize].name(), h.1) == held),
                     "names a shard it holds: {held:?} not in {mine:?}"
                 );
-                assert!(m.cycle_through(t), "refusal without a recorded cycle: {e}; holds {:?} wants {:?}", m.holds, m.wants);
+                assert!(
+                    m.cycle_through(t),
+                    "refusal without a recorded cycle: {e}; holds {:?} wants {:?}",
+                    m.holds,
+                    m.wants
+                );
                 tally.refused_cycles += 1;
             }
             ErrorKind::WouldDeadlock => {
                 let m = self.model.lock().unwrap();
-                assert!(m.holds[&t].iter().any(|h| h.0 == w.0 && h.1 == w.1), "re-entrant refusal of a shard not held: {e}");
+                assert!(
+                    m.holds[&t].iter().any(|h| h.0 == w.0 && h.1 == w.1),
+                    "re-entrant refusal of a shard not held: {e}"
+                );
                 tally.refused_reentrant += 1;
             }
             ErrorKind::Timeout => {

@@ -354,7 +354,12 @@ impl Drop for WaitGuard {
 /// A thread that holds nothing cannot close a cycle: it is registered (a writer, so that
 /// readers queued behind it see it) without a search, or not at all (a reader).
 #[cold]
-pub(crate) fn waiting_for(map_name: &Arc<str>, map: u64, shard: usize, access: Access) -> Result<WaitGuard, Cycle> {
+pub(crate) fn waiting_for(
+    map_name: &Arc<str>,
+    map: u64,
+    shard: usize,
+    access: Access,
+) -> Result<WaitGuard, Cycle> {
     let write = access == Access::Write;
     let holds: Box<[Held]> = (0..HELD_COUNT.with(Cell::get)).filter_map(held_at).collect();
     if holds.is_empty() && !write {

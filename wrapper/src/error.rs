@@ -75,9 +75,12 @@ pub enum ErrorKind {
     ///   [`held_shard`](MapError::held_shard) / [`held_map`](MapError::held_map) the shard of
     ///   its own that the cycle waits for, [`cycle_threads`](MapError::cycle_threads) how many
     ///   threads the cycle has. A cycle through shared (read) holds counts only when a writer
-    ///   waits in it, as only then does it hang. Every refusal is a cycle that existed when the
-    ///   wait began; a rare race (a reader that began waiting before the writer it ended up
-    ///   queued behind) is not detected and ends in [`Timeout`](ErrorKind::Timeout) instead.
+    ///   waits in it, as only then does it hang. The check runs when a thread starts to wait
+    ///   (and every few milliseconds while a reader that holds shards keeps waiting, as it may
+    ///   end up queued behind a writer that came later); every refusal is a cycle of waiting
+    ///   threads at that moment. Only the map's own locks are seen: a cycle through a lock of
+    ///   yours (a `Mutex` held while calling the map) still ends in
+    ///   [`Timeout`](ErrorKind::Timeout).
     WouldDeadlock,
     /// The map's circuit breaker is open because operations have been too slow or have failed;
     /// it fails fast instead of adding load. Nothing changed; retryable after

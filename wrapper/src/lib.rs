@@ -1,8 +1,8 @@
 //! # map-wrapper
 //!
 //! A concurrent hash map for production: [`MapWrapper<K, V>`](MapWrapper) spreads keys over
-//! shard locks, gives every operation a deadline and a cancel token, refuses re-entrant calls
-//! that would deadlock, and returns a [`MapError`] with a stable code instead of blocking
+//! shard locks, gives every operation a deadline and a cancel token, refuses waits that would
+//! deadlock (a re-entrant call, or a lock cycle across threads and maps), and returns a [`MapError`] with a stable code instead of blocking
 //! without bound or panicking.
 //!
 //! ```
@@ -37,7 +37,8 @@
 //! Each method's documentation says which lock it takes. Any operation can return
 //! [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) (its shard stayed locked past the deadline),
 //! [`ErrorKind::Cancelled`](crate::ErrorKind::Cancelled) (its token was cancelled) or [`ErrorKind::WouldDeadlock`](crate::ErrorKind::WouldDeadlock) (this
-//! thread already holds the shard); on a map with a circuit breaker, also
+//! thread already holds the shard, or its wait would close a lock cycle with other threads);
+//! on a map with a circuit breaker, also
 //! [`ErrorKind::CircuitOpen`](crate::ErrorKind::CircuitOpen) (refused before taking any lock). A single-key operation that
 //! returns an error changed nothing, with one exception visible in the error's structure:
 //! on an audited map, [`ErrorKind::AppliedNotDurable`] ([`MapError::applied`] is `true`, and
