@@ -146,6 +146,56 @@ fn a_cycle_through_three_threads_is_refused_once_and_the_rest_finish() {
     assert_eq!(m.get_cloned(&wanted).unwrap(), Some(0), "the refused insert changed nothing");
 }
 
+/// A cycle through shared read holds hangs only because a writer waits in it: A reads shard 1
+/// and wants to read shard 2; B reads shard 2 and wants to write shard 1; C, holding nothing,
+/// waits to write shard 2 (behind B's read), and A's read queues behind C. One of A and B is
+/// refused (three threads in the cycle), and then everyone finishes.
+#[test]
+fn a_cycle_through_read_holds_and_a_waiting_writer_is_refused() {
+    let m = map("readers");
+    let step = || thread::sleep(Duration::from_millis(100));
+    let results = within(WATCHDOG, {
+        let m = Arc::clone(&m);
+        move || {
+            let (b_holds, b_held) = (Arc::new(Barrier::new(2)), Arc::clone(&m));
+            let b_barrier = Arc::clone(&b_holds);
+            let b = thread::spawn(move || {
+                let guard = b_held.get(&2).unwrap().unwrap();
+                b_barrier.wait();
+                // After A holds 1 and waits to read 2 behind C.
+                thread::sleep(Duration::from_millis(300));
+                let r = b_held.insert(1, 21);
+                drop(guard);
+                r
+            });
+            b_holds.wait();
+            let c = thread::spawn({
+                let m = Arc::clone(&m);
+                move || m.insert(2, 32)
+            });
+            step();
+            let a = thread::spawn({
+                let m = Arc::clone(&m);
+                move || {
+                    let guard = m.get(&1).unwrap().unwrap();
+                    let r = m.get_cloned(&2);
+                    drop(guard);
+                    r
+                }
+            });
+            (a.join().unwrap(), b.join().unwrap(), c.join().unwrap())
+        }
+    });
+    let (a, b, c) = results;
+    assert!(c.is_ok(), "the writer holding nothing is never refused: {c:?}");
+    let refused: Vec<&MapError> = [a.as_ref().err(), b.as_ref().err()].into_iter().flatten().collect();
+    assert_eq!(refused.len(), 1, "exactly one of A and B: {a:?} {b:?}");
+    let e = refused[0];
+    assert_eq!(e.kind(), ErrorKind::WouldDeadlock, "{e}");
+    assert_eq!(e.cycle_threads(), Some(3), "{e}");
+    assert_ne!(e.shard(), e.held_shard());
+}
+
 #[guarded_map(shards = 1, timeout_ms = 30000)]
 struct Shop {
     orders: HashMap<u64, u64>,

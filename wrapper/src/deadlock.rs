@@ -17,7 +17,9 @@
 //! holds cannot change while it waits. So the last thread to start waiting in a cycle finds all
 //! the others in the registry (the registry is one mutex: of two threads that start waiting at
 //! once, the second sees the first), and a thread that holds shards but never waits costs
-//! nothing beyond its thread-local mark. The uncontended path never touches the registry.
+//! nothing beyond its thread-local mark. The uncontended path never touches the registry, and
+//! the contended path touches it only when the waiting thread holds a shard or (a writer) has
+//! waited a few milliseconds.
 //!
 //! Edges, so that every refusal is a real cycle:
 //! - a **write** wait for a shard is blocked by every waiting thread that holds it (read or
@@ -352,7 +354,10 @@ impl Drop for WaitGuard {
 /// steps and [`renew`](WaitGuard::renew) between them.
 ///
 /// A thread that holds nothing cannot close a cycle: it is registered (a writer, so that
-/// readers queued behind it see it) without a search, or not at all (a reader).
+/// readers queued behind it see it) without a search, or not at all (a reader). The waiting
+/// code registers such a writer only once it has waited a few milliseconds, so that short
+/// waits never take the graph's lock; a reader's periodic [`renew`](WaitGuard::renew) sees it
+/// from then on.
 #[cold]
 pub(crate) fn waiting_for(
     map_name: &Arc<str>,

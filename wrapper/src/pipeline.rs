@@ -17,7 +17,8 @@ use crate::{MapError, Op};
 const CANCEL_POLL: Duration = Duration::from_millis(1);
 
 /// How long a read wait of a thread that holds shards sleeps before it queues again in the
-/// wait-for graph (see `deadlock::WaitGuard::renew`).
+/// wait-for graph (see `deadlock::WaitGuard::renew`), and how long a writer that holds nothing
+/// waits before it joins the graph.
 const REQUEUE: Duration = Duration::from_millis(5);
 
 // ---------------------------------------------------------------------------------------------
@@ -214,12 +215,17 @@ impl<'a, 'c> Waiter<'a, 'c> {
         if let Some((m, obs)) = &mut self.observed {
             m.contended(obs);
         }
-        let mut waiting = match access.map(|a| deadlock::waiting_for(self.map_name, self.map_id, idx, a)) {
+        // A thread that holds nothing cannot close a cycle. A writer among them is still a node
+        // (readers queue behind it), but joins the graph only once it has waited one step:
+        // short waits, the common contention, never touch the graph's lock.
+        let mut deferred = access == Some(Access::Write) && deadlock::holds_nothing();
+        let mut waiting = match access.filter(|_| !deferred) {
             None => None,
-            Some(Ok(w)) => Some(w),
-            Some(Err(cycle)) => return self.refuse_cycle(idx, cycle, &mut try_until),
+            Some(a) => match deadlock::waiting_for(self.map_name, self.map_id, idx, a) {
+                Ok(w) => Some(w),
+                Err(cycle) => return self.refuse_cycle(idx, cycle, &mut try_until),
+            },
         };
-        let requeue = waiting.as_ref().is_some_and(deadlock::WaitGuard::needs_renewal);
         let wait_start = Instant::now();
         let (start, deadline) = *self
             .window
@@ -240,6 +246,7 @@ impl<'a, 'c> Waiter<'a, 'c> {
                 );
                 return Err(self.failed(Failure::Timeout { waited: elapsed }, err));
             }
+            let requeue = deferred || waiting.as_ref().is_some_and(deadlock::WaitGuard::needs_renewal);
             let until = match (poll, requeue) {
                 (true, _) => deadline.min(now + CANCEL_POLL),
                 (false, true) => deadline.min(now + REQUEUE),
@@ -251,7 +258,11 @@ impl<'a, 'c> Waiter<'a, 'c> {
             if self.eff.is_cancelled() {
                 return Err(self.cancelled());
             }
-            if let Some(Err(cycle)) = waiting.as_mut().map(deadlock::WaitGuard::renew) {
+            if deferred {
+                deferred = false;
+                // Holds nothing: never refused.
+                waiting = deadlock::waiting_for(self.map_name, self.map_id, idx, Access::Write).ok();
+            } else if let Some(Err(cycle)) = waiting.as_mut().map(deadlock::WaitGuard::renew) {
                 return self.refuse_cycle(idx, cycle, &mut try_until);
             }
         }
