@@ -65,7 +65,7 @@ const USAGE_OR_IO: u8 = 3;
 /// Bytes from hex (either case); `None` if `s` is not hex of whole bytes. The key file's
 /// format; kept here so the command depends only on the library's `verify` API.
 fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
