@@ -493,7 +493,10 @@ fn unescape(s: &[u8]) -> Vec<u8> {
                 b'n' => (10, 2),
                 b'f' => (12, 2),
                 b'r' => (13, 2),
-                b'u' => (u8::from_str_radix(std::str::from_utf8(&s[i + 4..i + 6]).unwrap_or("0"), 16).unwrap_or(0), 6),
+                b'u' => (
+                    u8::from_str_radix(std::str::from_utf8(&s[i + 4..i + 6]).unwrap_or("0"), 16).unwrap_or(0),
+                    6,
+                ),
                 other => (other, 2),
             };
             out.push(b);
@@ -509,7 +512,9 @@ fn unescape(s: &[u8]) -> Vec<u8> {
 /// Whether `s` (with its quotes: 29 bytes) is `"YYYY-MM-DDTHH:MM:SS.ffffffZ"` and a real time.
 pub(crate) fn valid_ts(s: &[u8]) -> bool {
     const FORM: &[u8; 29] = b"\"dddd-dd-ddTdd:dd:dd.ddddddZ\"";
-    if s.len() != 29 || !s.iter().zip(FORM).all(|(&b, &f)| if f == b'd' { b.is_ascii_digit() } else { b == f }) {
+    if s.len() != 29
+        || !s.iter().zip(FORM).all(|(&b, &f)| if f == b'd' { b.is_ascii_digit() } else { b == f })
+    {
         return false;
     }
     let num = |r: std::ops::Range<usize>| s[r].iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0'));
@@ -592,12 +597,34 @@ mod tests {
             let mut c = Cur { b: line.as_bytes(), i: 0 };
             c.value().and_then(|()| if c.i + 1 == line.len() { Ok(()) } else { Err(c.bad("rest")) })
         };
-        for good in ["1", "-0.5e-7", "1E+3", "\"x\"", "[]", "{}", "[1,[2,{\"a\":{\"a\":1}}]]", "{\"a\":1,\"b\":[null,true,false]}"] {
+        for good in [
+            "1",
+            "-0.5e-7",
+            "1E+3",
+            "\"x\"",
+            "[]",
+            "{}",
+            "[1,[2,{\"a\":{\"a\":1}}]]",
+            "{\"a\":1,\"b\":[null,true,false]}",
+        ] {
             assert_eq!(v(good), Ok(()), "{good}");
         }
         let deep = "[".repeat(100_000) + &"]".repeat(100_000);
         assert_eq!(v(&deep), Ok(()), "no recursion limit");
-        for bad in ["NaN", "Infinity", "01", "1.", ".5", "1e", "[1,]", "{\"a\":1,\"a\":2}", "[{\"a\":1,\"b\":{\"c\":0,\"c\":0}}]", "[1 ]", "{\"a\" :1}", "tru"] {
+        for bad in [
+            "NaN",
+            "Infinity",
+            "01",
+            "1.",
+            ".5",
+            "1e",
+            "[1,]",
+            "{\"a\":1,\"a\":2}",
+            "[{\"a\":1,\"b\":{\"c\":0,\"c\":0}}]",
+            "[1 ]",
+            "{\"a\" :1}",
+            "tru",
+        ] {
             assert!(v(bad).is_err(), "{bad}");
         }
     }

@@ -626,10 +626,16 @@ impl<'o> State<'o> {
         let parsed = match line::parse(raw, &mut seq_seen) {
             Ok(l) => l,
             Err(line::LineError::Bad(what, col)) => {
-                return Ok(Err((seq_seen.or(self.expected_seq()), format!("{what} (byte {col} of the line)"))))
+                return Ok(Err((
+                    seq_seen.or(self.expected_seq()),
+                    format!("{what} (byte {col} of the line)"),
+                )))
             }
             Err(line::LineError::Truncated) => {
-                return Ok(Err((seq_seen.or(self.expected_seq()), "the line ends before its object does".into())))
+                return Ok(Err((
+                    seq_seen.or(self.expected_seq()),
+                    "the line ends before its object does".into(),
+                )))
             }
         };
         let first_in_file = at.line == 1;
@@ -639,7 +645,10 @@ impl<'o> State<'o> {
                     return Ok(Err((self.expected_seq(), "a segment header in the middle of a file".into())));
                 }
                 if self.headerless == Some(true) {
-                    return Ok(Err((self.expected_seq(), "a segment header in a trail without headers".into())));
+                    return Ok(Err((
+                        self.expected_seq(),
+                        "a segment header in a trail without headers".into(),
+                    )));
                 }
                 self.headerless = Some(false);
                 if let Err(e) = self.header(&h, at, segment_in_name, prev_file)? {
@@ -648,7 +657,6 @@ impl<'o> State<'o> {
                 None
             }
             line::Kind::Record { seq } => {
-
                 if first_in_file {
                     let headerless_start = self.bytes_mode && self.headerless.is_none();
                     if !(headerless_start || self.headerless == Some(true)) {
@@ -691,7 +699,11 @@ impl<'o> State<'o> {
         if *parsed.prev != want_prev {
             return Ok(Err((
                 seq.or(self.expected_seq()),
-                format!("\"prev\" is {}, but the previous line's hash is {}", hex_str(parsed.prev), hex_str(&want_prev)),
+                format!(
+                    "\"prev\" is {}, but the previous line's hash is {}",
+                    hex_str(parsed.prev),
+                    hex_str(&want_prev)
+                ),
             )));
         }
         let hasher = self.hasher.as_ref().expect("set by the header or the headerless start");
@@ -745,7 +757,8 @@ impl<'o> State<'o> {
                 match (chain, &self.opts.hmac_key) {
                     ("sha256", None) => self.hasher = Some(Hasher::Sha256),
                     ("hmac-sha256", Some(k)) => {
-                        let keyed = <Hmac<Sha256> as Mac>::new_from_slice(k).expect("HMAC takes any key length");
+                        let keyed =
+                            <Hmac<Sha256> as Mac>::new_from_slice(k).expect("HMAC takes any key length");
                         self.hasher = Some(Hasher::Hmac(Box::new(keyed)));
                     }
                     ("hmac-sha256", None) => {
@@ -755,10 +768,10 @@ impl<'o> State<'o> {
                             String::from_utf8_lossy(h.key_id)
                         )))
                     }
-                    _ => {
-                        return bad("an HMAC key was given but this segment claims a plain SHA-256 chain (a downgrade)"
-                            .into())
-                    }
+                    _ => return bad(
+                        "an HMAC key was given but this segment claims a plain SHA-256 chain (a downgrade)"
+                            .into(),
+                    ),
                 }
                 self.chain_of_trail = Some((chain, h.key_id.to_vec()));
                 self.report.chain = chain.into();
@@ -886,7 +899,11 @@ fn run(sources: &Sources<'_>, opts: &VerifyOptions, bytes_mode: bool) -> Result<
             Opened::Bytes(b) => (Box::new(b), b.len() as u64),
             Opened::NotRegular(what) => {
                 let seq = st.expected_seq();
-                st.problem(At { file: &name, offset: 0, line: 1 }, seq, format!("{name} is {what}, not a regular file"));
+                st.problem(
+                    At { file: &name, offset: 0, line: 1 },
+                    seq,
+                    format!("{name} is {what}, not a regular file"),
+                );
                 break;
             }
         };
@@ -921,7 +938,11 @@ fn run(sources: &Sources<'_>, opts: &VerifyOptions, bytes_mode: bool) -> Result<
             match next {
                 Next::Line(range) => {
                     line_no += 1;
-                    let pf = if line_no == 1 { prev_file.as_ref().map(|(l, f, n)| (*l, *f, n.as_str())) } else { None };
+                    let pf = if line_no == 1 {
+                        prev_file.as_ref().map(|(l, f, n)| (*l, *f, n.as_str()))
+                    } else {
+                        None
+                    };
                     let len = range.len() as u64;
                     if let Err((seq, what)) = st.line(&reader.buf[range], at, segment_in_name, pf)? {
                         st.problem(at, seq, what);
@@ -932,7 +953,11 @@ fn run(sources: &Sources<'_>, opts: &VerifyOptions, bytes_mode: bool) -> Result<
                 Next::End => break,
                 Next::OverLimit(len) => {
                     let seq = st.expected_seq();
-                    st.problem(at, seq, format!("a line of {len} bytes or more, over the format's limit of {MAX_LINE_BYTES}"));
+                    st.problem(
+                        at,
+                        seq,
+                        format!("a line of {len} bytes or more, over the format's limit of {MAX_LINE_BYTES}"),
+                    );
                     break;
                 }
                 Next::BadLong(line::LineError::Bad(what, col)) => {
@@ -949,7 +974,9 @@ fn run(sources: &Sources<'_>, opts: &VerifyOptions, bytes_mode: bool) -> Result<
                                 "the next segment's header declares the intact part ends at byte {limit}, inside a line"
                             )
                         } else {
-                            format!("{len} bytes without a newline at the end of a segment that is not the last")
+                            format!(
+                                "{len} bytes without a newline at the end of a segment that is not the last"
+                            )
                         };
                         st.problem(at, seq, what);
                     } else if line_no == 0 && i == 0 && !st.bytes_mode {
@@ -1006,7 +1033,9 @@ fn run(sources: &Sources<'_>, opts: &VerifyOptions, bytes_mode: bool) -> Result<
     let expected_at_end = st.expected_seq();
     let mut report = st.report;
     if st.headerless.is_none() && st.bytes_mode && report.problem.is_none() && report.torn_tail.is_none() {
-        report.notes.push("no line: an empty text without headers (a MemorySink that recorded nothing)".into());
+        report
+            .notes
+            .push("no line: an empty text without headers (a MemorySink that recorded nothing)".into());
     } else if report.problem.is_none()
         && report.torn_tail.is_none()
         && st.file_records == 0
@@ -1020,9 +1049,10 @@ fn run(sources: &Sources<'_>, opts: &VerifyOptions, bytes_mode: bool) -> Result<
             offset,
             line: last_file_lines + 1,
             seq: expected_at_end,
-            what: "the last segment holds only its header: the write of its first record was interrupted (the \
+            what:
+                "the last segment holds only its header: the write of its first record was interrupted (the \
                    writer continues it on open)"
-                .into(),
+                    .into(),
         });
     }
     report.last_hash = st.prev.as_ref().map(hex_str);
@@ -1091,7 +1121,6 @@ pub fn history(paths: &[PathBuf], key: &str, opts: &VerifyOptions) -> Result<His
 pub fn segment_of(path: &Path) -> Option<u64> {
     path.file_name()?.to_str().and_then(parse_segment_file_name)
 }
-
 
 #[cfg(test)]
 mod tests {
