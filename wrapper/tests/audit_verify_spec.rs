@@ -76,16 +76,15 @@ fn hash_of(line: &str) -> &str {
 
 /// Re-seals every line from (segment `s`, line `l`) on, each linked to the one before.
 fn rechain(segs: &mut [Vec<String>], s: usize, l: usize, key: &ChainKey) {
-    let mut prev: Option<String> = None;
-    for si in 0..segs.len() {
-        for li in 0..segs[si].len() {
+    let mut prev = "0".repeat(64);
+    for (si, seg) in segs.iter_mut().enumerate() {
+        for (li, line) in seg.iter_mut().enumerate() {
             if (si, li) >= (s, l) {
-                let p = prev.clone().unwrap_or_else(|| "0".repeat(64));
-                let p = if (si, li) == (0, 0) { "0".repeat(64) } else { p };
-                segs[si][li] = seal(pre(&segs[si][li]), &p, key);
+                *line = seal(pre(line), &prev, key);
             }
-            if segs[si][li].ends_with('\n') {
-                prev = Some(hash_of(&segs[si][li]).to_string());
+            // A half-written line (no newline) is not part of the chain.
+            if line.ends_with('\n') {
+                prev = hash_of(line).to_string();
             }
         }
     }

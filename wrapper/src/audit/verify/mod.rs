@@ -1097,8 +1097,7 @@ pub fn history(paths: &[PathBuf], key: &str, opts: &VerifyOptions) -> Result<His
             let Opened::File(file, _) = open_regular(&f)? else { break };
             let mut src = file;
             reader.reset();
-            loop {
-                let Next::Line(range) = reader.next(&mut src).map_err(io)? else { break };
+            while let Next::Line(range) = reader.next(&mut src).map_err(io)? {
                 let Ok(rec) = serde_json::from_slice::<AuditRecord>(&reader.buf[range]) else { continue };
                 if rec.seq != want {
                     continue;
