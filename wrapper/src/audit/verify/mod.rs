@@ -343,27 +343,40 @@ impl Sources<'_> {
             Sources::Paths(p) => open_regular(&p[i]),
         }
     }
+}
 
-    /// The first line of file `i` (at most [`MAX_HEADER_READ`] bytes), if it can be read.
-    fn first_line(&self, i: usize) -> Result<Vec<u8>, VerifyError> {
-        let mut line = Vec::new();
-        let read = match self.open(i)? {
-            Opened::File(f, _) => std::io::BufRead::read_until(
-                &mut std::io::BufReader::new(Read::take(f, MAX_HEADER_READ)),
-                b'\n',
-                &mut line,
-            )
-            .map(drop),
-            Opened::Bytes(b) => {
-                let b = &b[..b.len().min(MAX_HEADER_READ as usize)];
-                line.extend_from_slice(&b[..memchr::memchr(b'\n', b).map_or(b.len(), |e| e + 1)]);
-                Ok(())
+/// Reads the first line of an opened file (at most [`MAX_HEADER_READ`] bytes, `\n`
+/// excluded) into `line`, without moving the file's position.
+fn peek_first_line(opened: &Opened<'_>, line: &mut Vec<u8>) -> std::io::Result<()> {
+    line.clear();
+    match opened {
+        Opened::Bytes(b) => {
+            let b = &b[..b.len().min(MAX_HEADER_READ as usize)];
+            line.extend_from_slice(&b[..memchr::memchr(b'\n', b).unwrap_or(b.len())]);
+        }
+        Opened::File(f, len) => {
+            // Small reads first: a header is a few hundred bytes, a segment may be small.
+            let mut chunk = [0u8; 4096];
+            let mut at = 0u64;
+            while at < (*len).min(MAX_HEADER_READ) {
+                #[cfg(unix)]
+                let n = std::os::unix::fs::FileExt::read_at(f, &mut chunk, at)?;
+                #[cfg(not(unix))]
+                let n = std::os::windows::fs::FileExt::seek_read(f, &mut chunk, at)?;
+                if n == 0 {
+                    break;
+                }
+                if let Some(e) = memchr::memchr(b'\n', &chunk[..n]) {
+                    line.extend_from_slice(&chunk[..e]);
+                    break;
+                }
+                line.extend_from_slice(&chunk[..n]);
+                at += n as u64;
             }
-            Opened::NotRegular(_) => Ok(()),
-        };
-        read.map_err(|source| VerifyError::Io { path: PathBuf::from(self.name(i)), source })?;
-        Ok(line)
+        }
+        Opened::NotRegular(_) => {}
     }
+    Ok(())
 }
 
 /// Opens `path` for reading only if it is a regular file (after following symbolic links),
@@ -889,10 +902,17 @@ fn run(sources: &Sources<'_>, opts: &VerifyOptions, bytes_mode: bool) -> Result<
     // (bytes of the previous file that belong to the trail, its length, its name)
     let mut prev_file: Option<(u64, u64, String)> = None;
     let mut last_file_lines = 0u64;
+    // The next file, opened early to read its header (a recovered segment's header says
+    // where this file's lines end), and its first line.
+    let mut next_opened: Option<Opened<'_>> = None;
+    let mut first = Vec::new();
     for i in 0..n {
         let name = sources.name(i);
         let last = i + 1 == n;
-        let opened = sources.open(i)?;
+        let opened = match next_opened.take() {
+            Some(o) => o,
+            None => sources.open(i)?,
+        };
         st.report.segments += 1;
         let (mut src, full_len): (Box<dyn Read + '_>, u64) = match opened {
             Opened::File(f, len) => (Box::new(f), len),
@@ -911,10 +931,11 @@ fn run(sources: &Sources<'_>, opts: &VerifyOptions, bytes_mode: bool) -> Result<
         // declares (recovered after a failure) that only a prefix was intact.
         let mut limit = full_len;
         if !last {
-            let first = sources.first_line(i + 1)?;
-            if let Ok(line::Line { kind: line::Kind::Header(h), .. }) =
-                line::parse(first.strip_suffix(b"\n").unwrap_or(&first), &mut None)
-            {
+            let next = sources.open(i + 1)?;
+            peek_first_line(&next, &mut first)
+                .map_err(|source| VerifyError::Io { path: PathBuf::from(sources.name(i + 1)), source })?;
+            next_opened = Some(next);
+            if let Ok(line::Line { kind: line::Kind::Header(h), .. }) = line::parse(&first, &mut None) {
                 if h.recovered && h.prev_len < full_len {
                     st.report.notes.push(format!(
                         "{name}: {} bytes after offset {} were discarded when the sink recovered from a failure \
