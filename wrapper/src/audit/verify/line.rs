@@ -48,7 +48,7 @@ pub(crate) struct Line<'a> {
 /// Parses one line (without its `\n`). On error, `seq_seen` holds the record's `seq` if the
 /// parser got that far (the "usable seq" of a report).
 pub(crate) fn parse<'a>(line: &'a [u8], seq_seen: &mut Option<u64>) -> R<Line<'a>> {
-    let mut c = Cur { b: line, i: 0 };
+    let mut c = Cur { b: line, i: 0, non_ascii: false };
     c.lit(b"{\"v\":1,\"")?;
     let kind = if c.try_lit(b"seq\":") {
         let seq = c.uint()?;
@@ -73,8 +73,9 @@ pub(crate) fn parse<'a>(line: &'a [u8], seq_seen: &mut Option<u64>) -> R<Line<'a
     if c.i != line.len() {
         return Err(c.bad("bytes after the end of the object"));
     }
-    // Strings were checked byte by byte for their escapes; this checks they are UTF-8.
-    if std::str::from_utf8(line).is_err() {
+    // Strings were checked for their escapes; outside strings only ASCII matched. A string
+    // with non-ASCII bytes must be UTF-8.
+    if c.non_ascii && std::str::from_utf8(line).is_err() {
         return Err(LineError::Bad("the line is not UTF-8".into(), 0));
     }
     Ok(Line { kind, prev, head: &line[..head_end], hash })
@@ -175,6 +176,8 @@ fn header_body<'a>(c: &mut Cur<'a>) -> R<Header<'a>> {
 struct Cur<'a> {
     b: &'a [u8],
     i: usize,
+    /// A string holds a byte over 0x7F (only strings may).
+    non_ascii: bool,
 }
 
 impl<'a> Cur<'a> {
@@ -245,8 +248,19 @@ impl<'a> Cur<'a> {
         self.i += 1;
         let start = self.i;
         loop {
-            let b = self.peek()?;
-            match b {
+            // The bytes that need a look: the end, an escape, a raw control character.
+            let rest = &self.b[self.i..];
+            let k = rest
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b))
+                .ok_or(LineError::Truncated)?;
+            self.i += k;
+            match rest[k] {
+                0x80.. => {
+                    // Checked as UTF-8 once the whole line is parsed.
+                    self.non_ascii = true;
+                    self.i += 1;
+                }
                 b'"' => {
                     self.i += 1;
                     return Ok(&self.b[start..self.i - 1]);
@@ -273,8 +287,7 @@ impl<'a> Cur<'a> {
                         _ => return Err(self.bad("an escape the canonical form does not use")),
                     }
                 }
-                0..=0x1f => return Err(self.bad("a control character not escaped")),
-                _ => self.i += 1,
+                _ => return Err(self.bad("a control character not escaped")),
             }
         }
     }
@@ -569,7 +582,7 @@ mod tests {
     fn integers_are_canonical_u64() {
         let int = |s: &str| {
             let line = format!("{s},");
-            Cur { b: line.as_bytes(), i: 0 }.uint()
+            Cur { b: line.as_bytes(), i: 0, non_ascii: false }.uint()
         };
         assert_eq!(int("0"), Ok(0));
         assert_eq!(int("18446744073709551615"), Ok(u64::MAX));
@@ -582,7 +595,7 @@ mod tests {
     fn strings_use_only_the_canonical_escapes() {
         let s = |raw: &str| {
             let line = format!("\"{raw}\",");
-            Cur { b: line.as_bytes(), i: 0 }.string().map(<[u8]>::to_vec)
+            Cur { b: line.as_bytes(), i: 0, non_ascii: false }.string().map(<[u8]>::to_vec)
         };
         assert!(s(r#"a\"b\\c\n\t\r\b\f\u0000\u001f é"#).is_ok());
         for bad in [r"\ud800", r"\u0041", r"\u000A", r"\u000a", r"\/", r"\x", "\r", "\u{1}"] {
@@ -594,7 +607,7 @@ mod tests {
     fn full_values_are_compact_json_without_repeated_names() {
         let v = |raw: &str| {
             let line = format!("{raw}}}");
-            let mut c = Cur { b: line.as_bytes(), i: 0 };
+            let mut c = Cur { b: line.as_bytes(), i: 0, non_ascii: false };
             c.value().and_then(|()| if c.i + 1 == line.len() { Ok(()) } else { Err(c.bad("rest")) })
         };
         for good in [

@@ -1223,6 +1223,28 @@ mod tests {
     }
 
     #[test]
+    fn a_line_that_is_not_utf8_is_tampered_even_with_a_correct_hash() {
+        let sink = MemorySink::new();
+        let map: MapWrapper<u32, u32> =
+            MapWrapper::builder().name("m").auditor(Auditor::new(sink.clone())).build().unwrap();
+        map.insert(1, 1).unwrap();
+        let line = sink.text().trim_end().replace("\"actor\":\"unattributed\"", "\"actor\":\"\u{e9}\"");
+        assert_eq!(check(&reseal(&line)).verdict, Verdict::Intact, "UTF-8 is fine");
+        let mut bytes = line.into_bytes();
+        let at = bytes.iter().position(|&b| b == 0xc3).unwrap();
+        bytes[at + 1] = b'X'; // 0xC3 then 'X': not UTF-8
+        let cut = bytes.len() - crate::audit::record::HASH_SUFFIX_LEN;
+        let mut body = bytes[..cut].to_vec();
+        body.push(b'}');
+        let hash = crate::audit::to_hex(&ChainKey::Sha256.seal(GENESIS, &body));
+        bytes.truncate(cut);
+        bytes.extend_from_slice(format!(",\"hash\":\"{hash}\"}}\n").as_bytes());
+        let r = verify_bytes(&[("t".into(), bytes)], &Default::default()).unwrap();
+        assert_eq!(r.verdict, Verdict::Tampered, "{}", r.human());
+        assert!(r.problem.unwrap().what.contains("not UTF-8"));
+    }
+
+    #[test]
     fn a_line_over_the_limit_is_tampering_whether_or_not_it_ends() {
         let mut text = trail(3);
         let start = text.len();
