@@ -11,7 +11,8 @@
 //! process also built the trails).
 //!
 //! `cargo bench --bench verify` (`VERIFY_BENCH_RECORDS`, default 1 500 000;
-//! `VERIFY_BENCH_DIR`, where the trails go; `VERIFY_BENCH_RUNS`, default 3).
+//! `VERIFY_BENCH_DIR`, where the trails go; `VERIFY_BENCH_RUNS`, default 3;
+//! `VERIFY_BENCH_KEEP=1` keeps the trails, to time another verifier on them).
 //! Not a test: it asserts nothing about speed.
 
 use std::io::Read;
@@ -250,5 +251,8 @@ fn main() {
             .unwrap();
         let kib: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(f64::NAN);
         println!("peak RSS of a verify process ({what}): {:.1} MiB (goal <= 32)", kib / 1024.0);
+    }
+    if std::env::var_os("VERIFY_BENCH_KEEP").is_some() {
+        let _ = base.keep();
     }
 }

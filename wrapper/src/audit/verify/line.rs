@@ -189,6 +189,7 @@ impl<'a> Cur<'a> {
         self.b.get(self.i).copied().ok_or(LineError::Truncated)
     }
 
+    #[inline(always)]
     fn try_lit(&mut self, lit: &[u8]) -> bool {
         if self.b[self.i..].starts_with(lit) {
             self.i += lit.len();
@@ -199,6 +200,7 @@ impl<'a> Cur<'a> {
     }
 
     /// Expects exactly `lit` (the canonical form leaves no choice).
+    #[inline(always)]
     fn lit(&mut self, lit: &[u8]) -> R<()> {
         let rest = &self.b[self.i..];
         if rest.starts_with(lit) {
@@ -301,7 +303,8 @@ impl<'a> Cur<'a> {
 
     fn hex64(&mut self) -> R<&'a [u8; 64]> {
         let s = self.b.get(self.i..self.i + 64).ok_or(LineError::Truncated)?;
-        if !s.iter().all(|&b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        // No early exit: the compiler checks all 64 bytes at once.
+        if !s.iter().fold(true, |ok, &b| ok & (b.is_ascii_digit() | (b'a'..=b'f').contains(&b))) {
             return Err(self.bad("expected 64 lowercase hex digits"));
         }
         self.i += 64;
@@ -526,7 +529,7 @@ fn unescape(s: &[u8]) -> Vec<u8> {
 pub(crate) fn valid_ts(s: &[u8]) -> bool {
     const FORM: &[u8; 29] = b"\"dddd-dd-ddTdd:dd:dd.ddddddZ\"";
     if s.len() != 29
-        || !s.iter().zip(FORM).all(|(&b, &f)| if f == b'd' { b.is_ascii_digit() } else { b == f })
+        || !s.iter().zip(FORM).fold(true, |ok, (&b, &f)| ok & ((f == b'd' && b.is_ascii_digit()) | (b == f)))
     {
         return false;
     }
