@@ -174,7 +174,7 @@ fn main() {
             }
             ChainKey::Sha256 => verify::VerifyOptions::default(),
         };
-        let (wall, cpu, r) = best(runs, || verify::verify_paths(&[dir.clone()], &opts).unwrap());
+        let (wall, cpu, r) = best(runs, || verify::verify_paths(std::slice::from_ref(dir), &opts).unwrap());
         assert_eq!(r.verdict, verify::Verdict::Intact, "{}", r.human());
         let n = r.records as f64;
         println!(
