@@ -4,6 +4,9 @@
 //! run. For `Synced` also the records per fsync and the fsync limit (threads ÷ the fdatasync
 //! time measured in the same run); and `verify` records/s.
 //!
+//! First a table by records written (issue 17: fixed 1 Mi random operations, `AUDIT_BENCH_RECORDS_THREADS`,
+//! default 1,2,64; `AUDIT_BENCH_PART=records` or `cells` runs one table only).
+//!
 //! `cargo bench --bench audit` (each cell runs `AUDIT_BENCH_MS` milliseconds, default 500;
 //! `AUDIT_BENCH_THREADS=1,64` picks thread counts; `AUDIT_BENCH_DIR` where files go).
 //! Not a test: it asserts nothing about speed.
@@ -17,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use map_wrapper::audit::{verify, AuditSink, Auditor, Durability, JsonLinesOptions, JsonLinesSink};
-use map_wrapper::MapWrapper;
+use map_wrapper::{MapWrapper, OpContext};
 
 const THREADS: [usize; 4] = [1, 2, 16, 64];
 
@@ -182,6 +185,103 @@ fn audited(threads: usize, durability: Durability, dir: &Path, check: bool) -> A
     }
 }
 
+/// The workload of issue 17 ("by records"): `RECORDS_OPS` operations in all, 50/50 insert and
+/// remove of random keys in a 2^20 key space filled half, an actor and a trace id per
+/// operation. Returns records (or events) written per second.
+const RECORDS_OPS: u64 = 1 << 20;
+const KEY_SPACE: u64 = 1 << 20;
+
+fn xorshift(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
+}
+
+/// Runs `op(thread, key, insert?)` for `RECORDS_OPS / threads` random operations per thread;
+/// returns the elapsed time.
+fn run_fixed(threads: usize, op: impl Fn(usize, u64, bool) + Send + Sync + 'static) -> Duration {
+    let op = Arc::new(op);
+    let barrier = Arc::new(Barrier::new(threads + 1));
+    let per = RECORDS_OPS / threads as u64;
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (op, barrier) = (op.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut s = 0x9E37_79B9_7F4A_7C15u64 ^ (t as u64 + 1).wrapping_mul(0xff51afd7ed558ccd);
+                barrier.wait();
+                for _ in 0..per {
+                    let r = xorshift(&mut s);
+                    op(t, r % KEY_SPACE, r >> 63 == 0);
+                }
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    for h in handles {
+        h.join().unwrap();
+    }
+    start.elapsed()
+}
+
+fn tracing_records(threads: usize, dir: &Path) -> f64 {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("tracing.jsonl");
+    let (writer, guard) = tracing_appender::non_blocking(File::create(&path).unwrap());
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::fmt().json().with_writer(writer).finish());
+    let map: Arc<DashMap<u64, u64>> = Arc::new(DashMap::new());
+    for k in (0..KEY_SPACE).step_by(2) {
+        map.insert(k, k);
+    }
+    let actors: Arc<Vec<String>> = Arc::new((0..threads).map(|t| format!("user-{t}")).collect());
+    let d = dispatch.clone();
+    let elapsed = run_fixed(threads, move |t, k, insert| {
+        tracing::dispatcher::with_default(&d, || {
+            let trace = format!("{t:08x}{k:016x}");
+            if insert {
+                let old = map.insert(k, k);
+                tracing::info!(target: "audit", op = "insert", key = k, old = ?old, new = k, actor = %actors[t], trace_id = %trace);
+            } else {
+                let old = map.remove(&k);
+                tracing::info!(target: "audit", op = "remove", key = k, old = ?old.map(|p| p.1), actor = %actors[t], trace_id = %trace);
+            }
+        })
+    });
+    drop(guard);
+    let lines = BufReader::new(File::open(&path).unwrap()).lines().count() as u64;
+    lines as f64 / elapsed.as_secs_f64()
+}
+
+fn audited_records(threads: usize, durability: Option<Durability>, dir: &Path) -> f64 {
+    let sink = Arc::new(JsonLinesSink::open(dir, JsonLinesOptions::default()).unwrap());
+    let mut auditor = Auditor::from_arc(sink.clone() as Arc<dyn AuditSink>);
+    if let Some(d) = durability {
+        auditor = auditor.durability(d);
+    }
+    let map: Arc<MapWrapper<u64, u64>> = Arc::new(
+        MapWrapper::builder().name("bench").timeout(Duration::from_secs(30)).auditor(auditor).build().unwrap(),
+    );
+    for k in (0..KEY_SPACE).step_by(2) {
+        map.insert(k, k).unwrap();
+    }
+    let before = sink.stats().records;
+    let ctxs: Arc<Vec<OpContext>> = Arc::new((0..threads).map(|t| OpContext::new().actor(format!("user-{t}"))).collect());
+    let m = Arc::clone(&map);
+    let elapsed = run_fixed(threads, move |t, k, insert| {
+        let ctx = ctxs[t].clone().trace_id(format!("{t:08x}{k:016x}"));
+        if insert {
+            m.with(&ctx).insert(k, k).unwrap();
+        } else {
+            m.with(&ctx).remove(&k).unwrap();
+        }
+    });
+    let records = sink.stats().records - before;
+    drop(map);
+    sink.close().unwrap();
+    records as f64 / elapsed.as_secs_f64()
+}
+
 /// Median time of `write` + `fdatasync` of one small record (median: the disk is shared).
 fn fdatasync_time(dir: &Path) -> Duration {
     let mut f = File::create(dir.join("fsync-probe")).unwrap();
@@ -197,11 +297,47 @@ fn fdatasync_time(dir: &Path) -> Duration {
     times[times.len() / 2]
 }
 
+fn records_table(base: &Path, threads_list: &[usize]) {
+    println!("by records: {RECORDS_OPS} ops, 50/50 insert/remove, 2^20 keys half full, actor + trace id per op");
+    println!(
+        "{:>7} | {:>14} | {:>20} | {:>20} | {:>20}",
+        "threads", "tracing ev/s", "Buffered rec/s", "default rec/s", "Flushed rec/s"
+    );
+    for &threads in threads_list {
+        let fresh = || tempfile::tempdir_in(base).unwrap();
+        let t = tracing_records(threads, fresh().path());
+        let b = audited_records(threads, Some(Durability::Buffered), fresh().path());
+        let d = audited_records(threads, None, fresh().path());
+        let f = audited_records(threads, Some(Durability::Flushed), fresh().path());
+        println!(
+            "{threads:>7} | {:>10.3} M/s | {:>7.3} M/s {:>6.2}x | {:>7.3} M/s {:>6.2}x | {:>7.3} M/s {:>6.2}x   default/Buffered time {:.2}x",
+            t / 1e6,
+            b / 1e6,
+            b / t,
+            d / 1e6,
+            d / t,
+            f / 1e6,
+            f / t,
+            b / d
+        );
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` lists benchmarks; this one has nothing to list
     }
     let base = tempfile::tempdir_in(std::env::var("AUDIT_BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    if std::env::var("AUDIT_BENCH_PART").as_deref() != Ok("cells") {
+        let threads: Vec<usize> = std::env::var("AUDIT_BENCH_RECORDS_THREADS")
+            .ok()
+            .map(|s| s.split(',').filter_map(|t| t.trim().parse().ok()).collect())
+            .unwrap_or_else(|| vec![1, 2, 64]);
+        records_table(base.path(), &threads);
+        if std::env::var("AUDIT_BENCH_PART").as_deref() == Ok("records") {
+            return;
+        }
+    }
     println!("fdatasync: median of 101 appends of 200 bytes, measured before each Synced cell");
     println!(
         "{:>7} | {:>18} | {:>18} | {:>18} | {:>34}",
