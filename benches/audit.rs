@@ -199,11 +199,11 @@ fn xorshift(s: &mut u64) -> u64 {
 }
 
 /// Runs `op(thread, key, insert?)` for `RECORDS_OPS / threads` random operations per thread;
-/// returns the elapsed time.
-fn run_fixed(threads: usize, op: impl Fn(usize, u64, bool) + Send + Sync + 'static) -> Duration {
+/// returns the elapsed time (and leaves the process CPU time it took in `RUN_CPU_NS`).
+fn run_fixed(threads: usize, ops: u64, op: impl Fn(usize, u64, bool) + Send + Sync + 'static) -> Duration {
     let op = Arc::new(op);
     let barrier = Arc::new(Barrier::new(threads + 1));
-    let per = RECORDS_OPS / threads as u64;
+    let per = ops / threads as u64;
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let (op, barrier) = (op.clone(), barrier.clone());
@@ -218,14 +218,40 @@ fn run_fixed(threads: usize, op: impl Fn(usize, u64, bool) + Send + Sync + 'stat
         })
         .collect();
     barrier.wait();
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), cpu_time());
     for h in handles {
         h.join().unwrap();
     }
+    RUN_CPU_NS.store((cpu_time() - cpu).as_nanos() as u64, Ordering::Relaxed);
     start.elapsed()
 }
 
-fn tracing_records(threads: usize, dir: &Path) -> f64 {
+/// CPU time of the last `run_fixed` (all threads, the writer's included), in ns.
+static RUN_CPU_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Records (or events) per second, and CPU ns per record.
+#[derive(Clone, Copy, Default)]
+struct Rate {
+    per_sec: f64,
+    cpu_ns: f64,
+}
+
+impl Rate {
+    fn of(records: u64, elapsed: Duration) -> Rate {
+        Rate {
+            per_sec: records as f64 / elapsed.as_secs_f64(),
+            cpu_ns: RUN_CPU_NS.load(Ordering::Relaxed) as f64 / records.max(1) as f64,
+        }
+    }
+}
+
+/// Whether the records table runs column `name` (`AUDIT_BENCH_RECORDS_ONLY=default`, say,
+/// for a profile of one column).
+fn column(name: &str) -> bool {
+    std::env::var("AUDIT_BENCH_RECORDS_ONLY").map_or(true, |only| only == name)
+}
+
+fn tracing_records(threads: usize, dir: &Path) -> Rate {
     std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("tracing.jsonl");
     let (writer, guard) = tracing_appender::non_blocking(File::create(&path).unwrap());
@@ -236,7 +262,7 @@ fn tracing_records(threads: usize, dir: &Path) -> f64 {
     }
     let actors: Arc<Vec<String>> = Arc::new((0..threads).map(|t| format!("user-{t}")).collect());
     let d = dispatch.clone();
-    let elapsed = run_fixed(threads, move |t, k, insert| {
+    let elapsed = run_fixed(threads, RECORDS_OPS, move |t, k, insert| {
         tracing::dispatcher::with_default(&d, || {
             let trace = format!("{t:08x}{k:016x}");
             if insert {
@@ -250,10 +276,10 @@ fn tracing_records(threads: usize, dir: &Path) -> f64 {
     });
     drop(guard);
     let lines = BufReader::new(File::open(&path).unwrap()).lines().count() as u64;
-    lines as f64 / elapsed.as_secs_f64()
+    Rate::of(lines, elapsed)
 }
 
-fn audited_records(threads: usize, durability: Option<Durability>, dir: &Path) -> f64 {
+fn audited_records(threads: usize, durability: Option<Durability>, dir: &Path) -> Rate {
     let sink = Arc::new(JsonLinesSink::open(dir, JsonLinesOptions::default()).unwrap());
     let mut auditor = Auditor::from_arc(sink.clone() as Arc<dyn AuditSink>);
     if let Some(d) = durability {
@@ -268,7 +294,9 @@ fn audited_records(threads: usize, durability: Option<Durability>, dir: &Path) -
     let before = sink.stats().records;
     let ctxs: Arc<Vec<OpContext>> = Arc::new((0..threads).map(|t| OpContext::new().actor(format!("user-{t}"))).collect());
     let m = Arc::clone(&map);
-    let elapsed = run_fixed(threads, move |t, k, insert| {
+    // Synced waits for a disk flush per group: fewer operations (2,000 per thread).
+    let ops = if durability == Some(Durability::Synced) { (2000 * threads as u64).min(RECORDS_OPS) } else { RECORDS_OPS };
+    let elapsed = run_fixed(threads, ops, move |t, k, insert| {
         let ctx = ctxs[t].clone().trace_id(format!("{t:08x}{k:016x}"));
         if insert {
             m.with(&ctx).insert(k, k).unwrap();
@@ -279,7 +307,7 @@ fn audited_records(threads: usize, durability: Option<Durability>, dir: &Path) -
     let records = sink.stats().records - before;
     drop(map);
     sink.close().unwrap();
-    records as f64 / elapsed.as_secs_f64()
+    Rate::of(records, elapsed)
 }
 
 /// Median time of `write` + `fdatasync` of one small record (median: the disk is shared).
@@ -299,26 +327,37 @@ fn fdatasync_time(dir: &Path) -> Duration {
 
 fn records_table(base: &Path, threads_list: &[usize]) {
     println!("by records: {RECORDS_OPS} ops, 50/50 insert/remove, 2^20 keys half full, actor + trace id per op");
+    println!("(rec/s, the ratio to tracing events/s, and CPU ns per record of the whole process)");
     println!(
-        "{:>7} | {:>14} | {:>20} | {:>20} | {:>20}",
-        "threads", "tracing ev/s", "Buffered rec/s", "default rec/s", "Flushed rec/s"
+        "{:>7} | {:>20} | {:>28} | {:>28} | {:>28}",
+        "threads", "tracing ev/s", "Buffered rec/s", "default (Flushed) rec/s", "Synced rec/s"
     );
     for &threads in threads_list {
         let fresh = || tempfile::tempdir_in(base).unwrap();
-        let t = tracing_records(threads, fresh().path());
-        let b = audited_records(threads, Some(Durability::Buffered), fresh().path());
-        let d = audited_records(threads, None, fresh().path());
-        let f = audited_records(threads, Some(Durability::Flushed), fresh().path());
+        let run = |name: &str, f: &dyn Fn() -> Rate| if column(name) { f() } else { Rate::default() };
+        let t = run("tracing", &|| tracing_records(threads, fresh().path()));
+        let b = run("buffered", &|| audited_records(threads, Some(Durability::Buffered), fresh().path()));
+        let d = run("default", &|| audited_records(threads, None, fresh().path()));
+        let fsync = fdatasync_time(fresh().path());
+        let s = run("synced", &|| audited_records(threads, Some(Durability::Synced), fresh().path()));
+        let cell = |r: Rate| {
+            format!("{:>7.3} M/s {:>5.2}x {:>5.0} ns", r.per_sec / 1e6, r.per_sec / t.per_sec, r.cpu_ns)
+        };
         println!(
-            "{threads:>7} | {:>10.3} M/s | {:>7.3} M/s {:>6.2}x | {:>7.3} M/s {:>6.2}x | {:>7.3} M/s {:>6.2}x   default/Buffered time {:.2}x",
-            t / 1e6,
-            b / 1e6,
-            b / t,
-            d / 1e6,
-            d / t,
-            f / 1e6,
-            f / t,
-            b / d
+            "{threads:>7} | {:>7.3} M/s {:>6.0} ns | {} | {} | {}",
+            t.per_sec / 1e6,
+            t.cpu_ns,
+            cell(b),
+            cell(d),
+            cell(s)
+        );
+        println!(
+            "{:>7} | default/Buffered: {:.2}x time, {:.2}x CPU per record; Synced {:.2}x of threads/fsync ({:.3} ms)",
+            "",
+            b.per_sec / d.per_sec,
+            d.cpu_ns / b.cpu_ns,
+            s.per_sec / (threads as f64 / fsync.as_secs_f64()),
+            fsync.as_secs_f64() * 1e3
         );
     }
 }
