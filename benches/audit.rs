@@ -188,7 +188,10 @@ fn audited(threads: usize, durability: Durability, dir: &Path, check: bool) -> A
 /// The workload of issue 17 ("by records"): `RECORDS_OPS` operations in all, 50/50 insert and
 /// remove of random keys in a 2^20 key space filled half, an actor and a trace id per
 /// operation. Returns records (or events) written per second.
-const RECORDS_OPS: u64 = 1 << 20;
+/// `AUDIT_BENCH_RECORDS_OPS` overrides it (a loaded machine).
+static RECORDS_OPS: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+    std::env::var("AUDIT_BENCH_RECORDS_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(1 << 20)
+});
 const KEY_SPACE: u64 = 1 << 20;
 
 fn xorshift(s: &mut u64) -> u64 {
@@ -262,7 +265,7 @@ fn tracing_records(threads: usize, dir: &Path) -> Rate {
     }
     let actors: Arc<Vec<String>> = Arc::new((0..threads).map(|t| format!("user-{t}")).collect());
     let d = dispatch.clone();
-    let elapsed = run_fixed(threads, RECORDS_OPS, move |t, k, insert| {
+    let elapsed = run_fixed(threads, *RECORDS_OPS, move |t, k, insert| {
         tracing::dispatcher::with_default(&d, || {
             let trace = format!("{t:08x}{k:016x}");
             if insert {
@@ -288,14 +291,12 @@ fn audited_records(threads: usize, durability: Option<Durability>, dir: &Path) -
     let map: Arc<MapWrapper<u64, u64>> = Arc::new(
         MapWrapper::builder().name("bench").timeout(Duration::from_secs(30)).auditor(auditor).build().unwrap(),
     );
-    for k in (0..KEY_SPACE).step_by(2) {
-        map.insert(k, k).unwrap();
-    }
+    map.extend((0..KEY_SPACE).step_by(2).map(|k| (k, k))).unwrap();
     let before = sink.stats().records;
     let ctxs: Arc<Vec<OpContext>> = Arc::new((0..threads).map(|t| OpContext::new().actor(format!("user-{t}"))).collect());
     let m = Arc::clone(&map);
     // Synced waits for a disk flush per group: fewer operations (2,000 per thread).
-    let ops = if durability == Some(Durability::Synced) { (2000 * threads as u64).min(RECORDS_OPS) } else { RECORDS_OPS };
+    let ops = if durability == Some(Durability::Synced) { (2000 * threads as u64).min(*RECORDS_OPS) } else { *RECORDS_OPS };
     let elapsed = run_fixed(threads, ops, move |t, k, insert| {
         let ctx = ctxs[t].clone().trace_id(format!("{t:08x}{k:016x}"));
         if insert {
@@ -326,7 +327,7 @@ fn fdatasync_time(dir: &Path) -> Duration {
 }
 
 fn records_table(base: &Path, threads_list: &[usize]) {
-    println!("by records: {RECORDS_OPS} ops, 50/50 insert/remove, 2^20 keys half full, actor + trace id per op");
+    println!("by records: {} ops, 50/50 insert/remove, 2^20 keys half full, actor + trace id per op", *RECORDS_OPS);
     println!("(rec/s, the ratio to tracing events/s, and CPU ns per record of the whole process)");
     println!(
         "{:>7} | {:>20} | {:>28} | {:>28} | {:>28}",
