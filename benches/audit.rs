@@ -289,14 +289,24 @@ fn audited_records(threads: usize, durability: Option<Durability>, dir: &Path) -
         auditor = auditor.durability(d);
     }
     let map: Arc<MapWrapper<u64, u64>> = Arc::new(
-        MapWrapper::builder().name("bench").timeout(Duration::from_secs(30)).auditor(auditor).build().unwrap(),
+        MapWrapper::builder()
+            .name("bench")
+            .timeout(Duration::from_secs(30))
+            .auditor(auditor)
+            .build()
+            .unwrap(),
     );
     map.extend((0..KEY_SPACE).step_by(2).map(|k| (k, k))).unwrap();
     let before = sink.stats().records;
-    let ctxs: Arc<Vec<OpContext>> = Arc::new((0..threads).map(|t| OpContext::new().actor(format!("user-{t}"))).collect());
+    let ctxs: Arc<Vec<OpContext>> =
+        Arc::new((0..threads).map(|t| OpContext::new().actor(format!("user-{t}"))).collect());
     let m = Arc::clone(&map);
     // Synced waits for a disk flush per group: fewer operations (2,000 per thread).
-    let ops = if durability == Some(Durability::Synced) { (2000 * threads as u64).min(*RECORDS_OPS) } else { *RECORDS_OPS };
+    let ops = if durability == Some(Durability::Synced) {
+        (2000 * threads as u64).min(*RECORDS_OPS)
+    } else {
+        *RECORDS_OPS
+    };
     let elapsed = run_fixed(threads, ops, move |t, k, insert| {
         let ctx = ctxs[t].clone().trace_id(format!("{t:08x}{k:016x}"));
         if insert {
@@ -327,7 +337,10 @@ fn fdatasync_time(dir: &Path) -> Duration {
 }
 
 fn records_table(base: &Path, threads_list: &[usize]) {
-    println!("by records: {} ops, 50/50 insert/remove, 2^20 keys half full, actor + trace id per op", *RECORDS_OPS);
+    println!(
+        "by records: {} ops, 50/50 insert/remove, 2^20 keys half full, actor + trace id per op",
+        *RECORDS_OPS
+    );
     println!("(rec/s, the ratio to tracing events/s, and CPU ns per record of the whole process)");
     println!(
         "{:>7} | {:>20} | {:>28} | {:>28} | {:>28}",

@@ -768,7 +768,9 @@ fn run_writer(shared: &Shared) {
                 // Never sync this file again after a failure: after a failed fsync the kernel
                 // may have dropped the dirty pages, and a second fsync would report success
                 // for data that is gone. The segment is poisoned; reopen() starts a new one.
-                w.file.sync().map_err(|e| err(&format!("fsync of {} failed", segment_file_name(w.segment)), e))?;
+                w.file
+                    .sync()
+                    .map_err(|e| err(&format!("fsync of {} failed", segment_file_name(w.segment)), e))?;
                 shared.syncs.fetch_add(1, Ordering::Relaxed);
                 shared.state.lock().synced = last;
             }
@@ -964,9 +966,11 @@ impl AuditSink for JsonLinesSink {
                 // of concurrent operations) in one write(2); whoever has the turn, others wait.
                 st.writing = true;
                 drop(st);
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match shared.writer.lock().as_mut() {
-                    Some(w) => write_queued(shared, w),
-                    None => Ok(()),
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    match shared.writer.lock().as_mut() {
+                        Some(w) => write_queued(shared, w),
+                        None => Ok(()),
+                    }
                 }));
                 end_turn(shared);
                 match r {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use super::record::{AuditEvent, AuditRecord, Chain, ChainKey, EventFields};
 
@@ -245,14 +245,21 @@ impl<T: AuditSink + ?Sized> AuditSink for Arc<T> {
 /// ```
 #[derive(Debug, Clone)]
 pub struct MemorySink {
-    inner: Arc<Mutex<MemoryInner>>,
+    inner: Arc<MemoryShared>,
+}
+
+#[derive(Debug)]
+struct MemoryShared {
+    state: Mutex<MemoryInner>,
+    /// Woken by `drain`: admissions waiting for room.
+    room: Condvar,
 }
 
 #[derive(Debug)]
 struct MemoryInner {
     chain: Chain,
     text: String,
-    /// Most bytes `text` may hold; an append beyond it is refused.
+    /// Most bytes `text` may hold before admissions wait (see [`MemorySink::limit`]).
     limit: usize,
 }
 
@@ -274,20 +281,26 @@ impl MemorySink {
     /// An empty memory sink chained with `key`.
     pub fn with_key(key: ChainKey) -> Self {
         MemorySink {
-            inner: Arc::new(Mutex::new(MemoryInner {
-                chain: Chain::new(key),
-                text: String::new(),
-                limit: MEMORY_SINK_DEFAULT_LIMIT,
-            })),
+            inner: Arc::new(MemoryShared {
+                state: Mutex::new(MemoryInner {
+                    chain: Chain::new(key),
+                    text: String::new(),
+                    limit: MEMORY_SINK_DEFAULT_LIMIT,
+                }),
+                room: Condvar::new(),
+            }),
         }
     }
 
-    /// Bounds the lines held to `bytes` (default [`MEMORY_SINK_DEFAULT_LIMIT`]): an append
-    /// that would go beyond it is refused with an error (the map reports `AuditUnavailable`,
-    /// or, fail-open, counts a lost record) until [`drain`](Self::drain) makes room.
+    /// Bounds the lines held to about `bytes` (default [`MEMORY_SINK_DEFAULT_LIMIT`]). Once
+    /// the sink holds that much, a map's next mutation waits for room
+    /// ([`admit`](AuditSink::admit)) until its deadline, then fails with a timeout having
+    /// changed nothing, until [`drain`](Self::drain) makes room. The bound is soft by the
+    /// records of operations admitted at once; an [`append`](AuditSink::append) that would
+    /// take the sink beyond twice the bound (a producer that never asked for room) is refused.
     #[must_use]
     pub fn limit(self, bytes: usize) -> Self {
-        self.inner.lock().limit = bytes;
+        self.inner.state.lock().limit = bytes;
         self
     }
 
@@ -304,18 +317,21 @@ impl MemorySink {
     /// assert!(sink.text().is_empty());
     /// ```
     pub fn drain(&self) -> String {
-        std::mem::take(&mut self.inner.lock().text)
+        let text = std::mem::take(&mut self.inner.state.lock().text);
+        self.inner.room.notify_all();
+        text
     }
 
     /// The trail so far, exactly as a [`JsonLinesSink`](crate::audit::JsonLinesSink) would
     /// write it (without segment headers): one line per record.
     pub fn text(&self) -> String {
-        self.inner.lock().text.clone()
+        self.inner.state.lock().text.clone()
     }
 
     /// The records so far, parsed back.
     pub fn records(&self) -> Vec<AuditRecord> {
         self.inner
+            .state
             .lock()
             .text
             .lines()
@@ -326,7 +342,7 @@ impl MemorySink {
     /// How many records it holds (taken by [`drain`](Self::drain) or not: the records
     /// sealed so far).
     pub fn len(&self) -> usize {
-        self.inner.lock().chain.next_seq() as usize - 1
+        self.inner.state.lock().chain.next_seq() as usize - 1
     }
 
     /// Whether it holds no record.
@@ -337,16 +353,28 @@ impl MemorySink {
 
 impl AuditSink for MemorySink {
     fn append(&self, event: AuditEvent) -> Result<Ticket, SinkError> {
-        let mut inner = self.inner.lock();
+        let mut inner = self.inner.state.lock();
         let MemoryInner { chain, text, limit } = &mut *inner;
         // A line is its body plus under 300 bytes of seq, prev and hash.
-        if text.len() + event.body().len() + 300 > *limit {
+        if text.len() + event.body().len() + 300 > limit.saturating_mul(2) {
             return Err(SinkError::new(format!(
-                "the memory sink is full ({} of its {limit} bytes): drain it",
+                "the memory sink is full ({} bytes held, twice its limit of {limit}): drain it",
                 text.len()
             )));
         }
         Ok(Ticket::new(chain.seal_event(&event, text), 0))
+    }
+
+    fn admit(&self, deadline: Instant) -> Result<(), AdmitError> {
+        let start = Instant::now();
+        let mut inner = self.inner.state.lock();
+        while inner.text.len() >= inner.limit {
+            if self.inner.room.wait_until(&mut inner, deadline).timed_out() && inner.text.len() >= inner.limit
+            {
+                return Err(AdmitError::Full { waited: start.elapsed(), limit: inner.limit });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -440,6 +468,10 @@ impl AuditSink for TeeSink {
             parts.push(sink.append(event.clone())?);
         }
         Ok(Ticket { id: 0, epoch: 0, parts })
+    }
+
+    fn admit(&self, deadline: Instant) -> Result<(), AdmitError> {
+        self.sinks.iter().try_for_each(|s| s.admit(deadline))
     }
 
     fn wait(&self, ticket: &Ticket, level: Durability) -> Result<(), SinkError> {
