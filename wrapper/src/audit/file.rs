@@ -346,6 +346,13 @@ struct State {
     synced: u64,
     /// Highest seq some waiter wants on disk.
     sync_wanted: u64,
+    /// Operations waiting for a sync now.
+    sync_waiters: usize,
+    /// How many were waiting when the last sync ended, when it ended, and how long it took:
+    /// the writer lets the next sync wait (at most as long as the last one took) for the
+    /// waiters it released to come back with their next records, so that one sync serves
+    /// every thread instead of every other one (group commit).
+    last_sync: Option<(usize, Instant, Duration)>,
     failed: Option<SinkError>,
     stopping: bool,
 }
@@ -572,6 +579,8 @@ impl JsonLinesSink {
                 written: last,
                 synced: last,
                 sync_wanted: 0,
+                sync_waiters: 0,
+                last_sync: None,
                 failed: None,
                 stopping: false,
             }),
@@ -740,7 +749,17 @@ fn run_writer(shared: &Shared) {
                     shared.progress.wait_for(&mut st, BATCH_DELAY);
                     continue;
                 }
-                if st.sync_wanted > st.synced || st.stopping || st.pending.len() >= BATCH_WAKE_BYTES {
+                if st.sync_wanted > st.synced && !st.stopping {
+                    if let Some((target, end, took)) = st.last_sync {
+                        let left = took.saturating_sub(end.elapsed());
+                        if st.sync_waiters < target && !left.is_zero() {
+                            shared.work.wait_for(&mut st, left);
+                            continue;
+                        }
+                    }
+                    break;
+                }
+                if st.stopping || st.pending.len() >= BATCH_WAKE_BYTES {
                     break;
                 }
                 if st.ends.is_empty() {
@@ -765,6 +784,7 @@ fn run_writer(shared: &Shared) {
                 (stopping || st.sync_wanted > st.synced, st.written)
             };
             if sync && last > shared.state.lock().synced {
+                let start = Instant::now();
                 // Never sync this file again after a failure: after a failed fsync the kernel
                 // may have dropped the dirty pages, and a second fsync would report success
                 // for data that is gone. The segment is poisoned; reopen() starts a new one.
@@ -772,7 +792,9 @@ fn run_writer(shared: &Shared) {
                     .sync()
                     .map_err(|e| err(&format!("fsync of {} failed", segment_file_name(w.segment)), e))?;
                 shared.syncs.fetch_add(1, Ordering::Relaxed);
-                shared.state.lock().synced = last;
+                let mut st = shared.state.lock();
+                st.synced = last;
+                st.last_sync = Some((st.sync_waiters, Instant::now(), start.elapsed()));
             }
             Ok(())
         })();
@@ -942,26 +964,39 @@ impl AuditSink for JsonLinesSink {
         }
         let shared = &*self.shared;
         let mut st = shared.state.lock();
+        if level == Durability::Synced {
+            // Counted, so that the writer can gather the waiters of one round into one sync.
+            st.sync_waiters += 1;
+            let r = loop {
+                if st.epoch != ticket.epoch {
+                    break Err(SinkError::new("the record was lost in a sink failure before the reopen"));
+                }
+                if st.synced >= ticket.id {
+                    break Ok(());
+                }
+                if let Some(e) = &st.failed {
+                    break Err(e.clone());
+                }
+                if st.sync_wanted < ticket.id {
+                    st.sync_wanted = ticket.id;
+                    shared.work.notify_one();
+                }
+                shared.progress.wait(&mut st);
+            };
+            st.sync_waiters -= 1;
+            return r;
+        }
         loop {
             if st.epoch != ticket.epoch {
                 return Err(SinkError::new("the record was lost in a sink failure before the reopen"));
             }
-            let done = match level {
-                Durability::Synced => st.synced >= ticket.id,
-                _ => st.written >= ticket.id,
-            };
-            if done {
+            if st.written >= ticket.id {
                 return Ok(());
             }
             if let Some(e) = &st.failed {
                 return Err(e.clone());
             }
-            if level == Durability::Synced {
-                if st.sync_wanted < ticket.id {
-                    st.sync_wanted = ticket.id;
-                    shared.work.notify_one();
-                }
-            } else if !st.writing {
+            if !st.writing {
                 // `Flushed`: take the turn and write every queued record (this one and those
                 // of concurrent operations) in one write(2); whoever has the turn, others wait.
                 st.writing = true;
