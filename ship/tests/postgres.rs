@@ -118,12 +118,12 @@ fn a_remote_copy_with_a_record_edited_deleted_or_reordered_exports_tampered() {
         ("deleted", 8, "DELETE FROM map_wrapper_audit WHERE trail = 'deleted' AND seq = 7"),
         (
             "reordered",
-            7,
+            8,
             "UPDATE map_wrapper_audit a SET line = b.line, header = b.header FROM map_wrapper_audit b \
              WHERE a.trail = 'reordered' AND b.trail = 'reordered' AND ((a.seq = 7 AND b.seq = 8) OR (a.seq = 8 AND b.seq = 7))",
         ),
     ];
-    // `bad`: the seq the verifier names (for a deletion, the record found where the deleted one was expected).
+    // `bad`: the seq the verifier names (the record found where seq 7 was expected).
     for (trail, bad, q) in cases {
         let (_local, out) = ship_and_export(&pg, trail, 30);
         assert_eq!(verdict(out.path()).verdict, Verdict::Intact);
