@@ -101,7 +101,10 @@ impl Tailer {
                 }
                 break;
             }
-            self.move_to_next()?;
+            if !self.move_to_next()? {
+                // The next segment's header is not complete yet: come back later.
+                break;
+            }
             next_exists = false;
         }
         Ok(out.len() - before)
@@ -128,9 +131,10 @@ impl Tailer {
         }
     }
 
-    fn move_to_next(&mut self) -> Result<(), Error> {
+    /// Moves to the next segment once its header is complete (returns false while it is not).
+    fn move_to_next(&mut self) -> Result<bool, Error> {
         let path = self.dir.join(segment_file_name(self.seg + 1));
-        let header = read_header(&path)?.ok_or_else(|| Error::Malformed(format!("{} has no complete header", path.display())))?;
+        let Some(header) = read_header(&path)? else { return Ok(false) };
         let len = self.file.as_ref().expect("open").metadata().map_err(|e| Error::io(&path, e))?.len();
         if header.prev_len != self.offset {
             if header.recovered && header.prev_len > self.offset && len > self.offset {
@@ -165,7 +169,7 @@ impl Tailer {
         self.file = None;
         self.offset = 0;
         self.seen_first_line = false;
-        Ok(())
+        Ok(true)
     }
 
     /// Reads the complete lines after `offset` (at most `max` records). Returns lines taken.

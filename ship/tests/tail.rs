@@ -119,3 +119,20 @@ fn a_local_sequence_gap_is_an_error_not_a_silent_skip() {
     let mut out = Vec::new();
     assert!(matches!(t.poll(100, &mut out), Err(Error::LocalGap { expected: 2, found: 3, .. })));
 }
+
+#[test]
+fn a_new_segment_whose_header_is_not_written_yet_is_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg1 = header(1, 1, 0, false) + &rec(1);
+    append(dir.path(), 1, &seg1);
+    append(dir.path(), 2, ""); // created, header not written yet
+    let mut t = Tailer::open(dir.path(), 0).unwrap();
+    let mut out = Vec::new();
+    assert_eq!(t.poll(100, &mut out).unwrap(), 1);
+    let h = header(2, 2, seg1.len() as u64, false);
+    append(dir.path(), 2, &h[..10]);
+    assert_eq!(t.poll(100, &mut out).unwrap(), 0);
+    append(dir.path(), 2, &(h[10..].to_string() + &rec(2)));
+    assert_eq!(t.poll(100, &mut out).unwrap(), 1);
+    assert_eq!(seqs(&out), [1, 2]);
+}
