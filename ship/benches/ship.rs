@@ -72,7 +72,8 @@ fn measure(name: &str, sink: Box<dyn map_wrapper_ship::RemoteSink + Send>, recor
 }
 
 fn main() {
-    let records: u64 = std::env::var("MW_SHIP_BENCH_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let records: u64 =
+        std::env::var("MW_SHIP_BENCH_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
     let _ = records;
     #[cfg(feature = "postgres")]
     {
@@ -87,7 +88,8 @@ fn main() {
     #[cfg(feature = "nats")]
     {
         let nats = support::Nats::start();
-        let full = measure("nats", Box::new(map_wrapper_ship::nats::NatsSink::new(nats.url()).unwrap()), records, 0);
+        let full =
+            measure("nats", Box::new(map_wrapper_ship::nats::NatsSink::new(nats.url()).unwrap()), records, 0);
         let pace = ((full / 2.0) / 1000.0).max(1.0) as u64;
         let paced = map_wrapper_ship::nats::NatsSink::new(nats.url()).unwrap();
         measure("nats", Box::new(paced), records.min(pace * 1000 * 20), pace);

@@ -42,7 +42,10 @@ pub fn export<S: RemoteSink + ?Sized>(sink: &mut S, trail: &str, out: &Path) -> 
         for r in &batch {
             for h in r.header.split_inclusive(|&b| b == b'\n') {
                 let Line::Header(hdr) = probe(&h[..h.len() - 1])? else {
-                    return Err(Error::Malformed(format!("record {}: a stored header line is a record", r.seq)));
+                    return Err(Error::Malformed(format!(
+                        "record {}: a stored header line is a record",
+                        r.seq
+                    )));
                 };
                 if let Some((f, path)) = file.take() {
                     finish(f, &path)?;

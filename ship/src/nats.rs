@@ -64,7 +64,13 @@ impl NatsSink {
             .enable_all()
             .build()
             .map_err(|e| SinkError::Refused(format!("cannot start a tokio runtime: {e}")))?;
-        Ok(NatsSink { url: url.into(), rt, js: None, streams: HashMap::new(), timeout: Duration::from_secs(5) })
+        Ok(NatsSink {
+            url: url.into(),
+            rt,
+            js: None,
+            streams: HashMap::new(),
+            timeout: Duration::from_secs(5),
+        })
     }
 
     fn context(&mut self) -> Result<jetstream::Context, SinkError> {
@@ -110,7 +116,11 @@ impl NatsSink {
                     match js.get_stream(&name).await {
                         Ok(s) => Ok(Some(s)),
                         Err(e) => match e.kind() {
-                            GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND => Ok(None),
+                            GetStreamErrorKind::JetStream(j)
+                                if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                            {
+                                Ok(None)
+                            }
                             _ => Err(unavailable(e)),
                         },
                     }
@@ -125,7 +135,11 @@ impl NatsSink {
         Ok(got)
     }
 
-    fn get(&mut self, stream: &Stream, seqs: std::ops::RangeInclusive<u64>) -> Result<Vec<Record>, SinkError> {
+    fn get(
+        &mut self,
+        stream: &Stream,
+        seqs: std::ops::RangeInclusive<u64>,
+    ) -> Result<Vec<Record>, SinkError> {
         let t = self.timeout;
         self.rt.block_on(async {
             tokio::time::timeout(t, async {
@@ -134,7 +148,8 @@ impl NatsSink {
                 let mut out = Vec::with_capacity(msgs.len());
                 for m in msgs {
                     let m = m.map_err(unavailable)?;
-                    let r = Record::from_payload(&m.payload).map_err(|e| SinkError::Refused(e.to_string()))?;
+                    let r =
+                        Record::from_payload(&m.payload).map_err(|e| SinkError::Refused(e.to_string()))?;
                     if r.seq != m.sequence {
                         return Err(SinkError::Refused(format!(
                             "stream message {} holds record seq {}: not a stream this sink wrote",

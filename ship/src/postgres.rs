@@ -49,7 +49,8 @@ impl PostgresSink {
     /// Creates or updates the schema ([`SCHEMA_SQL`]); run it as the table's owner.
     pub fn migrate(&mut self) -> Result<(), SinkError> {
         let client = self.client()?;
-        let r = client.batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock(7215392); {SCHEMA_SQL} COMMIT;"));
+        let r = client
+            .batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock(7215392); {SCHEMA_SQL} COMMIT;"));
         r.map_err(|e| self.fail(e))
     }
 
@@ -73,7 +74,11 @@ impl PostgresSink {
         err
     }
 
-    fn send_inner(client: &mut Client, trail: &str, batch: &[Record]) -> Result<Result<Acked, SinkError>, postgres::Error> {
+    fn send_inner(
+        client: &mut Client,
+        trail: &str,
+        batch: &[Record],
+    ) -> Result<Result<Acked, SinkError>, postgres::Error> {
         let seqs: Vec<i64> = batch.iter().map(|r| r.seq as i64).collect();
         let headers: Vec<&[u8]> = batch.iter().map(|r| r.header.as_slice()).collect();
         let lines: Vec<&[u8]> = batch.iter().map(|r| r.line.as_slice()).collect();
@@ -172,7 +177,13 @@ impl RemoteSink for PostgresSink {
         match r {
             Ok(rows) => Ok(rows
                 .into_iter()
-                .map(|row| Record::new(row.get::<_, i64>(0) as u64, row.get::<_, Vec<u8>>(1), row.get::<_, Vec<u8>>(2)))
+                .map(|row| {
+                    Record::new(
+                        row.get::<_, i64>(0) as u64,
+                        row.get::<_, Vec<u8>>(1),
+                        row.get::<_, Vec<u8>>(2),
+                    )
+                })
                 .collect()),
             Err(e) => Err(self.fail(e)),
         }

@@ -55,7 +55,9 @@ impl Record {
         let (header, line) = payload.split_at(cut);
         match probe(line)? {
             Line::Record { seq } => Ok(Record::new(seq, header.to_vec(), line.to_vec())),
-            Line::Header(_) => Err(crate::Error::Malformed("a payload ends with a segment header, not a record".into())),
+            Line::Header(_) => {
+                Err(crate::Error::Malformed("a payload ends with a segment header, not a record".into()))
+            }
         }
     }
 
@@ -112,7 +114,10 @@ pub(crate) fn probe(line: &[u8]) -> Result<Line, crate::Error> {
         }
     }
     let p: Probe = serde_json::from_slice(line).map_err(|e| {
-        crate::Error::Malformed(format!("a trail line is not a JSON object: {e} (line starts {:?})", preview(line)))
+        crate::Error::Malformed(format!(
+            "a trail line is not a JSON object: {e} (line starts {:?})",
+            preview(line)
+        ))
     })?;
     match (p.segment, p.seq) {
         (Some(segment), None) => match (p.first_seq, p.prev_len, p.recovered) {
@@ -154,7 +159,8 @@ mod tests {
 
     #[test]
     fn payload_round_trips_header_and_line() {
-        let r = Record::new(5, b"{\"v\":1,\"segment\":2}\n".to_vec(), br#"{"v":1,"seq":5,"x":"a\nb"}"#.to_vec());
+        let r =
+            Record::new(5, b"{\"v\":1,\"segment\":2}\n".to_vec(), br#"{"v":1,"seq":5,"x":"a\nb"}"#.to_vec());
         assert_eq!(Record::from_payload(&r.payload()).unwrap(), r);
     }
 }

@@ -231,7 +231,11 @@ impl<S: RemoteSink> Shipper<S> {
                                 pending.pop_front();
                             }
                             let acked = self.shared.acked_seq.load(Ordering::Acquire);
-                            let contiguous = pending.front().map_or(last == self.shared.read_seq.load(Ordering::Acquire), |r| r.seq == last + 1);
+                            let contiguous = pending
+                                .front()
+                                .map_or(last == self.shared.read_seq.load(Ordering::Acquire), |r| {
+                                    r.seq == last + 1
+                                });
                             if !contiguous || last < acked {
                                 // The remote went back (restored?) or moved on by itself:
                                 // find the place again from scratch.
@@ -275,11 +279,11 @@ impl<S: RemoteSink> Shipper<S> {
             return Tailer::open(&self.cfg.dir, 0);
         }
         let remote = self.sink.read(&trail, last, 1)?;
-        let remote = remote
-            .into_iter()
-            .next()
-            .filter(|r| r.seq == last)
-            .ok_or_else(|| Error::Sink(SinkError::Refused(format!("the remote says its last seq is {last} but does not return it"))))?;
+        let remote = remote.into_iter().next().filter(|r| r.seq == last).ok_or_else(|| {
+            Error::Sink(SinkError::Refused(format!(
+                "the remote says its last seq is {last} but does not return it"
+            )))
+        })?;
         let mut tailer = Tailer::open(&self.cfg.dir, last - 1)?;
         let mut local = Vec::new();
         tailer.poll(1, &mut local)?;

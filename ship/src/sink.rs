@@ -87,7 +87,10 @@ impl<S: RemoteSink + ?Sized> RemoteSink for Box<S> {
 /// Checks a trail id: 1 to 128 characters from `A-Z a-z 0-9 _ -` (it names a NATS stream
 /// and subject, and a key column).
 pub fn check_trail_id(trail: &str) -> Result<(), SinkError> {
-    if trail.is_empty() || trail.len() > 128 || !trail.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+    if trail.is_empty()
+        || trail.len() > 128
+        || !trail.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
         return Err(SinkError::Refused(format!(
             "trail id {trail:?}: use 1 to 128 characters from A-Z a-z 0-9 _ -"
         )));

@@ -145,7 +145,11 @@ impl Tailer {
                 )));
             }
             if header.recovered && header.prev_len < self.offset {
-                return Err(Error::Abandoned { segment: self.seg, prev_len: header.prev_len, read_to: self.offset });
+                return Err(Error::Abandoned {
+                    segment: self.seg,
+                    prev_len: header.prev_len,
+                    read_to: self.offset,
+                });
             }
             if !(header.recovered && header.prev_len == self.offset) {
                 return Err(Error::Malformed(format!(
@@ -212,10 +216,16 @@ impl Tailer {
         match probe(&line)? {
             Line::Header(h) => {
                 if !first {
-                    return Err(Error::Malformed(format!("a segment header in the middle of segment {}", self.seg)));
+                    return Err(Error::Malformed(format!(
+                        "a segment header in the middle of segment {}",
+                        self.seg
+                    )));
                 }
                 if h.segment != self.seg {
-                    return Err(Error::Malformed(format!("segment file {} has a header for segment {}", self.seg, h.segment)));
+                    return Err(Error::Malformed(format!(
+                        "segment file {} has a header for segment {}",
+                        self.seg, h.segment
+                    )));
                 }
                 self.pending_header.extend_from_slice(&line);
                 self.pending_header.push(b'\n');
@@ -258,6 +268,8 @@ pub(crate) fn read_header(path: &Path) -> Result<Option<SegmentHeader>, Error> {
     let Some(nl) = buf[..n].iter().position(|&b| b == b'\n') else { return Ok(None) };
     match probe(&buf[..nl])? {
         Line::Header(h) => Ok(Some(h)),
-        Line::Record { .. } => Err(Error::Malformed(format!("{} does not start with a segment header", path.display()))),
+        Line::Record { .. } => {
+            Err(Error::Malformed(format!("{} does not start with a segment header", path.display())))
+        }
     }
 }

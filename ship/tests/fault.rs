@@ -54,7 +54,10 @@ mod faults {
         fn check_alive(&mut self, log: &Path) {
             if let Some(c) = self.0.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
-                    panic!("the shipper exited by itself ({status}): {}", std::fs::read_to_string(log).unwrap_or_default());
+                    panic!(
+                        "the shipper exited by itself ({status}): {}",
+                        std::fs::read_to_string(log).unwrap_or_default()
+                    );
                 }
             }
         }
@@ -124,7 +127,8 @@ mod faults {
         let out = tmp.path().join("export");
         let x = export(&mut sink, "fault", &out).unwrap();
         let got = local_records(&out);
-        let lost = want.iter().zip(&got).filter(|(a, b)| a != b).count() + want.len().saturating_sub(got.len());
+        let lost =
+            want.iter().zip(&got).filter(|(a, b)| a != b).count() + want.len().saturating_sub(got.len());
         assert_eq!(x.records, want.len() as u64, "0 lost, 0 duplicated");
         assert_eq!(lost, 0, "every record once, in order, byte for byte");
         assert!(got == want);

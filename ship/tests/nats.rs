@@ -13,7 +13,8 @@ fn shipped_trail_exports_intact_and_byte_identical_across_rotations() {
     let nats = Nats::start();
     let local = tempfile::tempdir().unwrap();
     write_trail(local.path(), 500, 4096, 0);
-    let mut shipper = Shipper::new(ShipperConfig::new("rot", local.path()), NatsSink::new(nats.url()).unwrap()).unwrap();
+    let mut shipper =
+        Shipper::new(ShipperConfig::new("rot", local.path()), NatsSink::new(nats.url()).unwrap()).unwrap();
     let want = local_records(local.path());
     assert_eq!(shipper.run(Until::CaughtUp).unwrap().shipped, want.len() as u64);
     let out = tempfile::tempdir().unwrap();
@@ -22,7 +23,8 @@ fn shipped_trail_exports_intact_and_byte_identical_across_rotations() {
     let report = verdict(out.path());
     assert_eq!(report.verdict, Verdict::Intact, "{}", report.human());
     assert!(report.segments > 5);
-    let mut again = Shipper::new(ShipperConfig::new("rot", local.path()), NatsSink::new(nats.url()).unwrap()).unwrap();
+    let mut again =
+        Shipper::new(ShipperConfig::new("rot", local.path()), NatsSink::new(nats.url()).unwrap()).unwrap();
     assert_eq!(again.run(Until::CaughtUp).unwrap().shipped, 0, "resumes from the stream's last seq");
 }
 
@@ -30,7 +32,9 @@ fn shipped_trail_exports_intact_and_byte_identical_across_rotations() {
 fn the_server_keeps_an_identical_resend_once_and_refuses_a_fork_and_a_gap() {
     let nats = Nats::start();
     let mut sink = NatsSink::new(nats.url()).unwrap();
-    let recs: Vec<Record> = (1..=3).map(|s| Record::new(s, vec![], format!(r#"{{"v":1,"seq":{s},"x":1}}"#).into_bytes())).collect();
+    let recs: Vec<Record> = (1..=3)
+        .map(|s| Record::new(s, vec![], format!(r#"{{"v":1,"seq":{s},"x":1}}"#).into_bytes()))
+        .collect();
     assert_eq!(sink.send("t", &recs).unwrap().last_seq, 3);
     // Inside the duplicate window (Nats-Msg-Id) and outside it alike: acknowledged, kept once.
     assert_eq!(sink.send("t", &recs[1..]).unwrap().last_seq, 3);

@@ -31,7 +31,11 @@ fn ship_and_export(pg: &Postgres, trail: &str, records: u64) -> (tempfile::TempD
     let out = tempfile::tempdir().unwrap();
     let x = export(shipper.sink_mut(), trail, out.path()).unwrap();
     assert_eq!(x.records, want.len() as u64);
-    assert_eq!(local_records(out.path()), want, "the remote copy holds the local lines, in order, byte for byte");
+    assert_eq!(
+        local_records(out.path()),
+        want,
+        "the remote copy holds the local lines, in order, byte for byte"
+    );
     (local, out)
 }
 
@@ -48,7 +52,8 @@ fn shipped_trail_exports_intact_and_byte_identical_across_rotations() {
         assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&back).unwrap(), "segment {n}");
     }
     // A second shipper run from the remote cursor sends nothing again.
-    let mut again = Shipper::new(ShipperConfig::new("rot", local.path()), PostgresSink::new(pg.url())).unwrap();
+    let mut again =
+        Shipper::new(ShipperConfig::new("rot", local.path()), PostgresSink::new(pg.url())).unwrap();
     assert_eq!(again.run(Until::CaughtUp).unwrap().shipped, 0);
 }
 
@@ -56,7 +61,9 @@ fn shipped_trail_exports_intact_and_byte_identical_across_rotations() {
 fn receiver_keeps_an_identical_resend_once_and_refuses_a_fork_and_a_gap() {
     let pg = Postgres::start();
     let mut sink = migrated(&pg);
-    let recs: Vec<Record> = (1..=3).map(|s| Record::new(s, vec![], format!(r#"{{"v":1,"seq":{s},"x":1}}"#).into_bytes())).collect();
+    let recs: Vec<Record> = (1..=3)
+        .map(|s| Record::new(s, vec![], format!(r#"{{"v":1,"seq":{s},"x":1}}"#).into_bytes()))
+        .collect();
     assert_eq!(sink.send("t", &recs).unwrap().last_seq, 3);
     // At-least-once: the same batch again is acknowledged and stored once.
     assert_eq!(sink.send("t", &recs[1..]).unwrap().last_seq, 3);
@@ -78,7 +85,8 @@ fn receiver_keeps_an_identical_resend_once_and_refuses_a_fork_and_a_gap() {
 fn a_role_without_owner_rights_cannot_update_or_delete_and_the_trigger_stops_the_owner() {
     let pg = Postgres::start();
     ship_and_export(&pg, "locked", 20);
-    sql(&pg, "owner", "CREATE ROLE shipper LOGIN; GRANT SELECT, INSERT ON map_wrapper_audit TO shipper;").unwrap();
+    sql(&pg, "owner", "CREATE ROLE shipper LOGIN; GRANT SELECT, INSERT ON map_wrapper_audit TO shipper;")
+        .unwrap();
     // The shipper's role: reads and appends, nothing else.
     let mut shipper_sink = PostgresSink::new(pg.url_as("shipper"));
     assert!(shipper_sink.last_acked("locked").unwrap().unwrap() > 10);
@@ -101,7 +109,10 @@ fn a_role_without_owner_rights_cannot_update_or_delete_and_the_trigger_stops_the
         assert_eq!(e.code().map(|c| c.code()), Some("MW002"), "{q}: append-only trigger, got {e}");
     }
     let mut owner = PostgresSink::new(pg.url());
-    assert_eq!(owner.read("locked", 3, 1).unwrap()[0].line, shipper_sink.read("locked", 3, 1).unwrap()[0].line);
+    assert_eq!(
+        owner.read("locked", 3, 1).unwrap()[0].line,
+        shipper_sink.read("locked", 3, 1).unwrap()[0].line
+    );
 }
 
 /// Someone who can drop the trigger (a superuser) edits the remote copy: the export of the

@@ -34,7 +34,11 @@ fn a_torn_last_line_is_taken_only_once_its_newline_arrives() {
     let mut t = Tailer::open(dir.path(), 0).unwrap();
     let mut out = Vec::new();
     assert_eq!(t.poll(100, &mut out).unwrap(), 1);
-    assert_eq!(out[0].header, header(1, 1, 0, false).into_bytes(), "the segment header travels with record 1");
+    assert_eq!(
+        out[0].header,
+        header(1, 1, 0, false).into_bytes(),
+        "the segment header travels with record 1"
+    );
     let line2 = rec(2);
     let (a, b) = line2.split_at(20);
     append(dir.path(), 1, a);

@@ -17,7 +17,11 @@ use clap::{Args, Parser, Subcommand};
 use map_wrapper_ship::{RemoteSink, Shipper, ShipperConfig, Until};
 
 #[derive(Parser)]
-#[command(name = "map-wrapper-ship", version, about = "Ship a map-wrapper audit trail to PostgreSQL or NATS JetStream")]
+#[command(
+    name = "map-wrapper-ship",
+    version,
+    about = "Ship a map-wrapper audit trail to PostgreSQL or NATS JetStream"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -105,7 +109,8 @@ fn run(cli: Cli) -> Result<(), String> {
     match cli.cmd {
         Cmd::Ship { trail, dir, remote, once, migrate } => {
             let sink = sink(&remote, migrate)?;
-            let mut shipper = Shipper::new(ShipperConfig::new(trail, dir), sink).map_err(|e| e.to_string())?;
+            let mut shipper =
+                Shipper::new(ShipperConfig::new(trail, dir), sink).map_err(|e| e.to_string())?;
             let until = if once { Until::CaughtUp } else { Until::Stopped };
             let s = shipper.run(until).map_err(|e| e.to_string())?;
             eprintln!("shipped {} records; remote last seq {}; {} retries", s.shipped, s.last_seq, s.retries);
@@ -114,7 +119,13 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Export { trail, out, remote } => {
             let mut sink = sink(&remote, false)?;
             let x = map_wrapper_ship::export(&mut sink, &trail, &out).map_err(|e| e.to_string())?;
-            eprintln!("exported {} records in {} segments to {} (last seq {})", x.records, x.segments, out.display(), x.last_seq);
+            eprintln!(
+                "exported {} records in {} segments to {} (last seq {})",
+                x.records,
+                x.segments,
+                out.display(),
+                x.last_seq
+            );
             Ok(())
         }
         Cmd::Last { trail, remote } => {

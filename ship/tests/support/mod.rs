@@ -26,7 +26,10 @@ fn wait_for_port(port: u16, what: &str, log: &Path) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("{what} did not listen on port {port} within 60 s; log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+    panic!(
+        "{what} did not listen on port {port} within 60 s; log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
 }
 
 /// Kills a child's whole process group with SIGKILL and reaps the child.
@@ -60,12 +63,16 @@ fn unprivileged() -> Option<(u32, u32)> {
 
 fn pg_bin(name: &str) -> PathBuf {
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path().join("bin"))).filter(|p| p.join(name).exists()).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path().join("bin"))).filter(|p| p.join(name).exists()).collect()
+        })
         .unwrap_or_default();
     versions.sort();
     match versions.pop() {
         Some(dir) => dir.join(name),
-        None => panic!("PostgreSQL's {name} not found under /usr/lib/postgresql/*/bin: run scripts/test-deps.sh"),
+        None => {
+            panic!("PostgreSQL's {name} not found under /usr/lib/postgresql/*/bin: run scripts/test-deps.sh")
+        }
     }
 }
 
@@ -96,7 +103,15 @@ impl Postgres {
         let data = dir.path().join("data");
         let log = dir.path().join("initdb.log");
         let mut cmd = Command::new(pg_bin("initdb"));
-        cmd.args(["-D"]).arg(&data).args(["-U", "owner", "--auth=trust", "-E", "UTF8", "--no-sync", "--locale=C"]);
+        cmd.args(["-D"]).arg(&data).args([
+            "-U",
+            "owner",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--locale=C",
+        ]);
         cmd.stdout(std::fs::File::create(&log).expect("log")).stderr(Stdio::null());
         if let Some((uid, gid)) = user {
             cmd.uid(uid).gid(gid);
@@ -137,9 +152,13 @@ impl Postgres {
         // Listening is not accepting queries yet (recovery after a kill): wait for a query.
         let start = Instant::now();
         loop {
-            match postgres::Client::connect(&self.url(), postgres::NoTls).and_then(|mut c| c.simple_query("SELECT 1")) {
+            match postgres::Client::connect(&self.url(), postgres::NoTls)
+                .and_then(|mut c| c.simple_query("SELECT 1"))
+            {
                 Ok(_) => return,
-                Err(e) if start.elapsed() > Duration::from_secs(60) => panic!("postgres not ready in 60 s: {e}"),
+                Err(e) if start.elapsed() > Duration::from_secs(60) => {
+                    panic!("postgres not ready in 60 s: {e}")
+                }
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
         }
@@ -199,11 +218,13 @@ impl Nats {
         assert!(self.child.is_none(), "already running");
         let log = self.dir.path().join("nats.log");
         let mut cmd = Command::new(nats_bin());
-        cmd.args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"]).arg(self.dir.path().join("store"));
+        cmd.args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(self.dir.path().join("store"));
         cmd.stdin(Stdio::null()).stdout(Stdio::null());
         cmd.stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log"));
         cmd.process_group(0);
-        self.child = Some(cmd.spawn().unwrap_or_else(|e| panic!("start nats-server: {e} (run scripts/test-deps.sh)")));
+        self.child =
+            Some(cmd.spawn().unwrap_or_else(|e| panic!("start nats-server: {e} (run scripts/test-deps.sh)")));
         wait_for_port(self.port, "nats-server", &log);
     }
 
