@@ -11,7 +11,6 @@
 //! Run: `cargo bench -p map-wrapper-ship --all-features --bench ship`
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 #[cfg(any(feature = "postgres", feature = "nats"))]

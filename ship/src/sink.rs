@@ -54,8 +54,8 @@ impl SinkError {
 /// - [`send`](RemoteSink::send) gets records of one trail with contiguous `seq`. The remote
 ///   stores each one durably before acknowledging; a record whose `seq` it already holds is
 ///   accepted if its bytes (header and line) are identical (the at-least-once redelivery) and
-///   refused as [`SinkError::Fork`] otherwise; a record whose `seq` is not the remote's last
-///   + 1 (nor already held) is refused as [`SinkError::Gap`]. The remote's first record of a
+///   refused as [`SinkError::Fork`] otherwise; a record whose `seq` is not the remote's
+///   last + 1 (nor already held) is refused as [`SinkError::Gap`]. The remote's first record of a
 ///   trail has `seq` 1. So the remote copy holds every record once, in order, byte for byte.
 /// - [`last_acked`](RemoteSink::last_acked) is the highest `seq` stored: the shipper's cursor.
 /// - [`read`](RemoteSink::read) returns stored records in `seq` order (for export and for the

@@ -83,103 +83,111 @@ fn chown_tree(path: &Path, uid: u32, gid: u32) {
     assert_eq!(r, 0, "chown {}: {}", path.display(), std::io::Error::last_os_error());
 }
 
-/// A PostgreSQL server of its own: `initdb` in a temporary directory, `postgres` on a free
-/// loopback port, trust authentication, superuser `owner`, database `postgres`.
-pub struct Postgres {
-    dir: tempfile::TempDir,
-    pub port: u16,
-    child: Option<Child>,
-    user: Option<(u32, u32)>,
-}
+#[cfg(feature = "postgres")]
+pub use pg::Postgres;
 
-impl Postgres {
-    /// Initialises and starts a server (panics with the log if it does not come up).
-    pub fn start() -> Self {
-        let dir = tempfile::Builder::new().prefix("mw-pg-").tempdir().expect("temp dir");
-        let user = unprivileged();
-        if let Some((uid, gid)) = user {
-            chown_tree(dir.path(), uid, gid);
-        }
-        let data = dir.path().join("data");
-        let log = dir.path().join("initdb.log");
-        let mut cmd = Command::new(pg_bin("initdb"));
-        cmd.args(["-D"]).arg(&data).args([
-            "-U",
-            "owner",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-            "--locale=C",
-        ]);
-        cmd.stdout(std::fs::File::create(&log).expect("log")).stderr(Stdio::null());
-        if let Some((uid, gid)) = user {
-            cmd.uid(uid).gid(gid);
-        }
-        let status = cmd.status().expect("run initdb");
-        assert!(status.success(), "initdb failed: {}", std::fs::read_to_string(&log).unwrap_or_default());
-        let mut pg = Postgres { dir, port: free_port(), child: None, user };
-        pg.restart();
-        pg
+#[cfg(feature = "postgres")]
+mod pg {
+    use super::*;
+
+    /// A PostgreSQL server of its own: `initdb` in a temporary directory, `postgres` on a free
+    /// loopback port, trust authentication, superuser `owner`, database `postgres`.
+    pub struct Postgres {
+        dir: tempfile::TempDir,
+        pub port: u16,
+        child: Option<Child>,
+        user: Option<(u32, u32)>,
     }
 
-    /// A connection URL for `role` (trust authentication: any existing role).
-    pub fn url_as(&self, role: &str) -> String {
-        format!("postgresql://{role}@127.0.0.1:{}/postgres?connect_timeout=3", self.port)
-    }
-
-    /// The owner's URL.
-    pub fn url(&self) -> String {
-        self.url_as("owner")
-    }
-
-    /// Starts the server again (after [`kill`](Self::kill)) on the same port and data.
-    pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let log = self.dir.path().join("postgres.log");
-        let mut cmd = Command::new(pg_bin("postgres"));
-        cmd.arg("-D").arg(self.dir.path().join("data"));
-        cmd.args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c"])
-            .arg(format!("unix_socket_directories={}", self.dir.path().display()));
-        cmd.stdin(Stdio::null()).stdout(Stdio::null());
-        cmd.stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log"));
-        cmd.process_group(0);
-        if let Some((uid, gid)) = self.user {
-            cmd.uid(uid).gid(gid);
+    impl Postgres {
+        /// Initialises and starts a server (panics with the log if it does not come up).
+        pub fn start() -> Self {
+            let dir = tempfile::Builder::new().prefix("mw-pg-").tempdir().expect("temp dir");
+            let user = unprivileged();
+            if let Some((uid, gid)) = user {
+                chown_tree(dir.path(), uid, gid);
+            }
+            let data = dir.path().join("data");
+            let log = dir.path().join("initdb.log");
+            let mut cmd = Command::new(pg_bin("initdb"));
+            cmd.args(["-D"]).arg(&data).args([
+                "-U",
+                "owner",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--locale=C",
+            ]);
+            cmd.stdout(std::fs::File::create(&log).expect("log")).stderr(Stdio::null());
+            if let Some((uid, gid)) = user {
+                cmd.uid(uid).gid(gid);
+            }
+            let status = cmd.status().expect("run initdb");
+            assert!(status.success(), "initdb failed: {}", std::fs::read_to_string(&log).unwrap_or_default());
+            let mut pg = Postgres { dir, port: free_port(), child: None, user };
+            pg.restart();
+            pg
         }
-        self.child = Some(cmd.spawn().expect("start postgres"));
-        wait_for_port(self.port, "postgres", &log);
-        // Listening is not accepting queries yet (recovery after a kill): wait for a query.
-        let start = Instant::now();
-        loop {
-            match postgres::Client::connect(&self.url(), postgres::NoTls)
-                .and_then(|mut c| c.simple_query("SELECT 1"))
-            {
-                Ok(_) => return,
-                Err(e) if start.elapsed() > Duration::from_secs(60) => {
-                    panic!("postgres not ready in 60 s: {e}")
+
+        /// A connection URL for `role` (trust authentication: any existing role).
+        pub fn url_as(&self, role: &str) -> String {
+            format!("postgresql://{role}@127.0.0.1:{}/postgres?connect_timeout=3", self.port)
+        }
+
+        /// The owner's URL.
+        pub fn url(&self) -> String {
+            self.url_as("owner")
+        }
+
+        /// Starts the server again (after [`kill`](Self::kill)) on the same port and data.
+        pub fn restart(&mut self) {
+            assert!(self.child.is_none(), "already running");
+            let log = self.dir.path().join("postgres.log");
+            let mut cmd = Command::new(pg_bin("postgres"));
+            cmd.arg("-D").arg(self.dir.path().join("data"));
+            cmd.args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c"])
+                .arg(format!("unix_socket_directories={}", self.dir.path().display()));
+            cmd.stdin(Stdio::null()).stdout(Stdio::null());
+            cmd.stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log"));
+            cmd.process_group(0);
+            if let Some((uid, gid)) = self.user {
+                cmd.uid(uid).gid(gid);
+            }
+            self.child = Some(cmd.spawn().expect("start postgres"));
+            wait_for_port(self.port, "postgres", &log);
+            // Listening is not accepting queries yet (recovery after a kill): wait for a query.
+            let start = Instant::now();
+            loop {
+                match postgres::Client::connect(&self.url(), postgres::NoTls)
+                    .and_then(|mut c| c.simple_query("SELECT 1"))
+                {
+                    Ok(_) => return,
+                    Err(e) if start.elapsed() > Duration::from_secs(60) => {
+                        panic!("postgres not ready in 60 s: {e}")
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
         }
-    }
 
-    /// SIGKILLs the postmaster and every backend (its process group).
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            kill_group(&mut c);
+        /// SIGKILLs the postmaster and every backend (its process group).
+        pub fn kill(&mut self) {
+            if let Some(mut c) = self.child.take() {
+                kill_group(&mut c);
+            }
+        }
+
+        /// Whether it runs.
+        pub fn running(&self) -> bool {
+            self.child.is_some()
         }
     }
 
-    /// Whether it runs.
-    pub fn running(&self) -> bool {
-        self.child.is_some()
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        self.kill();
+    impl Drop for Postgres {
+        fn drop(&mut self) {
+            self.kill();
+        }
     }
 }
 
