@@ -5,7 +5,7 @@
 //! and `nats-server` (scripts/test-deps.sh installs them). As root, PostgreSQL runs as the
 //! `postgres` user (or `nobody`), which owns its temporary directory.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
