@@ -260,9 +260,6 @@ impl RemoteSink for NatsSink {
                 self.streams.remove(trail);
                 Err(SinkError::Unavailable(msg))
             }
-            Err((PublishErrorKind::Other, msg)) if !msg.contains("timed out") && msg.contains("10") => {
-                Err(SinkError::Refused(msg))
-            }
             Err((_, msg)) => Err(SinkError::Unavailable(msg)),
         }
     }

@@ -221,7 +221,10 @@ impl<S: RemoteSink> Shipper<S> {
                     self.shared.acked_seq.store(acked.last_seq, Ordering::Release);
                     self.note_oldest(&pending);
                 }
-                Err(e) if e.is_retryable() => {
+                // Unavailable: retry. Gap: the remote is behind what this shipper believed
+                // it acknowledged (restored from a backup, or a broker that lost unsynced
+                // messages): nothing was stored; ship again from the remote's real last seq.
+                Err(e) if e.is_retryable() || matches!(e, SinkError::Gap { .. }) => {
                     self.unavailable(&mut summary, &mut backoff);
                     // Ask the remote what it has; resume from there.
                     match self.sink.last_acked(&trail) {
