@@ -126,6 +126,7 @@ mod faults {
         shipper.kill();
         let out = tmp.path().join("export");
         let x = export(&mut sink, "fault", &out).unwrap();
+        let exported = started.elapsed().as_secs_f64();
         let got = local_records(&out);
         let lost =
             want.iter().zip(&got).filter(|(a, b)| a != b).count() + want.len().saturating_sub(got.len());
@@ -137,7 +138,8 @@ mod faults {
         assert_eq!(report.records, want.len() as u64);
         eprintln!(
             "fault run: {} records, {} segments, {kills:?} (shipper kills, server kills, cuts); faults done {faults_done:.1} s, \
-             trail written {written:.1} s, remote caught up {caught_up:.1} s, exported and verified {:.1} s",
+             trail written {written:.1} s, remote caught up {caught_up:.1} s, \
+             exported {exported:.1} s, verified {:.1} s",
             want.len(),
             report.segments,
             started.elapsed().as_secs_f64()
