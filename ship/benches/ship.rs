@@ -44,7 +44,8 @@ fn measure(name: &str, sink: Box<dyn map_wrapper_ship::RemoteSink + Send>, recor
     }
     let ship_s = t0.elapsed().as_secs_f64();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let samples = sampler.join().unwrap();
+    let mut samples = sampler.join().unwrap();
+    samples.push((chrono::Utc::now().timestamp_micros(), handle.lag().acked_seq));
     handle.stop();
     ship.join().unwrap().unwrap();
     // Lag per record.

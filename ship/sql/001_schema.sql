@@ -25,22 +25,28 @@ BEGIN
 END
 $$;
 
--- No gap: a trail's first record has seq 1 and each next one its last seq + 1. A seq it
--- already holds passes here and meets the primary key (the shipper inserts with
--- ON CONFLICT DO NOTHING, then checks the stored line is the same bytes).
+-- No gap: a trail's first record has seq 1 and every other record's predecessor (seq - 1)
+-- is in the table. Checked once per INSERT statement, after it, over the rows it inserted
+-- (a transition table): one anti-join instead of a lookup per row. Rows are never deleted
+-- and a row's predecessor must be visible (committed, or inserted by the same statement) when
+-- it is checked, so committed rows never leave a gap. A seq already held is not inserted
+-- (the shipper inserts with ON CONFLICT DO NOTHING, then checks the stored line is the same
+-- bytes), so it is not in the transition table.
 CREATE OR REPLACE FUNCTION map_wrapper_audit_refuse_gap() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    last_seq bigint;
+    bad record;
 BEGIN
-    SELECT seq INTO last_seq FROM map_wrapper_audit
-        WHERE trail = NEW.trail ORDER BY seq DESC LIMIT 1;
-    IF NEW.seq > COALESCE(last_seq, 0) + 1 THEN
-        RAISE EXCEPTION 'map_wrapper_audit: gap in trail %: seq % after last seq %',
-            NEW.trail, NEW.seq, COALESCE(last_seq, 0)
+    SELECT n.trail, n.seq INTO bad FROM map_wrapper_audit_new n
+        WHERE NOT (n.seq = 1 OR EXISTS (
+            SELECT 1 FROM map_wrapper_audit a WHERE a.trail = n.trail AND a.seq = n.seq - 1))
+        ORDER BY n.seq LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'map_wrapper_audit: gap in trail %: seq % without seq %',
+            bad.trail, bad.seq, bad.seq - 1
             USING ERRCODE = 'MW001';
     END IF;
-    RETURN NEW;
+    RETURN NULL;
 END
 $$;
 
@@ -51,8 +57,9 @@ CREATE OR REPLACE TRIGGER map_wrapper_audit_no_truncate
     BEFORE TRUNCATE ON map_wrapper_audit
     FOR EACH STATEMENT EXECUTE FUNCTION map_wrapper_audit_refuse_change();
 CREATE OR REPLACE TRIGGER map_wrapper_audit_no_gap
-    BEFORE INSERT ON map_wrapper_audit
-    FOR EACH ROW EXECUTE FUNCTION map_wrapper_audit_refuse_gap();
+    AFTER INSERT ON map_wrapper_audit
+    REFERENCING NEW TABLE AS map_wrapper_audit_new
+    FOR EACH STATEMENT EXECUTE FUNCTION map_wrapper_audit_refuse_gap();
 
 -- Nobody but the owner has rights by default; grant INSERT, SELECT to the shipper's role
 -- and SELECT to auditors.

@@ -3,7 +3,8 @@
 //! Schema ([`SCHEMA_SQL`], also `ship/sql/001_schema.sql`): table `map_wrapper_audit`
 //! (`trail text`, `seq bigint`, `header bytea`, `line bytea`, `shipped_at timestamptz`,
 //! primary key (trail, seq)); triggers refuse UPDATE, DELETE and TRUNCATE (SQLSTATE `MW002`)
-//! and an insert whose seq is not the trail's last + 1 (`MW001`); `REVOKE ALL … FROM PUBLIC`.
+//! and an insert that leaves a gap (`MW001`: a row whose seq − 1 is not there, checked once
+//! per statement); `REVOKE ALL … FROM PUBLIC`.
 //! A batch is one statement in one transaction:
 //! `INSERT … SELECT … FROM unnest(…) ORDER BY ord ON CONFLICT (trail, seq) DO NOTHING
 //! RETURNING seq`; rows not inserted are read back and compared byte for byte (a different
