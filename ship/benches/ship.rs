@@ -8,7 +8,8 @@
 //! shipper's throughput, lag p50 / p99 / max, and the same at a paced rate (half the
 //! shipper's measured throughput), where the remote keeps up.
 //!
-//! Run: `cargo bench -p map-wrapper-ship --all-features --bench ship`
+//! Run: `cargo bench -p map-wrapper-ship --all-features --bench ship` (`MW_SHIP_BENCH_BATCH=N`:
+//! records per send, default 1000; `MW_SHIP_BENCH_ONLY=postgres|nats`).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -20,7 +21,12 @@ fn measure(name: &str, sink: Box<dyn map_wrapper_ship::RemoteSink + Send>, recor
 
     let dir = tempfile::tempdir().unwrap();
     let trail = format!("bench{pace}");
-    let mut shipper = Shipper::new(ShipperConfig::new(trail, dir.path()), sink).unwrap();
+    let mut cfg = ShipperConfig::new(trail, dir.path());
+    cfg.batch_records =
+        std::env::var("MW_SHIP_BENCH_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(cfg.batch_records);
+    cfg.read_ahead = cfg.read_ahead.max(cfg.batch_records);
+    let batch = cfg.batch_records;
+    let mut shipper = Shipper::new(cfg, sink).unwrap();
     let handle = shipper.handle();
     let ship = std::thread::spawn(move || shipper.run(Until::Stopped).map(|_| ()));
     let sampler_handle = handle.clone();
@@ -61,7 +67,7 @@ fn measure(name: &str, sink: Box<dyn map_wrapper_ship::RemoteSink + Send>, recor
     let q = |p: f64| lags[((lags.len() as f64 - 1.0) * p) as usize];
     let rate = if pace == 0 { "full speed".to_string() } else { format!("paced {} rec/s", pace * 1000) };
     println!(
-        "{name:<9} {rate:<20} records {total:>8}  write {:>9.0} rec/s  shipped {:>8.0} rec/s  lag p50 {:>7.3} s  p99 {:>7.3} s  max {:>7.3} s",
+        "{name:<9} batch {batch:<6} {rate:<20} records {total:>8}  write {:>9.0} rec/s  shipped {:>8.0} rec/s  lag p50 {:>7.3} s  p99 {:>7.3} s  max {:>7.3} s",
         total as f64 / write_s,
         total as f64 / ship_s,
         q(0.5),
@@ -75,8 +81,10 @@ fn main() {
     let records: u64 =
         std::env::var("MW_SHIP_BENCH_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
     let _ = records;
+    let only = std::env::var("MW_SHIP_BENCH_ONLY").unwrap_or_default();
+    let _ = &only;
     #[cfg(feature = "postgres")]
-    {
+    if only.is_empty() || only == "postgres" {
         let pg = support::Postgres::start();
         let mut s = map_wrapper_ship::postgres::PostgresSink::new(pg.url());
         s.migrate().unwrap();
@@ -86,7 +94,7 @@ fn main() {
         measure("postgres", Box::new(paced), records.min(pace * 1000 * 20), pace);
     }
     #[cfg(feature = "nats")]
-    {
+    if only.is_empty() || only == "nats" {
         let nats = support::Nats::start();
         let full =
             measure("nats", Box::new(map_wrapper_ship::nats::NatsSink::new(nats.url()).unwrap()), records, 0);
