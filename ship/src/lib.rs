@@ -14,7 +14,7 @@
 //!
 //! ```no_run
 //! use map_wrapper_ship::{Shipper, ShipperConfig, Until};
-//! # fn demo(sink: impl map_wrapper_ship::RemoteSink) -> Result<(), map_wrapper_ship::Error> {
+//! # fn demo(sink: impl map_wrapper_ship::RemoteSink + Send + 'static) -> Result<(), map_wrapper_ship::Error> {
 //! let mut shipper = Shipper::new(ShipperConfig::new("billing-host7", "audit/"), sink)?;
 //! let handle = shipper.handle();           // handle.lag(): records and seconds behind
 //! std::thread::spawn(move || shipper.run(Until::Stopped));
