@@ -4,10 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use map_wrapper::{
-    BreakerConfig, BreakerState, CancelToken, MapError, MapWrapper, OpContext, OpenWait, SlidingWindow,
-    TestClock,
-};
+use map_wrapper::breaker::{BreakerConfig, BreakerState, OpenWait, SlidingWindow};
+use map_wrapper::clock::TestClock;
+use map_wrapper::{CancelToken, ErrorKind, MapWrapper, OpContext};
 
 fn timed_map(clock: &TestClock) -> MapWrapper<u32, u32> {
     MapWrapper::builder().clock(clock.clone()).latency_sampling(1).build().unwrap()
@@ -140,7 +139,9 @@ fn slow_operations_on_the_test_clock_trip_the_breaker_and_a_rejected_call_does_n
         *v = 100;
     });
     match err {
-        Err(MapError::CircuitOpen { retry_after, .. }) => assert_eq!(retry_after, Duration::from_secs(2)),
+        Err(e) if e.kind() == ErrorKind::CircuitOpen => {
+            assert_eq!(e.retry_after(), Some(Duration::from_secs(2)))
+        }
         other => panic!("expected CircuitOpen, got {other:?}"),
     }
     assert!(!ran);
@@ -267,10 +268,10 @@ fn a_breaker_counts_calls_even_when_stats_are_off() {
 
 #[test]
 fn invalid_breaker_settings_are_build_errors_not_panics() {
-    fn field(r: Result<MapWrapper<u8, u8>, MapError>) -> &'static str {
+    fn field(r: Result<MapWrapper<u8, u8>, map_wrapper::BuildError>) -> &'static str {
         match r {
-            Err(MapError::InvalidConfig { field, .. }) => field,
-            other => panic!("expected InvalidConfig, got {other:?}"),
+            Err(e) => e.field(),
+            Ok(_) => panic!("expected a BuildError"),
         }
     }
     let b = MapWrapper::<u8, u8>::builder;

@@ -6,10 +6,11 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use map_wrapper::{
-    BreakerConfig, BreakerEvent, BreakerEventKind, BreakerState, MapError, MapWrapper, OpenWait,
-    SlidingWindow, TestClock, TransitionCause,
+use map_wrapper::breaker::{
+    BreakerConfig, BreakerEvent, BreakerEventKind, BreakerState, OpenWait, SlidingWindow, TransitionCause,
 };
+use map_wrapper::clock::TestClock;
+use map_wrapper::{ErrorKind, MapWrapper};
 
 type Events = Arc<Mutex<Vec<BreakerEvent>>>;
 
@@ -97,9 +98,9 @@ fn held_shard_opens_the_breaker_which_fails_fast_then_closes_after_probes() {
     let mut rejected = 0;
     for i in 0..20 {
         match map.get_cloned(&i) {
-            Err(MapError::CircuitOpen { map: name, retry_after }) => {
-                assert_eq!(&*name, "held");
-                assert!(retry_after <= OPEN_WAIT);
+            Err(e) if e.kind() == ErrorKind::CircuitOpen => {
+                assert_eq!(e.map(), Some("held"));
+                assert!(e.retry_after().unwrap() <= OPEN_WAIT);
                 rejected += 1;
             }
             other => panic!("expected CircuitOpen, got {other:?}"),
@@ -116,9 +117,9 @@ fn held_shard_opens_the_breaker_which_fails_fast_then_closes_after_probes() {
         assert!(Instant::now() < deadline, "the breaker did not close");
         match map.insert(100 + probes, probes) {
             Ok(_) => probes += 1,
-            Err(MapError::CircuitOpen { retry_after, .. }) => {
+            Err(e) if e.kind() == ErrorKind::CircuitOpen => {
                 rejected += 1;
-                thread::sleep(retry_after.max(Duration::from_millis(1)));
+                thread::sleep(e.retry_after().unwrap().max(Duration::from_millis(1)));
             }
             Err(e) => panic!("unexpected {e}"),
         }
@@ -240,7 +241,8 @@ fn half_open_admits_only_its_probe_cap_under_concurrency() {
     }
     let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let admitted = results.iter().filter(|r| r.is_ok()).count();
-    let refused = results.iter().filter(|r| matches!(r, Err(MapError::CircuitOpen { .. }))).count();
+    let refused =
+        results.iter().filter(|r| matches!(r, Err(e) if e.kind() == ErrorKind::CircuitOpen)).count();
     assert_eq!((admitted, refused), (2, THREADS - 2));
     assert_eq!(map.breaker().unwrap().state(), BreakerState::HalfOpen, "2 successes of a quota of 3");
     map.get_cloned(&1).unwrap();
@@ -250,7 +252,10 @@ fn half_open_admits_only_its_probe_cap_under_concurrency() {
         .unwrap()
         .iter()
         .filter(|e| {
-            matches!(e.kind, BreakerEventKind::Rejected { op: "view", state: BreakerState::HalfOpen, .. })
+            matches!(
+                e.kind,
+                BreakerEventKind::Rejected { op: map_wrapper::Op::View, state: BreakerState::HalfOpen, .. }
+            )
         })
         .count();
     assert_eq!(rejections, THREADS - 2);

@@ -77,11 +77,11 @@ fn maps_get_the_struct_timeout_or_their_own() {
 #[test]
 fn defaults_and_limits_are_the_runtime_ones() {
     let plain = Plain::default();
-    assert_eq!(plain.entries().default_timeout(), map_wrapper::DEFAULT_TIMEOUT);
-    assert_eq!(plain.entries().shard_count(), map_wrapper::default_shards());
+    assert_eq!(plain.entries().default_timeout(), map_wrapper::builder::DEFAULT_TIMEOUT);
+    assert_eq!(plain.entries().shard_count(), map_wrapper::builder::default_shards());
     let limits = AtTheLimits::new();
-    assert_eq!(limits.m().shard_count(), map_wrapper::MAX_SHARDS);
-    assert_eq!(limits.m().name().len(), map_wrapper::MAX_NAME_LEN);
+    assert_eq!(limits.m().shard_count(), map_wrapper::builder::MAX_SHARDS);
+    assert_eq!(limits.m().name().len(), map_wrapper::builder::MAX_NAME_LEN);
     assert_eq!(limits.m().default_timeout(), Duration::from_millis(1));
     assert_eq!(Tight::new().m().default_timeout(), Duration::from_millis(2));
 }
@@ -168,11 +168,12 @@ fn accessors_time_out_after_the_struct_timeout_while_a_guard_is_held() {
     let err = ledger.balances_insert("hot".into(), 2).unwrap_err();
     let elapsed = started.elapsed();
     match &err {
-        MapError::Timeout { map, op, waited, timeout, .. } => {
-            assert_eq!(&**map, "ledger.balances");
-            assert_eq!(*op, "insert");
-            assert_eq!(*timeout, Duration::from_millis(120));
-            assert!(*waited >= Duration::from_millis(120), "waited only {waited:?}");
+        e if e.kind() == map_wrapper::ErrorKind::Timeout => {
+            assert_eq!(e.map(), Some("ledger.balances"));
+            assert_eq!(e.op(), Some(map_wrapper::Op::Insert));
+            assert_eq!(e.timeout(), Some(Duration::from_millis(120)));
+            let waited = e.waited().unwrap();
+            assert!(waited >= Duration::from_millis(120), "waited only {waited:?}");
         }
         other => panic!("expected Timeout, got {other:?}"),
     }

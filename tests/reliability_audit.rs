@@ -15,7 +15,7 @@ use map_wrapper::audit::{
     list_segments, verify, AuditRecord, Auditor, ChainKey, Durability, JsonLinesOptions, JsonLinesSink,
     MemorySink, SegmentWriter,
 };
-use map_wrapper::{MapError, MapWrapper};
+use map_wrapper::MapWrapper;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
 use suite::{scale, storm};
@@ -137,7 +137,9 @@ fn faulted_run(fault: Fault, at: usize, durability: Durability) -> Tally {
             let key = t as u64 * 1_000 + i;
             match m.insert(key, i) {
                 Ok(_) => acked.push(key),
-                Err(MapError::AuditUnavailable { reason, .. }) if reason.contains("applied") => {
+                Err(e) if e.applied() => {
+                    assert_eq!(e.code(), "APPLIED_NOT_DURABLE", "{e}");
+                    assert!(!e.is_retryable(), "an applied change must never invite a retry");
                     applied.push(key)
                 }
                 Err(e) => {
@@ -510,4 +512,63 @@ fn the_verifier_catches_tampering_in_any_segment_of_a_rotated_trail() {
         })
         .unwrap();
     eprintln!("SUMMARY fuzz-segments rotated_cases={cases} rotated_segments={}", trail.len());
+}
+
+/// A sink whose next durability wait fails once it is armed (a full disk, a failed flush),
+/// then recovers.
+struct FailsOneWait {
+    inner: Arc<MemorySink>,
+    /// `false` while armed: the next wait fails and sets it.
+    failed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl map_wrapper::audit::AuditSink for FailsOneWait {
+    fn append(
+        &self,
+        event: map_wrapper::audit::AuditEvent,
+    ) -> Result<map_wrapper::audit::Ticket, map_wrapper::audit::SinkError> {
+        self.inner.append(event)
+    }
+
+    fn wait(
+        &self,
+        _: &map_wrapper::audit::Ticket,
+        _: Durability,
+    ) -> Result<(), map_wrapper::audit::SinkError> {
+        if self.failed.swap(true, Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(map_wrapper::audit::SinkError::new("injected flush failure (no space left)"))
+        }
+    }
+}
+
+/// #12 item 2: an error after the change was applied is never retryable. A caller who retries
+/// exactly as the docs say (only when `is_retryable()`) debits the account once, not twice.
+#[test]
+fn a_change_applied_before_its_record_failed_is_not_retried_by_a_caller_following_the_docs() {
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sink = FailsOneWait { inner: Arc::new(MemorySink::new()), failed: Arc::clone(&failed) };
+    let auditor = Auditor::new(sink).durability(Durability::Flushed);
+    let map: MapWrapper<String, i64> =
+        MapWrapper::builder().name("accounts").auditor(auditor).build().unwrap();
+    map.insert("acct".to_string(), 100).unwrap();
+    failed.store(false, Ordering::SeqCst); // the debit's durability wait will fail
+
+    // The retry loop a user writes against the documentation.
+    let mut attempts = 0;
+    let last = loop {
+        attempts += 1;
+        match map.update("acct", |b| *b -= 30) {
+            Err(e) if e.is_retryable() && attempts < 5 => continue,
+            other => break other,
+        }
+    };
+    let e = last.expect_err("the durability wait of the debit failed");
+    assert!(e.applied(), "{e:?}");
+    assert_eq!(e.kind(), map_wrapper::ErrorKind::AppliedNotDurable);
+    assert_eq!(e.code(), "APPLIED_NOT_DURABLE");
+    assert!(!e.is_retryable());
+    assert_eq!(attempts, 1, "no retry of an applied change");
+    assert_eq!(map.get_cloned("acct").unwrap(), Some(70), "the balance moved exactly once");
 }

@@ -239,7 +239,8 @@ fn accessors_of(
             "{what} in the `{name}` map (field [`{base}`](Self::{base})); see \
              [`MapWrapper::{op}`]({docs_krate}::MapWrapper::{op}), which says what it locks.\n\n\
              # Errors\n\n`Timeout`, `Cancelled`, `WouldDeadlock`, … as \
-             [`MapWrapper::{op}`]({docs_krate}::MapWrapper::{op}); on error nothing changed."
+             [`MapWrapper::{op}`]({docs_krate}::MapWrapper::{op}); on error nothing changed, unless \
+             the error says it was applied (`MapError::applied`: its audit record failed)."
         )
     };
     let field_doc = (docs.is_empty()).then(|| {

@@ -23,7 +23,7 @@
 //! combined (slow-or-failed) rate reaches its threshold.
 //!
 //! **States.** *Closed* admits everything. *Open* rejects with
-//! [`MapError::CircuitOpen`](crate::MapError::CircuitOpen) for the open wait (fixed, or
+//! [`ErrorKind::CircuitOpen`](crate::ErrorKind::CircuitOpen) for the open wait (fixed, or
 //! exponential backoff with jitter over consecutive openings). Then it is *half-open*: a capped
 //! number of concurrent probe calls go through; a quota of successful probes closes it, one
 //! slow or failed probe opens it again, and if probes are still out when the maximum half-open
@@ -37,7 +37,7 @@
 //! an open wait and moves that breaker on, so its event comes on time, from that thread. Any
 //! earlier look (an admission check, a [`state`](CircuitBreaker::state) or
 //! [`stats`](crate::MapWrapper::stats) read) makes the same move, so the state reported is
-//! always the current one; with a [`TestClock`](crate::TestClock) only those looks move it.
+//! always the current one; with a `TestClock` (feature `test-util`) only those looks move it.
 //! The event's time ([`BreakerEvent::at`]) is when the wait ended.
 //!
 //! **Generations.** Every state change bumps a generation. A call remembers the generation it
@@ -58,7 +58,6 @@ use parking_lot::Mutex;
 
 use crate::clock::{duration_nanos, Clock};
 use crate::stats::Counters;
-use crate::MapError;
 
 /// The most blocks a count-based window, or buckets a time-based one, may have.
 pub const MAX_BUCKETS: u32 = 1024;
@@ -138,7 +137,7 @@ pub enum OpenWait {
 
 /// The settings of a map's circuit breaker; give it to
 /// [`Builder::breaker`](crate::Builder::breaker). Checked at `build()`: a bad value is a
-/// [`MapError::InvalidConfig`] naming it.
+/// [`BuildError`](crate::BuildError) naming it.
 ///
 /// Defaults: a count window of the last 100 calls, at least 20 calls before it may trip, opens
 /// when half of the calls in the window were slow or failed (combined rate 0.5; the separate
@@ -149,7 +148,8 @@ pub enum OpenWait {
 ///
 /// ```
 /// use std::time::Duration;
-/// use map_wrapper::{BreakerConfig, MapWrapper, OpenWait, SlidingWindow};
+/// use map_wrapper::breaker::{BreakerConfig, OpenWait, SlidingWindow};
+/// use map_wrapper::MapWrapper;
 ///
 /// let config = BreakerConfig::new()
 ///     .window(SlidingWindow::time(Duration::from_secs(10)))
@@ -163,7 +163,7 @@ pub enum OpenWait {
 ///         jitter: 0.1,
 ///     });
 /// let map: MapWrapper<u64, u64> = MapWrapper::builder().breaker(config).build()?;
-/// assert_eq!(map.breaker().unwrap().state(), map_wrapper::BreakerState::Closed);
+/// assert_eq!(map.breaker().unwrap().state(), map_wrapper::breaker::BreakerState::Closed);
 ///
 /// let bad = MapWrapper::<u64, u64>::builder().breaker(BreakerConfig::new().failure_rate(1.5)).build();
 /// assert_eq!(bad.unwrap_err().code(), "INVALID_CONFIG");
@@ -263,9 +263,9 @@ impl BreakerConfig {
         self
     }
 
-    pub(crate) fn validate(&self) -> Result<(), MapError> {
-        fn bad(field: &'static str, reason: String) -> Result<(), MapError> {
-            Err(MapError::InvalidConfig { field, reason })
+    pub(crate) fn validate(&self) -> Result<(), crate::BuildError> {
+        fn bad(field: &'static str, reason: String) -> Result<(), crate::BuildError> {
+            Err(crate::BuildError::new(field, reason))
         }
         match self.window {
             SlidingWindow::Count { calls } => {
@@ -468,8 +468,8 @@ pub enum BreakerEventKind {
     },
     /// A call was rejected.
     Rejected {
-        /// The operation rejected (`insert`, `get`, …).
-        op: &'static str,
+        /// The operation rejected.
+        op: crate::Op,
         /// The state that rejected it.
         state: BreakerState,
         /// The `retry_after` given to the caller.
@@ -494,6 +494,49 @@ pub(crate) enum Verdict {
         slow: bool,
     },
     Ignored,
+}
+
+/// How a call ended, as the map saw it; [`Verdict::of`] turns it into what the breaker counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// Admitted as rejected, but it never asked for a lock (it had nothing to do).
+    NotStarted,
+    /// It waited for a lock until its deadline.
+    TimedOut,
+    /// It was refused because it would have deadlocked.
+    WouldDeadlock,
+    /// Its caller cancelled it.
+    Cancelled,
+    /// Its caller's deadline had passed before it started.
+    Expired,
+    /// A closure its caller gave panicked.
+    Panicked,
+    /// It completed; `took` its latency in clock nanos, if it was timed.
+    Completed { took: Option<u64> },
+}
+
+impl Verdict {
+    /// The breaker's rule for one call:
+    ///
+    /// - **failed**: a timeout (which also counts as slow) or a would-deadlock (not slow): the
+    ///   map could not serve the call;
+    /// - **slow**: completed, timed, and above the slow threshold; it weighs `stands_for`
+    ///   calls (a call sampled for timing stands for the calls not sampled since the last
+    ///   sample, so sampling does not bias the slow rate downwards);
+    /// - **ignored**: cancelled, started after its caller's deadline, a caller's closure
+    ///   panicked, or never started: none says anything about the map's health;
+    /// - **ok**: everything else (completed and not timed, or timed within the threshold).
+    pub(crate) fn of(ended: Ended, slow_threshold: u64, stands_for: u64) -> Verdict {
+        match ended {
+            Ended::TimedOut => Verdict::Failed { slow: true },
+            Ended::WouldDeadlock => Verdict::Failed { slow: false },
+            Ended::NotStarted | Ended::Cancelled | Ended::Expired | Ended::Panicked => Verdict::Ignored,
+            Ended::Completed { took: Some(took) } if took > slow_threshold => {
+                Verdict::Slow { weight: stands_for }
+            }
+            Ended::Completed { .. } => Verdict::Ok,
+        }
+    }
 }
 
 /// Admission of one call.
@@ -677,7 +720,8 @@ impl Window {
 /// # Examples
 ///
 /// ```
-/// use map_wrapper::{BreakerConfig, BreakerState, MapWrapper};
+/// use map_wrapper::breaker::{BreakerConfig, BreakerState};
+/// use map_wrapper::MapWrapper;
 ///
 /// let map: MapWrapper<u8, u8> = MapWrapper::builder().breaker(BreakerConfig::new()).build()?;
 /// let breaker = map.breaker().expect("configured");
@@ -724,7 +768,7 @@ struct Inner {
     transitions: u64,
 }
 
-/// A snapshot of the breaker for [`Stats`](crate::Stats).
+/// A snapshot of the breaker for [`Stats`](crate::stats::Stats).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct BreakerFigures {
     pub(crate) state: BreakerState,
@@ -869,11 +913,11 @@ impl CircuitBreaker {
     }
 
     /// Records a rejection: a tracing event and the listeners.
-    pub(crate) fn rejected(&self, op: &'static str, retry_after: Duration) {
+    pub(crate) fn rejected(&self, op: crate::Op, retry_after: Duration) {
         let state = self.load().1;
         tracing::debug!(
             target: "map_wrapper::breaker",
-            map = %self.map, op, state = state.as_str(), retry_after_ms = retry_after.as_millis() as u64,
+            map = %self.map, op = op.as_str(), state = state.as_str(), retry_after_ms = retry_after.as_millis() as u64,
             "call rejected by the circuit breaker"
         );
         if self.listeners.is_empty() || IN_LISTENER.with(Cell::get) {
@@ -1308,7 +1352,20 @@ impl fmt::Debug for CircuitBreaker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::TestClock;
+
+    #[test]
+    fn the_verdict_rule_fails_timeouts_and_deadlocks_and_weighs_sampled_slow_calls() {
+        let v = |e| Verdict::of(e, 100, 64);
+        assert_eq!(v(Ended::TimedOut), Verdict::Failed { slow: true });
+        assert_eq!(v(Ended::WouldDeadlock), Verdict::Failed { slow: false });
+        for e in [Ended::NotStarted, Ended::Cancelled, Ended::Expired, Ended::Panicked] {
+            assert_eq!(v(e), Verdict::Ignored, "{e:?}");
+        }
+        assert_eq!(v(Ended::Completed { took: Some(101) }), Verdict::Slow { weight: 64 });
+        assert_eq!(v(Ended::Completed { took: Some(100) }), Verdict::Ok);
+        assert_eq!(v(Ended::Completed { took: None }), Verdict::Ok);
+    }
+    use crate::clock::TestClock;
 
     const S: Duration = Duration::from_secs(1);
 
@@ -1738,8 +1795,8 @@ mod tests {
     #[test]
     fn invalid_configurations_name_their_field() {
         let field = |c: BreakerConfig| match c.validate() {
-            Err(MapError::InvalidConfig { field, .. }) => field,
-            other => panic!("expected InvalidConfig, got {other:?}"),
+            Err(e) => e.field(),
+            Ok(_) => panic!("expected a BuildError"),
         };
         assert_eq!(field(BreakerConfig::new().window(SlidingWindow::count(0))), "breaker.window");
         assert_eq!(

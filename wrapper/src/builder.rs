@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use crate::audit::{encoder, AuditSetup, Auditor, MapAudit, ValuePolicy};
 use crate::breaker::{BreakerConfig, BreakerEvent, BreakerListener};
+use crate::clock::Clock;
 use crate::stats::DEFAULT_LATENCY_SAMPLING;
-use crate::{Clock, MapError, MapWrapper};
+use crate::{BuildError, MapWrapper};
 
 /// The most shards a map may have.
 pub const MAX_SHARDS: usize = 1 << 16;
@@ -97,7 +98,7 @@ pub fn default_shards() -> usize {
 /// Configures a [`MapWrapper`]; made by [`MapWrapper::builder`].
 ///
 /// Nothing is checked until [`build`](Builder::build), which returns
-/// [`MapError::InvalidConfig`] for a bad setting instead of panicking.
+/// [`BuildError`] for a bad setting instead of panicking.
 ///
 /// # Examples
 ///
@@ -154,8 +155,9 @@ impl<K, V, S> Builder<K, V, S> {
         self
     }
 
-    /// How long an operation may wait for a lock unless its context says otherwise. Default:
-    /// [`DEFAULT_TIMEOUT`] (500 ms). `Duration::ZERO` makes every operation fail at once on a
+    /// How long an operation may wait for a lock, at most: a ceiling for every call. An
+    /// [`OpContext`](crate::OpContext) (explicit or ambient) can shorten it with its own
+    /// timeout or deadline, never lengthen it. Default: [`DEFAULT_TIMEOUT`] (500 ms). `Duration::ZERO` makes every operation fail at once on a
     /// contended shard instead of waiting.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.config.timeout = timeout;
@@ -186,7 +188,7 @@ impl<K, V, S> Builder<K, V, S> {
     /// [`key_policy`](Builder::key_policy) and [`value_policy`](Builder::value_policy). See
     /// [`crate::audit`] for what is recorded and what happens when the sink fails.
     ///
-    /// `build()` fails with [`MapError::InvalidConfig`] when a policy is
+    /// `build()` fails with [`BuildError`] when a policy is
     /// [`ValuePolicy::Digest`] and the auditor has no digest key.
     ///
     /// ```
@@ -234,7 +236,8 @@ impl<K, V, S> Builder<K, V, S> {
     ///
     /// ```
     /// use std::sync::{Arc, Mutex};
-    /// use map_wrapper::{BreakerConfig, BreakerEventKind, MapWrapper};
+    /// use map_wrapper::breaker::{BreakerConfig, BreakerEventKind};
+    /// use map_wrapper::MapWrapper;
     ///
     /// let seen = Arc::new(Mutex::new(Vec::new()));
     /// let log = Arc::clone(&seen);
@@ -246,7 +249,7 @@ impl<K, V, S> Builder<K, V, S> {
     /// assert!(map.insert(1, 1).is_err());
     /// let seen = seen.lock().unwrap();
     /// assert!(matches!(seen[0], BreakerEventKind::StateChanged { .. }));
-    /// assert!(matches!(seen[1], BreakerEventKind::Rejected { op: "insert", .. }));
+    /// assert!(matches!(seen[1], BreakerEventKind::Rejected { op: map_wrapper::Op::Insert, .. }));
     /// # Ok::<(), map_wrapper::MapError>(())
     /// ```
     pub fn on_breaker_event(mut self, listener: impl Fn(&BreakerEvent) + Send + Sync + 'static) -> Self {
@@ -254,7 +257,7 @@ impl<K, V, S> Builder<K, V, S> {
         self
     }
 
-    /// Whether the map keeps [`Stats`](crate::Stats) (default `true`). A map with a breaker
+    /// Whether the map keeps [`Stats`](crate::stats::Stats) (default `true`). A map with a breaker
     /// keeps them regardless: the breaker counts calls with them.
     pub fn stats(mut self, on: bool) -> Self {
         self.config.observe.stats = on;
@@ -262,7 +265,7 @@ impl<K, V, S> Builder<K, V, S> {
     }
 
     /// Times 1 in `every` uncontended operations of each thread on this map (default
-    /// [`DEFAULT_LATENCY_SAMPLING`](crate::DEFAULT_LATENCY_SAMPLING)); `1` times every
+    /// [`DEFAULT_LATENCY_SAMPLING`]); `1` times every
     /// operation, at the cost of two clock reads each. Operations that wait for a lock and
     /// breaker probes are always timed. Must be at least 1.
     pub fn latency_sampling(mut self, every: u32) -> Self {
@@ -271,7 +274,7 @@ impl<K, V, S> Builder<K, V, S> {
     }
 
     /// The clock the breaker and the statistics read (default: the system's monotonic clock).
-    /// Tests give a [`TestClock`](crate::TestClock) to drive time. Lock deadlines always use
+    /// Tests give a `TestClock` (feature `test-util`) to drive time. Lock deadlines always use
     /// the real clock.
     pub fn clock(mut self, clock: impl Into<Clock>) -> Self {
         self.config.observe.clock = Some(clock.into());
@@ -290,27 +293,27 @@ impl<K, V, S> Builder<K, V, S> {
         }
     }
 
-    fn config(&self) -> Result<Config, MapError> {
+    fn config(&self) -> Result<Config, BuildError> {
         if let Some(name) = &self.config.name {
             if name.is_empty() || name.len() > MAX_NAME_LEN {
-                return Err(MapError::InvalidConfig {
-                    field: "name",
-                    reason: format!("must be 1 to {MAX_NAME_LEN} bytes long, got {}", name.len()),
-                });
+                return Err(BuildError::new(
+                    "name",
+                    format!("must be 1 to {MAX_NAME_LEN} bytes long, got {}", name.len()),
+                ));
             }
             if name.chars().any(char::is_control) {
-                return Err(MapError::InvalidConfig {
-                    field: "name",
-                    reason: format!("must not contain control characters, got {name:?}"),
-                });
+                return Err(BuildError::new(
+                    "name",
+                    format!("must not contain control characters, got {name:?}"),
+                ));
             }
         }
         let shards = self.shards.unwrap_or_else(default_shards);
         if !shards.is_power_of_two() || shards > MAX_SHARDS {
-            return Err(MapError::InvalidConfig {
-                field: "shards",
-                reason: format!("must be a power of two from 1 to {MAX_SHARDS}, got {shards}"),
-            });
+            return Err(BuildError::new(
+                "shards",
+                format!("must be a power of two from 1 to {MAX_SHARDS}, got {shards}"),
+            ));
         }
         let timeout = self.config.timeout;
         let slow_threshold = match self.slow_threshold {
@@ -318,28 +321,27 @@ impl<K, V, S> Builder<K, V, S> {
             None if timeout.is_zero() => DEFAULT_SLOW_THRESHOLD,
             None => DEFAULT_SLOW_THRESHOLD.min(timeout / 2),
             Some(t) if t.is_zero() || (t >= timeout && !timeout.is_zero()) => {
-                return Err(MapError::InvalidConfig {
-                    field: "slow_threshold",
-                    reason: format!("must be above zero and below the timeout ({timeout:?}), got {t:?}"),
-                });
+                return Err(BuildError::new(
+                    "slow_threshold",
+                    format!("must be above zero and below the timeout ({timeout:?}), got {t:?}"),
+                ));
             }
             Some(t) => t,
         };
         let observe = &self.config.observe;
         if observe.latency_sampling == 0 {
-            return Err(MapError::InvalidConfig {
-                field: "latency_sampling",
-                reason: "must be at least 1 (1 times every operation), got 0".into(),
-            });
+            return Err(BuildError::new(
+                "latency_sampling",
+                "must be at least 1 (1 times every operation), got 0",
+            ));
         }
         match &observe.breaker {
             Some(b) => b.validate()?,
             None if !observe.listeners.is_empty() => {
-                return Err(MapError::InvalidConfig {
-                    field: "on_breaker_event",
-                    reason: "a listener was given but no breaker: add `.breaker(BreakerConfig::new())`"
-                        .into(),
-                });
+                return Err(BuildError::new(
+                    "on_breaker_event",
+                    "a listener was given but no breaker: add `.breaker(BreakerConfig::new())`",
+                ));
             }
             None => {}
         }
@@ -352,8 +354,10 @@ impl<K, V, S: BuildHasher> Builder<K, V, S> {
     ///
     /// # Errors
     ///
-    /// [`MapError::InvalidConfig`] naming the setting at fault.
-    pub fn build(self) -> Result<MapWrapper<K, V, S>, MapError> {
+    /// A [`BuildError`] naming the setting at fault (it converts into a [`MapError`](crate::MapError) of kind
+    /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig), so `build()?` works in a
+    /// function that returns `MapError`).
+    pub fn build(self) -> Result<MapWrapper<K, V, S>, BuildError> {
         let config = self.config()?;
         let audit = match self.audit {
             Some(setup) => Some(Box::new(MapAudit::build(setup, config.key_policy, config.value_policy)?)),
@@ -379,10 +383,8 @@ mod tests {
     use super::*;
 
     fn err(b: Builder<u8, u8>) -> (&'static str, String) {
-        match b.build().unwrap_err() {
-            MapError::InvalidConfig { field, reason } => (field, reason),
-            other => panic!("expected InvalidConfig, got {other:?}"),
-        }
+        let e = b.build().unwrap_err();
+        (e.field(), e.reason().to_string())
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 /// Cancelling a token cancels every clone of it and every [`child`](CancelToken::child) made
 /// from it (and their children); cancelling a child leaves its parent alone. A map operation
 /// whose context carries a cancelled token fails with
-/// [`MapError::Cancelled`](crate::MapError::Cancelled) before it takes a lock, and an
+/// [`ErrorKind::Cancelled`](crate::ErrorKind::Cancelled) before it takes a lock, and an
 /// operation that is waiting for a lock notices the cancellation within about a millisecond.
 ///
 /// # Examples

@@ -66,14 +66,18 @@ impl OpContext {
         Self::default()
     }
 
-    /// How long each operation under this context may wait for a lock.
+    /// How long each operation under this context may wait for a lock, at most: the map's
+    /// own timeout ([`Builder::timeout`](crate::Builder::timeout)) is a ceiling, so a context
+    /// can shorten an operation's wait but never lengthen it. The earliest of every timeout
+    /// and deadline in play wins (the map's, this context's, the ambient scope's).
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
     }
 
-    /// An instant no operation under this context waits past.
+    /// An instant no operation under this context waits past (nor past the map's own
+    /// timeout, whichever comes first).
     ///
     /// Deadlines only move earlier: if the context already has an earlier one (for example
     /// inherited by [`child`](OpContext::child)), that one stays.
@@ -344,9 +348,11 @@ impl<'c> Effective<'c> {
         self.contexts().filter_map(|c| c.deadline).min()
     }
 
-    /// When a wait that starts at `start` must give up.
-    pub(crate) fn deadline_from(&self, start: Instant, default_timeout: Duration) -> Instant {
-        let timeout = self.contexts().filter_map(|c| c.timeout).min().unwrap_or(default_timeout);
+    /// When a wait that starts at `start` must give up: the earliest of every deadline and
+    /// timeout in play. The map's timeout (`map_timeout`) is a ceiling: a context can only
+    /// shorten it, as Go's `context.WithTimeout(caller_ctx, map.timeout)` does.
+    pub(crate) fn deadline_from(&self, start: Instant, map_timeout: Duration) -> Instant {
+        let timeout = self.contexts().filter_map(|c| c.timeout).fold(map_timeout, Duration::min);
         let relative = start.checked_add(timeout).unwrap_or(start + Duration::from_secs(86_400 * 365));
         self.absolute_deadline().map_or(relative, |d| d.min(relative))
     }
@@ -382,7 +388,7 @@ mod tests {
         let ctx = OpContext::new().timeout(Duration::from_secs(30)).deadline(far);
         let start = Instant::now();
         let eff = Effective::new(Some(&ctx));
-        assert_eq!(eff.deadline_from(start, Duration::from_millis(500)), start + Duration::from_secs(1));
+        assert_eq!(eff.deadline_from(start, Duration::from_secs(60)), start + Duration::from_secs(1));
         let near = start + Duration::from_millis(3);
         let short = OpContext::new().timeout(Duration::from_millis(5)).deadline(near);
         let eff = Effective::new(Some(&short));
@@ -416,6 +422,18 @@ mod tests {
         let child = OpContext::new().timeout(Duration::MAX).child();
         assert_eq!(child.get_deadline(), None);
         assert!(child.get_cancel_token().is_none(), "no token to inherit, none invented");
+    }
+
+    #[test]
+    fn the_maps_timeout_caps_a_longer_context_timeout() {
+        let long = OpContext::new().timeout(Duration::from_secs(5));
+        let _scope = OpContext::new().timeout(Duration::from_secs(10)).enter();
+        let start = Instant::now();
+        let eff = Effective::new(Some(&long));
+        assert_eq!(eff.deadline_from(start, Duration::from_millis(200)), start + Duration::from_millis(200));
+        let far = OpContext::new().deadline(start + Duration::from_secs(60));
+        let eff = Effective::new(Some(&far));
+        assert_eq!(eff.deadline_from(start, Duration::from_millis(200)), start + Duration::from_millis(200));
     }
 
     #[test]

@@ -1,121 +1,83 @@
-//! [`MapError`]: every way an operation on a [`MapWrapper`](crate::MapWrapper) can be refused.
+//! [`MapError`]: every way an operation on a [`MapWrapper`](crate::MapWrapper) can fail, and
+//! [`BuildError`]: a bad builder setting.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Why an operation on a [`MapWrapper`](crate::MapWrapper) did not happen.
+use crate::Op;
+
+/// Why an operation on a [`MapWrapper`](crate::MapWrapper) failed.
 ///
-/// Every variant has a stable [`code`](MapError::code) for logs and dashboards, says whether a
-/// retry can help ([`is_retryable`](MapError::is_retryable)) and how serious it is
-/// ([`severity`](MapError::severity)). When a single-key operation returns an error, the map is
-/// exactly as it was before the call: no error leaves a half-applied mutation behind (for the
-/// bulk operations see [`MapWrapper`](crate::MapWrapper)'s documentation).
+/// Small (16 bytes: a kind and boxed details, as `std::io::Error`), so that every
+/// `Result<_, MapError>` stays small. Match on [`kind`](MapError::kind); every kind has a
+/// stable [`code`](MapError::code) for logs and dashboards, says whether a retry can help
+/// ([`is_retryable`](MapError::is_retryable)) and how serious it is
+/// ([`severity`](MapError::severity)). The details (map, operation, shard, time waited, …) are
+/// accessors, so new ones can be added without breaking a caller.
 ///
-/// The enum is `#[non_exhaustive]`: match on [`code`](MapError::code) or keep a `_` arm.
+/// **An error means the operation changed nothing**, with one exception, visible in the
+/// error's structure: [`ErrorKind::AppliedNotDurable`] ([`applied`](MapError::applied) is
+/// `true`): the change *was* applied, but its audit record could not be enqueued or made
+/// durable. It is never retryable: retrying would apply the change twice. (For the bulk
+/// operations `retain`, `clear` and `extend`, see [`MapWrapper`](crate::MapWrapper)'s
+/// documentation for what an error midway leaves.)
 ///
 /// # Examples
 ///
 /// ```
-/// use map_wrapper::{MapError, MapWrapper};
+/// use map_wrapper::{ErrorKind, MapError, MapWrapper};
 ///
 /// let map: MapWrapper<u32, u32> = MapWrapper::new();
 /// match map.insert(1, 10) {
 ///     Ok(_) => {}
-///     Err(e) if e.is_retryable() => eprintln!("try again later: {e}"),
-///     Err(e) => eprintln!("giving up [{}]: {e}", e.code()),
+///     Err(e) if e.applied() => eprintln!("applied, but not durably recorded: {e}"),
+///     Err(e) if e.is_retryable() => eprintln!("nothing changed; try again later: {e}"),
+///     Err(e) => match e.kind() {
+///         ErrorKind::WouldDeadlock => eprintln!("drop your guard first: {e}"),
+///         _ => eprintln!("giving up [{}]: {e}", e.code()),
+///     },
 /// }
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, PartialEq, Eq)]
+pub struct MapError {
+    kind: ErrorKind,
+    details: Box<Details>,
+}
+
+/// What kind of [`MapError`] it is: match on it (keep a `_` arm: kinds may be added).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum MapError {
-    /// The shard lock was not free before the operation's deadline.
-    #[error(
-        "`{op}` on map `{map}` timed out after waiting {waited:?} for shard {shard}, which \
-         another thread held (the operation's time limit is {timeout:?}): retry, raise the \
-         timeout (OpContext::timeout or the builder's timeout), or shorten what runs under the lock"
-    )]
-    Timeout {
-        /// The map's name.
-        map: Arc<str>,
-        /// The operation that timed out (`insert`, `get`, …).
-        op: &'static str,
-        /// The shard that could not be locked.
-        shard: usize,
-        /// How long the operation waited for this shard before giving up.
-        waited: Duration,
-        /// The time the operation was allowed: from its first wait for a single-key operation,
-        /// from its start for one that visits many shards.
-        timeout: Duration,
-    },
+pub enum ErrorKind {
+    /// The shard lock was not free before the operation's deadline. Nothing changed;
+    /// retryable.
+    Timeout,
     /// The operation's deadline ([`OpContext::deadline`](crate::OpContext::deadline)) had
-    /// already passed when it was called, so it did not start.
-    #[error(
-        "`{op}` on map `{map}` was not started: its deadline had already passed; stop the work \
-         this deadline belongs to, or give it a later deadline"
-    )]
-    DeadlineExceeded {
-        /// The map's name.
-        map: Arc<str>,
-        /// The operation that was not started.
-        op: &'static str,
-    },
-    /// The operation's [`CancelToken`](crate::CancelToken) was cancelled before it took the lock.
-    #[error("`{op}` on map `{map}` was cancelled by its caller before it could take the lock it needed")]
-    Cancelled {
-        /// The map's name.
-        map: Arc<str>,
-        /// The operation that was cancelled.
-        op: &'static str,
-    },
+    /// already passed when it was called, so it did not start. Nothing changed.
+    DeadlineExceeded,
+    /// The operation's [`CancelToken`](crate::CancelToken) was cancelled before it took the
+    /// lock. Nothing changed.
+    Cancelled,
     /// This thread already holds a lock on the shard the operation needs (for example a
     /// [`Ref`](crate::Ref) from [`get`](crate::MapWrapper::get) is still alive, or the call is
-    /// made inside an [`update`](crate::MapWrapper::update) closure). Waiting would hang forever,
-    /// so the operation is refused at once.
-    #[error(
-        "`{op}` on map `{map}` would deadlock: this thread already holds shard {shard} \
-         (a live guard from `get`, or a call from inside a closure the map is running); drop \
-         the guard first, or copy the value out with `get_cloned`"
-    )]
-    WouldDeadlock {
-        /// The map's name.
-        map: Arc<str>,
-        /// The operation that was refused.
-        op: &'static str,
-        /// The shard this thread already holds.
-        shard: usize,
-    },
+    /// made inside an [`update`](crate::MapWrapper::update) closure). Waiting would hang
+    /// forever, so the operation is refused at once. Nothing changed.
+    WouldDeadlock,
     /// The map's circuit breaker is open because operations have been too slow or have failed;
-    /// it fails fast instead of adding load.
-    #[error(
-        "map `{map}` is refusing work because its circuit breaker is open (operations were too \
-         slow or failing); retry after {retry_after:?}"
-    )]
-    CircuitOpen {
-        /// The map's name.
-        map: Arc<str>,
-        /// When the breaker will next let a probe through.
-        retry_after: Duration,
-    },
-    /// The map's audit sink cannot take records, and the map is fail-closed: mutations are
-    /// refused until the sink recovers, so that no change goes unrecorded.
-    #[error(
-        "map `{map}` refused a mutation because its audit sink is unavailable ({reason}); the \
-         map is read-only until the sink is reopened"
-    )]
-    AuditUnavailable {
-        /// The map's name.
-        map: Arc<str>,
-        /// What went wrong with the sink.
-        reason: Arc<str>,
-    },
-    /// A builder setting is invalid; `build()` refuses it instead of panicking.
-    #[error("invalid map configuration: `{field}` {reason}")]
-    InvalidConfig {
-        /// The builder setting at fault.
-        field: &'static str,
-        /// What is wrong with it and what is accepted.
-        reason: String,
-    },
+    /// it fails fast instead of adding load. Nothing changed; retryable after
+    /// [`retry_after`](MapError::retry_after).
+    CircuitOpen,
+    /// The map's audit sink cannot take records, and the map is fail-closed: the mutation was
+    /// refused before it locked anything, so that no change goes unrecorded. Nothing changed;
+    /// retryable once the sink recovers.
+    AuditUnavailable,
+    /// **The change was applied** (it is in the map), but its audit record could not be
+    /// enqueued or made durable at the auditor's durability (the sink failed while the
+    /// operation waited). Never retryable: a retry would apply the change twice. The map is
+    /// read-only (fail-closed) until the sink is reopened.
+    AppliedNotDurable,
+    /// A setting is invalid (an auditor given to a map whose policies it cannot serve).
+    InvalidConfig,
 }
 
 /// How serious a [`MapError`] is, for routing to logs and alerts.
@@ -132,46 +94,363 @@ pub enum Severity {
     Critical,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Details {
+    map: Option<Arc<str>>,
+    op: Option<Op>,
+    shard: Option<usize>,
+    waited: Option<Duration>,
+    timeout: Option<Duration>,
+    retry_after: Option<Duration>,
+    reason: Option<Arc<str>>,
+    field: Option<&'static str>,
+}
+
+impl ErrorKind {
+    /// The stable, UPPER_SNAKE code of this kind.
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorKind::Timeout => "TIMEOUT",
+            ErrorKind::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            ErrorKind::Cancelled => "CANCELLED",
+            ErrorKind::WouldDeadlock => "WOULD_DEADLOCK",
+            ErrorKind::CircuitOpen => "CIRCUIT_OPEN",
+            ErrorKind::AuditUnavailable => "AUDIT_UNAVAILABLE",
+            ErrorKind::AppliedNotDurable => "APPLIED_NOT_DURABLE",
+            ErrorKind::InvalidConfig => "INVALID_CONFIG",
+        }
+    }
+}
+
 impl MapError {
+    #[cold]
+    fn new(kind: ErrorKind, details: Details) -> Self {
+        MapError { kind, details: Box::new(details) }
+    }
+
+    #[cold]
+    pub(crate) fn timed_out(
+        map: &Arc<str>,
+        op: Op,
+        shard: usize,
+        waited: Duration,
+        timeout: Duration,
+    ) -> Self {
+        let d = Details {
+            map: Some(map.clone()),
+            op: Some(op),
+            shard: Some(shard),
+            waited: Some(waited),
+            timeout: Some(timeout),
+            ..Details::default()
+        };
+        Self::new(ErrorKind::Timeout, d)
+    }
+
+    /// A timeout waiting for room in the audit queue (back-pressure), before anything was
+    /// locked or changed: no shard is named.
+    #[cold]
+    pub(crate) fn audit_queue_full(map: &Arc<str>, op: Op, waited: Duration, timeout: Duration) -> Self {
+        let d = Details {
+            map: Some(map.clone()),
+            op: Some(op),
+            waited: Some(waited),
+            timeout: Some(timeout),
+            ..Details::default()
+        };
+        Self::new(ErrorKind::Timeout, d)
+    }
+
+    #[cold]
+    pub(crate) fn deadline_exceeded(map: &Arc<str>, op: Op) -> Self {
+        Self::new(
+            ErrorKind::DeadlineExceeded,
+            Details { map: Some(map.clone()), op: Some(op), ..Details::default() },
+        )
+    }
+
+    #[cold]
+    pub(crate) fn cancelled(map: &Arc<str>, op: Op) -> Self {
+        Self::new(
+            ErrorKind::Cancelled,
+            Details { map: Some(map.clone()), op: Some(op), ..Details::default() },
+        )
+    }
+
+    #[cold]
+    pub(crate) fn would_deadlock(map: &Arc<str>, op: Op, shard: usize) -> Self {
+        let d = Details { map: Some(map.clone()), op: Some(op), shard: Some(shard), ..Details::default() };
+        Self::new(ErrorKind::WouldDeadlock, d)
+    }
+
+    #[cold]
+    pub(crate) fn circuit_open(map: &Arc<str>, op: Op, retry_after: Duration) -> Self {
+        let d = Details {
+            map: Some(map.clone()),
+            op: Some(op),
+            retry_after: Some(retry_after),
+            ..Details::default()
+        };
+        Self::new(ErrorKind::CircuitOpen, d)
+    }
+
+    #[cold]
+    pub(crate) fn audit_unavailable(map: &Arc<str>, reason: Arc<str>) -> Self {
+        let d = Details { map: Some(map.clone()), reason: Some(reason), ..Details::default() };
+        Self::new(ErrorKind::AuditUnavailable, d)
+    }
+
+    #[cold]
+    pub(crate) fn applied_not_durable(map: &Arc<str>, reason: Arc<str>) -> Self {
+        let d = Details { map: Some(map.clone()), reason: Some(reason), ..Details::default() };
+        Self::new(ErrorKind::AppliedNotDurable, d)
+    }
+
+    #[cold]
+    pub(crate) fn invalid_config(field: &'static str, reason: String) -> Self {
+        let d = Details { field: Some(field), reason: Some(reason.into()), ..Details::default() };
+        Self::new(ErrorKind::InvalidConfig, d)
+    }
+
+    /// What kind of error it is.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
     /// A stable, UPPER_SNAKE identifier for the kind of error, suitable for logs and metrics.
     ///
     /// ```
-    /// # use map_wrapper::MapError;
-    /// let e = MapError::InvalidConfig { field: "shards", reason: "must be a power of two".into() };
-    /// assert_eq!(e.code(), "INVALID_CONFIG");
+    /// use map_wrapper::MapWrapper;
+    /// let map = MapWrapper::<u8, u8>::new();
+    /// map.insert(1, 1)?;
+    /// let guard = map.get(&1)?.unwrap();
+    /// assert_eq!(map.insert(1, 2).unwrap_err().code(), "WOULD_DEADLOCK");
+    /// drop(guard);
+    /// # Ok::<(), map_wrapper::MapError>(())
     /// ```
     pub fn code(&self) -> &'static str {
-        match self {
-            MapError::Timeout { .. } => "TIMEOUT",
-            MapError::DeadlineExceeded { .. } => "DEADLINE_EXCEEDED",
-            MapError::Cancelled { .. } => "CANCELLED",
-            MapError::WouldDeadlock { .. } => "WOULD_DEADLOCK",
-            MapError::CircuitOpen { .. } => "CIRCUIT_OPEN",
-            MapError::AuditUnavailable { .. } => "AUDIT_UNAVAILABLE",
-            MapError::InvalidConfig { .. } => "INVALID_CONFIG",
-        }
+        self.kind.code()
     }
 
-    /// Whether the same call may succeed if tried again later.
+    /// Whether the same call may succeed if tried again later, having changed nothing.
     ///
     /// Timeouts, an open breaker and an unavailable audit sink are transient; a cancellation,
     /// an expired deadline, a would-deadlock and a bad configuration are not (the caller must
-    /// change something).
+    /// change something); and an [`applied`](MapError::applied) change never is.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            MapError::Timeout { .. } | MapError::CircuitOpen { .. } | MapError::AuditUnavailable { .. }
-        )
+        matches!(self.kind, ErrorKind::Timeout | ErrorKind::CircuitOpen | ErrorKind::AuditUnavailable)
+    }
+
+    /// Whether the operation's change was applied despite the error
+    /// ([`ErrorKind::AppliedNotDurable`]): the map holds it, its audit record may be missing.
+    /// Every other error means the operation changed nothing.
+    pub fn applied(&self) -> bool {
+        self.kind == ErrorKind::AppliedNotDurable
     }
 
     /// How serious the error is.
     pub fn severity(&self) -> Severity {
-        match self {
-            MapError::Cancelled { .. } | MapError::DeadlineExceeded { .. } => Severity::Info,
-            MapError::Timeout { .. } | MapError::CircuitOpen { .. } => Severity::Warning,
-            MapError::WouldDeadlock { .. } | MapError::InvalidConfig { .. } => Severity::Error,
-            MapError::AuditUnavailable { .. } => Severity::Critical,
+        match self.kind {
+            ErrorKind::Cancelled | ErrorKind::DeadlineExceeded => Severity::Info,
+            ErrorKind::Timeout | ErrorKind::CircuitOpen => Severity::Warning,
+            ErrorKind::WouldDeadlock | ErrorKind::InvalidConfig => Severity::Error,
+            ErrorKind::AuditUnavailable | ErrorKind::AppliedNotDurable => Severity::Critical,
         }
+    }
+
+    /// The name of the map the operation ran on.
+    pub fn map(&self) -> Option<&str> {
+        self.details.map.as_deref()
+    }
+
+    /// The operation that failed, when it is known.
+    pub fn op(&self) -> Option<Op> {
+        self.details.op
+    }
+
+    /// The shard involved: the one that could not be locked (timeout) or that this thread
+    /// already holds (would-deadlock).
+    pub fn shard(&self) -> Option<usize> {
+        self.details.shard
+    }
+
+    /// How long a timed-out operation waited for its shard before giving up.
+    pub fn waited(&self) -> Option<Duration> {
+        self.details.waited
+    }
+
+    /// The time a timed-out operation was allowed: from its first wait for a single-key
+    /// operation, from its start for one that visits many shards.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.details.timeout
+    }
+
+    /// When an open breaker will next let a probe through.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.details.retry_after
+    }
+
+    /// What went wrong with the audit sink, or with a setting.
+    pub fn reason(&self) -> Option<&str> {
+        self.details.reason.as_deref()
+    }
+
+    /// The setting at fault, for [`ErrorKind::InvalidConfig`].
+    pub fn field(&self) -> Option<&'static str> {
+        self.details.field
+    }
+}
+
+impl fmt::Display for MapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = &*self.details;
+        let map = d.map.as_deref().unwrap_or("?");
+        let op = d.op.map_or("operation", Op::as_str);
+        let reason = d.reason.as_deref().unwrap_or("unknown");
+        let dur = |x: Option<Duration>| x.unwrap_or_default();
+        match self.kind {
+            ErrorKind::Timeout if d.shard.is_none() => write!(
+                f,
+                "`{op}` on map `{map}` timed out after waiting {:?} for room in its audit queue, which \
+                 was full (the operation's time limit is {:?}); nothing was changed: retry, raise the \
+                 timeout, or give the sink more room (JsonLinesOptions::max_queue_bytes) or a faster disk",
+                dur(d.waited),
+                dur(d.timeout)
+            ),
+            ErrorKind::Timeout => write!(
+                f,
+                "`{op}` on map `{map}` timed out after waiting {:?} for shard {}, which another thread \
+                 held (the operation's time limit is {:?}): retry, raise the timeout (OpContext::timeout \
+                 or the builder's timeout), or shorten what runs under the lock",
+                dur(d.waited),
+                d.shard.unwrap_or_default(),
+                dur(d.timeout)
+            ),
+            ErrorKind::DeadlineExceeded => write!(
+                f,
+                "`{op}` on map `{map}` was not started: its deadline had already passed; stop the work \
+                 this deadline belongs to, or give it a later deadline"
+            ),
+            ErrorKind::Cancelled => write!(
+                f,
+                "`{op}` on map `{map}` was cancelled by its caller before it could take the lock it needed"
+            ),
+            ErrorKind::WouldDeadlock => write!(
+                f,
+                "`{op}` on map `{map}` would deadlock: this thread already holds shard {} (a live guard \
+                 from `get`, or a call from inside a closure the map is running); drop the guard first, \
+                 or copy the value out with `get_cloned`",
+                d.shard.unwrap_or_default()
+            ),
+            ErrorKind::CircuitOpen => write!(
+                f,
+                "map `{map}` is refusing work because its circuit breaker is open (operations were too \
+                 slow or failing); retry after {:?}",
+                dur(d.retry_after)
+            ),
+            ErrorKind::AuditUnavailable => write!(
+                f,
+                "map `{map}` refused a mutation because its audit sink is unavailable ({reason}); the \
+                 map is read-only until the sink is reopened"
+            ),
+            ErrorKind::AppliedNotDurable => write!(
+                f,
+                "map `{map}` applied a mutation, but its audit record could not be made durable \
+                 ({reason}); do not retry it (the change is in the map); the map is read-only until \
+                 the sink is reopened"
+            ),
+            ErrorKind::InvalidConfig => {
+                write!(f, "invalid map configuration: `{}` {reason}", d.field.unwrap_or("?"))
+            }
+        }
+    }
+}
+
+impl fmt::Debug for MapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = &*self.details;
+        let mut s = f.debug_struct("MapError");
+        s.field("kind", &self.kind);
+        if let Some(m) = &d.map {
+            s.field("map", m);
+        }
+        if let Some(op) = d.op {
+            s.field("op", &op);
+        }
+        if let Some(x) = d.shard {
+            s.field("shard", &x);
+        }
+        if let Some(x) = d.waited {
+            s.field("waited", &x);
+        }
+        if let Some(x) = d.timeout {
+            s.field("timeout", &x);
+        }
+        if let Some(x) = d.retry_after {
+            s.field("retry_after", &x);
+        }
+        if let Some(x) = &d.reason {
+            s.field("reason", x);
+        }
+        if let Some(x) = d.field {
+            s.field("field", &x);
+        }
+        s.finish()
+    }
+}
+
+impl std::error::Error for MapError {}
+
+/// A builder setting that [`Builder::build`](crate::Builder::build) refuses (instead of
+/// panicking): which setting, and what is accepted.
+///
+/// ```
+/// use map_wrapper::MapWrapper;
+/// let e = MapWrapper::<u8, u8>::builder().shards(3).build().unwrap_err();
+/// assert_eq!(e.field(), "shards");
+/// assert_eq!(e.code(), "INVALID_CONFIG");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildError {
+    inner: Box<(&'static str, String)>,
+}
+
+impl BuildError {
+    #[cold]
+    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        BuildError { inner: Box::new((field, reason.into())) }
+    }
+
+    /// The builder setting at fault (`"shards"`, `"name"`, …).
+    pub fn field(&self) -> &'static str {
+        self.inner.0
+    }
+
+    /// What is wrong with it and what is accepted.
+    pub fn reason(&self) -> &str {
+        &self.inner.1
+    }
+
+    /// The stable code, `"INVALID_CONFIG"` (as the [`MapError`] it converts into).
+    pub fn code(&self) -> &'static str {
+        ErrorKind::InvalidConfig.code()
+    }
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid map configuration: `{}` {}", self.field(), self.reason())
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+impl From<BuildError> for MapError {
+    /// An [`ErrorKind::InvalidConfig`] naming the same setting: so that `build()?` works in a
+    /// function that returns `MapError`.
+    fn from(e: BuildError) -> Self {
+        let (field, reason) = *e.inner;
+        MapError::invalid_config(field, reason)
     }
 }
 
@@ -182,20 +461,22 @@ mod tests {
     fn all() -> Vec<MapError> {
         let map: Arc<str> = Arc::from("m");
         vec![
-            MapError::Timeout {
-                map: map.clone(),
-                op: "insert",
-                shard: 3,
-                waited: Duration::from_millis(5),
-                timeout: Duration::from_millis(5),
-            },
-            MapError::Cancelled { map: map.clone(), op: "get" },
-            MapError::DeadlineExceeded { map: map.clone(), op: "get" },
-            MapError::WouldDeadlock { map: map.clone(), op: "insert", shard: 1 },
-            MapError::CircuitOpen { map: map.clone(), retry_after: Duration::from_secs(1) },
-            MapError::AuditUnavailable { map, reason: Arc::from("disk full") },
-            MapError::InvalidConfig { field: "shards", reason: "must be a power of two".into() },
+            MapError::timed_out(&map, Op::Insert, 3, Duration::from_millis(5), Duration::from_millis(5)),
+            MapError::cancelled(&map, Op::Get),
+            MapError::deadline_exceeded(&map, Op::Get),
+            MapError::would_deadlock(&map, Op::Insert, 1),
+            MapError::circuit_open(&map, Op::Insert, Duration::from_secs(1)),
+            MapError::audit_unavailable(&map, Arc::from("disk full")),
+            MapError::applied_not_durable(&map, Arc::from("disk full")),
+            BuildError::new("shards", "must be a power of two").into(),
         ]
+    }
+
+    #[test]
+    fn the_error_is_at_most_16_bytes() {
+        assert!(std::mem::size_of::<MapError>() <= 16, "{}", std::mem::size_of::<MapError>());
+        assert!(std::mem::size_of::<Result<(), MapError>>() <= 16);
+        assert!(std::mem::size_of::<BuildError>() <= 16);
     }
 
     #[test]
@@ -214,15 +495,32 @@ mod tests {
     fn messages_name_the_map_and_a_remedy() {
         for e in all() {
             let msg = e.to_string();
-            if !matches!(e, MapError::InvalidConfig { .. }) {
+            if e.kind() != ErrorKind::InvalidConfig {
                 assert!(msg.contains("`m`"), "{msg}");
             }
         }
         let t = &all()[0];
         assert!(t.to_string().contains("retry"));
         assert!(t.is_retryable());
+        assert_eq!(t.waited(), Some(Duration::from_millis(5)));
+        assert_eq!(t.op(), Some(Op::Insert));
+        assert_eq!(t.shard(), Some(3));
         assert_eq!(all()[3].severity(), Severity::Error);
         assert!(!all()[2].is_retryable());
         assert!(!all()[1].is_retryable());
+    }
+
+    #[test]
+    fn only_an_applied_change_says_applied_and_it_is_never_retryable() {
+        for e in all() {
+            assert_eq!(e.applied(), e.kind() == ErrorKind::AppliedNotDurable, "{e:?}");
+            if e.applied() {
+                assert!(!e.is_retryable());
+                assert_eq!(e.code(), "APPLIED_NOT_DURABLE");
+                assert_eq!(e.severity(), Severity::Critical);
+                assert!(e.to_string().contains("do not retry"), "{e}");
+            }
+        }
+        assert!(all()[5].is_retryable(), "a refused mutation (nothing applied) may be retried");
     }
 }

@@ -17,7 +17,7 @@ pub use core::time::Duration;
 pub use serde::Serialize;
 
 pub use crate::audit::{Auditor, ValuePolicy};
-pub use crate::{MapError, MapWrapper, Ref};
+pub use crate::{BuildError, MapError, MapWrapper, Ref};
 
 /// The map a generated constructor built from settings the macro checked.
 ///
@@ -30,7 +30,7 @@ pub use crate::{MapError, MapWrapper, Ref};
 /// disagree, a bug in this crate, which `tests/macro_behaviour.rs` and the UI pass cases at
 /// the limits guard against.
 #[inline]
-pub fn built_checked<K, V, S>(built: Result<MapWrapper<K, V, S>, MapError>) -> MapWrapper<K, V, S> {
+pub fn built_checked<K, V, S>(built: Result<MapWrapper<K, V, S>, BuildError>) -> MapWrapper<K, V, S> {
     match built {
         Ok(map) => map,
         Err(e) => unreachable!("map-wrapper bug: #[guarded_map] accepted settings that build() refuses: {e}"),

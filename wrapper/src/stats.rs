@@ -23,9 +23,9 @@ use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
-use crate::breaker::{Admission, BreakerState, CircuitBreaker, Verdict};
+use crate::breaker::{Admission, BreakerState, CircuitBreaker, Ended, Verdict};
 use crate::clock::{duration_nanos, Clock};
-use crate::MapError;
+use crate::{MapError, Op};
 
 /// By default, 1 in this many uncontended operations of a thread on a map is timed.
 pub const DEFAULT_LATENCY_SAMPLING: u32 = 64;
@@ -34,82 +34,8 @@ pub const DEFAULT_LATENCY_SAMPLING: u32 = 64;
 // Kinds and outcomes.
 // ---------------------------------------------------------------------------------------------
 
-/// The operation names counted separately; anything else counts as `other`.
-const KINDS: [&str; 19] = [
-    "insert",
-    "get",
-    "get_cloned",
-    "view",
-    "contains_key",
-    "remove",
-    "remove_entry",
-    "remove_if",
-    "update",
-    "alter",
-    "entry",
-    "retain",
-    "clear",
-    "len",
-    "is_empty",
-    "for_each",
-    "snapshot",
-    "extend",
-    "other",
-];
-
-/// The counter row of operation `op`: a dispatch on the name's length and first byte, then
-/// one comparison with a name of known length (which compiles to a couple of integer
-/// compares; a plain `match` on strings compares against each name in turn).
-#[inline(always)]
-fn kind_index(op: &str) -> usize {
-    const OTHER: usize = KINDS.len() - 1;
-    match (op.len(), op.as_bytes().first().copied().unwrap_or(0)) {
-        (6, b'i') if op == "insert" => 0,
-        (3, b'g') if op == "get" => 1,
-        (10, b'g') if op == "get_cloned" => 2,
-        (4, b'v') if op == "view" => 3,
-        (12, b'c') if op == "contains_key" => 4,
-        (6, b'r') if op == "remove" => 5,
-        (12, b'r') if op == "remove_entry" => 6,
-        (9, b'r') if op == "remove_if" => 7,
-        (6, b'u') if op == "update" => 8,
-        (5, b'a') if op == "alter" => 9,
-        (5, b'e') if op == "entry" => 10,
-        (6, b'r') if op == "retain" => 11,
-        (5, b'c') if op == "clear" => 12,
-        (3, b'l') if op == "len" => 13,
-        (8, b'i') if op == "is_empty" => 14,
-        (8, b'f') if op == "for_each" => 15,
-        (8, b's') if op == "snapshot" => 16,
-        (6, b'e') if op == "extend" => 17,
-        _ => OTHER,
-    }
-}
-
-#[cfg(test)]
-fn kind_index_by_match(op: &str) -> usize {
-    match op {
-        "insert" => 0,
-        "get" => 1,
-        "get_cloned" => 2,
-        "view" => 3,
-        "contains_key" => 4,
-        "remove" => 5,
-        "remove_entry" => 6,
-        "remove_if" => 7,
-        "update" => 8,
-        "alter" => 9,
-        "entry" => 10,
-        "retain" => 11,
-        "clear" => 12,
-        "len" => 13,
-        "is_empty" => 14,
-        "for_each" => 15,
-        "snapshot" => 16,
-        "extend" => 17,
-        _ => 18,
-    }
-}
+/// The number of counter rows: one per [`Op`].
+const KINDS: usize = Op::ALL.len();
 
 /// Where one finished operation is counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,7 +69,7 @@ pub(crate) struct Counters {
 /// One stripe of a map's counters, used by the threads whose stripe index it has (one thread
 /// each, unless more than [`STRIPES`] threads use the map).
 struct Stripe {
-    rows: [[AtomicU64; SLOTS]; KINDS.len()],
+    rows: [[AtomicU64; SLOTS]; KINDS],
     /// Operations until the next one sampled for timing, for this map: a countdown per thread
     /// shared by all maps would time one map and never another that the thread uses in turn.
     /// Threads sharing the stripe share it (a relaxed load and store: the sampling rate stays
@@ -171,7 +97,7 @@ impl Counters {
     /// The counters of kind `kind` in stripe `stripe`.
     #[inline(always)]
     fn row(&self, stripe: usize, kind: usize) -> &[AtomicU64; SLOTS] {
-        &self.stripes[stripe & (STRIPES - 1)].rows[kind.min(KINDS.len() - 1)]
+        &self.stripes[stripe & (STRIPES - 1)].rows[kind.min(KINDS - 1)]
     }
 
     /// The sampling countdown of stripe `stripe`.
@@ -412,13 +338,6 @@ impl Observation {
             _ => None,
         }
     }
-
-    /// Whether the breaker rejected the operation and the rejection is not handed out yet
-    /// (the lock fast path in `shard.rs` must not run then).
-    #[inline]
-    pub(crate) fn has_rejection(&self) -> bool {
-        matches!(&self.failure, Some(Failure::Rejected(Some(_))))
-    }
 }
 
 impl Monitor {
@@ -454,7 +373,7 @@ impl Monitor {
     /// The returned [`Counted`] counts it when dropped. `None`: the operation takes the full
     /// path ([`begin`](Self::begin)), and the sampling countdown is left for `begin` to move.
     #[inline(always)]
-    pub(crate) fn quick(&self, op: &'static str) -> Option<Counted<'_>> {
+    pub(crate) fn quick(&self, op: Op) -> Option<Counted<'_>> {
         // The breaker first: a call it does not pass plainly must not take a turn of the
         // countdown here, as `begin` takes one for it.
         if self.breaker.as_deref().is_some_and(|b| !b.passes_plainly()) {
@@ -468,7 +387,7 @@ impl Monitor {
         // Sampled (countdown 0): `begin` times it.
         let c = st.countdown.load(Ordering::Relaxed).checked_sub(1)?;
         st.countdown.store(c, Ordering::Relaxed);
-        Some(Counted { row: &st.rows[kind_index(op).min(KINDS.len() - 1)] })
+        Some(Counted { row: &st.rows[op.index()] })
     }
 
     /// Drops a fast-path count without counting: the operation did not run on the fast path.
@@ -485,7 +404,7 @@ impl Monitor {
 
     /// Starts watching operation `op`; a rejection by the breaker is left in the observation.
     #[inline(always)]
-    pub(crate) fn begin(&self, op: &'static str) -> Observation {
+    pub(crate) fn begin(&self, op: Op) -> Observation {
         let stripe = local_stripe();
         let sampled = self.counters.sampled(stripe, self.sample_every);
         let (generation, probe, rejected) = match self.breaker.as_deref().map(CircuitBreaker::admit) {
@@ -493,7 +412,7 @@ impl Monitor {
             Some(Admission::Pass { generation, probe }) => (generation, probe, None),
             Some(Admission::Reject { retry_after }) => (0, false, Some(retry_after)),
         };
-        let kind = kind_index(op);
+        let kind = op.index();
         let mut obs = Observation {
             generation,
             start: None,
@@ -516,17 +435,12 @@ impl Monitor {
 
     /// The error for a rejected operation, counted and reported as it is handed out.
     #[cold]
-    pub(crate) fn circuit_open(
-        &self,
-        op: &'static str,
-        obs: &Observation,
-        retry_after: Duration,
-    ) -> MapError {
+    pub(crate) fn circuit_open(&self, op: Op, obs: &Observation, retry_after: Duration) -> MapError {
         self.counters.add(usize::from(obs.stripe), usize::from(obs.kind), Slot::Rejected);
         if let Some(b) = &self.breaker {
             b.rejected(op, retry_after);
         }
-        MapError::CircuitOpen { map: self.map.clone(), retry_after }
+        MapError::circuit_open(&self.map, op, retry_after)
     }
 
     /// The operation is about to wait for a lock: time it from here if it is not timed yet.
@@ -555,45 +469,41 @@ impl Monitor {
     #[cold]
     fn finish_slow(&self, kind: usize, obs: &Observation) {
         let mut now = None;
-        let (slot, verdict, latency) = match obs.failure {
+        let mut took_now = |start: u64| {
+            let end = self.clock.now_nanos();
+            now = Some(end);
+            end.saturating_sub(start)
+        };
+        // How the call ended (and its latency, if timed); the breaker's rule gives the verdict.
+        let (ended, latency) = match obs.failure {
             // Counted when the rejection was handed out.
             Some(Failure::Rejected(None)) => return,
-            // Rejected, but it never asked for a lock: it did nothing, successfully.
-            Some(Failure::Rejected(Some(_))) => (Slot::Ok, Verdict::Ignored, None),
+            Some(Failure::Rejected(Some(_))) => (Ended::NotStarted, None),
             // Recorded at the deadline: the time it waited.
-            Some(Failure::Timeout { waited }) => {
-                (Slot::Timeout, Verdict::Failed { slow: true }, Some(duration_nanos(waited)))
+            Some(Failure::Timeout { waited }) => (Ended::TimedOut, Some(duration_nanos(waited))),
+            Some(Failure::WouldDeadlock) => (Ended::WouldDeadlock, obs.start.map(&mut took_now)),
+            Some(Failure::Cancelled) => (Ended::Cancelled, None),
+            Some(Failure::Expired) => (Ended::Expired, None),
+            None if std::thread::panicking() => (Ended::Panicked, None),
+            None => {
+                let took = obs.start.map(&mut took_now);
+                (Ended::Completed { took }, took)
             }
-            Some(Failure::WouldDeadlock) => {
-                let took = obs.start.map(|start| {
-                    let end = self.clock.now_nanos();
-                    now = Some(end);
-                    end.saturating_sub(start)
-                });
-                (Slot::WouldDeadlock, Verdict::Failed { slow: false }, took)
-            }
-            Some(Failure::Cancelled) => (Slot::Cancelled, Verdict::Ignored, None),
-            Some(Failure::Expired) => (Slot::Expired, Verdict::Ignored, None),
-            None if std::thread::panicking() => (Slot::Panicked, Verdict::Ignored, None),
-            None => match obs.start {
-                Some(start) => {
-                    let end = self.clock.now_nanos();
-                    now = Some(end);
-                    let took = end.saturating_sub(start);
-                    if took > self.slow_threshold {
-                        // A sampled call stands for the calls not sampled between samples.
-                        let weight = if obs.contended || obs.probe || !obs.sampled {
-                            1
-                        } else {
-                            u64::from(self.sample_every)
-                        };
-                        (Slot::Slow, Verdict::Slow { weight }, Some(took))
-                    } else {
-                        (Slot::Ok, Verdict::Ok, Some(took))
-                    }
-                }
-                None => (Slot::Ok, Verdict::Ok, None),
-            },
+        };
+        // A sampled call stands for the calls not sampled between samples.
+        let stands_for =
+            if obs.contended || obs.probe || !obs.sampled { 1 } else { u64::from(self.sample_every) };
+        let verdict = Verdict::of(ended, self.slow_threshold, stands_for);
+        let slot = match ended {
+            // Rejected, but it never asked for a lock: it did nothing, successfully.
+            Ended::NotStarted => Slot::Ok,
+            Ended::TimedOut => Slot::Timeout,
+            Ended::WouldDeadlock => Slot::WouldDeadlock,
+            Ended::Cancelled => Slot::Cancelled,
+            Ended::Expired => Slot::Expired,
+            Ended::Panicked => Slot::Panicked,
+            Ended::Completed { .. } if matches!(verdict, Verdict::Slow { .. }) => Slot::Slow,
+            Ended::Completed { .. } => Slot::Ok,
         };
         self.counters.add(usize::from(obs.stripe), kind, slot);
         if let Some(l) = latency {
@@ -612,7 +522,7 @@ impl Monitor {
     pub(crate) fn snapshot(&self) -> Stats {
         let mut ops = Vec::new();
         let mut total = OpStats::default();
-        for (kind, &name) in KINDS.iter().enumerate() {
+        for (kind, name) in Op::ALL.iter().map(|o| o.as_str()).enumerate() {
             let get = |slot| self.counters.get(kind, slot);
             let s = OpStats {
                 op: name,
@@ -632,7 +542,7 @@ impl Monitor {
             }
         }
         total.op = "all";
-        let sum = |slot| (0..KINDS.len()).map(|k| self.counters.get(k, slot)).sum::<u64>();
+        let sum = |slot| (0..KINDS).map(|k| self.counters.get(k, slot)).sum::<u64>();
         Stats {
             map: self.map.clone(),
             ops,
@@ -705,14 +615,14 @@ impl fmt::Debug for Monitor {
 pub struct Stats {
     /// The map's name.
     pub map: Arc<str>,
-    /// Per operation kind that ran at least once (`insert`, `get`, …; `other` for the rest).
+    /// Per operation kind that ran at least once (`insert`, `get`, …: [`Op::as_str`](crate::Op::as_str)).
     pub ops: Vec<OpStats>,
     /// All kinds together (`op` is `"all"`).
     pub total: OpStats,
     /// Operations that timed out waiting for a lock.
     pub timeouts: u64,
     /// Operations whose caller's deadline had passed before they started
-    /// ([`MapError::DeadlineExceeded`]); ignored by the breaker (not the map's doing).
+    /// ([`ErrorKind::DeadlineExceeded`](crate::ErrorKind::DeadlineExceeded)); ignored by the breaker (not the map's doing).
     pub deadlines_exceeded: u64,
     /// Operations cancelled by their caller.
     pub cancellations: u64,
@@ -729,18 +639,7 @@ pub struct Stats {
     /// The circuit breaker, if the map has one.
     pub breaker: Option<BreakerStats>,
     /// The audit trail, if the map is audited (filled in even when statistics are off).
-    pub audit: Option<AuditStats>,
-}
-
-/// The audit side of [`Stats`].
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-#[non_exhaustive]
-pub struct AuditStats {
-    /// What the sink has done (queue depth, records written, syncs); `None` when the sink keeps
-    /// no figures ([`MemorySink`](crate::audit::MemorySink), …).
-    pub sink: Option<crate::audit::SinkFigures>,
-    /// Records a fail-open auditor lost while its sink was failed.
-    pub lost_records: u64,
+    pub audit: Option<crate::audit::AuditStats>,
 }
 
 impl Stats {
@@ -974,8 +873,11 @@ mod tests {
 
         let store: Store = Arc::default();
         let rec = Rec(Arc::clone(&store));
-        let map: crate::MapWrapper<u8, u8> =
-            crate::MapWrapper::builder().name("m").breaker(crate::BreakerConfig::new()).build().unwrap();
+        let map: crate::MapWrapper<u8, u8> = crate::MapWrapper::builder()
+            .name("m")
+            .breaker(crate::breaker::BreakerConfig::new())
+            .build()
+            .unwrap();
         map.insert(1, 1).unwrap();
         map.insert(2, 2).unwrap();
         metrics::with_local_recorder(&rec, || {
@@ -992,27 +894,15 @@ mod tests {
     }
 
     #[test]
-    fn fast_kind_dispatch_agrees_with_a_plain_match() {
-        for name in
-            KINDS.iter().copied().chain(["", "x", "inserts", "remove_all", "rename", "gets", "lenx", "audit"])
-        {
-            assert_eq!(kind_index(name), kind_index_by_match(name), "{name}");
-        }
-        for (i, name) in KINDS.iter().enumerate() {
-            assert_eq!(kind_index(name), i);
-        }
-    }
-
-    #[test]
     fn counters_sum_over_stripes() {
         let c = Counters::new();
         for stripe in 0..20 {
-            c.add(stripe, kind_index("insert"), Slot::Ok);
+            c.add(stripe, Op::Insert.index(), Slot::Ok);
         }
-        c.add(3, kind_index("nonsense"), Slot::Timeout);
-        c.add(3, kind_index("get"), Slot::Cancelled);
-        assert_eq!(c.get(kind_index("insert"), Slot::Ok), 20);
-        assert_eq!(c.get(kind_index("other"), Slot::Timeout), 1);
+        c.add(3, Op::Serialize.index(), Slot::Timeout);
+        c.add(3, Op::Get.index(), Slot::Cancelled);
+        assert_eq!(c.get(Op::Insert.index(), Slot::Ok), 20);
+        assert_eq!(c.get(Op::Serialize.index(), Slot::Timeout), 1);
         assert_eq!(c.calls(), 21);
     }
 }

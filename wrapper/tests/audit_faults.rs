@@ -16,7 +16,7 @@ use map_wrapper::audit::{
     verify, AuditRecord, AuditSink, Auditor, Durability, FailMode, JsonLinesOptions, JsonLinesSink,
     SegmentWriter,
 };
-use map_wrapper::{MapError, MapWrapper};
+use map_wrapper::MapWrapper;
 
 #[derive(Default)]
 struct Faults {
@@ -88,7 +88,9 @@ fn insert_all(map: &MapWrapper<u32, u32>, n: u32) -> Run {
     for i in 0..n {
         match map.insert(i, i) {
             Ok(_) => run.acked.push(i),
-            Err(MapError::AuditUnavailable { reason, .. }) if reason.contains("applied") => {
+            Err(e) if e.applied() => {
+                assert_eq!(e.code(), "APPLIED_NOT_DURABLE", "{e}");
+                assert!(!e.is_retryable(), "{e}");
                 run.applied_unrecorded.push(i)
             }
             Err(e) => {
@@ -537,8 +539,12 @@ fn a_panicking_writer_thread_fails_the_sink_and_wakes_its_waiters() {
     // Generous bound: the waiter is woken by the failure, not by a timeout of ours.
     let r = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("the waiting insert returned");
     let e = r.unwrap_err();
-    assert_eq!(e.code(), "AUDIT_UNAVAILABLE");
+    // The insert was applied before its record's durability wait failed: it says so, and is
+    // not retryable.
+    assert_eq!(e.code(), "APPLIED_NOT_DURABLE");
+    assert!(e.applied() && !e.is_retryable(), "{e:?}");
     assert!(e.to_string().contains("panicked"), "{e}");
+    assert_eq!(map.get_cloned(&1).unwrap(), Some(1), "applied means in the map");
     let health = sink.health().unwrap_err();
     assert!(health.to_string().contains("segment writer bug"), "{health}");
     // Fail-closed: later mutations are refused before they change anything.

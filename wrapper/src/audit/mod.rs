@@ -27,7 +27,7 @@
 //! # When the sink fails
 //!
 //! Fail-closed (the default): once the sink reports a failure, every mutation is refused with
-//! [`MapError::AuditUnavailable`] before it locks anything,
+//! [`ErrorKind::AuditUnavailable`](crate::ErrorKind::AuditUnavailable) before it locks anything,
 //! so the map is read-only until [`Auditor::reopen`] succeeds. Reads keep working. What the
 //! map holds after the failure:
 //!
@@ -35,8 +35,11 @@
 //! - a mutation that was applied under the lock but whose record could not be enqueued (the
 //!   sink failed in between) or not made durable at the auditor's [`Durability`] (`Flushed`
 //!   or `Synced`: the write or the sync failed while the operation waited) **is in the map**
-//!   and returns `AuditUnavailable` whose reason says "applied"; its record may or may not be
-//!   in the trail (it is if its line reached the file before the failure);
+//!   and returns an error of kind
+//!   [`ErrorKind::AppliedNotDurable`](crate::ErrorKind::AppliedNotDurable) (code
+//!   `APPLIED_NOT_DURABLE`, [`MapError::applied`] `true`, never retryable: a retry would apply
+//!   the change twice); its record may or may not be in the trail (it is if its line reached
+//!   the file before the failure);
 //! - with `Durability::Buffered` (an explicit choice; the default is `Flushed`), operations do
 //!   not wait: records still queued when the sink failed, or when the process died, are lost
 //!   although their operations returned `Ok`. Keep `Flushed` (the default) or use `Synced`
@@ -61,11 +64,12 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::context::Effective;
-use crate::MapError;
+use crate::{MapError, Op};
 
 mod file;
 mod record;
 mod sink;
+mod stats;
 pub mod verify;
 
 pub use file::{
@@ -80,6 +84,7 @@ pub use sink::{
     AdmitError, AuditSink, Durability, MemorySink, SinkError, SinkFigures, TeeSink, Ticket, TracingSink,
     MEMORY_SINK_DEFAULT_LIMIT,
 };
+pub use stats::AuditStats;
 
 /// How a map writes keys or values into its audit records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -99,7 +104,7 @@ pub enum ValuePolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum FailMode {
-    /// Refuse mutations ([`MapError::AuditUnavailable`]) until the sink is reopened.
+    /// Refuse mutations ([`ErrorKind::AuditUnavailable`](crate::ErrorKind::AuditUnavailable)) until the sink is reopened.
     #[default]
     FailClosed,
     /// Keep mutating, count the records lost, and write a `sink_gap` record on reopen.
@@ -358,11 +363,8 @@ pub(crate) struct MapAudit<K, V> {
 
 impl<K, V> MapAudit<K, V> {
     /// The audit figures of the map's stats: the sink's, and the records the auditor lost.
-    pub(crate) fn stats(&self) -> crate::stats::AuditStats {
-        crate::stats::AuditStats {
-            sink: self.auditor.sink.figures(),
-            lost_records: self.auditor.lost_records(),
-        }
+    pub(crate) fn stats(&self) -> AuditStats {
+        AuditStats { sink: self.auditor.sink.figures(), lost_records: self.auditor.lost_records() }
     }
 }
 
@@ -387,7 +389,10 @@ pub(crate) const PANICKED_RETAIN: &str =
     "the predicate panicked; entries it removed before the panic are recorded as removed, the rest is unchanged";
 
 impl Outcome<'_> {
-    pub(crate) fn of<R>(r: &std::thread::Result<R>) -> Self {
+    /// The outcome of a closure that changed a value in place: ok, or panicked (`Err`: the
+    /// panic caught to record the change first).
+    #[inline(always)]
+    pub(crate) fn of<R, C>(r: &Result<R, C>) -> Self {
         if r.is_ok() {
             Outcome::Ok
         } else {
@@ -409,14 +414,14 @@ impl<K, V> MapAudit<K, V> {
         setup: AuditSetup<K, V>,
         key_policy: ValuePolicy,
         value_policy: ValuePolicy,
-    ) -> Result<Self, MapError> {
+    ) -> Result<Self, crate::BuildError> {
         let value_policy = if setup.value.is_some() { value_policy } else { ValuePolicy::Redacted };
         for (field, policy) in [("key_policy", key_policy), ("value_policy", value_policy)] {
             if policy == ValuePolicy::Digest && !setup.auditor.has_digest_key() {
-                return Err(MapError::InvalidConfig {
+                return Err(crate::BuildError::new(
                     field,
-                    reason: "is Digest but the auditor has no digest key: call Auditor::digest_key".into(),
-                });
+                    "is Digest but the auditor has no digest key: call Auditor::digest_key",
+                ));
             }
         }
         let dk = setup.auditor.digest_key.clone();
@@ -448,33 +453,28 @@ impl<K, V> MapAudit<K, V> {
     /// Before a mutation `op` locks or changes anything: refuses it when the map is
     /// fail-closed and the sink is down; waits for room in the sink's queue until the
     /// operation's deadline (back-pressure: [`AuditSink::admit`]), and refuses it with
-    /// [`MapError::Timeout`] if there is none by then; otherwise starts the latency clock.
+    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) if there is none by then; otherwise starts the latency clock.
     pub(crate) fn begin(
         &self,
         map: &Arc<str>,
-        op: &'static str,
+        op: Op,
         eff: &Effective<'_>,
         default_timeout: std::time::Duration,
     ) -> Result<Instant, MapError> {
         if self.auditor.fail_mode == FailMode::FailClosed {
             if let Err(e) = self.auditor.sink.health() {
-                return Err(MapError::AuditUnavailable { map: map.clone(), reason: e.reason().clone() });
+                return Err(MapError::audit_unavailable(map, e.reason().clone()));
             }
         }
         let now = Instant::now();
         let deadline = eff.deadline_from(now, default_timeout);
         match self.auditor.sink.admit(deadline) {
             Ok(()) => Ok(now),
-            Err(AdmitError::Full { waited, .. }) => Err(MapError::Timeout {
-                map: map.clone(),
-                op,
-                // No shard was waited for: the audit queue was full (see `AdmitError`).
-                shard: usize::MAX,
-                waited,
-                timeout: deadline.saturating_duration_since(now),
-            }),
+            Err(AdmitError::Full { waited, .. }) => {
+                Err(MapError::audit_queue_full(map, op, waited, deadline.saturating_duration_since(now)))
+            }
             Err(AdmitError::Failed(e)) if self.auditor.fail_mode == FailMode::FailClosed => {
-                Err(MapError::AuditUnavailable { map: map.clone(), reason: e.reason().clone() })
+                Err(MapError::audit_unavailable(map, e.reason().clone()))
             }
             // Fail-open: the record will be refused by `append` and counted as lost.
             Err(_) => Ok(now),
@@ -488,13 +488,14 @@ impl<K, V> MapAudit<K, V> {
         &self,
         map: &Arc<str>,
         shard: Option<usize>,
-        op: &'static str,
+        op: crate::Op,
         eff: &Effective<'_>,
         start: Instant,
         outcome: Outcome<'_>,
         change: Change,
     ) -> Result<Option<Ticket>, MapError> {
-        debug_assert!(record::OPS.contains(&op), "op {op:?} is not in the format's list (record::OPS)");
+        debug_assert!(op.is_mutation(), "{op:?} is not a mutation: it has no audit record");
+        let op = op.as_str();
         let tags = eff.tags();
         let (outcome, reason): (std::borrow::Cow<'_, str>, _) = match outcome {
             Outcome::Ok => ("ok".into(), None),
@@ -548,10 +549,10 @@ impl<K, V> MapAudit<K, V> {
     fn lost(&self, map: &Arc<str>, e: &SinkError, what: &str) -> Result<(), MapError> {
         match self.auditor.fail_mode {
             FailMode::FailOpen => Ok(()),
-            FailMode::FailClosed => Err(MapError::AuditUnavailable {
-                map: map.clone(),
-                reason: format!("{e}; this change was {what}").into(),
-            }),
+            // The change is in the map: an error that says so, and is never retryable.
+            FailMode::FailClosed => {
+                Err(MapError::applied_not_durable(map, format!("{e}; this change was {what}").into()))
+            }
         }
     }
 }

@@ -26,22 +26,22 @@ pub const DEFAULT_ACTOR: &str = "unattributed";
 /// Length of `,"hash":"` + 64 hex digits + `"}`: the fixed suffix of every line.
 /// Every `op` a v1 record may have: the map operations, then the lifecycle records. A
 /// verifier reports any other `op` as tampering; a new operation needs a new format version.
-pub const OPS: &[&str] = &[
-    "insert",
-    "remove",
-    "remove_entry",
-    "remove_if",
-    "update",
-    "alter",
-    "entry",
-    "extend",
-    "retain",
-    "clear",
-    "audit_start",
-    "audit_stop",
-    "sink_gap",
-];
+pub const OPS: &[&str] = &OPS_V1;
 
+/// [`OPS`], built from [`Op::MUTATIONS`](crate::Op::MUTATIONS) so that the map and the format
+/// cannot disagree on a name.
+const OPS_V1: [&str; crate::Op::MUTATIONS.len() + 3] = {
+    let mut ops = [""; crate::Op::MUTATIONS.len() + 3];
+    let mut i = 0;
+    while i < crate::Op::MUTATIONS.len() {
+        ops[i] = crate::Op::MUTATIONS[i].as_str();
+        i += 1;
+    }
+    ops[i] = "audit_start";
+    ops[i + 1] = "audit_stop";
+    ops[i + 2] = "sink_gap";
+    ops
+};
 pub(crate) const HASH_SUFFIX_LEN: usize = 9 + 64 + 2;
 
 /// One record of the audit trail, as read back from a line (see `docs/AUDIT_FORMAT.md`).
@@ -520,6 +520,29 @@ pub(crate) fn split_line(line: &[u8]) -> Option<(&[u8], &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ops_on_disk_are_the_format_v1_list() {
+        // The strings in `op` are part of format v1: built from `Op` now, they must not change.
+        assert_eq!(
+            OPS,
+            [
+                "insert",
+                "remove",
+                "remove_entry",
+                "remove_if",
+                "update",
+                "alter",
+                "entry",
+                "extend",
+                "retain",
+                "clear",
+                "audit_start",
+                "audit_stop",
+                "sink_gap",
+            ]
+        );
+    }
 
     fn event(op: &'static str) -> AuditEvent {
         AuditEvent::new(EventFields {

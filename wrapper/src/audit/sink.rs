@@ -173,7 +173,7 @@ pub trait AuditSink: Send + Sync {
 }
 
 /// What an audit sink has done since it was opened; shown in
-/// [`Stats::audit`](crate::Stats::audit).
+/// [`Stats::audit`](crate::stats::Stats::audit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct SinkFigures {

@@ -1,0 +1,95 @@
+//! [`Entry`]: an upsert of one key, run in one write lock of its shard.
+
+use std::fmt;
+use std::hash::{BuildHasher, Hash};
+
+use crate::engine::{fast_done, RecordNothing, WithContext};
+use crate::{MapError, Op};
+
+/// A pending upsert of one key; made by [`MapWrapper::entry`](crate::MapWrapper::entry). Nothing happens until one of
+/// the `or_*` methods runs it.
+#[must_use = "an entry does nothing until `or_insert`, `or_insert_with` or `or_default` runs it"]
+pub struct Entry<'m, 'c, K, V, S, M> {
+    with: WithContext<'m, 'c, K, V, S>,
+    key: K,
+    modify: M,
+    /// Whether `and_modify` was called: without it, an upsert on a present key changes
+    /// nothing and writes no audit record.
+    modifies: bool,
+}
+
+/// What an upsert through [`Entry`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Upserted {
+    /// The key was absent; the new value was inserted.
+    Inserted,
+    /// The key was present; the `and_modify` closures (if any) ran on its value.
+    Existing,
+}
+
+impl<'m, 'c, K, V, S> Entry<'m, 'c, K, V, S, fn(&mut V)> {
+    pub(crate) fn new(with: WithContext<'m, 'c, K, V, S>, key: K) -> Self {
+        Entry { with, key, modify: |_| {}, modifies: false }
+    }
+}
+
+impl<'m, 'c, K, V, S, M> Entry<'m, 'c, K, V, S, M>
+where
+    K: Hash + Eq,
+    S: BuildHasher,
+    M: FnOnce(&mut V),
+{
+    /// Runs `f` on the value if the key is present (after any earlier `and_modify`).
+    pub fn and_modify<F: FnOnce(&mut V)>(self, f: F) -> Entry<'m, 'c, K, V, S, impl FnOnce(&mut V)> {
+        let first = self.modify;
+        Entry {
+            with: self.with,
+            key: self.key,
+            modify: move |v: &mut V| {
+                first(v);
+                f(v);
+            },
+            modifies: true,
+        }
+    }
+
+    /// Inserts `value` if the key is absent, otherwise runs the `and_modify` closures.
+    ///
+    /// Locks: the key's shard, for writing, for the whole upsert.
+    pub fn or_insert(self, value: V) -> Result<Upserted, MapError> {
+        self.or_insert_with(|| value)
+    }
+
+    /// Inserts `V::default()` if the key is absent, otherwise runs the `and_modify` closures.
+    pub fn or_default(self) -> Result<Upserted, MapError>
+    where
+        V: Default,
+    {
+        self.or_insert_with(V::default)
+    }
+
+    /// Inserts what `make` returns if the key is absent, otherwise runs the `and_modify`
+    /// closures. `make` runs under the lock. On a present key without `and_modify` nothing
+    /// changes, and an audited map writes no record.
+    pub fn or_insert_with<F: FnOnce() -> V>(self, make: F) -> Result<Upserted, MapError> {
+        let Entry { with, key, modify, modifies } = self;
+        let (hash, idx) = with.locate(&key);
+        if let Some((counted, mut table)) = with.fast_write(Op::Entry, idx) {
+            let done = with.upsert(&RecordNothing, idx, &mut table, hash, key, make, modify, modifies);
+            return Ok(fast_done(counted, table, done));
+        }
+        let mut op = with.start(Op::Entry)?;
+        let mut table = with.full_write(&mut op, idx, Some(&key))?;
+        let done = with.upsert(&with.recorder(&op), idx, &mut table, hash, key, make, modify, modifies);
+        with.full_done(table, done)
+    }
+}
+
+impl<K: fmt::Debug, V, S, M> fmt::Debug for Entry<'_, '_, K, V, S, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Entry")
+            .field("map", &self.with.map.name)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
