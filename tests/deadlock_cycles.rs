@@ -459,9 +459,9 @@ impl Storm {
 
 #[test]
 fn a_storm_of_multi_guard_histories_never_hangs_and_refuses_only_real_cycles() {
-    // MAPWRAPPER_LONG=1: 10^5 histories.
+    // MAPWRAPPER_LONG=1: 10^5 histories over 8 threads.
     let histories = scale(4_000, 100_000);
-    let threads = 4;
+    let threads = scale(4, 8);
     // A short timeout: an undetected cycle costs 1 s, not 30.
     let t = Duration::from_secs(1);
     let storm = Arc::new(Storm {
