@@ -491,6 +491,7 @@ fn a_storm_of_multi_guard_histories_never_hangs_and_refuses_only_real_cycles() {
     let (done, cycles, reentrant, timeouts) =
         (sum(|t| t.histories), sum(|t| t.refused_cycles), sum(|t| t.refused_reentrant), sum(|t| t.timeouts));
     let behind_writer = sum(|t| t.timeouts_behind_writer);
+    eprintln!("cycle_histories={done} cycles_refused={cycles} cycle_timeouts={}", behind_writer + timeouts);
     eprintln!(
         "{done} histories: {cycles} cycles refused, {reentrant} re-entrant refusals, {behind_writer} timeouts \
          in a cycle through a reader queued behind a writer, {timeouts} other timeouts"
