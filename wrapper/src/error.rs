@@ -77,8 +77,10 @@ pub enum ErrorKind {
     ///   threads the cycle has. A cycle through shared (read) holds counts only when a writer
     ///   waits in it, as only then does it hang. The check runs when a thread starts to wait
     ///   (and every few milliseconds while a reader that holds shards keeps waiting, as it may
-    ///   end up queued behind a writer that came later); every refusal is a cycle of waiting
-    ///   threads at that moment. Only the map's own locks are seen: a cycle through a lock of
+    ///   end up queued behind a writer that came later); a refusal is a cycle of waiting
+    ///   threads in the graph at that moment (a stress test on 8 threads still finds rare
+    ///   refusals, about one in 70,000, that its own record does not confirm: being
+    ///   investigated). Only the map's own locks are seen: a cycle through a lock of
     ///   yours (a `Mutex` held while calling the map) still ends in
     ///   [`Timeout`](ErrorKind::Timeout).
     WouldDeadlock,
