@@ -334,6 +334,9 @@ impl Storm {
         if w.is_some() {
             let e = m.refused_releases;
             m.epoch.insert(t, e);
+        } else if m.refused.get(&t) == Some(&true) {
+            // A refused thread that stops waiting breaks the cycles it was in, as a release does.
+            m.refused_releases += 1;
         }
         match w {
             Some(w) => m.wants.insert(t, w),
