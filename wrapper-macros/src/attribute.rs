@@ -7,10 +7,13 @@
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned, ToTokens};
+use syn::ext::IdentExt;
+use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{Fields, Item, ItemStruct, PathArguments};
 
-use crate::ast::{Container, Field, MapKind, Mode, Shape};
+use crate::ast::{left_alone_because, Container, Field, MapKind, Mode, Shape};
+use crate::expand::Derives;
 use crate::attr::{ContainerOpts, GUARD};
 use crate::ctxt::Ctxt;
 use crate::derive::{ENUM, TUPLE, UNION, UNIT};
@@ -53,7 +56,9 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
             return with_errors(cx, stripped(&item).into_token_stream());
         }
     };
-    let fields = Field::all(&mut cx, Mode::Attribute, named);
+    let krate = expand::crate_path_of(&opts);
+    let fields = Field::all(&mut cx, Mode::Attribute, named, &krate);
+    let (kept_attrs, derives) = take_derives(&item.attrs);
     let container = Container {
         ident: &item.ident,
         vis: &item.vis,
@@ -62,27 +67,39 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         opts,
         fields,
         mode: Mode::Attribute,
+        derives,
     };
     let plans = check::check(&mut cx, &container);
     if let Err(errors) = cx.check() {
+        let stubs = stubs(&container, &krate);
         let (item, errors) = (stripped(&item), errors.into_compile_error());
-        return quote!(#item #errors);
+        return quote!(#item #stubs #errors);
     }
     let impls = expand::impls(&container, &plans);
-    let krate = expand::crate_path(&container);
 
     // The new field types, and a mention of each replaced `HashMap` path so that the user's
     // `use std::collections::HashMap;` stays used (no unused-import warning).
     let mut new_types = Vec::new();
     let mut mentions = Vec::new();
+    let mut guarded = Vec::new();
+    let mut left_alone = Vec::new();
     for (i, (f, plan)) in container.fields.iter().zip(&plans).enumerate() {
-        let (Shape::Map(map), Some(_)) = (&f.shape, plan) else { continue };
+        let name = f.ident.unraw().to_string();
+        let (Shape::Map(map), Some(_)) = (&f.shape, plan) else {
+            let why = if f.opts.skip.is_some() { "`#[guard(skip)]`" } else { left_alone_because(&f.original.ty) };
+            left_alone.push(format!("`{name}` ({why})"));
+            continue;
+        };
+        guarded.push(format!("`{name}`"));
         if map.kind != MapKind::HashMap {
             continue;
         }
-        let (k, v) = (map.key, map.value);
-        let s = map.hasher.into_iter();
+        let (k, v) = (&map.key, &map.value);
+        let s = map.hasher.iter();
         new_types.push((i, quote_spanned!(f.original.ty.span()=> #krate::MapWrapper<#k, #v #(, #s)*>)));
+        if map.forced {
+            continue; // the alias stays used, in the projections
+        }
         let mut path = map.path.clone();
         if let Some(last) = path.segments.last_mut() {
             let units = (0..2 + usize::from(map.hasher.is_some())).map(|_| quote!(()));
@@ -90,11 +107,32 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         }
         mentions.push(path);
     }
+    let struct_ident = &item.ident;
     let mut item = stripped(&item);
+    item.attrs = kept_attrs;
+    let mut summary = format!("Guarded by `#[guarded_map]`: {}.", guarded.join(", "));
+    if !left_alone.is_empty() {
+        summary.push_str(&format!(" Left as declared: {}.", left_alone.join(", ")));
+    }
+    item.attrs.push(syn::parse_quote!(#[doc = ""]));
+    item.attrs.push(syn::parse_quote!(#[doc = #summary]));
     if let Fields::Named(named) = &mut item.fields {
         for (i, ty) in new_types {
             if let Some(field) = named.named.iter_mut().nth(i) {
                 field.ty = syn::Type::Verbatim(ty);
+            }
+        }
+        if derives.deserialize {
+            for (field, plan) in named.named.iter_mut().zip(&plans) {
+                let Some(ident) = &field.ident else { continue };
+                let has_own = field.attrs.iter().any(|a| {
+                    a.path().is_ident("serde") && a.to_token_stream().to_string().contains("with")
+                });
+                if plan.is_none() || has_own {
+                    continue;
+                }
+                let path = format!("{}::{}", struct_ident.unraw(), expand::deserializer_name(ident));
+                field.attrs.push(syn::parse_quote!(#[serde(deserialize_with = #path)]));
             }
         }
     }
@@ -107,6 +145,89 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         #item
         #mentions
         #impls
+    }
+}
+
+/// The struct's attributes with `Debug`, `Clone`, `PartialEq`, `Eq` and `Default` taken out of
+/// its derives (`#[guarded_map]` implements them itself, and the derives could not: the maps
+/// implement none of them), and which of them, and serde's `Deserialize`, were there.
+fn take_derives(attrs: &[syn::Attribute]) -> (Vec<syn::Attribute>, Derives) {
+    let mut derives = Derives::default();
+    let mut kept = Vec::new();
+    for attr in attrs {
+        if !attr.path().is_ident("derive") {
+            kept.push(attr.clone());
+            continue;
+        }
+        let Ok(paths) = attr.parse_args_with(Punctuated::<syn::Path, syn::Token![,]>::parse_terminated) else {
+            kept.push(attr.clone());
+            continue;
+        };
+        let mut rest: Vec<&syn::Path> = Vec::new();
+        for path in &paths {
+            let name = path.segments.last().map(|s| s.ident.to_string()).unwrap_or_default();
+            match name.as_str() {
+                "Debug" => derives.debug = true,
+                "Clone" => derives.clone = true,
+                "PartialEq" => derives.partial_eq = true,
+                "Eq" => derives.eq = true,
+                // Generated through the constructor (or refused with `no_default`, by `check`).
+                "Default" => {}
+                "Deserialize" => {
+                    derives.deserialize = true;
+                    rest.push(path);
+                }
+                _ => rest.push(path),
+            }
+        }
+        if !rest.is_empty() {
+            let mut attr = attr.clone();
+            attr.meta = syn::parse_quote!(derive(#(#rest),*));
+            kept.push(attr);
+        }
+    }
+    // `Eq` without `PartialEq` is the user's mistake; leave it to rustc to say so.
+    if derives.eq && !derives.partial_eq {
+        derives.eq = false;
+        kept.push(syn::parse_quote!(#[derive(Eq)]));
+    }
+    (kept, derives)
+}
+
+/// Next to errors: stand-ins for what the struct would have had (`new`, `with_auditor`,
+/// `Default`, the map accessors), as thiserror's fallback, so that a mistake in the attribute is
+/// one error, not one more at every call site. Their bodies never run: the crate does not
+/// compile.
+fn stubs(c: &Container<'_>, krate: &TokenStream) -> TokenStream {
+    let ident = c.ident;
+    let vis = c.vis;
+    let (impl_generics, ty_generics, where_clause) = c.generics.split_for_impl();
+    let never = quote!(::core::unreachable!("#[guarded_map] stand-in next to a compile error"));
+    let new = c.opts.no_new.is_none().then(|| quote!(#vis fn new() -> Self { #never }));
+    let has_default = c.attrs.iter().any(|a| a.path().is_ident("derive") && a.to_token_stream().to_string().contains("Default"));
+    let default = (c.opts.no_default.is_none() && !has_default).then(|| {
+        quote! {
+            impl #impl_generics ::core::default::Default for #ident #ty_generics #where_clause {
+                fn default() -> Self { #never }
+            }
+        }
+    });
+    let accessors = c.fields.iter().filter(|f| matches!(f.shape, Shape::Map(_)) && f.opts.skip.is_none()).map(|f| {
+        let (field, vis, ty) = (f.ident, &f.original.vis, &f.original.ty);
+        quote!(#vis fn #field(&self) -> &#ty { &self.#field })
+    });
+    quote! {
+        #[allow(dead_code, unreachable_code)]
+        impl #impl_generics #ident #ty_generics #where_clause {
+            #new
+            #vis fn with_auditor(
+                _auditor: &#krate::__private::Auditor,
+            ) -> ::core::result::Result<Self, #krate::__private::MapError> {
+                #never
+            }
+            #(#accessors)*
+        }
+        #default
     }
 }
 
