@@ -212,7 +212,14 @@ fn stubs(c: &Container<'_>, krate: &TokenStream) -> TokenStream {
             }
         }
     });
-    let accessors = c.fields.iter().filter(|f| matches!(f.shape, Shape::Map(_)) && f.opts.skip.is_none()).map(|f| {
+    let mut seen = std::collections::BTreeSet::new();
+    let accessors = c.fields.iter().filter(|f| matches!(f.shape, Shape::Map(_)) && f.opts.skip.is_none());
+    // One stand-in per name, none named like a constructor (a clash already reported).
+    let accessors = accessors.filter(|f| {
+        let name = f.ident.unraw().to_string();
+        !expand::CONSTRUCTORS.contains(&name.as_str()) && seen.insert(name)
+    });
+    let accessors = accessors.map(|f| {
         let (field, vis, ty) = (f.ident, &f.original.vis, &f.original.ty);
         quote!(#vis fn #field(&self) -> &#ty { &self.#field })
     });

@@ -40,7 +40,8 @@ pub(crate) fn deserializer_name(field: &Ident) -> Ident {
     format_ident!("__guarded_map_de_{}", field.unraw())
 }
 
-/// The path to the runtime crate: `crate = "…"`, or `::map_wrapper`.
+/// The path to the runtime crate: `crate = "…"`, or the name `Cargo.toml` gives the
+/// dependency (`::map_wrapper` unless renamed; see `manifest`).
 pub(crate) fn crate_path(c: &Container<'_>) -> TokenStream {
     crate_path_of(&c.opts)
 }
@@ -49,7 +50,10 @@ pub(crate) fn crate_path(c: &Container<'_>) -> TokenStream {
 pub(crate) fn crate_path_of(opts: &crate::attr::ContainerOpts) -> TokenStream {
     match &opts.krate {
         Some(k) => k.value.to_token_stream(),
-        None => quote!(::map_wrapper),
+        None => match crate::manifest::renamed_runtime().and_then(|n| syn::parse_str::<Ident>(&n).ok()) {
+            Some(name) => quote!(::#name),
+            None => quote!(::map_wrapper),
+        },
     }
 }
 
@@ -228,19 +232,24 @@ pub(crate) fn impls(c: &Container<'_>, plans: &[Option<Plan>]) -> TokenStream {
         }
         w
     };
-    // `no_new`: the constructor is still generated (for `Default` and the trait impls), under
-    // a hidden name, so that the user's own `new` does not clash with it.
-    let (new_name, new_vis, new_doc) = match c.opts.no_new {
-        None => (format_ident!("new"), quote!(#vis), quote!(#[doc = #new_doc])),
-        Some(_) => (format_ident!("__guarded_map_new"), quote!(), quote!(#[doc(hidden)])),
-    };
+    // `no_new`: no constructor (the user writes their own `new`); `Default` does not call it.
+    let constructor = c.opts.no_new.is_none().then(|| {
+        quote! {
+            #[doc = #new_doc]
+            #vis fn new() -> Self #new_where {
+                Self { #(#inits,)* }
+            }
+        }
+    });
     let default_impl = c.opts.no_default.is_none().then(|| {
         quote! {
             #[automatically_derived]
             impl #impl_generics #private::Default for #ident #ty_generics #default_where {
+                /// The maps empty and configured as declared (the generated constructor's body,
+                /// so that a user's own `new` does not make this call ambiguous).
                 #[inline]
                 fn default() -> Self {
-                    Self::#new_name()
+                    Self { #(#inits,)* }
                 }
             }
         }
@@ -345,10 +354,7 @@ pub(crate) fn impls(c: &Container<'_>, plans: &[Option<Plan>]) -> TokenStream {
         // The accessors are generated whether or not the program uses them.
         #[allow(dead_code)]
         impl #impl_generics #ident #ty_generics #where_clause {
-            #new_doc
-            #new_vis fn #new_name() -> Self #new_where {
-                Self { #(#inits,)* }
-            }
+            #constructor
 
             #(#accessors)*
         }
