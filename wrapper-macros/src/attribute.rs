@@ -313,6 +313,81 @@ mod tests {
     }
 
     #[test]
+    fn the_struct_doc_names_the_fields_guarded_and_those_left_alone_with_why() {
+        let file = expand(
+            quote!(),
+            quote! {
+                /// A store.
+                struct Store {
+                    orders: HashMap<u64, String>,
+                    #[guard(skip)]
+                    raw: HashMap<u8, u8>,
+                    index: BTreeMap<u64, String>,
+                    maybe: Option<HashMap<u8, u8>>,
+                    aliased: Orders,
+                    label: String,
+                }
+            },
+        );
+        let Some(Item::Struct(s)) = file.items.first() else { panic!("the struct comes first") };
+        let docs: Vec<String> = s
+            .attrs
+            .iter()
+            .filter_map(|a| match &a.meta {
+                syn::Meta::NameValue(nv) if nv.path.is_ident("doc") => match &nv.value {
+                    syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(s), .. }) => Some(s.value()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        assert_eq!(docs[0], " A store.", "the user's doc stays first");
+        let summary = docs.last().expect("a summary line");
+        assert!(summary.starts_with("Guarded by `#[guarded_map]`: `orders`."), "{summary}");
+        for part in [
+            "`raw` (`#[guard(skip)]`)",
+            "`index` (a `BTreeMap`",
+            "`maybe` (an `Option` of a map",
+            "`aliased` (not a map (a type alias of one needs `#[guard(map)]`))",
+            "`label` (not a map",
+        ] {
+            assert!(summary.contains(part), "{part} missing from {summary}");
+        }
+    }
+
+    #[test]
+    fn derived_std_traits_are_taken_over_and_the_rest_kept() {
+        let file = expand(
+            quote!(),
+            quote! {
+                #[derive(Debug, Clone, serde::Serialize, PartialEq, Eq, Default, Hash)]
+                struct Store {
+                    orders: HashMap<u64, String>,
+                }
+            },
+        );
+        let Some(Item::Struct(s)) = file.items.first() else { panic!("the struct comes first") };
+        let derives: Vec<String> = s
+            .attrs
+            .iter()
+            .filter(|a| a.path().is_ident("derive"))
+            .map(|a| a.meta.require_list().expect("a list").tokens.to_string())
+            .collect();
+        assert_eq!(derives, vec!["serde :: Serialize , Hash".to_string()]);
+        let traits: Vec<String> = file
+            .items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Impl(imp) => imp.trait_.as_ref().map(|(_, p, _)| quote!(#p).to_string()),
+                _ => None,
+            })
+            .collect();
+        for t in ["Debug", "Clone", "PartialEq", "Eq", "Default"] {
+            assert!(traits.iter().any(|x| x.ends_with(&format!(":: {t}"))), "{t} not in {traits:?}");
+        }
+    }
+
+    #[test]
     fn every_impl_is_marked_automatically_derived() {
         let file = expand(
             quote!(),
