@@ -41,7 +41,7 @@ pub(crate) struct Field<'a> {
 /// What a field's type is, as far as the macros care.
 pub(crate) enum Shape<'a> {
     /// `HashMap<K, V>` / `MapWrapper<K, V>` (with an optional hasher type `S`).
-    Map(MapType<'a>),
+    Map(Box<MapType<'a>>),
     /// A `HashMap` or `MapWrapper` with a number of type arguments other than 2 or 3.
     BadMap { kind: MapKind, found: usize, span: Span },
     /// A `HashMap` in a derive: the derive changes no types, so it cannot guard one.
@@ -112,14 +112,14 @@ fn forced<'a>(ty: &'a Type, tp: &'a syn::TypePath, krate: &proc_macro2::TokenStr
         let name = syn::Ident::new(name, ty.span());
         syn::parse_quote_spanned!(ty.span()=> <#ty as #krate::__private::MapParts>::#name)
     };
-    Shape::Map(MapType {
+    Shape::Map(Box::new(MapType {
         kind: MapKind::HashMap,
         path: &tp.path,
         key: part("Key"),
         value: part("Value"),
         hasher: Some(part("Hasher")),
         forced: true,
-    })
+    }))
 }
 
 /// Why a field that is not guarded was left alone, for the struct's doc line.
@@ -137,7 +137,9 @@ pub(crate) fn left_alone_because(ty: &Type) -> &'static str {
                 _ => None,
             };
             match inner.map(|t| shape_of(Mode::Attribute, t)) {
-                Some(Shape::Map(_)) => "an `Option` of a map: declare the map itself (an empty map stands for `None`)",
+                Some(Shape::Map(_)) => {
+                    "an `Option` of a map: declare the map itself (an empty map stands for `None`)"
+                }
                 _ => "not a map",
             }
         }
@@ -186,14 +188,14 @@ fn shape_of(mode: Mode, ty: &Type) -> Shape<'_> {
     if types.len() != args.len() || !(2..=3).contains(&types.len()) {
         return Shape::BadMap { kind, found: types.len(), span };
     }
-    Shape::Map(MapType {
+    Shape::Map(Box::new(MapType {
         kind,
         path: &tp.path,
         key: types[0].clone(),
         value: types[1].clone(),
         hasher: types.get(2).map(|t| (*t).clone()),
         forced: false,
-    })
+    }))
 }
 
 /// `ty` without the invisible groups and parentheses that macro_rules and users put around

@@ -16,7 +16,8 @@ const STRUCT_OPTIONS: &str =
 /// The options a field takes.
 const FIELD_OPTIONS: &str = "`name`, `redact`, `digest`, `timeout_ms`, `breaker`, `map`, `skip`";
 /// The settings `breaker(...)` takes.
-const BREAKER_OPTIONS: &str = "`failure_rate`, `slow_rate`, `combined_rate`, `min_calls`, `window`, `open_ms`";
+const BREAKER_OPTIONS: &str =
+    "`failure_rate`, `slow_rate`, `combined_rate`, `min_calls`, `window`, `open_ms`";
 
 /// `breaker` or `breaker(failure_rate = 50, …)`: a circuit breaker on the map(s), each
 /// setting as written (unchecked).

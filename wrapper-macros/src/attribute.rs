@@ -13,10 +13,10 @@ use syn::spanned::Spanned;
 use syn::{Fields, Item, ItemStruct, PathArguments};
 
 use crate::ast::{left_alone_because, Container, Field, MapKind, Mode, Shape};
-use crate::expand::Derives;
 use crate::attr::{ContainerOpts, GUARD};
 use crate::ctxt::Ctxt;
 use crate::derive::{ENUM, TUPLE, UNION, UNIT};
+use crate::expand::Derives;
 use crate::{check, expand};
 
 /// The rewritten struct and its impls, or the struct as written and every error.
@@ -86,7 +86,8 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     for (i, (f, plan)) in container.fields.iter().zip(&plans).enumerate() {
         let name = f.ident.unraw().to_string();
         let (Shape::Map(map), Some(_)) = (&f.shape, plan) else {
-            let why = if f.opts.skip.is_some() { "`#[guard(skip)]`" } else { left_alone_because(&f.original.ty) };
+            let why =
+                if f.opts.skip.is_some() { "`#[guard(skip)]`" } else { left_alone_because(&f.original.ty) };
             left_alone.push(format!("`{name}` ({why})"));
             continue;
         };
@@ -125,9 +126,10 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         if derives.deserialize {
             for (field, plan) in named.named.iter_mut().zip(&plans) {
                 let Some(ident) = &field.ident else { continue };
-                let has_own = field.attrs.iter().any(|a| {
-                    a.path().is_ident("serde") && a.to_token_stream().to_string().contains("with")
-                });
+                let has_own = field
+                    .attrs
+                    .iter()
+                    .any(|a| a.path().is_ident("serde") && a.to_token_stream().to_string().contains("with"));
                 if plan.is_none() || has_own {
                     continue;
                 }
@@ -159,7 +161,8 @@ fn take_derives(attrs: &[syn::Attribute]) -> (Vec<syn::Attribute>, Derives) {
             kept.push(attr.clone());
             continue;
         }
-        let Ok(paths) = attr.parse_args_with(Punctuated::<syn::Path, syn::Token![,]>::parse_terminated) else {
+        let Ok(paths) = attr.parse_args_with(Punctuated::<syn::Path, syn::Token![,]>::parse_terminated)
+        else {
             kept.push(attr.clone());
             continue;
         };
@@ -204,7 +207,10 @@ fn stubs(c: &Container<'_>, krate: &TokenStream) -> TokenStream {
     let (impl_generics, ty_generics, where_clause) = c.generics.split_for_impl();
     let never = quote!(::core::unreachable!("#[guarded_map] stand-in next to a compile error"));
     let new = c.opts.no_new.is_none().then(|| quote!(#vis fn new() -> Self { #never }));
-    let has_default = c.attrs.iter().any(|a| a.path().is_ident("derive") && a.to_token_stream().to_string().contains("Default"));
+    let has_default = c
+        .attrs
+        .iter()
+        .any(|a| a.path().is_ident("derive") && a.to_token_stream().to_string().contains("Default"));
     let default = (c.opts.no_default.is_none() && !has_default).then(|| {
         quote! {
             impl #impl_generics ::core::default::Default for #ident #ty_generics #where_clause {
@@ -446,11 +452,8 @@ mod tests {
             })
             .collect();
         assert_eq!(stand_ins, ["new", "with_auditor", "invoices"]);
-        let defaults = file
-            .items
-            .iter()
-            .filter(|i| matches!(i, Item::Impl(imp) if imp.trait_.is_some()))
-            .count();
+        let defaults =
+            file.items.iter().filter(|i| matches!(i, Item::Impl(imp) if imp.trait_.is_some())).count();
         assert_eq!(defaults, 1, "a stand-in `Default`");
     }
 }

@@ -65,13 +65,24 @@ const DEFAULT_BREAKER_MIN_CALLS: u64 = 20;
 
 /// Checks `breaker(...)` against the rules `BreakerConfig` applies at run time.
 fn check_breaker(cx: &mut Ctxt, b: &BreakerOpts) -> BreakerPlan {
-    for (name, rate) in [("failure_rate", &b.failure_rate), ("slow_rate", &b.slow_rate), ("combined_rate", &b.combined_rate)] {
+    for (name, rate) in
+        [("failure_rate", &b.failure_rate), ("slow_rate", &b.slow_rate), ("combined_rate", &b.combined_rate)]
+    {
         if let Some(r) = rate.as_ref().filter(|r| !(1..=100).contains(&r.value)) {
-            cx.error_at(r.span, format!("`{name}` is a percentage from 1 to 100, e.g. `{name} = 50`; got {}", r.value));
+            cx.error_at(
+                r.span,
+                format!("`{name}` is a percentage from 1 to 100, e.g. `{name} = 50`; got {}", r.value),
+            );
         }
     }
     if let Some(w) = b.window.as_ref().filter(|w| !(1..=MAX_WINDOW_CALLS).contains(&w.value)) {
-        cx.error_at(w.span, format!("`window` is the number of last calls the breaker weighs, 1 to {MAX_WINDOW_CALLS}; got {}", w.value));
+        cx.error_at(
+            w.span,
+            format!(
+                "`window` is the number of last calls the breaker weighs, 1 to {MAX_WINDOW_CALLS}; got {}",
+                w.value
+            ),
+        );
     }
     if let Some(m) = &b.min_calls {
         let window = b.window.as_ref().map_or(DEFAULT_BREAKER_WINDOW, |w| w.value);
@@ -83,7 +94,8 @@ fn check_breaker(cx: &mut Ctxt, b: &BreakerOpts) -> BreakerPlan {
                 format!("`min_calls = {}` is more than the window holds ({window} calls): the breaker could never trip; lower it or raise `window`", m.value),
             );
         }
-    } else if let Some(w) = b.window.as_ref().filter(|w| w.value >= 1 && w.value < DEFAULT_BREAKER_MIN_CALLS) {
+    } else if let Some(w) = b.window.as_ref().filter(|w| w.value >= 1 && w.value < DEFAULT_BREAKER_MIN_CALLS)
+    {
         cx.error_at(
             w.span,
             format!("`window = {}` holds fewer calls than the default `min_calls` ({DEFAULT_BREAKER_MIN_CALLS}): give `min_calls` too", w.value),
@@ -225,7 +237,11 @@ pub(crate) fn check(cx: &mut Ctxt, c: &Container<'_>) -> Vec<Option<Plan>> {
                     } else {
                         "remove the attribute"
                     };
-                    let what = if why.starts_with("not a map") { format!("not {expected}") } else { why.to_string() };
+                    let what = if why.starts_with("not a map") {
+                        format!("not {expected}")
+                    } else {
+                        why.to_string()
+                    };
                     cx.error_at(
                         marked,
                         format!("`#[guard]` is for map fields, and field `{field_name}` is {what}; {hint}"),

@@ -447,7 +447,8 @@ fn breaker_config(private: &TokenStream, b: &BreakerPlan) -> TokenStream {
         let m = Literal::u32_unsuffixed(u32::try_from(m).unwrap_or(u32::MAX));
         calls.push(quote!(.minimum_calls(#m)));
     }
-    let rates = [("failure_rate", b.failure_rate), ("slow_rate", b.slow_rate), ("combined_rate", b.combined_rate)];
+    let rates =
+        [("failure_rate", b.failure_rate), ("slow_rate", b.slow_rate), ("combined_rate", b.combined_rate)];
     if rates.iter().any(|(_, r)| r.is_some()) {
         for (name, rate) in rates {
             let method = format_ident!("{}", name);

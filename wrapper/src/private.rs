@@ -139,7 +139,10 @@ where
 
 /// `into` (a new map built from the same declaration) filled with a consistent copy of
 /// `from`'s entries: the generated `try_clone`.
-pub fn clone_contents<K, V, S>(from: &MapWrapper<K, V, S>, into: MapWrapper<K, V, S>) -> Result<MapWrapper<K, V, S>, MapError>
+pub fn clone_contents<K, V, S>(
+    from: &MapWrapper<K, V, S>,
+    into: MapWrapper<K, V, S>,
+) -> Result<MapWrapper<K, V, S>, MapError>
 where
     K: Hash + Eq + Clone,
     V: Clone,
@@ -194,7 +197,6 @@ where
         Err(e) => panic!("cannot compare #[guarded_map] structs: {e}"),
     }
 }
-
 
 /// The map a generated constructor built from settings the macro checked.
 ///
