@@ -218,17 +218,47 @@ fn stubs(c: &Container<'_>, krate: &TokenStream) -> TokenStream {
             }
         }
     });
-    let mut seen = std::collections::BTreeSet::new();
-    let accessors = c.fields.iter().filter(|f| matches!(f.shape, Shape::Map(_)) && f.opts.skip.is_none());
-    // One stand-in per name, none named like a constructor (a clash already reported).
-    let accessors = accessors.filter(|f| {
-        let name = f.ident.unraw().to_string();
-        !expand::CONSTRUCTORS.contains(&name.as_str()) && seen.insert(name)
-    });
-    let accessors = accessors.map(|f| {
+    let p = quote!(#krate::__private);
+    let mut methods: Vec<(String, TokenStream)> = Vec::new();
+    for f in c.fields.iter().filter(|f| f.opts.skip.is_none()) {
+        let Shape::Map(map) = &f.shape else { continue };
         let (field, vis, ty) = (f.ident, &f.original.vis, &f.original.ty);
-        quote!(#vis fn #field(&self) -> &#ty { &self.#field })
-    });
+        methods.push((field.unraw().to_string(), quote!(#vis fn #field(&self) -> &#ty { &self.#field })));
+        if map.forced {
+            continue;
+        }
+        // The operations too, with their real types (the key and value types are written
+        // out), so that call sites type-check against them.
+        let (k, v) = (&map.key, &map.value);
+        let res = |ok: TokenStream| quote!(#p::Result<#ok, #p::MapError>);
+        let q = quote!(__Q: ?#p::Sized);
+        let (r_get, r_v, r_bool, r_r, r_len) = (
+            res(quote!(#p::Option<#p::Ref<'_, #k, #v>>)),
+            res(quote!(#p::Option<#v>)),
+            res(quote!(bool)),
+            res(quote!(#p::Option<__R>)),
+            res(quote!(usize)),
+        );
+        let signatures = [
+            quote!(<#q>(&self, _key: &__Q) -> #r_get),
+            quote!(<#q>(&self, _key: &__Q) -> #r_v),
+            quote!(<#q>(&self, _key: &__Q) -> #r_bool),
+            quote!((&self, _key: #k, _value: #v) -> #r_v),
+            quote!(<#q>(&self, _key: &__Q) -> #r_v),
+            quote!(<#q, __R, __F: #p::FnOnce(&mut #v) -> __R>(&self, _key: &__Q, _f: __F) -> #r_r),
+            quote!((&self) -> #r_len),
+        ];
+        for (suffix, signature) in expand::ACCESSOR_SUFFIXES.iter().zip(signatures) {
+            let name = quote::format_ident!("{}_{}", field.unraw(), suffix);
+            methods.push((name.to_string(), quote!(#vis fn #name #signature { #never })));
+        }
+    }
+    // One stand-in per name, none named like a constructor (a clash is already reported).
+    let mut seen = std::collections::BTreeSet::new();
+    let accessors = methods
+        .into_iter()
+        .filter(|(name, _)| !expand::CONSTRUCTORS.contains(&name.as_str()) && seen.insert(name.clone()))
+        .map(|(_, tokens)| tokens);
     quote! {
         #[allow(dead_code, unreachable_code)]
         impl #impl_generics #ident #ty_generics #where_clause {
@@ -451,7 +481,21 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(stand_ins, ["new", "with_auditor", "invoices"]);
+        assert_eq!(
+            stand_ins,
+            [
+                "new",
+                "with_auditor",
+                "invoices",
+                "invoices_get",
+                "invoices_get_cloned",
+                "invoices_contains_key",
+                "invoices_insert",
+                "invoices_remove",
+                "invoices_update",
+                "invoices_len"
+            ]
+        );
         let defaults =
             file.items.iter().filter(|i| matches!(i, Item::Impl(imp) if imp.trait_.is_some())).count();
         assert_eq!(defaults, 1, "a stand-in `Default`");
