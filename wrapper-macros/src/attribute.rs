@@ -124,7 +124,9 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
             }
         }
         if derives.deserialize {
-            for (field, plan) in named.named.iter_mut().zip(&plans) {
+            let has_type_params = container.generics.type_params().next().is_some();
+            let shapes: Vec<&Shape<'_>> = container.fields.iter().map(|f| &f.shape).collect();
+            for (i, (field, plan)) in named.named.iter_mut().zip(&plans).enumerate() {
                 let Some(ident) = &field.ident else { continue };
                 let has_own = field
                     .attrs
@@ -135,6 +137,21 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                 }
                 let path = format!("{}::{}", struct_ident.unraw(), expand::deserializer_name(ident));
                 field.attrs.push(syn::parse_quote!(#[serde(deserialize_with = #path)]));
+                // serde infers no bounds for a `deserialize_with` field: give the generated
+                // function's own, when the struct has type parameters they could involve.
+                if let (true, Some(Shape::Map(map))) = (has_type_params, shapes.get(i)) {
+                    let p = krate.to_string().replace(' ', "") + "::__private";
+                    let (k, v) = (&map.key, &map.value);
+                    let mut bound = format!(
+                        "{}: {p}::Deserialize<'de> + {p}::Hash + {p}::Eq, {}: {p}::Deserialize<'de>",
+                        quote!(#k),
+                        quote!(#v)
+                    );
+                    if let Some(h) = &map.hasher {
+                        bound.push_str(&format!(", {}: {p}::BuildHasher + {p}::Default", quote!(#h)));
+                    }
+                    field.attrs.push(syn::parse_quote!(#[serde(bound(deserialize = #bound))]));
+                }
             }
         }
     }
