@@ -216,8 +216,10 @@ pub(crate) fn impls(c: &Container<'_>, plans: &[Option<Plan>]) -> TokenStream {
     }
     let new_where = (!default_bounds.is_empty()).then(|| quote!(where #(#default_bounds,)*));
     let (static_impl_generics, static_ty_generics, static_where) = fresh.static_generics(c.generics);
+    // Under `no_new`, `new` is the user's (or absent): no link to it.
+    let like = if c.opts.no_new.is_none() { "[`new`](Self::new)" } else { "the generated `Default`" };
     let with_auditor_doc = format!(
-        "Makes a `{struct_name}` like [`new`](Self::new), whose maps all write their audit records \
+        "Makes a `{struct_name}` like {like}, whose maps all write their audit records \
          to `auditor`: one sink, so one total order and one hash chain for the whole struct. Maps \
          marked `#[guard(redact)]` record no values (their value type needs no `Serialize`).\n\n\
          # Errors\n\n`MapError::InvalidConfig` when a map is marked `#[guard(digest)]` and \
