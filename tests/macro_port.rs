@@ -356,8 +356,8 @@ fn aliases_with_guard_map_and_custom_hashers_are_guarded_others_left_alone() -> 
     s.hashed_insert(3, 4)?;
     assert_eq!(s.aliased().name(), "shapes.aliased");
     assert_eq!(s.renamed_get_cloned("x")?, Some(2));
-    let hasher: &BuildHasherDefault<Fnv> = s.hashed().hasher();
-    let _ = hasher;
+    // The custom hasher is the map's hasher (a type check: this line does not compile otherwise).
+    let _hasher: &BuildHasherDefault<Fnv> = s.hashed().hasher();
     assert_eq!(s.hashed_get_cloned(&3)?, Some(4));
     assert!(s.ordered.is_empty() && s.maybe.is_none(), "left as declared");
     Ok(())
