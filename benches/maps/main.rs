@@ -72,7 +72,10 @@ impl Contender {
         }
     }
 
-    fn peer<S: Default + 'static, M: BenchMap + 'static>(name: &'static str, build: fn(S, usize) -> M) -> Self {
+    fn peer<S: Default + 'static, M: BenchMap + 'static>(
+        name: &'static str,
+        build: fn(S, usize) -> M,
+    ) -> Self {
         Self::new(name, true, build)
     }
 

@@ -33,7 +33,14 @@ pub const MIXES: [Mix; 4] = [
     // A map that stays in cache, the shape of the seed's own benchmark: about 1,000 keys,
     // 90 % reads, 5 % inserts, 5 % removes, capacity 2^10, 2 M operations a run. Here the
     // per-operation cost of the policies shows most.
-    Mix { name: "SmallMap", read: 90, insert: 5, remove: 5, update: 0, size: Some((1_000, 2_000_000, 1 << 10)) },
+    Mix {
+        name: "SmallMap",
+        read: 90,
+        insert: 5,
+        remove: 5,
+        update: 0,
+        size: Some((1_000, 2_000_000, 1 << 10)),
+    },
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
