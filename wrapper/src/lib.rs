@@ -130,8 +130,10 @@
 //!   (serde and serde_json themselves are always used, to encode audit records.)
 //! - `metrics`: [`Stats::publish_metrics`] and a breaker-state gauge, through the `metrics`
 //!   facade crate (any exporter: Prometheus, StatsD, …).
-//! - `test-util`: test support, `clock::TestClock` (a clock that moves only when a test moves
-//!   it, for the breaker's and the statistics' time).
+//! - `test-util`: test support: `clock::TestClock` (a clock that moves only when a test moves
+//!   it, for the breaker's and the statistics' time); `audit::SegmentWriter`, `audit::WriterHook`
+//!   and `JsonLinesOptions::writer_hook` (wrap the audit sink's segment files, to inject
+//!   faults); `audit::Chain` (seal trail lines by hand). Not for production builds.
 //!
 //! The command-line verifier is the separate `map-wrapper-audit` package
 //! (`cargo run -p map-wrapper-audit -- verify DIR`), so no library user builds its
