@@ -134,6 +134,7 @@ mod cancel;
 mod clock;
 mod context;
 mod error;
+mod lock;
 mod map;
 mod shard;
 mod stats;
