@@ -56,6 +56,12 @@ impl<'a> Acquire<'a> {
         Acquire { lock, exclusive, deadline, cancel, state: State::Start }
     }
 
+    /// Whether the lock has been handed to this future (tests: a grant it has not yet seen).
+    #[cfg(test)]
+    pub(crate) fn is_granted(&self) -> bool {
+        matches!(&self.state, State::Waiting { signal, .. } if signal.is_granted())
+    }
+
     fn cancelled(&self) -> bool {
         self.cancel.is_some_and(CancelToken::is_cancelled)
     }

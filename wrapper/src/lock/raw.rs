@@ -276,6 +276,12 @@ impl RawLock {
         }
     }
 
+    /// The number of readers holding the lock (tests).
+    #[cfg(test)]
+    pub(crate) fn readers(&self) -> usize {
+        (self.state.load(Ordering::Relaxed) & READERS) / ONE_READER
+    }
+
     /// The number of waiters in the queue (tests and diagnostics).
     pub fn queued(&self) -> usize {
         self.queue.lock().waiters.len()
