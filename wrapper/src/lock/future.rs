@@ -47,6 +47,7 @@ enum State {
 }
 
 impl<'a> Acquire<'a> {
+    #[inline]
     pub(crate) fn new(
         lock: &'a RawLock,
         exclusive: bool,
@@ -57,7 +58,7 @@ impl<'a> Acquire<'a> {
     }
 
     /// Whether the lock has been handed to this future (tests: a grant it has not yet seen).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn is_granted(&self) -> bool {
         matches!(&self.state, State::Waiting { signal, .. } if signal.is_granted())
     }
@@ -82,14 +83,28 @@ impl<'a> Acquire<'a> {
 impl Future for Acquire<'_> {
     type Output = Result<(), WaitError>;
 
+    /// The uncontended case (first poll, lock free) is inlined into the caller; everything
+    /// else is [`poll_slow`](Acquire::poll_slow).
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         if let State::Start = this.state {
-            let fast = if this.exclusive { this.lock.try_lock_exclusive() } else { this.lock.try_lock_shared() };
+            let fast =
+                if this.exclusive { this.lock.try_lock_exclusive() } else { this.lock.try_lock_shared() };
             if fast {
                 this.state = State::Done;
                 return Poll::Ready(Ok(()));
             }
+        }
+        this.poll_slow(cx)
+    }
+}
+
+impl Acquire<'_> {
+    #[inline(never)]
+    fn poll_slow(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WaitError>> {
+        let this = self;
+        if let State::Start = this.state {
             if this.cancelled() {
                 this.state = State::Done;
                 return Poll::Ready(Err(WaitError::Cancelled));
@@ -136,7 +151,17 @@ impl Future for Acquire<'_> {
 }
 
 impl Drop for Acquire<'_> {
+    #[inline]
     fn drop(&mut self) {
+        if let State::Waiting { .. } = self.state {
+            self.leave_on_drop();
+        }
+    }
+}
+
+impl Acquire<'_> {
+    #[cold]
+    fn leave_on_drop(&mut self) {
         if let State::Waiting { id, signal, .. } = &self.state {
             if self.lock.leave(*id, signal) {
                 // Handed the lock, never told the caller: pass it on.

@@ -93,13 +93,23 @@ impl RawLock {
     /// (the caller then owns a read lock and releases it with
     /// [`unlock_shared`](Self::unlock_shared)), or fails at `deadline` or when `cancel` is
     /// cancelled. See [`Acquire`] for what dropping it does.
-    pub fn read_async<'a>(&'a self, deadline: Option<Instant>, cancel: Option<&'a CancelToken>) -> Acquire<'a> {
+    #[inline]
+    pub fn read_async<'a>(
+        &'a self,
+        deadline: Option<Instant>,
+        cancel: Option<&'a CancelToken>,
+    ) -> Acquire<'a> {
         Acquire::new(self, false, deadline, cancel)
     }
 
     /// Takes the write lock without blocking a thread; as [`read_async`](Self::read_async)
     /// (release with [`unlock_exclusive`](Self::unlock_exclusive)).
-    pub fn write_async<'a>(&'a self, deadline: Option<Instant>, cancel: Option<&'a CancelToken>) -> Acquire<'a> {
+    #[inline]
+    pub fn write_async<'a>(
+        &'a self,
+        deadline: Option<Instant>,
+        cancel: Option<&'a CancelToken>,
+    ) -> Acquire<'a> {
         Acquire::new(self, true, deadline, cancel)
     }
 }

@@ -30,7 +30,9 @@
 //! queue is dispatched again (readers behind a writer that gave up may now enter).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+#[cfg(not(loom))]
+use std::time::Duration;
+use std::time::Instant;
 
 use super::queue::{wake_all, Queue, Signal, WakeList};
 use super::sync::{park, park_timeout, AtomicUsize, Mutex, Ordering};
@@ -277,7 +279,7 @@ impl RawLock {
     }
 
     /// The number of readers holding the lock (tests).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn readers(&self) -> usize {
         (self.state.load(Ordering::Relaxed) & READERS) / ONE_READER
     }
@@ -294,7 +296,11 @@ impl RawLock {
     ///
     /// A grant that races the deadline or the cancellation wins: `Ok` then means the lock is
     /// held.
-    pub fn lock_shared_until(&self, deadline: Option<Instant>, cancel: Option<&CancelToken>) -> Result<(), WaitError> {
+    pub fn lock_shared_until(
+        &self,
+        deadline: Option<Instant>,
+        cancel: Option<&CancelToken>,
+    ) -> Result<(), WaitError> {
         if self.try_lock_shared() {
             return Ok(());
         }
@@ -316,7 +322,12 @@ impl RawLock {
     /// Parks this thread in the queue. The thread is woken by the hand-off, by the cancel
     /// token (it registers its waker there), or by its own timed park at the deadline.
     #[cold]
-    fn wait(&self, exclusive: bool, deadline: Option<Instant>, cancel: Option<&CancelToken>) -> Result<(), WaitError> {
+    fn wait(
+        &self,
+        exclusive: bool,
+        deadline: Option<Instant>,
+        cancel: Option<&CancelToken>,
+    ) -> Result<(), WaitError> {
         if cancel.is_some_and(CancelToken::is_cancelled) {
             return Err(WaitError::Cancelled);
         }
@@ -354,10 +365,12 @@ impl RawLock {
         }
     }
 
+    #[cfg(not(loom))]
     fn deadline_in(timeout: Duration) -> Option<Instant> {
         Instant::now().checked_add(timeout)
     }
 
+    #[cfg(not(loom))]
     fn timed(&self, exclusive: bool, recursive: bool, deadline: Option<Instant>) -> bool {
         let fast = if exclusive {
             self.try_lock_exclusive()
@@ -406,40 +419,48 @@ unsafe impl lock_api::RawRwLock for RawLock {
     // on another worker between its lock and its unlock).
     type GuardMarker = lock_api::GuardSend;
 
+    #[inline]
     fn lock_shared(&self) {
         if !self.try_lock_shared() {
             let _ = self.wait(false, None, None);
         }
     }
 
+    #[inline]
     fn try_lock_shared(&self) -> bool {
         RawLock::try_lock_shared(self)
     }
 
+    #[inline]
     unsafe fn unlock_shared(&self) {
         // SAFETY: forwarded; the caller holds a read lock.
         unsafe { RawLock::unlock_shared(self) }
     }
 
+    #[inline]
     fn lock_exclusive(&self) {
         if !self.try_lock_exclusive() {
             let _ = self.wait(true, None, None);
         }
     }
 
+    #[inline]
     fn try_lock_exclusive(&self) -> bool {
         RawLock::try_lock_exclusive(self)
     }
 
+    #[inline]
     unsafe fn unlock_exclusive(&self) {
         // SAFETY: forwarded; the caller holds the write lock.
         unsafe { RawLock::unlock_exclusive(self) }
     }
 
+    #[inline]
     fn is_locked(&self) -> bool {
         RawLock::is_locked(self)
     }
 
+    #[inline]
     fn is_locked_exclusive(&self) -> bool {
         RawLock::is_locked_exclusive(self)
     }
@@ -452,18 +473,22 @@ unsafe impl lock_api::RawRwLockTimed for RawLock {
     type Duration = Duration;
     type Instant = Instant;
 
+    #[inline]
     fn try_lock_shared_for(&self, timeout: Duration) -> bool {
         self.timed(false, false, Self::deadline_in(timeout))
     }
 
+    #[inline]
     fn try_lock_shared_until(&self, timeout: Instant) -> bool {
         self.timed(false, false, Some(timeout))
     }
 
+    #[inline]
     fn try_lock_exclusive_for(&self, timeout: Duration) -> bool {
         self.timed(true, false, Self::deadline_in(timeout))
     }
 
+    #[inline]
     fn try_lock_exclusive_until(&self, timeout: Instant) -> bool {
         self.timed(true, false, Some(timeout))
     }
@@ -473,12 +498,14 @@ unsafe impl lock_api::RawRwLockTimed for RawLock {
 // only skips the no-barging rule, which is about fairness, not exclusion.
 #[cfg(not(loom))]
 unsafe impl lock_api::RawRwLockRecursive for RawLock {
+    #[inline]
     fn lock_shared_recursive(&self) {
         if !self.try_lock_shared_recursive() {
             let _ = self.wait(false, None, None);
         }
     }
 
+    #[inline]
     fn try_lock_shared_recursive(&self) -> bool {
         RawLock::try_lock_shared_recursive(self)
     }
@@ -487,10 +514,12 @@ unsafe impl lock_api::RawRwLockRecursive for RawLock {
 // SAFETY: as for `RawRwLockTimed` and `RawRwLockRecursive` above.
 #[cfg(not(loom))]
 unsafe impl lock_api::RawRwLockRecursiveTimed for RawLock {
+    #[inline]
     fn try_lock_shared_recursive_for(&self, timeout: Duration) -> bool {
         self.timed(false, true, Self::deadline_in(timeout))
     }
 
+    #[inline]
     fn try_lock_shared_recursive_until(&self, timeout: Instant) -> bool {
         self.timed(false, true, Some(timeout))
     }
@@ -500,6 +529,7 @@ unsafe impl lock_api::RawRwLockRecursiveTimed for RawLock {
 // queue's mutex), so no writer can enter in between.
 #[cfg(not(loom))]
 unsafe impl lock_api::RawRwLockDowngrade for RawLock {
+    #[inline]
     unsafe fn downgrade(&self) {
         // SAFETY: forwarded; the caller holds the write lock.
         unsafe { RawLock::downgrade(self) }

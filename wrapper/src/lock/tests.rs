@@ -201,7 +201,10 @@ fn a_waiting_thread_is_woken_by_cancel_without_waiting_for_its_deadline() {
         let (l, token) = (l.clone(), token.child());
         thread::spawn(move || {
             let start = Instant::now();
-            (l.lock_shared_until(Some(Instant::now() + Duration::from_secs(60)), Some(&token)), start.elapsed())
+            (
+                l.lock_shared_until(Some(Instant::now() + Duration::from_secs(60)), Some(&token)),
+                start.elapsed(),
+            )
         })
     };
     until_queued(&l, 1);
@@ -434,7 +437,8 @@ fn random_polls_drops_cancels_and_releases_agree_with_the_model() {
             _ => {}
         }
         // The model: owners are the holders plus the waiters granted but not yet told.
-        let owners = holders.iter().copied().chain(waiting.iter().filter(|p| p.fut.is_granted()).map(|p| p.exclusive));
+        let owners =
+            holders.iter().copied().chain(waiting.iter().filter(|p| p.fut.is_granted()).map(|p| p.exclusive));
         let (writers, readers) = owners.fold((0, 0), |(w, r), x| if x { (w + 1, r) } else { (w, r + 1) });
         assert!(writers <= 1 && (writers == 0 || readers == 0), "{writers} writers with {readers} readers");
         assert_eq!(l.is_locked_exclusive(), writers == 1);
@@ -454,7 +458,10 @@ fn random_polls_drops_cancels_and_releases_agree_with_the_model() {
         }
     }
     assert!(!l.is_locked() && l.queued() == 0);
-    assert!(granted > 100 && cancelled > 0, "the walk did not exercise grants ({granted}) and cancels ({cancelled})");
+    assert!(
+        granted > 100 && cancelled > 0,
+        "the walk did not exercise grants ({granted}) and cancels ({cancelled})"
+    );
 }
 
 #[test]
@@ -572,7 +579,8 @@ fn a_storm_of_threads_and_tasks_agrees_with_a_model() {
                         if rng.below(10) == 0 {
                             token.cancel();
                         }
-                        let deadline = Some(Instant::now() + Duration::from_micros(50 + rng.below(2000) as u64));
+                        let deadline =
+                            Some(Instant::now() + Duration::from_micros(50 + rng.below(2000) as u64));
                         let raw = unsafe { lock.raw() };
                         if i % 2 == 0 {
                             if raw.lock_exclusive_until(deadline, Some(&token)).is_ok() {
@@ -606,7 +614,8 @@ fn a_storm_of_threads_and_tasks_agrees_with_a_model() {
                     tokio::spawn(async move {
                         let mut rng = Rng(0x1234 + t);
                         for i in 0..ops {
-                            let deadline = Some(Instant::now() + Duration::from_micros(50 + rng.below(3000) as u64));
+                            let deadline =
+                                Some(Instant::now() + Duration::from_micros(50 + rng.below(3000) as u64));
                             let token = CancelToken::new();
                             match rng.below(6) {
                                 0 => {
@@ -667,7 +676,9 @@ fn a_storm_of_threads_and_tasks_agrees_with_a_model() {
         threads.into_iter().for_each(|t| t.join().unwrap());
         let g = lock.read();
         let raw = unsafe { lock.raw() };
-        done_tx.send((g.0, g.1, writes.load(Ordering::Relaxed), failures.load(Ordering::Relaxed), raw.queued())).unwrap();
+        done_tx
+            .send((g.0, g.1, writes.load(Ordering::Relaxed), failures.load(Ordering::Relaxed), raw.queued()))
+            .unwrap();
     });
     let Ok((a, b, writes, failures, queued)) = done_rx.recv_timeout(Duration::from_secs(240)) else {
         let raw = unsafe { watched.raw() };
@@ -676,7 +687,10 @@ fn a_storm_of_threads_and_tasks_agrees_with_a_model() {
     assert_eq!(queued, 0);
     assert_eq!(a, b);
     assert_eq!(a, writes, "writes lost or doubled");
-    assert!(writes > 0 && failures > 0, "the storm did not exercise both outcomes: {writes} writes, {failures} failures");
+    assert!(
+        writes > 0 && failures > 0,
+        "the storm did not exercise both outcomes: {writes} writes, {failures} failures"
+    );
 }
 
 /// Threads and tasks contending for the write lock, with deadlines far beyond what FIFO
