@@ -142,6 +142,7 @@ mod entry;
 mod error;
 mod guard;
 mod iter;
+mod lock;
 mod map;
 mod op;
 mod pipeline;
