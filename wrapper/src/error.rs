@@ -122,6 +122,10 @@ impl ErrorKind {
     }
 }
 
+/// The reason of a [`ErrorKind::WouldDeadlock`] refused to an async operation (see
+/// `MapError::would_deadlock_in_closure`).
+const IN_CLOSURE: &str = "called from inside a closure the map runs under this shard's lock";
+
 impl MapError {
     #[cold]
     fn new(kind: ErrorKind, details: Details) -> Self {
@@ -166,6 +170,21 @@ impl MapError {
     #[cold]
     pub(crate) fn would_deadlock(map: &Arc<str>, op: Op, shard: usize) -> Self {
         let d = Details { map: Some(map.clone()), op: Some(op), shard: Some(shard), ..Details::default() };
+        Self::new(ErrorKind::WouldDeadlock, d)
+    }
+
+    /// An async operation called from inside a closure the map is running on `shard` (it
+    /// would wait for the operation that called it). Its message names that holder instead of
+    /// "this thread": a guard held by another task on the same thread is waited for.
+    #[cold]
+    pub(crate) fn would_deadlock_in_closure(map: &Arc<str>, op: Op, shard: usize) -> Self {
+        let d = Details {
+            map: Some(map.clone()),
+            op: Some(op),
+            shard: Some(shard),
+            reason: Some(IN_CLOSURE.into()),
+            ..Details::default()
+        };
         Self::new(ErrorKind::WouldDeadlock, d)
     }
 
@@ -312,6 +331,14 @@ impl fmt::Display for MapError {
             ErrorKind::Cancelled => write!(
                 f,
                 "`{op}` on map `{map}` was cancelled by its caller before it could take the lock it needed"
+            ),
+            ErrorKind::WouldDeadlock if d.reason.as_deref() == Some(IN_CLOSURE) => write!(
+                f,
+                "`{op}` on map `{map}` would deadlock: it was called from inside a closure that the \
+                 map is running on shard {} for another operation of the same call chain (an async \
+                 operation waits for guards of other tasks, never for its own caller); move the \
+                 call out of the closure",
+                d.shard.unwrap_or_default()
             ),
             ErrorKind::WouldDeadlock => write!(
                 f,

@@ -130,6 +130,7 @@
 //!   facade crate (any exporter: Prometheus, StatsD, …).
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+mod async_ops;
 pub mod audit;
 mod breaker;
 mod builder;
@@ -166,7 +167,7 @@ pub use builder::{
 };
 pub use cancel::CancelToken;
 pub use clock::{Clock, TestClock};
-pub use context::{ContextGuard, OpContext};
+pub use context::{ContextGuard, OpContext, Scoped};
 pub use engine::WithContext;
 pub use entry::{Entry, Upserted};
 pub use error::{BuildError, ErrorKind, MapError, Severity};

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::lock::RwLock;
 use hashbrown::hash_table;
-use parking_lot::RwLock;
 
 use crate::audit::MapAudit;
 use crate::builder::{Builder, Config};
@@ -27,7 +27,7 @@ use crate::{CircuitBreaker, MapError, OpContext};
 /// refuses to deadlock, and returns `Result` instead of blocking without bound.
 ///
 /// Keys are spread over [`shard_count`](MapWrapper::shard_count) shards, each a
-/// `parking_lot::RwLock` around a hash table. A key is hashed once per operation: the hash
+/// fair reader-writer lock (one FIFO queue for waiting threads and tasks) around a hash table. A key is hashed once per operation: the hash
 /// picks the shard and is reused to find the slot inside it. Operations on one key lock one
 /// shard; whole-map operations (`len`, `retain`, `clear`, `snapshot`, …) lock the shards one at
 /// a time, so they see each shard consistently but not the whole map at one instant.

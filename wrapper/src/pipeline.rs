@@ -3,18 +3,15 @@
 //! under one deadline and cancel token, refuses what would deadlock, and counts the outcome
 //! when it drops.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
-
 use crate::context::Effective;
-use crate::deadlock::{any_held, holding, Holding};
+use crate::deadlock::{any_held, holding, holding_in_op, Holding};
+use crate::lock::{self, RwLock, RwLockReadGuard, RwLockWriteGuard, WaitError};
 use crate::stats::{Failure, Monitor, Observation};
-use crate::{MapError, Op};
-
-/// How long a wait sleeps before it looks at the cancel token again.
-const CANCEL_POLL: Duration = Duration::from_millis(1);
+use crate::{CancelToken, MapError, Op};
 
 // ---------------------------------------------------------------------------------------------
 // Bounded acquisition.
@@ -37,6 +34,9 @@ pub(crate) struct Waiter<'a, 'c> {
     /// Statistics and circuit breaker: what this operation is, as they see it (including a
     /// rejection by the breaker, returned before the first lock).
     observed: Option<(&'a Monitor, Observation)>,
+    /// Set while an async acquisition is pending: if the future is dropped then, the
+    /// operation counts as cancelled.
+    awaiting: bool,
 }
 
 impl<'a, 'c> Waiter<'a, 'c> {
@@ -50,7 +50,17 @@ impl<'a, 'c> Waiter<'a, 'c> {
         monitor: Option<&'a Monitor>,
     ) -> Self {
         let observed = monitor.map(|m| (m, m.begin(op)));
-        Waiter { map_name, map_id, op, eff, default_timeout, window: None, checked_absolute: false, observed }
+        Waiter {
+            map_name,
+            map_id,
+            op,
+            eff,
+            default_timeout,
+            window: None,
+            checked_absolute: false,
+            observed,
+            awaiting: false,
+        }
     }
 
     /// The circuit breaker's rejection of this operation, the first time it is asked for.
@@ -96,13 +106,7 @@ impl<'a, 'c> Waiter<'a, 'c> {
         if let Some(g) = fast {
             return Ok(g);
         }
-        self.slow(idx, |until| {
-            if recursive {
-                lock.try_read_recursive_until(until)
-            } else {
-                lock.try_read_until(until)
-            }
-        })
+        self.slow(idx, |until, cancel| lock::read_until(lock, Some(until), cancel))
     }
 
     /// Write access to `shard` (index `idx`), after the checks of [`read`](Self::read).
@@ -122,7 +126,7 @@ impl<'a, 'c> Waiter<'a, 'c> {
         if let Some(g) = lock.try_write() {
             return Ok(g);
         }
-        self.slow(idx, |until| lock.try_write_until(until))
+        self.slow(idx, |until, cancel| lock::write_until(lock, Some(until), cancel))
     }
 
     /// For operations that write every shard: refuses up front, before changing anything, if
@@ -180,12 +184,43 @@ impl<'a, 'c> Waiter<'a, 'c> {
         Ok(())
     }
 
+    /// The sync wait: this thread parks in the shard's queue until the deadline or the cancel
+    /// token (which wakes it), or until the unlock hands it the lock.
     #[cold]
     fn slow<G>(
         &mut self,
         idx: usize,
-        mut try_until: impl FnMut(Instant) -> Option<G>,
+        acquire: impl FnOnce(Instant, Option<&CancelToken>) -> Result<G, WaitError>,
     ) -> Result<G, MapError> {
+        let (wait_start, start, deadline) = self.wait_window();
+        let cancel = self.eff.cancel_token();
+        let got = acquire(deadline, cancel.as_ref());
+        self.wait_ended(idx, got, wait_start, start, deadline)
+    }
+
+    /// The async wait: as [`slow`](Self::slow), the task waiting in the same queue. Dropped
+    /// while pending, the acquisition leaves the queue (or releases a lock handed to it) and
+    /// the operation counts as cancelled.
+    #[cold]
+    async fn slow_async<G, F>(
+        &mut self,
+        idx: usize,
+        acquire: impl FnOnce(Instant, Option<CancelToken>) -> F,
+    ) -> Result<G, MapError>
+    where
+        F: Future<Output = Result<G, WaitError>>,
+    {
+        let (wait_start, start, deadline) = self.wait_window();
+        let cancel = self.eff.cancel_token();
+        self.awaiting = true;
+        let got = acquire(deadline, cancel).await;
+        self.awaiting = false;
+        self.wait_ended(idx, got, wait_start, start, deadline)
+    }
+
+    /// The operation's window at its first wait (when it started, when it must give up),
+    /// and the start of this wait; tells the statistics the operation is contended.
+    fn wait_window(&mut self) -> (Instant, Instant, Instant) {
         if let Some((m, obs)) = &mut self.observed {
             m.contended(obs);
         }
@@ -193,13 +228,25 @@ impl<'a, 'c> Waiter<'a, 'c> {
         let (start, deadline) = *self
             .window
             .get_or_insert_with(|| (wait_start, self.eff.deadline_from(wait_start, self.default_timeout)));
-        let poll = self.eff.has_cancel();
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
+        (wait_start, start, deadline)
+    }
+
+    /// Turns the end of a wait into the operation's result.
+    fn wait_ended<G>(
+        &mut self,
+        idx: usize,
+        got: Result<G, WaitError>,
+        wait_start: Instant,
+        start: Instant,
+        deadline: Instant,
+    ) -> Result<G, MapError> {
+        match got {
+            Ok(g) => Ok(g),
+            Err(WaitError::Cancelled) => Err(self.cancelled()),
+            Err(WaitError::Timeout) => {
                 // The operation's own time at its deadline (for an operation that visits many
                 // shards, more than the wait for this one).
-                let elapsed = now - start;
+                let now = Instant::now();
                 let err = MapError::timed_out(
                     self.map_name,
                     self.op,
@@ -207,16 +254,76 @@ impl<'a, 'c> Waiter<'a, 'c> {
                     now - wait_start,
                     deadline.saturating_duration_since(start),
                 );
-                return Err(self.failed(Failure::Timeout { waited: elapsed }, err));
-            }
-            let until = if poll { deadline.min(now + CANCEL_POLL) } else { deadline };
-            if let Some(g) = try_until(until) {
-                return Ok(g);
-            }
-            if self.eff.is_cancelled() {
-                return Err(self.cancelled());
+                Err(self.failed(Failure::Timeout { waited: now - start }, err))
             }
         }
+    }
+
+    // ---- the async way to take a lock ---------------------------------------------------------
+
+    /// Read access to `lock` (shard `idx`) for an async operation: the checks of
+    /// [`read`](Self::read), then a wait that parks the task, not the thread.
+    ///
+    /// Deadlock refusal is per operation here: async operations take closures, so the only
+    /// shards "held" by the operation's own call chain are those whose closure is running on
+    /// this thread right now (a call back into the map from inside a closure). Guards
+    /// (`Ref`) alive on this thread may belong to other tasks: this task waits for them.
+    pub(crate) async fn read_async<'s, T>(
+        &mut self,
+        idx: usize,
+        lock: &'s RwLock<T>,
+    ) -> Result<RwLockReadGuard<'s, T>, MapError> {
+        if let Some(e) = self.rejection() {
+            return Err(e);
+        }
+        let recursive = match holding_in_op(self.map_id, idx) {
+            Holding::Write => return Err(self.would_deadlock_in_closure(idx)),
+            Holding::Read => true,
+            Holding::Nothing => false,
+        };
+        self.precheck()?;
+        let fast = if recursive { lock.try_read_recursive() } else { lock.try_read() };
+        if let Some(g) = fast {
+            return Ok(g);
+        }
+        self.slow_async(idx, |until, cancel| lock::read_async_owned(lock, Some(until), cancel)).await
+    }
+
+    /// Write access to `lock` (shard `idx`) for an async operation; as
+    /// [`read_async`](Self::read_async).
+    pub(crate) async fn write_async<'s, T>(
+        &mut self,
+        idx: usize,
+        lock: &'s RwLock<T>,
+    ) -> Result<RwLockWriteGuard<'s, T>, MapError> {
+        if let Some(e) = self.rejection() {
+            return Err(e);
+        }
+        if holding_in_op(self.map_id, idx) != Holding::Nothing {
+            return Err(self.would_deadlock_in_closure(idx));
+        }
+        self.precheck()?;
+        if let Some(g) = lock.try_write() {
+            return Ok(g);
+        }
+        self.slow_async(idx, |until, cancel| lock::write_async_owned(lock, Some(until), cancel)).await
+    }
+
+    /// For async operations that write every shard: refuses up front if a closure of this
+    /// map is running on this thread (the call comes from inside it).
+    pub(crate) fn refuse_if_in_closure(&mut self) -> Result<(), MapError> {
+        if let Some(e) = self.rejection() {
+            return Err(e);
+        }
+        match crate::deadlock::any_held_in_op(self.map_id) {
+            Some(shard) => Err(self.would_deadlock_in_closure(shard)),
+            None => Ok(()),
+        }
+    }
+
+    fn would_deadlock_in_closure(&mut self, shard: usize) -> MapError {
+        let err = MapError::would_deadlock_in_closure(self.map_name, self.op, shard);
+        self.failed(Failure::WouldDeadlock, err)
     }
 }
 
@@ -225,7 +332,11 @@ impl Drop for Waiter<'_, '_> {
     /// count its outcome and tell the breaker.
     #[inline]
     fn drop(&mut self) {
-        if let Some((m, obs)) = &self.observed {
+        if let Some((m, obs)) = &mut self.observed {
+            if self.awaiting {
+                // An async acquisition dropped while it waited: the caller gave up.
+                obs.fail(Failure::Cancelled);
+            }
             m.finish(obs);
         }
     }

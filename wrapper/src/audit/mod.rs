@@ -65,6 +65,7 @@ use serde::Serialize;
 use crate::context::Effective;
 use crate::MapError;
 
+mod durable;
 mod file;
 mod record;
 mod sink;
@@ -511,6 +512,21 @@ impl<K, V> MapAudit<K, V> {
                     Ok(()) => Ok(()),
                     // Fail-open: not counted here; the sink accepted the record and counts it
                     // in its own `sink_gap` on reopen if it did not reach the file.
+                    Err(_) if self.auditor.fail_mode == FailMode::FailOpen => Ok(()),
+                    Err(e) => self.lost(map, &e, "applied, but its record may not be durable"),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// [`settle`](Self::settle) for an async operation: awaits the durability wait on the
+    /// library's durability thread (see `durable.rs`) instead of blocking the task's thread.
+    pub(crate) async fn settle_async(&self, map: &Arc<str>, ticket: Option<Ticket>) -> Result<(), MapError> {
+        match ticket {
+            Some(t) if self.auditor.durability != Durability::Buffered => {
+                match durable::wait(&self.auditor.sink, t, self.auditor.durability).await {
+                    Ok(()) => Ok(()),
                     Err(_) if self.auditor.fail_mode == FailMode::FailOpen => Ok(()),
                     Err(e) => self.lost(map, &e, "applied, but its record may not be durable"),
                 }

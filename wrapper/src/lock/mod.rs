@@ -87,6 +87,39 @@ pub type RwLockReadGuard<'a, T> = lock_api::RwLockReadGuard<'a, RawLock, T>;
 /// A write guard of [`RwLock`].
 #[cfg(not(loom))]
 pub type RwLockWriteGuard<'a, T> = lock_api::RwLockWriteGuard<'a, RawLock, T>;
+/// A read guard of [`RwLock`] narrowed to a part of the value.
+#[cfg(not(loom))]
+pub type MappedRwLockReadGuard<'a, T> = lock_api::MappedRwLockReadGuard<'a, RawLock, T>;
+
+/// A read guard of `lock`, for a thread: waits in the queue until `deadline` unless `cancel` is
+/// cancelled first (see [`RawLock::lock_shared_until`]).
+#[cfg(not(loom))]
+pub(crate) fn read_until<'a, T: ?Sized>(
+    lock: &'a RwLock<T>,
+    deadline: Option<Instant>,
+    cancel: Option<&CancelToken>,
+) -> Result<RwLockReadGuard<'a, T>, WaitError> {
+    // SAFETY: `raw` is only used to take a read lock, which the guard below releases.
+    let raw = unsafe { lock.raw() };
+    raw.lock_shared_until(deadline, cancel)?;
+    // SAFETY: the read lock was just acquired (`Ok`) and is owned by no guard yet; the guard
+    // made here is its only owner.
+    Ok(unsafe { lock.make_read_guard_unchecked() })
+}
+
+/// The write guard of `lock`, for a thread; as [`read_until`].
+#[cfg(not(loom))]
+pub(crate) fn write_until<'a, T: ?Sized>(
+    lock: &'a RwLock<T>,
+    deadline: Option<Instant>,
+    cancel: Option<&CancelToken>,
+) -> Result<RwLockWriteGuard<'a, T>, WaitError> {
+    // SAFETY: `raw` is only used to take the write lock, which the guard below releases.
+    let raw = unsafe { lock.raw() };
+    raw.lock_exclusive_until(deadline, cancel)?;
+    // SAFETY: the write lock was just acquired and is owned by no guard yet.
+    Ok(unsafe { lock.make_write_guard_unchecked() })
+}
 
 impl RawLock {
     /// Takes a read lock without blocking a thread: the future resolves once the lock is held
@@ -140,6 +173,35 @@ pub async fn write_async<'a, T: ?Sized>(
     // SAFETY: `raw` is only used to take the write lock, which the guard below releases.
     let raw = unsafe { lock.raw() };
     raw.write_async(deadline, cancel).await?;
+    // SAFETY: the write lock was just acquired and is owned by no guard yet.
+    Ok(unsafe { lock.make_write_guard_unchecked() })
+}
+
+/// [`read_async`] with a token it owns (the map's async operations make the token from their
+/// contexts when they first wait).
+#[cfg(not(loom))]
+pub(crate) async fn read_async_owned<T: ?Sized>(
+    lock: &RwLock<T>,
+    deadline: Option<Instant>,
+    cancel: Option<CancelToken>,
+) -> Result<RwLockReadGuard<'_, T>, WaitError> {
+    // SAFETY: `raw` is only used to take a read lock, which the guard below releases.
+    let raw = unsafe { lock.raw() };
+    raw.read_async(deadline, cancel.as_ref()).await?;
+    // SAFETY: the read lock was just acquired and is owned by no guard yet.
+    Ok(unsafe { lock.make_read_guard_unchecked() })
+}
+
+/// [`write_async`] with a token it owns.
+#[cfg(not(loom))]
+pub(crate) async fn write_async_owned<T: ?Sized>(
+    lock: &RwLock<T>,
+    deadline: Option<Instant>,
+    cancel: Option<CancelToken>,
+) -> Result<RwLockWriteGuard<'_, T>, WaitError> {
+    // SAFETY: `raw` is only used to take the write lock, which the guard below releases.
+    let raw = unsafe { lock.raw() };
+    raw.write_async(deadline, cancel.as_ref()).await?;
     // SAFETY: the write lock was just acquired and is owned by no guard yet.
     Ok(unsafe { lock.make_write_guard_unchecked() })
 }
