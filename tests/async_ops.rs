@@ -494,3 +494,58 @@ fn sync_threads_and_async_tasks_agree_with_a_model_in_a_storm() {
         assert_eq!(hot, increments);
     });
 }
+
+// ---- durability --------------------------------------------------------------------------------
+
+/// A sink whose durability waits block until the gate is opened.
+struct GatedSink {
+    inner: MemorySink,
+    open: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl map_wrapper::audit::AuditSink for GatedSink {
+    fn append(
+        &self,
+        event: map_wrapper::audit::AuditEvent,
+    ) -> Result<map_wrapper::audit::Ticket, map_wrapper::audit::SinkError> {
+        self.inner.append(event)
+    }
+
+    fn wait(
+        &self,
+        _: &map_wrapper::audit::Ticket,
+        _: map_wrapper::audit::Durability,
+    ) -> Result<(), map_wrapper::audit::SinkError> {
+        let (lock, cv) = &*self.open;
+        let mut open = lock.lock().unwrap();
+        while !*open {
+            open = cv.wait(open).unwrap();
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_synced_insert_awaits_its_group_commit_without_blocking_its_thread() {
+    // Current-thread runtime: the insert's durability wait is blocked until another task of
+    // the same thread opens the gate. Blocking the thread would hang (caught by `within`).
+    within(Duration::from_secs(60), || {
+        let open = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let sink = GatedSink { inner: MemorySink::new(), open: open.clone() };
+        let auditor = Auditor::new(sink).durability(map_wrapper::audit::Durability::Synced);
+        let map: Arc<MapWrapper<u64, u64>> =
+            Arc::new(MapWrapper::builder().auditor(auditor).build().unwrap());
+        let rt = current_thread();
+        rt.block_on(async {
+            let m = map.clone();
+            let insert = tokio::spawn(async move { m.insert_async(1, 10).await });
+            tokio::task::yield_now().await; // the insert runs, applies, and awaits durability
+            assert!(!insert.is_finished(), "the insert waits for its record to be synced");
+            assert_eq!(map.get_cloned(&1).unwrap(), Some(10), "applied before the wait");
+            let (lock, cv) = &*open;
+            *lock.lock().unwrap() = true;
+            cv.notify_all();
+            assert_eq!(insert.await.unwrap().unwrap(), None);
+        });
+    });
+}

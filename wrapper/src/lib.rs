@@ -126,6 +126,8 @@
 //!   (serde and serde_json themselves are always used, to encode audit records.)
 //! - `cli` (default): the `map-wrapper-audit` binary (brings in clap). Library users who do
 //!   not need it can turn default features off.
+//! - `tokio-util`: [`OpContext::scope_with_cancellation`], which lets a
+//!   `tokio_util::sync::CancellationToken` cancel the map operations of a scope.
 //! - `metrics`: [`Stats::publish_metrics`] and a breaker-state gauge, through the `metrics`
 //!   facade crate (any exporter: Prometheus, StatsD, …).
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
@@ -157,6 +159,9 @@ pub mod __private;
 #[cfg(feature = "serde")]
 mod serde_impl;
 
+#[cfg(feature = "tokio-util")]
+mod tokio_bridge;
+
 pub use audit::AuditStats;
 pub use breaker::{
     BreakerConfig, BreakerEvent, BreakerEventKind, BreakerListener, BreakerState, CircuitBreaker, OpenWait,
@@ -177,6 +182,8 @@ pub use map::MapWrapper;
 pub use map_wrapper_macros::{guarded_map, GuardedMap};
 pub use op::Op;
 pub use stats::{BreakerStats, LatencyStats, OpStats, Stats, DEFAULT_LATENCY_SAMPLING};
+#[cfg(feature = "tokio-util")]
+pub use tokio_bridge::CancellableScope;
 
 /// `MapWrapper` can be shared between threads when its keys and values can.
 #[allow(dead_code)]
