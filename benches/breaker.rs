@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use cpu_time::ThreadTime;
 use criterion::{Criterion, Throughput};
-use map_wrapper::{BreakerConfig, MapWrapper};
+use map_wrapper::breaker::BreakerConfig;
+use map_wrapper::MapWrapper;
 
 /// A large map: 2^20 entries, so that an operation pays the cache misses a real one does.
 const KEYS: u64 = 1 << 20;

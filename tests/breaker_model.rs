@@ -6,7 +6,9 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use map_wrapper::{BreakerConfig, BreakerState, MapWrapper, OpenWait, SlidingWindow, TestClock};
+use map_wrapper::breaker::{BreakerConfig, BreakerState, OpenWait, SlidingWindow};
+use map_wrapper::clock::TestClock;
+use map_wrapper::MapWrapper;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 

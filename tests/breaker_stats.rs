@@ -4,10 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use map_wrapper::{
-    BreakerConfig, BreakerState, CancelToken, ErrorKind, MapWrapper, OpContext, OpenWait, SlidingWindow,
-    TestClock,
-};
+use map_wrapper::breaker::{BreakerConfig, BreakerState, OpenWait, SlidingWindow};
+use map_wrapper::clock::TestClock;
+use map_wrapper::{CancelToken, ErrorKind, MapWrapper, OpContext};
 
 fn timed_map(clock: &TestClock) -> MapWrapper<u32, u32> {
     MapWrapper::builder().clock(clock.clone()).latency_sampling(1).build().unwrap()

@@ -6,10 +6,11 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use map_wrapper::{
-    BreakerConfig, BreakerEvent, BreakerEventKind, BreakerState, ErrorKind, MapWrapper, OpenWait,
-    SlidingWindow, TestClock, TransitionCause,
+use map_wrapper::breaker::{
+    BreakerConfig, BreakerEvent, BreakerEventKind, BreakerState, OpenWait, SlidingWindow, TransitionCause,
 };
+use map_wrapper::clock::TestClock;
+use map_wrapper::{ErrorKind, MapWrapper};
 
 type Events = Arc<Mutex<Vec<BreakerEvent>>>;
 

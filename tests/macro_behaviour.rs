@@ -77,11 +77,11 @@ fn maps_get_the_struct_timeout_or_their_own() {
 #[test]
 fn defaults_and_limits_are_the_runtime_ones() {
     let plain = Plain::default();
-    assert_eq!(plain.entries().default_timeout(), map_wrapper::DEFAULT_TIMEOUT);
-    assert_eq!(plain.entries().shard_count(), map_wrapper::default_shards());
+    assert_eq!(plain.entries().default_timeout(), map_wrapper::builder::DEFAULT_TIMEOUT);
+    assert_eq!(plain.entries().shard_count(), map_wrapper::builder::default_shards());
     let limits = AtTheLimits::new();
-    assert_eq!(limits.m().shard_count(), map_wrapper::MAX_SHARDS);
-    assert_eq!(limits.m().name().len(), map_wrapper::MAX_NAME_LEN);
+    assert_eq!(limits.m().shard_count(), map_wrapper::builder::MAX_SHARDS);
+    assert_eq!(limits.m().name().len(), map_wrapper::builder::MAX_NAME_LEN);
     assert_eq!(limits.m().default_timeout(), Duration::from_millis(1));
     assert_eq!(Tight::new().m().default_timeout(), Duration::from_millis(2));
 }

@@ -27,7 +27,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use map_wrapper::audit::{Auditor, Durability, JsonLinesOptions, JsonLinesSink, MemorySink};
-use map_wrapper::{BreakerConfig, MapWrapper};
+use map_wrapper::breaker::BreakerConfig;
+use map_wrapper::MapWrapper;
 
 use adapters::{BenchMap, InTempDir, LockedHashMap};
 use report::{Cell, MemRow, Report, Row, Table};
@@ -97,7 +98,7 @@ where
         Contender::peer("scc", |h: S| scc::HashMap::with_hasher(h)),
         Contender::peer("papaya", |h: S| papaya::HashMap::with_hasher(h)),
         Contender::ours("sharded RwLock (bare reference)", |h: S| {
-            adapters::Sharded::new(h, map_wrapper::default_shards())
+            adapters::Sharded::new(h, map_wrapper::builder::default_shards())
         }),
         Contender::ours("MapWrapper (policies off)", |h: S| {
             let b = MapWrapper::builder().name("bench").hasher(h).stats(false);

@@ -15,14 +15,14 @@ use crate::expand::{ACCESSOR_SUFFIXES, CONSTRUCTORS};
 
 // The runtime's defaults and limits, repeated here because a proc-macro cannot read another
 // crate's constants. `defaults_and_limits_are_the_runtime_ones` in `tests/macro_behaviour.rs`
-// pins them to `map_wrapper::{DEFAULT_TIMEOUT, MAX_SHARDS, MAX_NAME_LEN}`. The slow threshold
+// pins them to `map_wrapper::builder::{DEFAULT_TIMEOUT, MAX_SHARDS, MAX_NAME_LEN}`. The slow threshold
 // is left to the runtime's default (which depends on the timeout) unless `slow_ms` is given.
 
-/// `map_wrapper::DEFAULT_TIMEOUT`, in milliseconds.
+/// `map_wrapper::builder::DEFAULT_TIMEOUT`, in milliseconds.
 pub(crate) const DEFAULT_TIMEOUT_MS: u64 = 500;
-/// `map_wrapper::MAX_SHARDS`.
+/// `map_wrapper::builder::MAX_SHARDS`.
 pub(crate) const MAX_SHARDS: u64 = 1 << 16;
-/// `map_wrapper::MAX_NAME_LEN`, in bytes.
+/// `map_wrapper::builder::MAX_NAME_LEN`, in bytes.
 pub(crate) const MAX_NAME_LEN: usize = 256;
 
 /// How a map writes values into its audit records (`map_wrapper::audit::ValuePolicy`).

@@ -37,7 +37,7 @@
 //! an open wait and moves that breaker on, so its event comes on time, from that thread. Any
 //! earlier look (an admission check, a [`state`](CircuitBreaker::state) or
 //! [`stats`](crate::MapWrapper::stats) read) makes the same move, so the state reported is
-//! always the current one; with a [`TestClock`](crate::TestClock) only those looks move it.
+//! always the current one; with a `TestClock` (feature `test-util`) only those looks move it.
 //! The event's time ([`BreakerEvent::at`]) is when the wait ended.
 //!
 //! **Generations.** Every state change bumps a generation. A call remembers the generation it
@@ -148,7 +148,8 @@ pub enum OpenWait {
 ///
 /// ```
 /// use std::time::Duration;
-/// use map_wrapper::{BreakerConfig, MapWrapper, OpenWait, SlidingWindow};
+/// use map_wrapper::breaker::{BreakerConfig, OpenWait, SlidingWindow};
+/// use map_wrapper::MapWrapper;
 ///
 /// let config = BreakerConfig::new()
 ///     .window(SlidingWindow::time(Duration::from_secs(10)))
@@ -162,7 +163,7 @@ pub enum OpenWait {
 ///         jitter: 0.1,
 ///     });
 /// let map: MapWrapper<u64, u64> = MapWrapper::builder().breaker(config).build()?;
-/// assert_eq!(map.breaker().unwrap().state(), map_wrapper::BreakerState::Closed);
+/// assert_eq!(map.breaker().unwrap().state(), map_wrapper::breaker::BreakerState::Closed);
 ///
 /// let bad = MapWrapper::<u64, u64>::builder().breaker(BreakerConfig::new().failure_rate(1.5)).build();
 /// assert_eq!(bad.unwrap_err().code(), "INVALID_CONFIG");
@@ -719,7 +720,8 @@ impl Window {
 /// # Examples
 ///
 /// ```
-/// use map_wrapper::{BreakerConfig, BreakerState, MapWrapper};
+/// use map_wrapper::breaker::{BreakerConfig, BreakerState};
+/// use map_wrapper::MapWrapper;
 ///
 /// let map: MapWrapper<u8, u8> = MapWrapper::builder().breaker(BreakerConfig::new()).build()?;
 /// let breaker = map.breaker().expect("configured");
@@ -766,7 +768,7 @@ struct Inner {
     transitions: u64,
 }
 
-/// A snapshot of the breaker for [`Stats`](crate::Stats).
+/// A snapshot of the breaker for [`Stats`](crate::stats::Stats).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct BreakerFigures {
     pub(crate) state: BreakerState,
@@ -1363,7 +1365,7 @@ mod tests {
         assert_eq!(v(Ended::Completed { took: Some(100) }), Verdict::Ok);
         assert_eq!(v(Ended::Completed { took: None }), Verdict::Ok);
     }
-    use crate::TestClock;
+    use crate::clock::TestClock;
 
     const S: Duration = Duration::from_secs(1);
 

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use crate::audit::{encoder, AuditSetup, Auditor, MapAudit, ValuePolicy};
 use crate::breaker::{BreakerConfig, BreakerEvent, BreakerListener};
+use crate::clock::Clock;
 use crate::stats::DEFAULT_LATENCY_SAMPLING;
-use crate::{BuildError, Clock, MapWrapper};
+use crate::{BuildError, MapWrapper};
 
 /// The most shards a map may have.
 pub const MAX_SHARDS: usize = 1 << 16;
@@ -235,7 +236,8 @@ impl<K, V, S> Builder<K, V, S> {
     ///
     /// ```
     /// use std::sync::{Arc, Mutex};
-    /// use map_wrapper::{BreakerConfig, BreakerEventKind, MapWrapper};
+    /// use map_wrapper::breaker::{BreakerConfig, BreakerEventKind};
+    /// use map_wrapper::MapWrapper;
     ///
     /// let seen = Arc::new(Mutex::new(Vec::new()));
     /// let log = Arc::clone(&seen);
@@ -255,7 +257,7 @@ impl<K, V, S> Builder<K, V, S> {
         self
     }
 
-    /// Whether the map keeps [`Stats`](crate::Stats) (default `true`). A map with a breaker
+    /// Whether the map keeps [`Stats`](crate::stats::Stats) (default `true`). A map with a breaker
     /// keeps them regardless: the breaker counts calls with them.
     pub fn stats(mut self, on: bool) -> Self {
         self.config.observe.stats = on;
@@ -263,7 +265,7 @@ impl<K, V, S> Builder<K, V, S> {
     }
 
     /// Times 1 in `every` uncontended operations of each thread on this map (default
-    /// [`DEFAULT_LATENCY_SAMPLING`](crate::DEFAULT_LATENCY_SAMPLING)); `1` times every
+    /// [`DEFAULT_LATENCY_SAMPLING`]); `1` times every
     /// operation, at the cost of two clock reads each. Operations that wait for a lock and
     /// breaker probes are always timed. Must be at least 1.
     pub fn latency_sampling(mut self, every: u32) -> Self {
@@ -272,7 +274,7 @@ impl<K, V, S> Builder<K, V, S> {
     }
 
     /// The clock the breaker and the statistics read (default: the system's monotonic clock).
-    /// Tests give a [`TestClock`](crate::TestClock) to drive time. Lock deadlines always use
+    /// Tests give a `TestClock` (feature `test-util`) to drive time. Lock deadlines always use
     /// the real clock.
     pub fn clock(mut self, clock: impl Into<Clock>) -> Self {
         self.config.observe.clock = Some(clock.into());

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A monotonic clock: the real one ([`Clock::system`], the default) or a [`TestClock`] that
-/// only moves when a test moves it.
+/// A monotonic clock: the real one ([`Clock::system`], the default) or a `TestClock` (feature
+/// `test-util`) that only moves when a test moves it.
 ///
 /// Times are nanoseconds since the clock's own origin (when it was made), which fits in a
 /// `u64` for 584 years and can be stored in an atomic.
@@ -18,14 +18,12 @@ use std::time::{Duration, Instant};
 /// # Examples
 ///
 /// ```
-/// use std::time::Duration;
-/// use map_wrapper::{Clock, TestClock};
+/// use map_wrapper::clock::Clock;
 ///
-/// let test = TestClock::new();
-/// let clock = Clock::from(test.clone());
+/// let clock = Clock::system();
 /// let t0 = clock.now_nanos();
-/// test.advance(Duration::from_millis(5));
-/// assert_eq!(clock.now_nanos() - t0, 5_000_000);
+/// assert!(clock.now_nanos() >= t0);
+/// assert!(!clock.is_test());
 /// ```
 #[derive(Clone)]
 pub struct Clock {
@@ -35,6 +33,7 @@ pub struct Clock {
 #[derive(Clone)]
 enum Inner {
     System(Instant),
+    #[cfg_attr(not(any(test, feature = "test-util")), allow(dead_code))]
     Test(Arc<AtomicU64>),
 }
 
@@ -62,7 +61,7 @@ impl Clock {
         }
     }
 
-    /// Whether this is a [`TestClock`].
+    /// Whether this is a `TestClock` (feature `test-util`).
     pub fn is_test(&self) -> bool {
         matches!(self.inner, Inner::Test(_))
     }
@@ -83,15 +82,29 @@ impl fmt::Debug for Clock {
     }
 }
 
-/// A clock that stands still until the test moves it; clones share one time.
+/// A clock that stands still until the test moves it; clones share one time. Test support:
+/// only with the `test-util` feature.
 ///
 /// Give it to a map with [`Builder::clock`](crate::Builder::clock) to test the circuit breaker
 /// without sleeping.
+///
+/// ```
+/// use std::time::Duration;
+/// use map_wrapper::clock::{Clock, TestClock};
+///
+/// let test = TestClock::new();
+/// let clock = Clock::from(test.clone());
+/// let t0 = clock.now_nanos();
+/// test.advance(Duration::from_millis(5));
+/// assert_eq!(clock.now_nanos() - t0, 5_000_000);
+/// ```
+#[cfg(any(test, feature = "test-util"))]
 #[derive(Clone, Default)]
 pub struct TestClock {
     now: Arc<AtomicU64>,
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl TestClock {
     /// A test clock at time zero.
     pub fn new() -> Self {
@@ -109,12 +122,14 @@ impl TestClock {
     }
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl fmt::Debug for TestClock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("TestClock").field(&self.elapsed()).finish()
     }
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl From<TestClock> for Clock {
     fn from(test: TestClock) -> Self {
         Clock { inner: Inner::Test(test.now) }

@@ -238,8 +238,8 @@ pub(crate) fn fast_done<G, T, D>(
     }
 }
 
-/// A [`MapWrapper`] bound to an [`OpContext`] for the next operation; made by
-/// [`MapWrapper::with`]. It has the same operations, documented on [`MapWrapper`].
+/// A [`MapWrapper`](crate::MapWrapper) bound to an [`OpContext`] for the next operation; made by
+/// [`MapWrapper::with`](crate::MapWrapper::with). It has the same operations, documented on [`MapWrapper`](crate::MapWrapper).
 pub struct WithContext<'m, 'c, K, V, S = RandomState> {
     pub(crate) map: &'m MapWrapper<K, V, S>,
     ctx: Option<&'c OpContext>,
@@ -301,7 +301,7 @@ where
     /// gathered.
     #[inline(always)]
     pub(crate) fn start(&self, op: Op) -> Result<FullOp<'m, 'c>, MapError> {
-        let t0 = if op.is_mutation() { self.audit_begin()? } else { None };
+        let t0 = if op.is_mutation() { self.audit_begin(op)? } else { None };
         Ok(FullOp { waiter: self.begin(op), t0 })
     }
 
@@ -409,13 +409,14 @@ where
         move |(k, _)| self.map.hasher.hash_one(k)
     }
 
-    /// Audit, before a mutation: refuses it when the map is fail-closed and its sink is down
-    /// (nothing is locked or changed), else starts its latency clock.
+    /// Audit, before a mutation: refuses it when the map is fail-closed and its sink is down,
+    /// or when the audit queue has no room by the operation's deadline (nothing is locked or
+    /// changed), else starts its latency clock.
     #[inline]
-    fn audit_begin(&self) -> Result<Option<Instant>, MapError> {
+    fn audit_begin(&self, op: Op) -> Result<Option<Instant>, MapError> {
         match &self.map.audit {
             None => Ok(None),
-            Some(a) => a.begin(&self.map.name).map(Some),
+            Some(a) => a.begin(&self.map.name, op, &Effective::new(self.ctx), self.map.timeout).map(Some),
         }
     }
 
@@ -429,7 +430,7 @@ where
         }
     }
 
-    /// See [`MapWrapper::insert`].
+    /// See [`MapWrapper::insert`](crate::MapWrapper::insert).
     #[inline]
     pub fn insert(self, key: K, value: V) -> Result<Option<V>, MapError> {
         let (hash, idx) = self.locate(&key);
@@ -487,7 +488,7 @@ where
         }
     }
 
-    /// See [`MapWrapper::get`].
+    /// See [`MapWrapper::get`](crate::MapWrapper::get).
     pub fn get<Q>(self, key: &Q) -> Result<Option<Ref<'m, K, V>>, MapError>
     where
         K: Borrow<Q>,
@@ -520,7 +521,7 @@ where
         Some(Ref::new(entry, HeldMark::guard(self.map.id, idx, false)))
     }
 
-    /// See [`MapWrapper::view`].
+    /// See [`MapWrapper::view`](crate::MapWrapper::view).
     pub fn view<Q, R, F>(self, key: &Q, f: F) -> Result<Option<R>, MapError>
     where
         K: Borrow<Q>,
@@ -551,7 +552,7 @@ where
         })
     }
 
-    /// See [`MapWrapper::get_cloned`].
+    /// See [`MapWrapper::get_cloned`](crate::MapWrapper::get_cloned).
     #[inline]
     pub fn get_cloned<Q>(self, key: &Q) -> Result<Option<V>, MapError>
     where
@@ -562,7 +563,7 @@ where
         self.read_op(Op::GetCloned, key, |found| found.map(|(_, v)| v.clone()))
     }
 
-    /// See [`MapWrapper::contains_key`].
+    /// See [`MapWrapper::contains_key`](crate::MapWrapper::contains_key).
     #[inline]
     pub fn contains_key<Q>(self, key: &Q) -> Result<bool, MapError>
     where
@@ -609,7 +610,7 @@ where
         Ok(f(table.find(hash, |(k, _)| k.borrow() == key)))
     }
 
-    /// See [`MapWrapper::remove`].
+    /// See [`MapWrapper::remove`](crate::MapWrapper::remove).
     #[inline]
     pub fn remove<Q>(self, key: &Q) -> Result<Option<V>, MapError>
     where
@@ -619,7 +620,7 @@ where
         Ok(self.remove_entry_op(Op::Remove, key, None::<fn(&K, &V) -> bool>)?.map(|(_, v)| v))
     }
 
-    /// See [`MapWrapper::remove_entry`].
+    /// See [`MapWrapper::remove_entry`](crate::MapWrapper::remove_entry).
     #[inline]
     pub fn remove_entry<Q>(self, key: &Q) -> Result<Option<(K, V)>, MapError>
     where
@@ -629,7 +630,7 @@ where
         self.remove_entry_op(Op::RemoveEntry, key, None::<fn(&K, &V) -> bool>)
     }
 
-    /// See [`MapWrapper::remove_if`].
+    /// See [`MapWrapper::remove_if`](crate::MapWrapper::remove_if).
     #[inline]
     pub fn remove_if<Q, F>(self, key: &Q, f: F) -> Result<Option<V>, MapError>
     where
@@ -715,7 +716,7 @@ where
         Applied { out: Ok(Some((k, v))), drop_after: (), ticket }
     }
 
-    /// See [`MapWrapper::update`].
+    /// See [`MapWrapper::update`](crate::MapWrapper::update).
     #[inline]
     pub fn update<Q, R, F>(self, key: &Q, f: F) -> Result<Option<R>, MapError>
     where
@@ -775,7 +776,7 @@ where
         Applied { out: r.map(Some), drop_after: (), ticket }
     }
 
-    /// See [`MapWrapper::alter`].
+    /// See [`MapWrapper::alter`](crate::MapWrapper::alter).
     pub fn alter<F>(self, key: K, f: F) -> Result<Option<V>, MapError>
     where
         F: FnOnce(Option<&V>) -> Option<V>,
@@ -859,7 +860,7 @@ where
         }
     }
 
-    /// See [`MapWrapper::entry`].
+    /// See [`MapWrapper::entry`](crate::MapWrapper::entry).
     pub fn entry(self, key: K) -> Entry<'m, 'c, K, V, S, fn(&mut V)> {
         Entry::new(self, key)
     }
@@ -982,7 +983,7 @@ where
         Ok(guards)
     }
 
-    /// See [`MapWrapper::retain`].
+    /// See [`MapWrapper::retain`](crate::MapWrapper::retain).
     pub fn retain<F>(self, mut f: F) -> Result<usize, MapError>
     where
         F: FnMut(&K, &V) -> bool,
@@ -1000,14 +1001,14 @@ where
         Ok(removed)
     }
 
-    /// See [`MapWrapper::clear`].
+    /// See [`MapWrapper::clear`](crate::MapWrapper::clear).
     pub fn clear(self) -> Result<usize, MapError> {
         let mut removed = 0;
         self.each_shard_mut(Op::Clear, |rec, idx, table| clear_shard(&mut removed, rec, idx, table))?;
         Ok(removed)
     }
 
-    /// See [`MapWrapper::len`].
+    /// See [`MapWrapper::len`](crate::MapWrapper::len).
     pub fn len(self) -> Result<usize, MapError> {
         let mut n = 0;
         self.each_shard(Op::Len, |_, t| {
@@ -1017,7 +1018,7 @@ where
         Ok(n)
     }
 
-    /// See [`MapWrapper::is_empty`].
+    /// See [`MapWrapper::is_empty`](crate::MapWrapper::is_empty).
     pub fn is_empty(self) -> Result<bool, MapError> {
         let mut empty = true;
         self.each_shard(Op::IsEmpty, |_, t| {
@@ -1027,7 +1028,7 @@ where
         Ok(empty)
     }
 
-    /// See [`MapWrapper::for_each`].
+    /// See [`MapWrapper::for_each`](crate::MapWrapper::for_each).
     pub fn for_each<F>(self, mut f: F) -> Result<(), MapError>
     where
         F: FnMut(&K, &V),
@@ -1040,7 +1041,7 @@ where
         })
     }
 
-    /// See [`MapWrapper::snapshot`].
+    /// See [`MapWrapper::snapshot`](crate::MapWrapper::snapshot).
     pub fn snapshot(self) -> Result<Vec<(K, V)>, MapError>
     where
         K: Clone,
@@ -1054,7 +1055,7 @@ where
         Ok(out)
     }
 
-    /// See [`MapWrapper::iter`].
+    /// See [`MapWrapper::iter`](crate::MapWrapper::iter).
     pub fn iter(self) -> Result<Iter<K, V>, MapError>
     where
         K: Clone,
@@ -1063,7 +1064,7 @@ where
         Ok(Iter::new(self.snapshot()?))
     }
 
-    /// See [`MapWrapper::extend`].
+    /// See [`MapWrapper::extend`](crate::MapWrapper::extend).
     pub fn extend<I: IntoIterator<Item = (K, V)>>(self, iter: I) -> Result<usize, MapError> {
         let mut op = self.start(Op::Extend)?;
         op.waiter.start_clock();

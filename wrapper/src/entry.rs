@@ -6,7 +6,7 @@ use std::hash::{BuildHasher, Hash};
 use crate::engine::{fast_done, RecordNothing, WithContext};
 use crate::{MapError, Op};
 
-/// A pending upsert of one key; made by [`MapWrapper::entry`]. Nothing happens until one of
+/// A pending upsert of one key; made by [`MapWrapper::entry`](crate::MapWrapper::entry). Nothing happens until one of
 /// the `or_*` methods runs it.
 #[must_use = "an entry does nothing until `or_insert`, `or_insert_with` or `or_default` runs it"]
 pub struct Entry<'m, 'c, K, V, S, M> {

@@ -151,6 +151,20 @@ impl MapError {
         Self::new(ErrorKind::Timeout, d)
     }
 
+    /// A timeout waiting for room in the audit queue (back-pressure), before anything was
+    /// locked or changed: no shard is named.
+    #[cold]
+    pub(crate) fn audit_queue_full(map: &Arc<str>, op: Op, waited: Duration, timeout: Duration) -> Self {
+        let d = Details {
+            map: Some(map.clone()),
+            op: Some(op),
+            waited: Some(waited),
+            timeout: Some(timeout),
+            ..Details::default()
+        };
+        Self::new(ErrorKind::Timeout, d)
+    }
+
     #[cold]
     pub(crate) fn deadline_exceeded(map: &Arc<str>, op: Op) -> Self {
         Self::new(
@@ -314,6 +328,14 @@ impl fmt::Display for MapError {
         let reason = d.reason.as_deref().unwrap_or("unknown");
         let dur = |x: Option<Duration>| x.unwrap_or_default();
         match self.kind {
+            ErrorKind::Timeout if d.shard.is_none() => write!(
+                f,
+                "`{op}` on map `{map}` timed out after waiting {:?} for room in its audit queue, which \
+                 was full (the operation's time limit is {:?}); nothing was changed: retry, raise the \
+                 timeout, or give the sink more room (JsonLinesOptions::max_queue_bytes) or a faster disk",
+                dur(d.waited),
+                dur(d.timeout)
+            ),
             ErrorKind::Timeout => write!(
                 f,
                 "`{op}` on map `{map}` timed out after waiting {:?} for shard {}, which another thread \

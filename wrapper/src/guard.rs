@@ -25,7 +25,7 @@ impl<'a, K, V> ReadAll<'a, K, V> {
     }
 }
 
-/// A read guard on one value of a [`MapWrapper`]; made by [`MapWrapper::get`].
+/// A read guard on one value of a [`MapWrapper`](crate::MapWrapper); made by [`MapWrapper::get`](crate::MapWrapper::get).
 ///
 /// It holds the read lock of the value's shard until dropped: writers of that shard wait, and
 /// this thread's own writes to it return [`ErrorKind::WouldDeadlock`](crate::ErrorKind::WouldDeadlock). It is not `Send`: the

@@ -4,7 +4,7 @@ use std::fmt;
 
 use crate::shard::Shard;
 
-/// An iterator over a snapshot of a [`MapWrapper`]'s entries; made by [`MapWrapper::iter`].
+/// An iterator over a snapshot of a [`MapWrapper`](crate::MapWrapper)'s entries; made by [`MapWrapper::iter`](crate::MapWrapper::iter).
 /// It holds no lock.
 #[derive(Debug, Clone)]
 pub struct Iter<K, V> {

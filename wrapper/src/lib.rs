@@ -35,10 +35,10 @@
 //! ## What locks, and when an operation can fail
 //!
 //! Each method's documentation says which lock it takes. Any operation can return
-//! [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) (its shard stayed locked past the deadline),
-//! [`ErrorKind::Cancelled`](crate::ErrorKind::Cancelled) (its token was cancelled) or [`ErrorKind::WouldDeadlock`](crate::ErrorKind::WouldDeadlock) (this
+//! [`ErrorKind::Timeout`] (its shard stayed locked past the deadline),
+//! [`ErrorKind::Cancelled`] (its token was cancelled) or [`ErrorKind::WouldDeadlock`] (this
 //! thread already holds the shard); on a map with a circuit breaker, also
-//! [`ErrorKind::CircuitOpen`](crate::ErrorKind::CircuitOpen) (refused before taking any lock). A single-key operation that
+//! [`ErrorKind::CircuitOpen`] (refused before taking any lock). A single-key operation that
 //! returns an error changed nothing, with one exception visible in the error's structure:
 //! on an audited map, [`ErrorKind::AppliedNotDurable`] ([`MapError::applied`] is `true`, and
 //! it is never retryable) means the change was applied but its audit record could not be
@@ -50,8 +50,8 @@
 //! Give a map an [`audit::Auditor`] and every store and delete is recorded, one
 //! [`audit::AuditRecord`] per affected key, hash-chained, in the order of each key's
 //! mutations; see [`audit`] for what is recorded and what happens when the sink fails, and
-//! `docs/AUDIT_FORMAT.md` for the bytes on disk. The `map-wrapper-audit` binary verifies a
-//! trail.
+//! `docs/AUDIT_FORMAT.md` for the bytes on disk. The `map-wrapper-audit` command (its own
+//! package) verifies a trail.
 //!
 //! ```
 //! use map_wrapper::audit::{Auditor, Durability, JsonLinesSink};
@@ -80,14 +80,15 @@
 //! Every operation ends *ok*, *slow* (above [`Builder::slow_threshold`]), *failed* (timed out
 //! or would have deadlocked) or *ignored* (cancelled, or the caller's closure panicked).
 //! [`MapWrapper::stats`] counts them by operation, with a latency histogram. A map built with
-//! [`Builder::breaker`] also has a [`CircuitBreaker`]: when too many recent calls were slow or
-//! failed it opens, and operations fail fast with [`ErrorKind::CircuitOpen`](crate::ErrorKind::CircuitOpen) until probe calls
-//! show the map has recovered. See [`BreakerConfig`] for the rule and
+//! [`Builder::breaker`] also has a [`CircuitBreaker`](breaker::CircuitBreaker): when too many recent calls were slow or
+//! failed it opens, and operations fail fast with [`ErrorKind::CircuitOpen`] until probe calls
+//! show the map has recovered. See [`BreakerConfig`](breaker::BreakerConfig) for the rule and
 //! [`Builder::on_breaker_event`] for its events.
 //!
 //! ```
 //! use std::time::Duration;
-//! use map_wrapper::{BreakerConfig, BreakerState, MapWrapper, SlidingWindow};
+//! use map_wrapper::breaker::{BreakerConfig, BreakerState, SlidingWindow};
+//! use map_wrapper::MapWrapper;
 //!
 //! let map: MapWrapper<u32, u32> = MapWrapper::builder()
 //!     .slow_threshold(Duration::from_millis(20))
@@ -122,22 +123,35 @@
 //!
 //! ## Feature flags
 //!
+//! None is on by default.
+//!
 //! - `serde`: `Serialize` and `Deserialize` for [`MapWrapper`] (as a map), through serde.
 //!   (serde and serde_json themselves are always used, to encode audit records.)
-//! - `cli` (default): the `map-wrapper-audit` binary (brings in clap). Library users who do
-//!   not need it can turn default features off.
 //! - `tokio-util`: [`OpContext::scope_with_cancellation`], which lets a
 //!   `tokio_util::sync::CancellationToken` cancel the map operations of a scope.
 //! - `metrics`: [`Stats::publish_metrics`] and a breaker-state gauge, through the `metrics`
 //!   facade crate (any exporter: Prometheus, StatsD, …).
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+//! - `test-util`: test support, `clock::TestClock` (a clock that moves only when a test moves
+//!   it, for the breaker's and the statistics' time).
+//!
+//! The command-line verifier is the separate `map-wrapper-audit` package
+//! (`cargo run -p map-wrapper-audit -- verify DIR`), so no library user builds its
+//! dependencies.
+//!
+// The method exists only with `metrics`: without it the link goes to `Stats`.
+#![cfg_attr(feature = "metrics", doc = "[`Stats::publish_metrics`]: stats::Stats::publish_metrics")]
+#![cfg_attr(not(feature = "metrics"), doc = "[`Stats::publish_metrics`]: stats::Stats")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+// Unsafe code only in the shard lock (`lock`: the lock_api trait impls and guard hand-offs,
+// each with its `// SAFETY:` comment); everywhere else it is refused.
+#![deny(unsafe_code)]
 
 mod async_ops;
 pub mod audit;
-mod breaker;
-mod builder;
+pub mod breaker;
+pub mod builder;
 mod cancel;
-mod clock;
+pub mod clock;
 mod context;
 mod deadlock;
 mod engine;
@@ -145,12 +159,13 @@ mod entry;
 mod error;
 mod guard;
 mod iter;
+#[allow(unsafe_code)]
 mod lock;
 mod map;
 mod op;
 mod pipeline;
 mod shard;
-mod stats;
+pub mod stats;
 
 #[doc(hidden)]
 #[path = "private.rs"]
@@ -162,16 +177,8 @@ mod serde_impl;
 #[cfg(feature = "tokio-util")]
 mod tokio_bridge;
 
-pub use audit::AuditStats;
-pub use breaker::{
-    BreakerConfig, BreakerEvent, BreakerEventKind, BreakerListener, BreakerState, CircuitBreaker, OpenWait,
-    SlidingWindow, TransitionCause, MAX_BUCKETS, MAX_WINDOW_CALLS,
-};
-pub use builder::{
-    default_shards, Builder, DEFAULT_SLOW_THRESHOLD, DEFAULT_TIMEOUT, MAX_NAME_LEN, MAX_SHARDS,
-};
+pub use builder::Builder;
 pub use cancel::CancelToken;
-pub use clock::{Clock, TestClock};
 pub use context::{ContextGuard, OpContext, Scoped};
 pub use engine::WithContext;
 pub use entry::{Entry, Upserted};
@@ -181,7 +188,6 @@ pub use iter::{IntoIter, Iter};
 pub use map::MapWrapper;
 pub use map_wrapper_macros::{guarded_map, GuardedMap};
 pub use op::Op;
-pub use stats::{BreakerStats, LatencyStats, OpStats, Stats, DEFAULT_LATENCY_SAMPLING};
 #[cfg(feature = "tokio-util")]
 pub use tokio_bridge::CancellableScope;
 
@@ -194,3 +200,8 @@ fn _assert_send_sync() {
     is::<CancelToken>();
     is::<MapError>();
 }
+
+/// The README's Rust blocks, compiled (and run, unless marked `no_run`) as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

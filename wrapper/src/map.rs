@@ -12,6 +12,7 @@ use crate::lock::RwLock;
 use hashbrown::hash_table;
 
 use crate::audit::MapAudit;
+use crate::breaker::CircuitBreaker;
 use crate::builder::{Builder, Config};
 use crate::engine::WithContext;
 use crate::entry::Entry;
@@ -21,7 +22,7 @@ use crate::guard::Ref;
 use crate::iter::{IntoIter, Iter};
 use crate::shard::{Shard, Table};
 use crate::stats::{Monitor, Stats};
-use crate::{CircuitBreaker, MapError, OpContext};
+use crate::{MapError, OpContext};
 
 /// A sharded concurrent hash map whose every operation has a deadline, can be cancelled,
 /// refuses to deadlock, and returns `Result` instead of blocking without bound.
@@ -96,7 +97,7 @@ pub struct MapWrapper<K, V, S = RandomState> {
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl<K, V> MapWrapper<K, V, RandomState> {
-    /// An empty map with the default configuration: [`default_shards()`](crate::default_shards)
+    /// An empty map with the default configuration: [`default_shards()`](crate::builder::default_shards)
     /// shards, a 500 ms timeout, std's `RandomState` hasher.
     pub fn new() -> Self {
         Self::from_config(Config::default(), RandomState::new())

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-/// An operation of a [`MapWrapper`](crate::MapWrapper): what [`ErrorKind::op`](crate::ErrorKind::op)
+/// An operation of a [`MapWrapper`](crate::MapWrapper): what [`MapError::op`](crate::MapError::op)
 /// names, what [`Stats`](crate::stats::Stats) counts by, and (for the operations that change the
 /// map) the `op` of an audit record.
 ///

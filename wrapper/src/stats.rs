@@ -873,8 +873,11 @@ mod tests {
 
         let store: Store = Arc::default();
         let rec = Rec(Arc::clone(&store));
-        let map: crate::MapWrapper<u8, u8> =
-            crate::MapWrapper::builder().name("m").breaker(crate::BreakerConfig::new()).build().unwrap();
+        let map: crate::MapWrapper<u8, u8> = crate::MapWrapper::builder()
+            .name("m")
+            .breaker(crate::breaker::BreakerConfig::new())
+            .build()
+            .unwrap();
         map.insert(1, 1).unwrap();
         map.insert(2, 2).unwrap();
         metrics::with_local_recorder(&rec, || {

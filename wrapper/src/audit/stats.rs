@@ -1,6 +1,6 @@
 //! [`AuditStats`]: the audit trail's figures in a map's statistics.
 
-/// The audit side of a map's [`Stats`](crate::Stats): what its sink has done and what its
+/// The audit side of a map's [`Stats`](crate::stats::Stats): what its sink has done and what its
 /// auditor lost.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 #[non_exhaustive]

@@ -5,11 +5,16 @@ use std::path::Path;
 use std::process::Command;
 
 use map_wrapper::audit::{
-    to_hex, AuditEvent, Auditor, Chain, ChainKey, Encoded, EventFields, JsonLinesOptions, JsonLinesSink,
+    AuditEvent, Auditor, Chain, ChainKey, Encoded, EventFields, JsonLinesOptions, JsonLinesSink,
 };
 use map_wrapper::MapWrapper;
 
 const HMAC_KEY: &[u8] = b"an audit key of thirty-two bytes";
+
+/// Lower-case hex, the format of an `--hmac-key-file`.
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// A closed trail: header, `audit_start` (seq 1), inserts of 0..10 (seq 2..=11), `audit_stop`
 /// (seq 12).
@@ -398,4 +403,14 @@ fn show_prints_only_verified_records_and_fails_on_a_tampered_trail() {
     assert_eq!(code, 1, "{out}");
     assert_eq!(out.lines().count(), 1, "{out}");
     assert!(out.contains("new={\"full\":1}") && !out.contains("\"full\":9"), "{out}");
+}
+
+#[test]
+fn a_malformed_expect_prev_is_a_usage_error_exit_3() {
+    let d = tmp();
+    trail(d.path(), ChainKey::Sha256, 1 << 20);
+    for bad in ["abc", &"g".repeat(64), &"0".repeat(63), &format!(" {}", "0".repeat(64))] {
+        let (code, _) = run(&["verify", "--expect-prev", bad, d.path().to_str().unwrap()]);
+        assert_eq!(code, 3, "{bad:?}");
+    }
 }

@@ -1,0 +1,82 @@
+//! Export: a remote copy back into JSON-lines segment files, for the verifier.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use map_wrapper::audit::segment_file_name;
+
+use crate::record::{probe, Line};
+use crate::sink::RemoteSink;
+use crate::Error;
+
+/// What [`export`] wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Exported {
+    /// Records written.
+    pub records: u64,
+    /// Segment files written.
+    pub segments: u64,
+    /// The last record's `seq` (0 when none).
+    pub last_seq: u64,
+}
+
+/// Writes the remote copy of `trail` into `out` (a directory, created if missing, that must
+/// not hold segment files already) as `segment-NNNNNN.jsonl` files: each header line starts
+/// the file its `segment` member names, each record line follows, byte for byte as stored.
+/// Nothing is checked or repaired here: `map-wrapper-audit verify OUT` judges the copy (a
+/// record edited, deleted or moved in the remote copy shows as TAMPERED). Memory is bounded
+/// (records are read 1000 at a time).
+pub fn export<S: RemoteSink + ?Sized>(sink: &mut S, trail: &str, out: &Path) -> Result<Exported, Error> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    if !map_wrapper::audit::list_segments(out).map_err(|e| Error::io(out, e))?.is_empty() {
+        return Err(Error::Config(format!("{} already holds segment files", out.display())));
+    }
+    let mut summary = Exported::default();
+    let mut file: Option<(BufWriter<File>, std::path::PathBuf)> = None;
+    let mut from = 1;
+    loop {
+        let batch = sink.read(trail, from, 1000)?;
+        let Some(last) = batch.last() else { break };
+        from = last.seq + 1;
+        for r in &batch {
+            for h in r.header.split_inclusive(|&b| b == b'\n') {
+                let Line::Header(hdr) = probe(&h[..h.len() - 1])? else {
+                    return Err(Error::Malformed(format!(
+                        "record {}: a stored header line is a record",
+                        r.seq
+                    )));
+                };
+                if let Some((f, path)) = file.take() {
+                    finish(f, &path)?;
+                }
+                let path = out.join(segment_file_name(hdr.segment));
+                let f = File::create_new(&path).map_err(|e| Error::io(&path, e))?;
+                file = Some((BufWriter::with_capacity(1 << 20, f), path));
+                summary.segments += 1;
+                let (f, path) = file.as_mut().expect("just set");
+                f.write_all(h).map_err(|e| Error::io(path, e))?;
+            }
+            if file.is_none() {
+                // A copy that does not start with a header: written as it is, the verifier says so.
+                let path = out.join(segment_file_name(1));
+                let f = File::create_new(&path).map_err(|e| Error::io(&path, e))?;
+                file = Some((BufWriter::with_capacity(1 << 20, f), path));
+                summary.segments += 1;
+            }
+            let (f, path) = file.as_mut().expect("open");
+            f.write_all(&r.line).and_then(|()| f.write_all(b"\n")).map_err(|e| Error::io(path, e))?;
+            summary.records += 1;
+            summary.last_seq = r.seq;
+        }
+    }
+    if let Some((f, path)) = file.take() {
+        finish(f, &path)?;
+    }
+    Ok(summary)
+}
+
+fn finish(f: BufWriter<File>, path: &Path) -> Result<(), Error> {
+    let f = f.into_inner().map_err(|e| Error::io(path, e.into_error()))?;
+    f.sync_all().map_err(|e| Error::io(path, e))
+}

@@ -1,0 +1,290 @@
+//! The NATS JetStream sink: one stream per trail.
+//!
+//! Trail `T` goes to stream `MWAUDIT_T`, subject `mwaudit.T` (file storage, `deny_delete`,
+//! `deny_purge`, 2 min duplicate window), one message per record: the payload is
+//! [`Record::payload`] (the header lines before the record, then its line, byte for byte).
+//! Each message carries `Nats-Msg-Id: T:seq` (the server drops a second copy inside the
+//! duplicate window) and `Nats-Expected-Last-Subject-Sequence: seq − 1` (the server refuses a
+//! message that does not follow the stream's last one: no gap, no fork). So the stream
+//! sequence of record `seq` is `seq`, and reading record `seq` is a direct get.
+//!
+//! A redelivered record (a duplicate ack, or a refusal because the stream is past it) is
+//! fetched and compared byte for byte: the same bytes are an ack, others a
+//! [`SinkError::Fork`].
+//!
+//! The sink runs `async-nats` on its own single-thread tokio runtime, so the shipper stays
+//! synchronous and the rest of the package needs no runtime.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::context::{GetStreamErrorKind, PublishErrorKind};
+use async_nats::jetstream::stream::{Config, StorageType, Stream};
+use async_nats::jetstream::{self, ErrorCode};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+
+use crate::sink::{check_trail_id, Acked, RemoteSink, SinkError};
+use crate::Record;
+
+/// The stream name of a trail.
+pub fn stream_name(trail: &str) -> String {
+    format!("MWAUDIT_{trail}")
+}
+
+/// The subject of a trail.
+pub fn subject(trail: &str) -> String {
+    format!("mwaudit.{trail}")
+}
+
+/// Ships to NATS JetStream (see the [module docs](self)).
+pub struct NatsSink {
+    url: String,
+    rt: tokio::runtime::Runtime,
+    js: Option<jetstream::Context>,
+    streams: HashMap<String, Stream>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for NatsSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSink").field("url", &self.url).field("connected", &self.js.is_some()).finish()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> SinkError {
+    SinkError::Unavailable(e.to_string())
+}
+
+impl NatsSink {
+    /// A sink for the server at `url` (`nats://127.0.0.1:4222`). Connects lazily; once
+    /// connected, the client reconnects by itself after a server restart.
+    pub fn new(url: impl Into<String>) -> Result<Self, SinkError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| SinkError::Refused(format!("cannot start a tokio runtime: {e}")))?;
+        Ok(NatsSink {
+            url: url.into(),
+            rt,
+            js: None,
+            streams: HashMap::new(),
+            timeout: Duration::from_secs(5),
+        })
+    }
+
+    fn context(&mut self) -> Result<jetstream::Context, SinkError> {
+        if let Some(js) = &self.js {
+            return Ok(js.clone());
+        }
+        let opts = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(2))
+            .request_timeout(Some(self.timeout));
+        let client = self.rt.block_on(opts.connect(self.url.as_str())).map_err(unavailable)?;
+        let mut js = jetstream::new(client);
+        js.set_timeout(self.timeout);
+        self.js = Some(js.clone());
+        Ok(js)
+    }
+
+    /// The trail's stream; created when `create` (else `None` when it does not exist).
+    fn stream(&mut self, trail: &str, create: bool) -> Result<Option<Stream>, SinkError> {
+        check_trail_id(trail)?;
+        if let Some(s) = self.streams.get(trail) {
+            return Ok(Some(s.clone()));
+        }
+        let js = self.context()?;
+        let name = stream_name(trail);
+        let t = self.timeout;
+        let got = self.rt.block_on(async {
+            tokio::time::timeout(t, async {
+                if create {
+                    js.get_or_create_stream(Config {
+                        name: name.clone(),
+                        subjects: vec![subject(trail)],
+                        storage: StorageType::File,
+                        deny_delete: true,
+                        deny_purge: true,
+                        allow_direct: true,
+                        duplicate_window: Duration::from_secs(120),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(Some)
+                    .map_err(unavailable)
+                } else {
+                    match js.get_stream(&name).await {
+                        Ok(s) => Ok(Some(s)),
+                        Err(e) => match e.kind() {
+                            GetStreamErrorKind::JetStream(j)
+                                if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                            {
+                                Ok(None)
+                            }
+                            _ => Err(unavailable(e)),
+                        },
+                    }
+                }
+            })
+            .await
+            .map_err(|_| SinkError::Unavailable(format!("no answer about stream {name} in {t:?}")))?
+        })?;
+        if let Some(s) = &got {
+            self.streams.insert(trail.to_owned(), s.clone());
+        }
+        Ok(got)
+    }
+
+    fn get(
+        &mut self,
+        stream: &Stream,
+        seqs: std::ops::RangeInclusive<u64>,
+    ) -> Result<Vec<Record>, SinkError> {
+        let t = self.timeout;
+        self.rt.block_on(async {
+            tokio::time::timeout(t, async {
+                let gets = seqs.map(|s| stream.direct_get(s));
+                let msgs = futures_util::future::join_all(gets).await;
+                let mut out = Vec::with_capacity(msgs.len());
+                for m in msgs {
+                    let m = m.map_err(unavailable)?;
+                    let r =
+                        Record::from_payload(&m.payload).map_err(|e| SinkError::Refused(e.to_string()))?;
+                    if r.seq != m.sequence {
+                        return Err(SinkError::Refused(format!(
+                            "stream message {} holds record seq {}: not a stream this sink wrote",
+                            m.sequence, r.seq
+                        )));
+                    }
+                    out.push(r);
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(|_| SinkError::Unavailable(format!("reading the stream took over {t:?}")))?
+        })
+    }
+
+    fn last_seq(&mut self, stream: &mut Stream) -> Result<u64, SinkError> {
+        let t = self.timeout;
+        self.rt.block_on(async {
+            match tokio::time::timeout(t, stream.info()).await {
+                Ok(Ok(info)) => Ok(info.state.last_sequence),
+                Ok(Err(e)) => Err(unavailable(e)),
+                Err(_) => Err(SinkError::Unavailable("stream info timed out".into())),
+            }
+        })
+    }
+
+    /// After a refusal or a duplicate: how much of `batch` the stream holds with the same bytes.
+    fn reconcile(&mut self, trail: &str, stream: &mut Stream, batch: &[Record]) -> Result<Acked, SinkError> {
+        let first = batch[0].seq;
+        let last = self.last_seq(stream)?;
+        if last + 1 < first {
+            return Err(SinkError::Gap { trail: trail.to_owned(), sent: first, last });
+        }
+        if last < first {
+            // Nothing of the batch stored: the refusal was not about order; try again.
+            return Err(SinkError::Unavailable("publish refused; the stream holds none of the batch".into()));
+        }
+        let upto = last.min(batch.last().expect("not empty").seq);
+        let stored = self.get(stream, first..=upto)?;
+        for (mine, theirs) in batch.iter().zip(&stored) {
+            if mine != theirs {
+                return Err(SinkError::Fork { trail: trail.to_owned(), seq: mine.seq });
+            }
+        }
+        Ok(Acked { last_seq: upto })
+    }
+}
+
+impl RemoteSink for NatsSink {
+    fn send(&mut self, trail: &str, batch: &[Record]) -> Result<Acked, SinkError> {
+        let Some(first) = batch.first() else {
+            return Err(SinkError::Refused("an empty batch".into()));
+        };
+        if batch.iter().enumerate().any(|(i, r)| r.seq != first.seq + i as u64) {
+            return Err(SinkError::Refused("a batch whose seqs are not contiguous".into()));
+        }
+        let mut stream = self.stream(trail, true)?.expect("created");
+        let js = self.context()?;
+        let subj = subject(trail);
+        let t = self.timeout;
+        // Publish the whole batch pipelined, then take the acks in order.
+        let outcome: Result<Vec<(bool, u64)>, (PublishErrorKind, String)> = self.rt.block_on(async {
+            let work = async {
+                let mut acks = Vec::with_capacity(batch.len());
+                for r in batch {
+                    let mut h = HeaderMap::new();
+                    h.insert("Nats-Msg-Id", format!("{trail}:{}", r.seq).as_str());
+                    h.insert("Nats-Expected-Last-Subject-Sequence", (r.seq - 1).to_string().as_str());
+                    let fut = js
+                        .publish_with_headers(subj.clone(), h, Bytes::from(r.payload()))
+                        .await
+                        .map_err(|e| (e.kind(), e.to_string()))?;
+                    acks.push(fut);
+                }
+                let mut out = Vec::with_capacity(acks.len());
+                for fut in acks {
+                    let ack = fut.await.map_err(|e| (e.kind(), e.to_string()))?;
+                    out.push((ack.duplicate, ack.sequence));
+                }
+                Ok(out)
+            };
+            match tokio::time::timeout(t + Duration::from_secs(1), work).await {
+                Ok(r) => r,
+                Err(_) => Err((PublishErrorKind::TimedOut, format!("no ack in {t:?}"))),
+            }
+        });
+        match outcome {
+            Ok(acks) => {
+                let mut dup = false;
+                for (r, (duplicate, seq)) in batch.iter().zip(&acks) {
+                    if *seq != r.seq {
+                        return Err(SinkError::Refused(format!(
+                            "record seq {} was stored at stream sequence {seq}: the stream {} holds other messages",
+                            r.seq,
+                            stream_name(trail)
+                        )));
+                    }
+                    dup |= *duplicate;
+                }
+                if dup {
+                    // The server kept an earlier copy: it must be the same bytes.
+                    return self.reconcile(trail, &mut stream, batch);
+                }
+                Ok(Acked { last_seq: batch.last().expect("not empty").seq })
+            }
+            Err((PublishErrorKind::WrongLastSequence, _)) => self.reconcile(trail, &mut stream, batch),
+            Err((PublishErrorKind::StreamNotFound, msg)) => {
+                self.streams.remove(trail);
+                Err(SinkError::Unavailable(msg))
+            }
+            Err((_, msg)) => Err(SinkError::Unavailable(msg)),
+        }
+    }
+
+    fn last_acked(&mut self, trail: &str) -> Result<Option<u64>, SinkError> {
+        let Some(mut stream) = self.stream(trail, false)? else { return Ok(None) };
+        let last = self.last_seq(&mut stream)?;
+        Ok((last > 0).then_some(last))
+    }
+
+    fn read(&mut self, trail: &str, from_seq: u64, max: usize) -> Result<Vec<Record>, SinkError> {
+        let Some(mut stream) = self.stream(trail, false)? else { return Ok(Vec::new()) };
+        let last = self.last_seq(&mut stream)?;
+        let from = from_seq.max(1);
+        if max == 0 || from > last {
+            return Ok(Vec::new());
+        }
+        let upto = last.min(from + max as u64 - 1);
+        let mut out = Vec::new();
+        let mut at = from;
+        while at <= upto {
+            let end = upto.min(at + 255);
+            out.extend(self.get(&stream, at..=end)?);
+            at = end + 1;
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,192 @@
+//! The PostgreSQL sink: an append-only table keyed by (trail, seq).
+//!
+//! Schema ([`SCHEMA_SQL`], also `ship/sql/001_schema.sql`): table `map_wrapper_audit`
+//! (`trail text`, `seq bigint`, `header bytea`, `line bytea`, `shipped_at timestamptz`,
+//! primary key (trail, seq)); triggers refuse UPDATE, DELETE and TRUNCATE (SQLSTATE `MW002`)
+//! and an insert that leaves a gap (`MW001`: a row whose seq − 1 is not there, checked once
+//! per statement); `REVOKE ALL … FROM PUBLIC`.
+//! A batch is one statement in one transaction:
+//! `INSERT … SELECT … FROM unnest(…) ORDER BY ord ON CONFLICT (trail, seq) DO NOTHING
+//! RETURNING seq`; rows not inserted are read back and compared byte for byte (a different
+//! line is a [`SinkError::Fork`]); the commit is the acknowledgement.
+
+use postgres::error::SqlState;
+use postgres::{Client, NoTls};
+
+use crate::sink::{check_trail_id, Acked, RemoteSink, SinkError};
+use crate::Record;
+
+/// The schema and migration (idempotent; PostgreSQL 14 or later).
+pub const SCHEMA_SQL: &str = include_str!("../sql/001_schema.sql");
+
+/// Ships to a PostgreSQL table (see the [module docs](self)).
+///
+/// Connects lazily and again after a failure, so a restarted server is picked up by the
+/// next call. Add `connect_timeout=N` to the URL to bound a connection attempt.
+pub struct PostgresSink {
+    url: String,
+    client: Option<Client>,
+}
+
+impl std::fmt::Debug for PostgresSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresSink").field("connected", &self.client.is_some()).finish()
+    }
+}
+
+const INSERT: &str = "INSERT INTO map_wrapper_audit (trail, seq, header, line) \
+     SELECT $1, u.seq, u.header, u.line \
+     FROM unnest($2::bigint[], $3::bytea[], $4::bytea[]) WITH ORDINALITY AS u(seq, header, line, ord) \
+     ORDER BY u.ord \
+     ON CONFLICT (trail, seq) DO NOTHING RETURNING seq";
+
+impl PostgresSink {
+    /// A sink for the server at `url` (`postgresql://user@host:port/db?connect_timeout=5`).
+    /// Does not connect yet.
+    pub fn new(url: impl Into<String>) -> Self {
+        PostgresSink { url: url.into(), client: None }
+    }
+
+    /// Creates or updates the schema ([`SCHEMA_SQL`]); run it as the table's owner.
+    pub fn migrate(&mut self) -> Result<(), SinkError> {
+        let client = self.client()?;
+        let r = client
+            .batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock(7215392); {SCHEMA_SQL} COMMIT;"));
+        r.map_err(|e| self.fail(e))
+    }
+
+    fn client(&mut self) -> Result<&mut Client, SinkError> {
+        if self.client.as_ref().is_some_and(Client::is_closed) {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            let c = Client::connect(&self.url, NoTls).map_err(|e| classify(&e))?;
+            self.client = Some(c);
+        }
+        Ok(self.client.as_mut().expect("just connected"))
+    }
+
+    /// Classifies an error and drops a connection that may be broken.
+    fn fail(&mut self, e: postgres::Error) -> SinkError {
+        let err = classify(&e);
+        if err.is_retryable() {
+            self.client = None;
+        }
+        err
+    }
+
+    fn send_inner(
+        client: &mut Client,
+        trail: &str,
+        batch: &[Record],
+    ) -> Result<Result<Acked, SinkError>, postgres::Error> {
+        let seqs: Vec<i64> = batch.iter().map(|r| r.seq as i64).collect();
+        let headers: Vec<&[u8]> = batch.iter().map(|r| r.header.as_slice()).collect();
+        let lines: Vec<&[u8]> = batch.iter().map(|r| r.line.as_slice()).collect();
+        let mut tx = client.transaction()?;
+        let inserted = tx.query(INSERT, &[&trail, &seqs, &headers, &lines])?;
+        if inserted.len() < batch.len() {
+            // Some were there already: they must be the same bytes.
+            let mut fresh: Vec<i64> = inserted.iter().map(|r| r.get::<_, i64>(0)).collect();
+            fresh.sort_unstable();
+            let dups: Vec<i64> = seqs.iter().copied().filter(|s| fresh.binary_search(s).is_err()).collect();
+            let rows = tx.query(
+                "SELECT seq, header, line FROM map_wrapper_audit WHERE trail = $1 AND seq = ANY($2) ORDER BY seq",
+                &[&trail, &dups],
+            )?;
+            for row in rows {
+                let seq: i64 = row.get(0);
+                let header: &[u8] = row.get(1);
+                let line: &[u8] = row.get(2);
+                let mine = &batch[batch.iter().position(|r| r.seq as i64 == seq).expect("asked for")];
+                if header != mine.header.as_slice() || line != mine.line.as_slice() {
+                    tx.rollback()?;
+                    return Ok(Err(SinkError::Fork { trail: trail.to_owned(), seq: seq as u64 }));
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(Ok(Acked { last_seq: batch.last().expect("not empty").seq }))
+    }
+}
+
+fn classify(e: &postgres::Error) -> SinkError {
+    match e.code() {
+        None => SinkError::Unavailable(e.to_string()),
+        Some(code) => {
+            let c = code.code();
+            if c == "MW001" {
+                let msg = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned());
+                SinkError::Refused(msg)
+            } else if c.starts_with("08")
+                || c.starts_with("57")
+                || c.starts_with("53")
+                || c.starts_with("58")
+                || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::T_R_DEADLOCK_DETECTED
+            {
+                SinkError::Unavailable(e.to_string())
+            } else {
+                let msg = e.as_db_error().map_or_else(|| e.to_string(), |d| format!("{} ({c})", d.message()));
+                SinkError::Refused(msg)
+            }
+        }
+    }
+}
+
+impl RemoteSink for PostgresSink {
+    fn send(&mut self, trail: &str, batch: &[Record]) -> Result<Acked, SinkError> {
+        check_trail_id(trail)?;
+        let Some(first) = batch.first() else {
+            return Err(SinkError::Refused("an empty batch".into()));
+        };
+        if batch.iter().enumerate().any(|(i, r)| r.seq != first.seq + i as u64) {
+            return Err(SinkError::Refused("a batch whose seqs are not contiguous".into()));
+        }
+        let client = self.client()?;
+        match Self::send_inner(client, trail, batch) {
+            Ok(Ok(acked)) => Ok(acked),
+            Ok(Err(fork)) => Err(fork),
+            Err(e) => {
+                let err = self.fail(e);
+                if let SinkError::Refused(msg) = &err {
+                    if msg.contains(": gap in trail") {
+                        let last = self.last_acked(trail)?.unwrap_or(0);
+                        return Err(SinkError::Gap { trail: trail.to_owned(), sent: first.seq, last });
+                    }
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn last_acked(&mut self, trail: &str) -> Result<Option<u64>, SinkError> {
+        let client = self.client()?;
+        let r = client.query_one("SELECT max(seq) FROM map_wrapper_audit WHERE trail = $1", &[&trail]);
+        match r {
+            Ok(row) => Ok(row.get::<_, Option<i64>>(0).map(|s| s as u64)),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    fn read(&mut self, trail: &str, from_seq: u64, max: usize) -> Result<Vec<Record>, SinkError> {
+        let client = self.client()?;
+        let r = client.query(
+            "SELECT seq, header, line FROM map_wrapper_audit WHERE trail = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
+            &[&trail, &(from_seq.min(i64::MAX as u64) as i64), &(max.min(i64::MAX as usize) as i64)],
+        );
+        match r {
+            Ok(rows) => Ok(rows
+                .into_iter()
+                .map(|row| {
+                    Record::new(
+                        row.get::<_, i64>(0) as u64,
+                        row.get::<_, Vec<u8>>(1),
+                        row.get::<_, Vec<u8>>(2),
+                    )
+                })
+                .collect()),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! The shipper: tails a trail directory and delivers it to a [`RemoteSink`].
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::sink::{check_trail_id, RemoteSink, SinkError};
+use crate::tail::Tailer;
+use crate::{Error, Record};
+
+/// Settings of a [`Shipper`].
+#[derive(Clone, Debug)]
+pub struct ShipperConfig {
+    /// The trail id the remote copy is keyed by (1–128 of `A-Z a-z 0-9 _ -`), e.g.
+    /// `billing-host7`. One id per trail directory; two directories must never share one.
+    pub trail: String,
+    /// The trail directory (the one the `JsonLinesSink` writes).
+    pub dir: PathBuf,
+    /// Records per `send` (default 1000).
+    pub batch_records: usize,
+    /// Records read ahead of the remote's acknowledgement (default 50 000): bounds memory while
+    /// the remote is down, and how far the records lag can count.
+    pub read_ahead: usize,
+    /// How long to sleep when the trail has nothing new (default 2 ms).
+    pub poll_interval: Duration,
+    /// The longest wait between retries while the remote is unavailable (default 1 s; the
+    /// first wait is 20 ms, doubling).
+    pub max_backoff: Duration,
+}
+
+impl ShipperConfig {
+    /// The defaults for `trail` read from `dir`.
+    pub fn new(trail: impl Into<String>, dir: impl Into<PathBuf>) -> Self {
+        ShipperConfig {
+            trail: trail.into(),
+            dir: dir.into(),
+            batch_records: 1000,
+            read_ahead: 50_000,
+            poll_interval: Duration::from_millis(2),
+            max_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// How far the remote copy is behind the local trail.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Lag {
+    /// Records read from the trail and not yet acknowledged by the remote.
+    pub records: u64,
+    /// Age of the oldest record not yet acknowledged (now − its `ts`), 0 when none waits.
+    pub seconds: f64,
+    /// The remote's last acknowledged `seq` (0 before the first).
+    pub acked_seq: u64,
+    /// The last `seq` read from the local trail.
+    pub read_seq: u64,
+    /// Whether the last exchange with the remote succeeded.
+    pub remote_available: bool,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    read_seq: AtomicU64,
+    acked_seq: AtomicU64,
+    /// `ts` of the oldest unacknowledged record, µs since the epoch; 0: none.
+    oldest_unacked_us: AtomicI64,
+    available: AtomicBool,
+    stop: AtomicBool,
+}
+
+/// A handle on a running [`Shipper`] (cheap to clone, usable from any thread): its lag, and
+/// a way to stop it.
+///
+/// This is the hook the map's stats and a fail-closed policy read (see the crate docs).
+#[derive(Clone, Debug)]
+pub struct ShipperHandle(Arc<Shared>);
+
+impl ShipperHandle {
+    /// The current lag.
+    pub fn lag(&self) -> Lag {
+        let s = &self.0;
+        let read_seq = s.read_seq.load(Ordering::Acquire);
+        let acked_seq = s.acked_seq.load(Ordering::Acquire);
+        let oldest = s.oldest_unacked_us.load(Ordering::Acquire);
+        let seconds = if oldest == 0 {
+            0.0
+        } else {
+            ((chrono::Utc::now().timestamp_micros() - oldest).max(0) as f64) / 1e6
+        };
+        Lag {
+            records: read_seq.saturating_sub(acked_seq),
+            seconds,
+            acked_seq,
+            read_seq,
+            remote_available: s.available.load(Ordering::Acquire),
+        }
+    }
+
+    /// Asks the shipper to return from [`Shipper::run`] after its current step.
+    pub fn stop(&self) {
+        self.0.stop.store(true, Ordering::Release);
+    }
+}
+
+/// When [`Shipper::run`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Until {
+    /// Follow the trail until [`ShipperHandle::stop`].
+    Stopped,
+    /// Return once every complete record on disk is acknowledged (or on stop).
+    CaughtUp,
+}
+
+/// What a [`Shipper::run`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Records acknowledged by the remote during this run.
+    pub shipped: u64,
+    /// The remote's last `seq` when the run ended.
+    pub last_seq: u64,
+    /// Sends or resumes that failed with a retryable error and were retried.
+    pub retries: u64,
+}
+
+/// Delivers a trail directory to a [`RemoteSink`] at least once, in order.
+///
+/// **Cursor.** The remote's own last `seq` ([`RemoteSink::last_acked`]) is the cursor: it is
+/// read on start and after every failed exchange, and shipping resumes at the next record.
+/// It is the strongest cursor there is — it cannot be ahead of what the remote holds (a local
+/// cursor file written after the ack can lag it, and one restored from a backup can be
+/// ahead of a remote restored from an older one), and there is no second state to keep
+/// consistent. Where the remote's last record sits in the local trail is found from the
+/// segment headers' `first_seq` (one header read per segment), then one segment is scanned.
+/// Before going on, the shipper checks that the remote's last record is byte for byte the
+/// local one ([`Error::Sink`] with [`SinkError::Fork`] otherwise).
+///
+/// A record can be sent twice (a send whose acknowledgement was lost): the receiver keeps
+/// the first copy and checks the second is identical (see [`RemoteSink`]).
+pub struct Shipper<S> {
+    cfg: ShipperConfig,
+    sink: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: RemoteSink> Shipper<S> {
+    /// A shipper for `cfg.dir` to `sink`. Nothing happens until [`run`](Shipper::run).
+    pub fn new(cfg: ShipperConfig, sink: S) -> Result<Self, Error> {
+        check_trail_id(&cfg.trail)?;
+        if cfg.batch_records == 0 || cfg.read_ahead < cfg.batch_records {
+            return Err(Error::Config("batch_records must be ≥ 1 and read_ahead ≥ batch_records".into()));
+        }
+        Ok(Shipper { cfg, sink, shared: Arc::default() })
+    }
+
+    /// A handle for the lag and for stopping.
+    pub fn handle(&self) -> ShipperHandle {
+        ShipperHandle(self.shared.clone())
+    }
+
+    /// The sink (e.g. to read from it after a run).
+    pub fn sink_mut(&mut self) -> &mut S {
+        &mut self.sink
+    }
+
+    /// Ships until `until`. Retryable remote errors are retried (with backoff) for as long as
+    /// it takes; other errors end the run.
+    pub fn run(&mut self, until: Until) -> Result<Summary, Error> {
+        let mut summary = Summary::default();
+        let mut tailer: Option<Tailer> = None;
+        let mut pending: VecDeque<Record> = VecDeque::new();
+        let mut fresh: Vec<Record> = Vec::new();
+        let mut backoff = Duration::from_millis(20);
+        let trail = self.cfg.trail.clone();
+        loop {
+            if self.shared.stop.load(Ordering::Acquire) {
+                break;
+            }
+            let Some(t) = tailer.as_mut() else {
+                match self.resume() {
+                    Ok(t) => {
+                        tailer = Some(t);
+                        pending.clear();
+                        backoff = Duration::from_millis(20);
+                    }
+                    Err(Error::Sink(e)) if e.is_retryable() => {
+                        self.unavailable(&mut summary, &mut backoff);
+                    }
+                    Err(e) => return Err(e),
+                }
+                continue;
+            };
+            if pending.len() < self.cfg.read_ahead {
+                fresh.clear();
+                t.poll(self.cfg.read_ahead - pending.len(), &mut fresh)?;
+                if let Some(last) = fresh.last() {
+                    self.shared.read_seq.store(last.seq, Ordering::Release);
+                }
+                pending.extend(fresh.drain(..));
+                self.note_oldest(&pending);
+            }
+            if pending.is_empty() {
+                if until == Until::CaughtUp {
+                    break;
+                }
+                std::thread::sleep(self.cfg.poll_interval);
+                continue;
+            }
+            let n = pending.len().min(self.cfg.batch_records);
+            let result = self.sink.send(&trail, &pending.make_contiguous()[..n]);
+            match result {
+                Ok(acked) => {
+                    backoff = Duration::from_millis(20);
+                    self.shared.available.store(true, Ordering::Release);
+                    let before = pending.len();
+                    while pending.front().is_some_and(|r| r.seq <= acked.last_seq) {
+                        pending.pop_front();
+                    }
+                    summary.shipped += (before - pending.len()) as u64;
+                    summary.last_seq = acked.last_seq;
+                    self.shared.acked_seq.store(acked.last_seq, Ordering::Release);
+                    self.note_oldest(&pending);
+                }
+                // Unavailable: retry. Gap: the remote is behind what this shipper believed
+                // it acknowledged (restored from a backup, or a broker that lost unsynced
+                // messages): nothing was stored; ship again from the remote's real last seq.
+                Err(e) if e.is_retryable() || matches!(e, SinkError::Gap { .. }) => {
+                    self.unavailable(&mut summary, &mut backoff);
+                    // Ask the remote what it has; resume from there.
+                    match self.sink.last_acked(&trail) {
+                        Ok(last) => {
+                            let last = last.unwrap_or(0);
+                            while pending.front().is_some_and(|r| r.seq <= last) {
+                                pending.pop_front();
+                            }
+                            let acked = self.shared.acked_seq.load(Ordering::Acquire);
+                            let contiguous = pending
+                                .front()
+                                .map_or(last == self.shared.read_seq.load(Ordering::Acquire), |r| {
+                                    r.seq == last + 1
+                                });
+                            if !contiguous || last < acked {
+                                // The remote went back (restored?) or moved on by itself:
+                                // find the place again from scratch.
+                                tailer = None;
+                            } else {
+                                self.shared.acked_seq.store(last, Ordering::Release);
+                                summary.last_seq = last;
+                            }
+                            self.note_oldest(&pending);
+                        }
+                        Err(e) if e.is_retryable() => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(summary)
+    }
+
+    fn unavailable(&self, summary: &mut Summary, backoff: &mut Duration) {
+        self.shared.available.store(false, Ordering::Release);
+        summary.retries += 1;
+        std::thread::sleep(*backoff);
+        *backoff = (*backoff * 2).min(self.cfg.max_backoff);
+    }
+
+    fn note_oldest(&self, pending: &VecDeque<Record>) {
+        let us = pending.front().and_then(Record::ts).map_or(0, |t| t.timestamp_micros().max(1));
+        self.shared.oldest_unacked_us.store(us, Ordering::Release);
+    }
+
+    /// Reads the remote's cursor, checks its last record against the local one, and returns
+    /// a tailer positioned after it.
+    fn resume(&mut self) -> Result<Tailer, Error> {
+        let trail = self.cfg.trail.clone();
+        let last = self.sink.last_acked(&trail)?.unwrap_or(0);
+        self.shared.available.store(true, Ordering::Release);
+        if last == 0 {
+            self.shared.acked_seq.store(0, Ordering::Release);
+            return Tailer::open(&self.cfg.dir, 0);
+        }
+        let remote = self.sink.read(&trail, last, 1)?;
+        let remote = remote.into_iter().next().filter(|r| r.seq == last).ok_or_else(|| {
+            Error::Sink(SinkError::Refused(format!(
+                "the remote says its last seq is {last} but does not return it"
+            )))
+        })?;
+        let mut tailer = Tailer::open(&self.cfg.dir, last - 1)?;
+        let mut local = Vec::new();
+        tailer.poll(1, &mut local)?;
+        let Some(local) = local.pop() else {
+            return Err(Error::RemoteAhead { trail, remote_last: last });
+        };
+        if local != remote {
+            return Err(Error::Sink(SinkError::Fork { trail, seq: last }));
+        }
+        self.shared.acked_seq.store(last, Ordering::Release);
+        self.shared.read_seq.fetch_max(last, Ordering::AcqRel);
+        Ok(tailer)
+    }
+}
