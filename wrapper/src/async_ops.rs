@@ -38,6 +38,19 @@ where
     K: Hash + Eq,
     S: BuildHasher,
 {
+    /// [`start`](WithContext::start) for an async operation: a mutation of an audited map
+    /// awaits room in the sink's queue (back-pressure) without blocking the thread.
+    pub(crate) async fn start_async(&self, op: Op) -> Result<FullOp<'m, 'c>, MapError> {
+        let t0 = match &self.map.audit {
+            Some(a) if op.is_mutation() => {
+                let eff = crate::context::Effective::new(self.ctx);
+                Some(a.begin_async(&self.map.name, op, &eff, self.map.timeout).await?)
+            }
+            _ => None,
+        };
+        Ok(FullOp { waiter: self.begin(op), t0 })
+    }
+
     /// The async way to the write lock of shard `idx` on the full path; a refusal is recorded
     /// (with `key`, when the call owns one) and returned.
     pub(crate) async fn full_write_async(
@@ -83,7 +96,7 @@ where
             let done = self.put(&RecordNothing, idx, &mut table, hash, key, value);
             return Ok(fast_done(counted, table, done));
         }
-        let mut op = self.start(Op::Insert)?;
+        let mut op = self.start_async(Op::Insert).await?;
         let mut table = self.full_write_async(&mut op, idx, Some(&key)).await?;
         let done = self.put(&self.recorder(&op), idx, &mut table, hash, key, value);
         drop(table);
@@ -108,7 +121,7 @@ where
             count_ok(counted);
             return Ok(r);
         }
-        let mut op = self.start(op)?;
+        let mut op = self.start_async(op).await?;
         let table = op.waiter.read_async(idx, &self.map.shards[idx]).await?;
         Ok(f(table.find(hash, |(k, _)| k.borrow() == key)))
     }
@@ -143,7 +156,7 @@ where
         if let Some((_counted, table)) = self.fast_read(Op::View, idx) {
             return Ok(self.look(idx, &table, hash, key, f));
         }
-        let mut op = self.start(Op::View)?;
+        let mut op = self.start_async(Op::View).await?;
         let table = op.waiter.read_async(idx, &self.map.shards[idx]).await?;
         Ok(self.look(idx, &table, hash, key, f))
     }
@@ -165,7 +178,7 @@ where
             let done = self.take(&RecordNothing, idx, &mut table, hash, key, f);
             return Ok(fast_done(counted, table, done));
         }
-        let mut op = self.start(op)?;
+        let mut op = self.start_async(op).await?;
         let mut table = self.full_write_async(&mut op, idx, None).await?;
         let done = self.take(&self.recorder(&op), idx, &mut table, hash, key, f);
         drop(table);
@@ -213,7 +226,7 @@ where
             let done = self.modify(&RecordNothing, idx, &mut table, hash, key, f);
             return Ok(fast_done(counted, table, done));
         }
-        let mut op = self.start(Op::Update)?;
+        let mut op = self.start_async(Op::Update).await?;
         let mut table = self.full_write_async(&mut op, idx, None).await?;
         let done = self.modify(&self.recorder(&op), idx, &mut table, hash, key, f);
         drop(table);
@@ -230,7 +243,7 @@ where
             let done = self.replace(&RecordNothing, idx, &mut table, hash, key, f);
             return Ok(fast_done(counted, table, done));
         }
-        let mut op = self.start(Op::Alter)?;
+        let mut op = self.start_async(Op::Alter).await?;
         let mut table = self.full_write_async(&mut op, idx, Some(&key)).await?;
         let done = self.replace(&self.recorder(&op), idx, &mut table, hash, key, f);
         drop(table);
@@ -245,7 +258,7 @@ where
         op: Op,
         mut f: impl FnMut(&Recording<'_, K, V>, usize, &mut Table<K, V>) -> ShardDone<K, V>,
     ) -> Result<(), MapError> {
-        let mut op = self.start(op)?;
+        let mut op = self.start_async(op).await?;
         if let Err(e) = op.waiter.refuse_if_in_closure() {
             let shard = e.shard().unwrap_or(0);
             return Err(self.recorder(&op).refused(shard, None, e));
@@ -306,7 +319,7 @@ where
 
     /// See [`MapWrapper::extend_async`].
     pub async fn extend_async<I: IntoIterator<Item = (K, V)>>(self, iter: I) -> Result<usize, MapError> {
-        let mut op = self.start(Op::Extend)?;
+        let mut op = self.start_async(Op::Extend).await?;
         op.waiter.start_clock();
         let mut n = 0;
         let (mut last, mut result) = (None, Ok(()));
@@ -404,7 +417,7 @@ where
             let done = with.upsert(&RecordNothing, idx, &mut table, hash, key, make, modify, modifies);
             return Ok(fast_done(counted, table, done));
         }
-        let mut op = with.start(Op::Entry)?;
+        let mut op = with.start_async(Op::Entry).await?;
         let mut table = with.full_write_async(&mut op, idx, Some(&key)).await?;
         let done = with.upsert(&with.recorder(&op), idx, &mut table, hash, key, make, modify, modifies);
         drop(table);

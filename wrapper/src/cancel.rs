@@ -11,7 +11,7 @@ use std::task::Waker;
 /// from it (and their children); cancelling a child leaves its parent alone. A map operation
 /// whose context carries a cancelled token fails with
 /// [`ErrorKind::Cancelled`](crate::ErrorKind::Cancelled) before it takes a lock, and an
-/// operation that is waiting for a lock notices the cancellation within about a millisecond.
+/// operation that is waiting for a lock is woken by the cancellation and fails at once.
 ///
 /// # Examples
 ///

@@ -242,7 +242,7 @@ pub(crate) fn fast_done<G, T, D>(
 /// [`MapWrapper::with`](crate::MapWrapper::with). It has the same operations, documented on [`MapWrapper`](crate::MapWrapper).
 pub struct WithContext<'m, 'c, K, V, S = RandomState> {
     pub(crate) map: &'m MapWrapper<K, V, S>,
-    ctx: Option<&'c OpContext>,
+    pub(crate) ctx: Option<&'c OpContext>,
 }
 
 impl<'m, 'c, K, V, S> WithContext<'m, 'c, K, V, S> {
@@ -268,7 +268,7 @@ impl<K, V, S> fmt::Debug for WithContext<'_, '_, K, V, S> {
 /// statistics) and, for a mutation of an audited map, the start of its audit clock.
 pub(crate) struct FullOp<'m, 'c> {
     pub(crate) waiter: Waiter<'m, 'c>,
-    t0: Option<Instant>,
+    pub(crate) t0: Option<Instant>,
 }
 
 impl<'m, 'c, K, V, S> WithContext<'m, 'c, K, V, S>

@@ -112,7 +112,8 @@
 //! a per-thread stripe of the statistics (one relaxed atomic add). Everything else — a lock
 //! that is taken, a context, an audited map, a sampled operation (one in
 //! [`Builder::latency_sampling`] of a thread on the map is timed), an open breaker — goes the
-//! full way: a bounded wait under the deadline, polling the cancel token, timing, auditing.
+//! full way: a wait in the shard's fair queue, bounded by the deadline and woken by the
+//! cancel token, timing, auditing.
 //! Both paths give the same results, errors and counts.
 //!
 //! The fast path exists because on a table far larger than the caches an operation costs its

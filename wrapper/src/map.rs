@@ -36,8 +36,8 @@ use crate::{MapError, OpContext};
 /// **Waiting.** An operation that finds its shard locked waits at most until its deadline
 /// (500 ms by default; see [`Builder::timeout`] and [`OpContext`]), then returns
 /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout). A cancelled [`CancelToken`](crate::CancelToken) makes it return
-/// [`ErrorKind::Cancelled`](crate::ErrorKind::Cancelled), before it locks anything or within about a millisecond while it
-/// waits. An uncontended operation does not read the clock.
+/// [`ErrorKind::Cancelled`](crate::ErrorKind::Cancelled), before it locks anything or, while it
+/// waits, as soon as the token is cancelled (the waiter is woken). An uncontended operation does not read the clock.
 ///
 /// **Re-entrancy.** A thread that holds a shard (a live [`Ref`] from [`get`](MapWrapper::get),
 /// or a closure the map is running for [`update`](MapWrapper::update), [`view`](MapWrapper::view),

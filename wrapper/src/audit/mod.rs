@@ -469,7 +469,39 @@ impl<K, V> MapAudit<K, V> {
         }
         let now = Instant::now();
         let deadline = eff.deadline_from(now, default_timeout);
-        match self.auditor.sink.admit(deadline) {
+        self.admitted(map, op, now, deadline, self.auditor.sink.admit(deadline))
+    }
+
+    /// [`begin`](Self::begin) for an async operation: a full queue is waited for on the
+    /// library's helper thread (see `durable.rs`), not on the task's thread.
+    pub(crate) async fn begin_async(
+        &self,
+        map: &Arc<str>,
+        op: Op,
+        eff: &Effective<'_>,
+        default_timeout: std::time::Duration,
+    ) -> Result<Instant, MapError> {
+        if self.auditor.fail_mode == FailMode::FailClosed {
+            if let Err(e) = self.auditor.sink.health() {
+                return Err(MapError::audit_unavailable(map, e.reason().clone()));
+            }
+        }
+        let now = Instant::now();
+        let deadline = eff.deadline_from(now, default_timeout);
+        let admitted = durable::admit(&self.auditor.sink, deadline).await;
+        self.admitted(map, op, now, deadline, admitted)
+    }
+
+    /// The start of a mutation once the sink answered its admission.
+    fn admitted(
+        &self,
+        map: &Arc<str>,
+        op: Op,
+        now: Instant,
+        deadline: Instant,
+        admitted: Result<(), AdmitError>,
+    ) -> Result<Instant, MapError> {
+        match admitted {
             Ok(()) => Ok(now),
             Err(AdmitError::Full { waited, .. }) => {
                 Err(MapError::audit_queue_full(map, op, waited, deadline.saturating_duration_since(now)))
