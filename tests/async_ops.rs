@@ -549,3 +549,34 @@ fn a_synced_insert_awaits_its_group_commit_without_blocking_its_thread() {
         });
     });
 }
+
+#[test]
+fn every_async_operation_is_a_send_future_for_send_and_sync_keys_and_values() {
+    // tokio::spawn on a multi-thread runtime needs Send futures: checked at compile time.
+    fn send<T: Send>(t: T) -> T {
+        t
+    }
+    let map: MapWrapper<String, Vec<u8>> = MapWrapper::new();
+    let ctx = OpContext::new();
+    let rt = current_thread();
+    rt.block_on(async {
+        send(map.insert_async("k".into(), vec![1])).await.unwrap();
+        send(map.get_cloned_async("k")).await.unwrap();
+        send(map.contains_key_async("k")).await.unwrap();
+        send(map.view_async("k", |v| v.len())).await.unwrap();
+        send(map.update_async("k", |v| v.push(2))).await.unwrap();
+        send(map.alter_async("k".into(), |v| v.cloned())).await.unwrap();
+        send(map.entry("e".into()).and_modify(|v| v.push(0)).or_insert_async(vec![])).await.unwrap();
+        send(map.entry("d".into()).or_default_async()).await.unwrap();
+        send(map.remove_if_async("e", |_, _| true)).await.unwrap();
+        send(map.remove_entry_async("d")).await.unwrap();
+        send(map.extend_async(vec![("x".to_string(), vec![])])).await.unwrap();
+        send(map.retain_async(|k, _| k != "x")).await.unwrap();
+        send(map.with(&ctx).remove_async("k")).await.unwrap();
+        assert_eq!(send(map.len_async()).await.unwrap(), 0);
+        assert!(send(map.is_empty_async()).await.unwrap());
+        send(map.clear_async()).await.unwrap();
+        send(OpContext::new().actor("a").scope(map.insert_async("s".into(), vec![]))).await.unwrap();
+    });
+    assert_eq!(map.len().unwrap(), 1);
+}
