@@ -97,9 +97,11 @@ where
             return Ok(fast_done(counted, table, done));
         }
         let mut op = self.start_async(Op::Insert).await?;
-        let mut table = self.full_write_async(&mut op, idx, Some(&key)).await?;
-        let done = self.put(&self.recorder(&op), idx, &mut table, hash, key, value);
-        drop(table);
+        // The guard lives in this block only: no `.await` while it is held.
+        let done = {
+            let mut table = self.full_write_async(&mut op, idx, Some(&key)).await?;
+            self.put(&self.recorder(&op), idx, &mut table, hash, key, value)
+        };
         self.full_done_async(done).await
     }
 
@@ -179,9 +181,11 @@ where
             return Ok(fast_done(counted, table, done));
         }
         let mut op = self.start_async(op).await?;
-        let mut table = self.full_write_async(&mut op, idx, None).await?;
-        let done = self.take(&self.recorder(&op), idx, &mut table, hash, key, f);
-        drop(table);
+        // The guard lives in this block only: no `.await` while it is held.
+        let done = {
+            let mut table = self.full_write_async(&mut op, idx, None).await?;
+            self.take(&self.recorder(&op), idx, &mut table, hash, key, f)
+        };
         self.full_done_async(done).await
     }
 
@@ -227,9 +231,11 @@ where
             return Ok(fast_done(counted, table, done));
         }
         let mut op = self.start_async(Op::Update).await?;
-        let mut table = self.full_write_async(&mut op, idx, None).await?;
-        let done = self.modify(&self.recorder(&op), idx, &mut table, hash, key, f);
-        drop(table);
+        // The guard lives in this block only: no `.await` while it is held.
+        let done = {
+            let mut table = self.full_write_async(&mut op, idx, None).await?;
+            self.modify(&self.recorder(&op), idx, &mut table, hash, key, f)
+        };
         self.full_done_async(done).await
     }
 
@@ -244,9 +250,11 @@ where
             return Ok(fast_done(counted, table, done));
         }
         let mut op = self.start_async(Op::Alter).await?;
-        let mut table = self.full_write_async(&mut op, idx, Some(&key)).await?;
-        let done = self.replace(&self.recorder(&op), idx, &mut table, hash, key, f);
-        drop(table);
+        // The guard lives in this block only: no `.await` while it is held.
+        let done = {
+            let mut table = self.full_write_async(&mut op, idx, Some(&key)).await?;
+            self.replace(&self.recorder(&op), idx, &mut table, hash, key, f)
+        };
         self.full_done_async(done).await
     }
 
@@ -418,9 +426,11 @@ where
             return Ok(fast_done(counted, table, done));
         }
         let mut op = with.start_async(Op::Entry).await?;
-        let mut table = with.full_write_async(&mut op, idx, Some(&key)).await?;
-        let done = with.upsert(&with.recorder(&op), idx, &mut table, hash, key, make, modify, modifies);
-        drop(table);
+        // The guard lives in this block only: no `.await` while it is held.
+        let done = {
+            let mut table = with.full_write_async(&mut op, idx, Some(&key)).await?;
+            with.upsert(&with.recorder(&op), idx, &mut table, hash, key, make, modify, modifies)
+        };
         with.full_done_async(done).await
     }
 }

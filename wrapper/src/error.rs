@@ -338,7 +338,7 @@ impl fmt::Display for MapError {
             ),
             ErrorKind::Timeout => write!(
                 f,
-                "`{op}` on map `{map}` timed out after waiting {:?} for shard {}, which another thread \
+                "`{op}` on map `{map}` timed out after waiting {:?} for shard {}, which another thread or task \
                  held (the operation's time limit is {:?}): retry, raise the timeout (OpContext::timeout \
                  or the builder's timeout), or shorten what runs under the lock",
                 dur(d.waited),

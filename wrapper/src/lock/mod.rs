@@ -205,3 +205,60 @@ pub(crate) async fn write_async_owned<T: ?Sized>(
     // SAFETY: the write lock was just acquired and is owned by no guard yet.
     Ok(unsafe { lock.make_write_guard_unchecked() })
 }
+
+/// Under `cfg(loom)` only the queue is modelled (`loom_tests`); the rest of the crate still
+/// has to compile, so the shards fall back to parking_lot's `RwLock` (the waits below are
+/// plain timed waits; no map code runs in loom models).
+#[cfg(loom)]
+mod loom_fallback {
+    use std::time::Instant;
+
+    use super::WaitError;
+    use crate::CancelToken;
+
+    pub type RwLock<T> = parking_lot::RwLock<T>;
+    pub type RwLockReadGuard<'a, T> = parking_lot::RwLockReadGuard<'a, T>;
+    pub type RwLockWriteGuard<'a, T> = parking_lot::RwLockWriteGuard<'a, T>;
+    pub type MappedRwLockReadGuard<'a, T> = parking_lot::MappedRwLockReadGuard<'a, T>;
+
+    fn far(deadline: Option<Instant>) -> Instant {
+        deadline.unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(86_400))
+    }
+
+    pub(crate) fn read_until<'a, T: ?Sized>(
+        lock: &'a RwLock<T>,
+        deadline: Option<Instant>,
+        _: Option<&CancelToken>,
+    ) -> Result<RwLockReadGuard<'a, T>, WaitError> {
+        lock.try_read_until(far(deadline)).ok_or(WaitError::Timeout)
+    }
+
+    pub(crate) fn write_until<'a, T: ?Sized>(
+        lock: &'a RwLock<T>,
+        deadline: Option<Instant>,
+        _: Option<&CancelToken>,
+    ) -> Result<RwLockWriteGuard<'a, T>, WaitError> {
+        lock.try_write_until(far(deadline)).ok_or(WaitError::Timeout)
+    }
+
+    pub(crate) async fn read_async_owned<T: ?Sized>(
+        lock: &RwLock<T>,
+        deadline: Option<Instant>,
+        cancel: Option<CancelToken>,
+    ) -> Result<RwLockReadGuard<'_, T>, WaitError> {
+        read_until(lock, deadline, cancel.as_ref())
+    }
+
+    pub(crate) async fn write_async_owned<T: ?Sized>(
+        lock: &RwLock<T>,
+        deadline: Option<Instant>,
+        cancel: Option<CancelToken>,
+    ) -> Result<RwLockWriteGuard<'_, T>, WaitError> {
+        write_until(lock, deadline, cancel.as_ref())
+    }
+}
+
+#[cfg(loom)]
+pub(crate) use loom_fallback::{read_async_owned, read_until, write_async_owned, write_until};
+#[cfg(loom)]
+pub use loom_fallback::{MappedRwLockReadGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};

@@ -53,7 +53,7 @@ pub(crate) fn register(deadline: Instant, waker: Waker) -> Option<TimerEntry> {
         heap.retain(|Reverse((_, id))| wakers.contains_key(id));
     }
     drop(s);
-    if earliest.map_or(true, |e| deadline < e) {
+    if !matches!(earliest, Some(e) if deadline >= e) {
         timer.changed.notify_one();
     }
     Some(TimerEntry { id })
