@@ -216,9 +216,13 @@ mod loom_fallback {
     use super::WaitError;
     use crate::CancelToken;
 
+    /// The shards' lock in loom builds.
     pub type RwLock<T> = parking_lot::RwLock<T>;
+    /// Its read guard.
     pub type RwLockReadGuard<'a, T> = parking_lot::RwLockReadGuard<'a, T>;
+    /// Its write guard.
     pub type RwLockWriteGuard<'a, T> = parking_lot::RwLockWriteGuard<'a, T>;
+    /// Its mapped read guard.
     pub type MappedRwLockReadGuard<'a, T> = parking_lot::MappedRwLockReadGuard<'a, T>;
 
     fn far(deadline: Option<Instant>) -> Instant {
