@@ -41,6 +41,18 @@ trait Sized {}
 #[allow(dead_code)]
 trait FnOnce {}
 #[allow(dead_code)]
+trait Debug {}
+#[allow(dead_code)]
+trait PartialEq {}
+#[allow(dead_code)]
+trait Deserialize {}
+#[allow(dead_code)]
+trait Deserializer {}
+#[allow(dead_code)]
+struct Formatter;
+#[allow(dead_code)]
+struct BreakerConfig;
+#[allow(dead_code)]
 mod core {}
 #[allow(dead_code)]
 mod __private {}
@@ -57,6 +69,37 @@ pub struct Inventory<'a, T: std::hash::Hash + Eq> {
     #[guard(redact)]
     r#type: HashMap<u8, u8>,
     note: T,
+}
+
+/// The std traits and serde taken over, a breaker, a generic key: all by absolute path.
+#[::map_wrapper::guarded_map(audit = "catalog", breaker(failure_rate = 50))]
+#[derive(
+    std::fmt::Debug,
+    std::clone::Clone,
+    std::cmp::PartialEq,
+    std::cmp::Eq,
+    ::serde::Serialize,
+    ::serde::Deserialize,
+)]
+pub struct Catalog<T: std::hash::Hash + Eq> {
+    /// Items by key.
+    pub items: HashMap<T, u32>,
+    /// A plain field.
+    pub note: String,
+}
+
+#[test]
+fn taken_over_traits_and_serde_ignore_the_names_in_scope() {
+    let c: Catalog<u8> = Catalog::new();
+    assert!(c.items_insert(1, 2).is_ok());
+    let copy = std::clone::Clone::clone(&c);
+    assert!(copy == c);
+    assert_eq!(format!("{c:?}"), "Catalog { items: {1: 2}, note: \"\" }");
+    let json = serde_json::to_string(&c).expect("serializes");
+    let back: Catalog<u8> = serde_json::from_str(&json).expect("deserializes");
+    assert!(back == c);
+    assert_eq!(back.items().name(), "catalog.items");
+    assert!(back.items().breaker().is_some());
 }
 
 /// Uses nothing but the derive, on an already-wrapped field.

@@ -11,9 +11,78 @@ use syn::{Attribute, Expr, ExprLit, Lit, Meta, Token};
 use crate::ctxt::Ctxt;
 
 /// The options a struct takes.
-const STRUCT_OPTIONS: &str = "`audit`, `timeout_ms`, `slow_ms`, `shards`, `crate`";
+const STRUCT_OPTIONS: &str =
+    "`audit`, `timeout_ms`, `slow_ms`, `shards`, `breaker`, `no_new`, `no_default`, `crate`";
 /// The options a field takes.
-const FIELD_OPTIONS: &str = "`name`, `redact`, `digest`, `timeout_ms`, `skip`";
+const FIELD_OPTIONS: &str = "`name`, `redact`, `digest`, `timeout_ms`, `breaker`, `map`, `skip`";
+/// The settings `breaker(...)` takes.
+const BREAKER_OPTIONS: &str =
+    "`failure_rate`, `slow_rate`, `combined_rate`, `min_calls`, `window`, `open_ms`";
+
+/// `breaker` or `breaker(failure_rate = 50, …)`: a circuit breaker on the map(s), each
+/// setting as written (unchecked).
+#[derive(Clone, Default)]
+pub(crate) struct BreakerOpts {
+    /// Where `breaker` was written.
+    pub(crate) span: Option<Span>,
+    /// Percentages, 1 to 100.
+    pub(crate) failure_rate: Option<Setting<u64>>,
+    pub(crate) slow_rate: Option<Setting<u64>>,
+    pub(crate) combined_rate: Option<Setting<u64>>,
+    /// `min_calls`: calls the window holds before the breaker may trip.
+    pub(crate) min_calls: Option<Setting<u64>>,
+    /// `window`: the last N calls.
+    pub(crate) window: Option<Setting<u64>>,
+    /// `open_ms`: how long the breaker stays open before probing.
+    pub(crate) open_ms: Option<Setting<u64>>,
+}
+
+impl BreakerOpts {
+    /// Reads `breaker` / `breaker(...)`; a repeated `breaker` is an error.
+    fn parse(cx: &mut Ctxt, meta: &ParseNestedMeta<'_>, slot: &mut Option<BreakerOpts>) -> syn::Result<()> {
+        let span = meta.path.get_ident().map_or_else(Span::call_site, |i| i.span());
+        if meta.input.peek(Token![=]) {
+            skip_value(meta)?;
+            cx.error_at(
+                span,
+                "`breaker` takes its settings in parentheses, e.g. `breaker(failure_rate = 50, open_ms = 1000)`, \
+                 or none: `breaker`",
+            );
+            return Ok(());
+        }
+        let mut b = BreakerOpts { span: Some(span), ..BreakerOpts::default() };
+        if meta.input.peek(syn::token::Paren) {
+            meta.parse_nested_meta(|inner| {
+                let name = option_name(&inner);
+                let (slot, example) = match name.as_str() {
+                    "failure_rate" => (&mut b.failure_rate, "failure_rate = 50"),
+                    "slow_rate" => (&mut b.slow_rate, "slow_rate = 50"),
+                    "combined_rate" => (&mut b.combined_rate, "combined_rate = 50"),
+                    "min_calls" => (&mut b.min_calls, "min_calls = 20"),
+                    "window" => (&mut b.window, "window = 100"),
+                    "open_ms" => (&mut b.open_ms, "open_ms = 1000"),
+                    _ => {
+                        skip_value(&inner)?;
+                        cx.error_spanned_by(
+                            &inner.path,
+                            format!("unknown breaker setting `{name}`; expected one of {BREAKER_OPTIONS}"),
+                        );
+                        return Ok(());
+                    }
+                };
+                let value = int_value(cx, &inner, &name, example)?;
+                set(cx, &inner, slot, value);
+                Ok(())
+            })?;
+        }
+        if slot.is_some() {
+            cx.error_at(span, "duplicate option `breaker`");
+        } else {
+            *slot = Some(b);
+        }
+        Ok(())
+    }
+}
 
 /// The helper attribute on fields (and, for the derive, on the struct).
 pub(crate) const GUARD: &str = "guard";
@@ -40,6 +109,12 @@ pub(crate) struct ContainerOpts {
     pub(crate) shards: Option<Setting<u64>>,
     /// `crate = "path::to::map_wrapper"`.
     pub(crate) krate: Option<Setting<syn::Path>>,
+    /// `breaker` / `breaker(...)`: every map gets a circuit breaker.
+    pub(crate) breaker: Option<BreakerOpts>,
+    /// `no_new`: no generated `new()` (the user writes their own).
+    pub(crate) no_new: Option<Span>,
+    /// `no_default`: no generated `impl Default` (the user writes their own).
+    pub(crate) no_default: Option<Span>,
 }
 
 /// The options of one field: `#[guard(...)]`.
@@ -57,6 +132,11 @@ pub(crate) struct FieldOpts {
     pub(crate) timeout_ms: Option<Setting<u64>>,
     /// `skip`.
     pub(crate) skip: Option<Span>,
+    /// `map`: guard the field although its type is not recognisably a map (a type alias,
+    /// `use HashMap as Map`).
+    pub(crate) map: Option<Span>,
+    /// `breaker` / `breaker(...)`: this map's circuit breaker (replaces the struct's).
+    pub(crate) breaker: Option<BreakerOpts>,
 }
 
 impl FieldOpts {
@@ -74,6 +154,12 @@ impl FieldOpts {
         }
         if let Some(s) = &self.timeout_ms {
             given.push(("timeout_ms", s.span));
+        }
+        if let Some(s) = self.map {
+            given.push(("map", s));
+        }
+        if let Some(s) = self.breaker.as_ref().and_then(|b| b.span) {
+            given.push(("breaker", s));
         }
         given
     }
@@ -140,7 +226,10 @@ impl ContainerOpts {
                 });
                 set(cx, &meta, &mut self.krate, path);
             }
-            "name" | "redact" | "digest" | "skip" => {
+            "breaker" => BreakerOpts::parse(cx, &meta, &mut self.breaker)?,
+            "no_new" => flag(cx, &meta, "no_new", &mut self.no_new)?,
+            "no_default" => flag(cx, &meta, "no_default", &mut self.no_default)?,
+            "name" | "redact" | "digest" | "skip" | "map" => {
                 skip_value(&meta)?;
                 cx.error_spanned_by(
                     &meta.path,
@@ -188,7 +277,9 @@ impl FieldOpts {
             "redact" => flag(cx, &meta, "redact", &mut self.redact)?,
             "digest" => flag(cx, &meta, "digest", &mut self.digest)?,
             "skip" => flag(cx, &meta, "skip", &mut self.skip)?,
-            "audit" | "slow_ms" | "shards" | "crate" => {
+            "map" => flag(cx, &meta, "map", &mut self.map)?,
+            "breaker" => BreakerOpts::parse(cx, &meta, &mut self.breaker)?,
+            "audit" | "slow_ms" | "shards" | "crate" | "no_new" | "no_default" => {
                 skip_value(&meta)?;
                 cx.error_spanned_by(
                     &meta.path,

@@ -9,7 +9,7 @@ use syn::ext::IdentExt;
 use syn::punctuated::Punctuated;
 
 use crate::ast::{Container, Mode, Shape};
-use crate::attr::{Setting, GUARD};
+use crate::attr::{BreakerOpts, Setting, GUARD};
 use crate::ctxt::Ctxt;
 use crate::expand::{ACCESSOR_SUFFIXES, CONSTRUCTORS};
 
@@ -41,6 +41,78 @@ pub(crate) struct Plan {
     pub(crate) slow_ms: Option<u64>,
     pub(crate) shards: Option<u64>,
     pub(crate) policy: Policy,
+    /// A circuit breaker (checked settings), or none.
+    pub(crate) breaker: Option<BreakerPlan>,
+}
+
+/// The checked settings of a map's circuit breaker; `None` leaves the runtime's default.
+#[derive(Clone, Default)]
+pub(crate) struct BreakerPlan {
+    /// Percentages, 1 to 100. When none is given the runtime's default rule applies.
+    pub(crate) failure_rate: Option<u64>,
+    pub(crate) slow_rate: Option<u64>,
+    pub(crate) combined_rate: Option<u64>,
+    pub(crate) min_calls: Option<u64>,
+    pub(crate) window: Option<u64>,
+    pub(crate) open_ms: Option<u64>,
+}
+
+/// `map_wrapper::breaker::MAX_WINDOW_CALLS`.
+pub(crate) const MAX_WINDOW_CALLS: u64 = 1 << 24;
+/// `BreakerConfig::default()`'s window and minimum number of calls.
+const DEFAULT_BREAKER_WINDOW: u64 = 100;
+const DEFAULT_BREAKER_MIN_CALLS: u64 = 20;
+
+/// Checks `breaker(...)` against the rules `BreakerConfig` applies at run time.
+fn check_breaker(cx: &mut Ctxt, b: &BreakerOpts) -> BreakerPlan {
+    for (name, rate) in
+        [("failure_rate", &b.failure_rate), ("slow_rate", &b.slow_rate), ("combined_rate", &b.combined_rate)]
+    {
+        if let Some(r) = rate.as_ref().filter(|r| !(1..=100).contains(&r.value)) {
+            cx.error_at(
+                r.span,
+                format!("`{name}` is a percentage from 1 to 100, e.g. `{name} = 50`; got {}", r.value),
+            );
+        }
+    }
+    if let Some(w) = b.window.as_ref().filter(|w| !(1..=MAX_WINDOW_CALLS).contains(&w.value)) {
+        cx.error_at(
+            w.span,
+            format!(
+                "`window` is the number of last calls the breaker weighs, 1 to {MAX_WINDOW_CALLS}; got {}",
+                w.value
+            ),
+        );
+    }
+    if let Some(m) = &b.min_calls {
+        let window = b.window.as_ref().map_or(DEFAULT_BREAKER_WINDOW, |w| w.value);
+        if m.value == 0 {
+            cx.error_at(m.span, "`min_calls` must be at least 1, e.g. `min_calls = 20`");
+        } else if m.value > window {
+            cx.error_at(
+                m.span,
+                format!("`min_calls = {}` is more than the window holds ({window} calls): the breaker could never trip; lower it or raise `window`", m.value),
+            );
+        }
+    } else if let Some(w) = b.window.as_ref().filter(|w| w.value >= 1 && w.value < DEFAULT_BREAKER_MIN_CALLS)
+    {
+        cx.error_at(
+            w.span,
+            format!("`window = {}` holds fewer calls than the default `min_calls` ({DEFAULT_BREAKER_MIN_CALLS}): give `min_calls` too", w.value),
+        );
+    }
+    if let Some(o) = b.open_ms.as_ref().filter(|o| o.value == 0) {
+        cx.error_at(o.span, "`open_ms` must be at least 1: a breaker that reopens at once does not protect");
+    }
+    let v = |s: &Option<Setting<u64>>| s.as_ref().map(|s| s.value);
+    BreakerPlan {
+        failure_rate: v(&b.failure_rate),
+        slow_rate: v(&b.slow_rate),
+        combined_rate: v(&b.combined_rate),
+        min_calls: v(&b.min_calls),
+        window: v(&b.window),
+        open_ms: v(&b.open_ms),
+    }
 }
 
 /// Checks the struct and returns, for each field in order, the settings of its map (`None`
@@ -83,6 +155,15 @@ pub(crate) fn check(cx: &mut Ctxt, c: &Container<'_>) -> Vec<Option<Plan>> {
                 format!("`shards` must be a power of two from 1 to {MAX_SHARDS}, e.g. `shards = 16`"),
             );
         }
+    }
+
+    let struct_breaker = c.opts.breaker.as_ref().map(|b| check_breaker(cx, b));
+    if let (Some(_), Some(no_default)) = (c.opts.no_new, c.opts.no_default) {
+        cx.error_at(
+            no_default,
+            "`no_new` and `no_default` together leave no way to make the struct with its maps \
+             configured as declared: keep one of them (your own `new()` can call `Self::default()`)",
+        );
     }
 
     let mut names: BTreeMap<String, &syn::Ident> = BTreeMap::new();
@@ -148,12 +229,22 @@ pub(crate) fn check(cx: &mut Ctxt, c: &Container<'_>) -> Vec<Option<Plan>> {
                 if let (Some(marked), None) = (f.opts.marked, f.opts.skip) {
                     let expected =
                         if c.mode == Mode::Derive { "a `MapWrapper`" } else { "a `HashMap` or `MapWrapper`" };
+                    let why = crate::ast::left_alone_because(&f.original.ty);
+                    let hint = if f.opts.map.is_some() {
+                        "`map` applies to a type path that names a `HashMap` or `MapWrapper` (an alias)"
+                    } else if why.starts_with("not a map (") {
+                        "if its type is an alias of a map, write `#[guard(map)]`; otherwise remove the attribute"
+                    } else {
+                        "remove the attribute"
+                    };
+                    let what = if why.starts_with("not a map") {
+                        format!("not {expected}")
+                    } else {
+                        why.to_string()
+                    };
                     cx.error_at(
                         marked,
-                        format!(
-                            "`#[guard]` is for map fields, and field `{field_name}` is not {expected}; \
-                             remove the attribute"
-                        ),
+                        format!("`#[guard]` is for map fields, and field `{field_name}` is {what}; {hint}"),
                     );
                 }
                 plans.push(None);
@@ -241,12 +332,17 @@ pub(crate) fn check(cx: &mut Ctxt, c: &Container<'_>) -> Vec<Option<Plan>> {
         } else {
             Policy::Full
         };
+        let breaker = match &f.opts.breaker {
+            Some(b) => Some(check_breaker(cx, b)),
+            None => struct_breaker.clone(),
+        };
         plans.push(Some(Plan {
             name,
             timeout_ms: field_timeout,
             slow_ms,
             shards: c.opts.shards.as_ref().map(|s| s.value),
             policy,
+            breaker,
         }));
     }
 
@@ -302,11 +398,27 @@ fn check_container_attrs(cx: &mut Ctxt, c: &Container<'_>) {
         };
         for path in paths {
             let Some(last) = path.segments.last() else { continue };
-            if last.ident == "Default" {
+            let derived = last.ident.to_string();
+            if derived == "Default" && (c.mode == Mode::Derive || c.opts.no_default.is_some()) {
                 cx.error_spanned_by(
                     &path,
-                    "`GuardedMap` implements `Default` (by calling the generated `new()`): remove \
-                     `Default` from this derive",
+                    if c.mode == Mode::Derive {
+                        "`GuardedMap` implements `Default` (by calling the generated `new()`): remove \
+                         `Default` from this derive"
+                    } else {
+                        "`no_default` asks for no generated `Default`, and a derived one would make every map \
+                         with the default settings, not the declared ones: remove `Default` from this derive \
+                         and write your own `impl Default` (it can start from `Self::new()`)"
+                    },
+                );
+            } else if c.mode == Mode::Derive && ["Clone", "PartialEq", "Eq"].contains(&derived.as_str()) {
+                cx.error_spanned_by(
+                    &path,
+                    format!(
+                        "`MapWrapper` does not implement `{derived}`, so it cannot be derived here: \
+                         `#[guarded_map]` generates `{derived}` for a guarded struct (a copy or comparison \
+                         of the maps' contents)"
+                    ),
                 );
             } else if last.ident == "GuardedMap" && c.mode == Mode::Attribute {
                 cx.error_spanned_by(

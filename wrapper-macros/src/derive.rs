@@ -36,7 +36,8 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
     let Some(named) = named else {
         return cx.check().map(|()| TokenStream::new());
     };
-    let fields = Field::all(&mut cx, Mode::Derive, named);
+    let krate = expand::crate_path_of(&opts);
+    let fields = Field::all(&mut cx, Mode::Derive, named, &krate);
     let container = Container {
         ident: &input.ident,
         vis: &input.vis,
@@ -45,6 +46,7 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
         opts,
         fields,
         mode: Mode::Derive,
+        derives: expand::Derives::default(),
     };
     let plans = check::check(&mut cx, &container);
     cx.check()?;

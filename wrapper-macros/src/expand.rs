@@ -13,20 +13,47 @@ use syn::spanned::Spanned;
 use syn::{Attribute, GenericParam, Ident, Lifetime};
 
 use crate::ast::{Container, Field, MapType, Shape};
-use crate::check::{Plan, Policy};
+use crate::check::{BreakerPlan, Plan, Policy};
 
 /// The operations generated per map field, as `<field>_<suffix>`.
 pub(crate) const ACCESSOR_SUFFIXES: [&str; 7] =
     ["get", "get_cloned", "contains_key", "insert", "remove", "update", "len"];
 
 /// The associated functions generated on the struct.
-pub(crate) const CONSTRUCTORS: &[&str] = &["new", "with_auditor"];
+pub(crate) const CONSTRUCTORS: &[&str] = &["new", "with_auditor", "attach_auditor", "try_clone"];
 
-/// The path to the runtime crate: `crate = "…"`, or `::map_wrapper`.
+/// The standard traits `#[guarded_map]` implements itself when the struct derives them (it
+/// takes them out of the `#[derive]`, which could not handle the maps).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Derives {
+    pub(crate) debug: bool,
+    pub(crate) clone: bool,
+    pub(crate) partial_eq: bool,
+    pub(crate) eq: bool,
+    /// The struct derives serde's `Deserialize`: each map field is deserialized through a
+    /// generated function that builds the map with its declared settings.
+    pub(crate) deserialize: bool,
+}
+
+/// The hidden function that deserializes map field `field` with its declared settings.
+pub(crate) fn deserializer_name(field: &Ident) -> Ident {
+    format_ident!("__guarded_map_de_{}", field.unraw())
+}
+
+/// The path to the runtime crate: `crate = "…"`, or the name `Cargo.toml` gives the
+/// dependency (`::map_wrapper` unless renamed; see `manifest`).
 pub(crate) fn crate_path(c: &Container<'_>) -> TokenStream {
-    match &c.opts.krate {
+    crate_path_of(&c.opts)
+}
+
+/// The path to the runtime crate given the struct's options.
+pub(crate) fn crate_path_of(opts: &crate::attr::ContainerOpts) -> TokenStream {
+    match &opts.krate {
         Some(k) => k.value.to_token_stream(),
-        None => quote!(::map_wrapper),
+        None => match crate::manifest::renamed_runtime().and_then(|n| syn::parse_str::<Ident>(&n).ok()) {
+            Some(name) => quote!(::#name),
+            None => quote!(::map_wrapper),
+        },
     }
 }
 
@@ -47,6 +74,16 @@ pub(crate) fn impls(c: &Container<'_>, plans: &[Option<Plan>]) -> TokenStream {
     let mut default_bounds: Vec<TokenStream> = Vec::new();
     let mut accessors = Vec::new();
     let mut summary = Vec::new();
+    // The extra trait impls: per field, its part of `fmt`, `clone`, `eq`, and their bounds.
+    let mut debug_fields = Vec::new();
+    let mut clone_fields = Vec::new();
+    let mut eq_fields = Vec::new();
+    let mut debug_bounds: Vec<TokenStream> = Vec::new();
+    let mut clone_bounds: Vec<TokenStream> = Vec::new();
+    let mut eq_bounds: Vec<TokenStream> = Vec::new();
+    let mut attach_builds = Vec::new();
+    let mut attach_moves = Vec::new();
+    let mut deserializers = Vec::new();
     for (f, plan) in c.fields.iter().zip(plans) {
         let field = f.ident;
         let cfgs = attrs_named(&f.original.attrs, "cfg");
@@ -54,7 +91,43 @@ pub(crate) fn impls(c: &Container<'_>, plans: &[Option<Plan>]) -> TokenStream {
             (Some(plan), Shape::Map(map)) => {
                 let builder = builder_of(&private, map, plan);
                 inits.push(quote!(#(#cfgs)* #field: #private::built_checked(#builder.build())));
-                let (k, v) = (map.key, map.value);
+                let (k, v) = (&map.key, &map.value);
+                let s = map.hasher.iter().collect::<Vec<_>>();
+                let map_ty = quote!(#krate::MapWrapper<#k, #v #(, #s)*>);
+                let hash_bounds: Vec<TokenStream> =
+                    std::iter::once(fresh.deferred(quote!(#k: #private::Hash + #private::Eq), k.span()))
+                        .chain(s.iter().map(|s| fresh.deferred(quote!(#s: #private::BuildHasher), s.span())))
+                        .collect();
+                let field_name = syn::LitStr::new(&field.unraw().to_string(), field.span());
+                debug_fields.push(quote! {
+                    #(#cfgs)* __d.field(#field_name, &#private::DebugContents(&self.#field));
+                });
+                debug_bounds.push(fresh.deferred(quote!(#k: #private::Debug), k.span()));
+                debug_bounds.push(fresh.deferred(quote!(#v: #private::Debug), v.span()));
+                debug_bounds.extend(hash_bounds.iter().cloned());
+                clone_fields.push(quote! {
+                    #(#cfgs)* #field: #private::clone_contents(&self.#field, #private::built_checked(#builder.build()))?
+                });
+                clone_bounds.push(fresh.deferred(quote!(#k: #private::Clone), k.span()));
+                clone_bounds.push(fresh.deferred(quote!(#v: #private::Clone), v.span()));
+                clone_bounds.extend(hash_bounds.iter().cloned());
+                eq_fields.push(quote!(#(#cfgs)* if !#private::same_contents(&self.#field, &other.#field) { return false; }));
+                eq_bounds.push(fresh.deferred(quote!(#v: #private::PartialEq), v.span()));
+                eq_bounds.extend(hash_bounds.iter().cloned());
+                let de = deserializer_name(field);
+                deserializers.push(quote! {
+                    #(#cfgs)*
+                    #[doc(hidden)]
+                    fn #de<'__de, __D>(deserializer: __D) -> #private::Result<#map_ty, __D::Error>
+                    where
+                        __D: #private::Deserializer<'__de>,
+                        #k: #private::Deserialize<'__de> + #private::Hash + #private::Eq,
+                        #v: #private::Deserialize<'__de>,
+                        #(#s: #private::BuildHasher + #private::Default,)*
+                    {
+                        #private::deserialize_into(deserializer, #private::built_checked(#builder.build()))
+                    }
+                });
                 // Keys are always recorded; values not when redacted (then `V` needs no
                 // `Serialize`). Deferred, so that a struct whose values cannot be serialized
                 // still has everything but `with_auditor`.
@@ -72,7 +145,11 @@ pub(crate) fn impls(c: &Container<'_>, plans: &[Option<Plan>]) -> TokenStream {
                 audited_inits.push(quote! {
                     #(#cfgs)* #field: #builder.#audit(#private::Clone::clone(auditor)).build()?
                 });
-                if let Some(hasher) = map.hasher {
+                attach_builds.push(quote! {
+                    #(#cfgs)* let #field = #builder.#audit(#private::Clone::clone(auditor)).build()?;
+                });
+                attach_moves.push(quote!(#(#cfgs)* #private::attach_audit(&mut self.#field, #field);));
+                if let Some(hasher) = &map.hasher {
                     default_bounds.push(fresh.deferred(quote!(#hasher: #private::Default), hasher.span()));
                 }
                 accessors.push(accessors_of(&krate, &private, docs_krate, &fresh, f, map, plan));
@@ -105,6 +182,15 @@ pub(crate) fn impls(c: &Container<'_>, plans: &[Option<Plan>]) -> TokenStream {
                 }
                 let init = quote_spanned!(ty.span()=> <#ty as #private::Default>::default());
                 inits.push(quote!(#(#cfgs)* #field: #init));
+                let field_name = syn::LitStr::new(&field.unraw().to_string(), field.span());
+                debug_fields.push(quote!(#(#cfgs)* __d.field(#field_name, &self.#field);));
+                clone_fields.push(quote!(#(#cfgs)* #field: #private::Clone::clone(&self.#field)));
+                eq_fields.push(quote!(#(#cfgs)* if self.#field != other.#field { return false; }));
+                if cfgs.is_empty() {
+                    debug_bounds.push(fresh.deferred(quote!(#ty: #private::Debug), ty.span()));
+                    clone_bounds.push(fresh.deferred(quote!(#ty: #private::Clone), ty.span()));
+                    eq_bounds.push(fresh.deferred(quote!(#ty: #private::PartialEq), ty.span()));
+                }
                 let static_init = fresh.to_static(init);
                 audited_inits.push(quote!(#(#cfgs)* #field: #static_init));
             }
@@ -113,6 +199,9 @@ pub(crate) fn impls(c: &Container<'_>, plans: &[Option<Plan>]) -> TokenStream {
 
     dedup(&mut default_bounds);
     dedup(&mut audit_bounds);
+    dedup(&mut debug_bounds);
+    dedup(&mut clone_bounds);
+    dedup(&mut eq_bounds);
     let vis = c.vis;
     let struct_name = ident.unraw().to_string();
     let new_doc = format!(
@@ -127,12 +216,139 @@ pub(crate) fn impls(c: &Container<'_>, plans: &[Option<Plan>]) -> TokenStream {
     }
     let new_where = (!default_bounds.is_empty()).then(|| quote!(where #(#default_bounds,)*));
     let (static_impl_generics, static_ty_generics, static_where) = fresh.static_generics(c.generics);
+    // Under `no_new`, `new` is the user's (or absent): no link to it.
+    let like = if c.opts.no_new.is_none() { "[`new`](Self::new)" } else { "the generated `Default`" };
     let with_auditor_doc = format!(
-        "Makes a `{struct_name}` like [`new`](Self::new), whose maps all write their audit records \
+        "Makes a `{struct_name}` like {like}, whose maps all write their audit records \
          to `auditor`: one sink, so one total order and one hash chain for the whole struct. Maps \
          marked `#[guard(redact)]` record no values (their value type needs no `Serialize`).\n\n\
          # Errors\n\n`MapError::InvalidConfig` when a map is marked `#[guard(digest)]` and \
          `auditor` has no digest key."
+    );
+
+    let derives = c.derives;
+    let with_where = |bounds: &[TokenStream]| {
+        let mut w = c.generics.where_clause.clone().unwrap_or_else(|| syn::parse_quote!(where));
+        for bound in bounds {
+            w.predicates.push(syn::parse_quote!(#bound));
+        }
+        w
+    };
+    // `no_new`: no constructor (the user writes their own `new`); `Default` does not call it.
+    let constructor = c.opts.no_new.is_none().then(|| {
+        quote! {
+            #[doc = #new_doc]
+            #vis fn new() -> Self #new_where {
+                Self { #(#inits,)* }
+            }
+        }
+    });
+    let default_impl = c.opts.no_default.is_none().then(|| {
+        quote! {
+            #[automatically_derived]
+            impl #impl_generics #private::Default for #ident #ty_generics #default_where {
+                /// The maps empty and configured as declared (the generated constructor's body,
+                /// so that a user's own `new` does not make this call ambiguous).
+                #[inline]
+                fn default() -> Self {
+                    Self { #(#inits,)* }
+                }
+            }
+        }
+    });
+    let debug_impl = derives.debug.then(|| {
+        let w = with_where(&debug_bounds);
+        quote! {
+            #[automatically_derived]
+            impl #impl_generics #private::Debug for #ident #ty_generics #w {
+                /// The fields as `#[derive(Debug)]` shows them, each map as its contents (see
+                /// `map_wrapper::__private::DebugContents`): bounded, and never waiting for a lock.
+                fn fmt(&self, f: &mut #private::Formatter<'_>) -> #private::FmtResult {
+                    let mut __d = f.debug_struct(#struct_name);
+                    #(#debug_fields)*
+                    __d.finish()
+                }
+            }
+        }
+    });
+    let try_clone_doc = format!(
+        "A deep copy of this `{struct_name}`: every map copied entry by entry (a consistent \
+         snapshot of each) into a new map with the same declared name and settings, every other \
+         field cloned. The copy is **not audited**, whatever this one is: its changes are not \
+         this struct's history; give it an auditor with `attach_auditor` if they should be \
+         recorded.\n\n# Errors\n\nAs `MapWrapper::snapshot`: `Timeout` when a map stays locked \
+         past its timeout, `WouldDeadlock` when this thread holds a write guard on one of them."
+    );
+    let clone_impl = derives.clone.then(|| {
+        let w = with_where(&clone_bounds);
+        quote! {
+            #[automatically_derived]
+            #[allow(dead_code)]
+            impl #impl_generics #ident #ty_generics #w {
+                #[doc = #try_clone_doc]
+                #vis fn try_clone(&self) -> #private::Result<Self, #private::MapError> {
+                    #private::Result::Ok(Self { #(#clone_fields,)* })
+                }
+            }
+
+            #[automatically_derived]
+            impl #impl_generics #private::Clone for #ident #ty_generics #w {
+                /// [`try_clone`](Self::try_clone), which see.
+                ///
+                /// # Panics
+                ///
+                /// When `try_clone` fails (a map locked past its timeout, or a write guard on
+                /// one held by this thread), as `RefCell::clone` panics when mutably borrowed.
+                fn clone(&self) -> Self {
+                    #private::cloned(self.try_clone())
+                }
+            }
+        }
+    });
+    let eq_impl = derives.partial_eq.then(|| {
+        let w = with_where(&eq_bounds);
+        let eq = derives.eq.then(|| {
+            quote! {
+                #[automatically_derived]
+                impl #impl_generics #private::Eq for #ident #ty_generics #w {}
+            }
+        });
+        quote! {
+            #[automatically_derived]
+            impl #impl_generics #private::PartialEq for #ident #ty_generics #w {
+                /// Equal when every field is: maps by contents (same keys, equal values), as
+                /// `HashMap`'s `==`; names and settings are not compared.
+                ///
+                /// # Panics
+                ///
+                /// When a map cannot be read (locked past its timeout, or a write guard on it
+                /// held by this thread), as `RefCell`'s `==` panics when mutably borrowed.
+                fn eq(&self, other: &Self) -> bool {
+                    #(#eq_fields)*
+                    true
+                }
+            }
+            #eq
+        }
+    });
+    let deserializers = derives.deserialize.then(|| {
+        quote! {
+            #[automatically_derived]
+            #[allow(non_snake_case)]
+            impl #impl_generics #ident #ty_generics #where_clause {
+                #(#deserializers)*
+            }
+        }
+    });
+    let attach_doc = format!(
+        "Starts auditing this `{struct_name}` into `auditor`, keeping its contents: for a struct \
+         that came from `new()`, `Default` or serde. From now on every map records each change as \
+         [`with_auditor`](Self::with_auditor)'s do (one sink, one chain; `#[guard(redact)]` maps \
+         record no values). The entries already there are not recorded: the trail starts here.\n\n\
+         Each map gets the audit settings its declaration gives (value policy included), whatever \
+         map was put in a public field since.\n\n\
+         # Errors\n\n`MapError::InvalidConfig` when a map is marked `#[guard(digest)]` and \
+         `auditor` has no digest key; then nothing changed."
     );
 
     quote! {
@@ -140,13 +356,15 @@ pub(crate) fn impls(c: &Container<'_>, plans: &[Option<Plan>]) -> TokenStream {
         // The accessors are generated whether or not the program uses them.
         #[allow(dead_code)]
         impl #impl_generics #ident #ty_generics #where_clause {
-            #[doc = #new_doc]
-            #vis fn new() -> Self #new_where {
-                Self { #(#inits,)* }
-            }
+            #constructor
 
             #(#accessors)*
         }
+
+        #debug_impl
+        #clone_impl
+        #eq_impl
+        #deserializers
 
         // Audit records outlive the operation, so audited keys and values are `'static`: the
         // struct's lifetimes are `'static` here (which also keeps rustc from seeing two
@@ -164,15 +382,23 @@ pub(crate) fn impls(c: &Container<'_>, plans: &[Option<Plan>]) -> TokenStream {
             {
                 #private::Result::Ok(Self { #(#audited_inits,)* })
             }
-        }
 
-        #[automatically_derived]
-        impl #impl_generics #private::Default for #ident #ty_generics #default_where {
-            #[inline]
-            fn default() -> Self {
-                Self::new()
+            #[doc = #attach_doc]
+            #vis fn attach_auditor(
+                &mut self,
+                auditor: &#private::Auditor,
+            ) -> #private::Result<(), #private::MapError>
+            where
+                #(#audit_bounds,)*
+            {
+                // Every map is built before any is touched: an error leaves the struct as it was.
+                #(#attach_builds)*
+                #(#attach_moves)*
+                #private::Result::Ok(())
             }
         }
+
+        #default_impl
     }
 }
 
@@ -193,7 +419,12 @@ fn builder_of(private: &TokenStream, map: &MapType<'_>, plan: &Plan) -> TokenStr
         Policy::Digest => quote!(Digest),
         Policy::Redacted => quote!(Redacted),
     };
-    let hasher = map.hasher.map(|s| quote_spanned!(s.span()=> .hasher(<#s as #private::Default>::default())));
+    let hasher =
+        map.hasher.as_ref().map(|s| quote_spanned!(s.span()=> .hasher(<#s as #private::Default>::default())));
+    let breaker = plan.breaker.as_ref().map(|b| {
+        let config = breaker_config(private, b);
+        quote!(.breaker(#config))
+    });
     quote! {
         #private::MapWrapper::builder()
             .name(#name)
@@ -201,8 +432,42 @@ fn builder_of(private: &TokenStream, map: &MapType<'_>, plan: &Plan) -> TokenStr
             #slow
             #shards
             .value_policy(#private::ValuePolicy::#policy)
+            #breaker
             #hasher
     }
+}
+
+/// `BreakerConfig` with the checked settings of `breaker(...)`; the runtime's defaults for the
+/// rest. When any rate is given, only the rates given apply.
+fn breaker_config(private: &TokenStream, b: &BreakerPlan) -> TokenStream {
+    let mut calls = Vec::new();
+    if let Some(w) = b.window {
+        let w = Literal::u32_unsuffixed(u32::try_from(w).unwrap_or(u32::MAX));
+        calls.push(quote!(.window(#private::SlidingWindow::count(#w))));
+    }
+    if let Some(m) = b.min_calls {
+        let m = Literal::u32_unsuffixed(u32::try_from(m).unwrap_or(u32::MAX));
+        calls.push(quote!(.minimum_calls(#m)));
+    }
+    let rates =
+        [("failure_rate", b.failure_rate), ("slow_rate", b.slow_rate), ("combined_rate", b.combined_rate)];
+    if rates.iter().any(|(_, r)| r.is_some()) {
+        for (name, rate) in rates {
+            let method = format_ident!("{}", name);
+            calls.push(match rate {
+                Some(r) => {
+                    let fraction = Literal::f64_unsuffixed(r as f64 / 100.0);
+                    quote!(.#method(#private::Option::Some(#fraction)))
+                }
+                None => quote!(.#method(#private::Option::None)),
+            });
+        }
+    }
+    if let Some(ms) = b.open_ms {
+        let ms = Literal::u64_unsuffixed(ms);
+        calls.push(quote!(.open_wait(#private::OpenWait::Fixed(#private::Duration::from_millis(#ms)))));
+    }
+    quote!(#private::BreakerConfig::new() #(#calls)*)
 }
 
 /// `field()` and the `field_<op>` methods of one map field.
@@ -221,8 +486,8 @@ fn accessors_of(
     let cfgs = attrs_named(&f.original.attrs, "cfg");
     let docs = attrs_named(&f.original.attrs, "doc");
     let name = &plan.name;
-    let (k, v) = (map.key, map.value);
-    let s = map.hasher.into_iter().collect::<Vec<_>>();
+    let (k, v) = (&map.key, &map.value);
+    let s = map.hasher.iter().collect::<Vec<_>>();
     let map_ty = quote!(#krate::MapWrapper<#k, #v #(, #s)*>);
     let hasher_bound = quote!(#(#s: #p::BuildHasher,)*);
     let (q, r, func) = (&fresh.q, &fresh.r, &fresh.f);

@@ -14,41 +14,75 @@ mod check;
 mod ctxt;
 mod derive;
 mod expand;
+mod manifest;
 
 use proc_macro::TokenStream;
 
 /// Guards a struct's map fields: each `HashMap<K, V>` (or `std::collections::HashMap<K, V>`,
-/// or `HashMap<K, V, S>` with a hasher) field becomes a `map_wrapper::MapWrapper<K, V>` named
-/// `"Struct.field"` in errors and the audit trail; fields already declared `MapWrapper` are
-/// guarded as they are, and every other field is left untouched. Then it generates what
+/// or `HashMap<K, V, S>` with a custom hasher, kept as the map's hasher) field becomes a
+/// `map_wrapper::MapWrapper<K, V, S>` named `"Struct.field"` in errors and the audit trail;
+/// fields already declared `MapWrapper` are guarded as they are, a field whose type the macro
+/// cannot see is a map (a type alias, `use HashMap as Map`) is guarded when marked
+/// `#[guard(map)]`, and every other field is left untouched. The struct's doc gets a line
+/// naming the fields guarded and those left as declared, with why (a `BTreeMap` is ordered and
+/// `MapWrapper` is not; an `Option<HashMap>` is not a map). Then it generates what
 /// [`GuardedMap`](derive@GuardedMap) does:
 ///
 /// - `new()` (with the struct's visibility) and `Default`: every map empty and configured as
 ///   declared, every other field its `Default`. The settings are checked at compile time, so
-///   neither can fail.
+///   neither can fail. `no_new` / `no_default` leave them out for your own `fn new(..)` or
+///   `impl Default` (which can start from the other).
 /// - `with_auditor(&Auditor) -> Result<Self, MapError>`: the same, with every map writing its
 ///   audit records to that one auditor (one sink, one chain). Keys and values must be
 ///   `Serialize`, except the values of `#[guard(redact)]` maps, which are never recorded.
+/// - `attach_auditor(&mut self, &Auditor) -> Result<(), MapError>`: the same auditing for a
+///   struct made by `new()`, `Default` or serde, keeping its contents (not recorded: the trail
+///   starts there); on error nothing changed.
 /// - per map field, with the field's visibility and doc comment: `field()` returning
 ///   `&MapWrapper<K, V>`, and `field_get`, `field_get_cloned`, `field_contains_key`,
 ///   `field_insert`, `field_remove`, `field_update`, `field_len`, the map's operations (each
 ///   returns `Result<_, MapError>`).
+///
+/// The struct's `#[derive]`s of `Debug`, `Clone`, `PartialEq`, `Eq` and `Default` are taken
+/// over (the maps implement none of them):
+///
+/// - `Debug` shows each map's contents as a `HashMap` would (`{k: v, …}`), at most 64 entries
+///   and a count of the rest, never waiting for a lock: a map with a locked shard shows
+///   `{<busy: a shard is locked>}`.
+/// - `Clone` is a deep copy (also as `try_clone() -> Result<Self, MapError>`): each map copied
+///   from a consistent snapshot into a new map with the same declared name and settings, **not
+///   audited** (a copy's changes are not the original's history; `attach_auditor` if they
+///   should be). `clone()` panics where `try_clone` fails, as `RefCell`'s does.
+/// - `PartialEq` / `Eq` compare contents, as `HashMap`'s `==`; names and settings are not
+///   compared.
+/// - `Default` is the generated one (refused next to `no_default`).
+/// - With serde's `Deserialize`, each map field is deserialized through a generated function
+///   that builds the map with its declared settings, so a struct comes back from serde with its
+///   names, timeouts, shards, value policies and breakers (put `#[guarded_map]` above the
+///   `#[derive]`).
 ///
 /// # Options
 ///
 /// On the attribute: `audit = "billing"` (the maps' name prefix; default the struct's
 /// name), `timeout_ms = 200` (each operation's deadline; default 500), `slow_ms = 20` (the
 /// slow-operation threshold, from 1 to below every timeout; default the runtime's: 50, or half
-/// a shorter timeout), `shards = 16` (a power of two;
-/// default from the number of CPUs), `crate = "path::to::map_wrapper"` (where the runtime
-/// crate is, when it is re-exported).
+/// a shorter timeout), `shards = 16` (a power of two; default from the number of CPUs),
+/// `breaker` or `breaker(failure_rate = 50, slow_rate = 50, combined_rate = 50, min_calls = 20,
+/// window = 100, open_ms = 1000)` (a circuit breaker on every map: rates in percent, 1 to 100;
+/// when a rate is given only the rates given apply; the rest the runtime's `BreakerConfig`
+/// defaults), `no_new`, `no_default`, `crate = "path::to::map_wrapper"` (where the runtime
+/// crate is, when it is re-exported; a dependency renamed in `Cargo.toml`, as
+/// `mw = { package = "map-wrapper" }`, is found without it).
 ///
 /// On a field, `#[guard(...)]`: `name = "…"` (the map's whole name instead of
 /// `"prefix.field"`), `redact` or `digest` (how its values appear in the audit trail),
-/// `timeout_ms = …` (this map's deadline), `skip` (leave the field as declared, no accessors).
+/// `timeout_ms = …` (this map's deadline), `breaker` / `breaker(...)` (this map's breaker,
+/// instead of the struct's), `map` (guard a field whose type is an alias of a `HashMap` or
+/// `MapWrapper`), `skip` (leave the field as declared, no accessors).
 ///
 /// Every mistake is a compile error at the offending token, all reported at once; the struct
-/// is still emitted as written, so one mistake does not cascade.
+/// is still emitted as written, with stand-ins for `new`, `with_auditor`, `Default` and the map
+/// accessors, so one mistake is one error and not one more at every call site.
 ///
 /// # Examples
 ///

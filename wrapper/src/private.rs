@@ -5,8 +5,9 @@
 
 pub use core::borrow::Borrow;
 pub use core::clone::Clone;
-pub use core::cmp::Eq;
+pub use core::cmp::{Eq, PartialEq};
 pub use core::default::Default;
+pub use core::fmt::{Debug, Formatter, Result as FmtResult};
 pub use core::hash::{BuildHasher, Hash};
 pub use core::marker::{PhantomData, Sized};
 pub use core::ops::FnOnce;
@@ -14,10 +15,188 @@ pub use core::option::Option;
 pub use core::result::Result;
 pub use core::time::Duration;
 
-pub use serde::Serialize;
+pub use serde::{Deserialize, Deserializer, Serialize};
 
 pub use crate::audit::{Auditor, ValuePolicy};
-pub use crate::{BuildError, MapError, MapWrapper, Ref};
+pub use crate::breaker::{BreakerConfig, OpenWait, SlidingWindow};
+pub use crate::{BuildError, MapError, MapWrapper, OpContext, Ref};
+
+use core::fmt;
+use std::collections::HashMap;
+
+/// The key, value and hasher types of a map type, for a field marked `#[guard(map)]` whose
+/// type the macro cannot take apart (a type alias, `use HashMap as Map`).
+#[diagnostic::on_unimplemented(
+    message = "`#[guard(map)]` needs a `HashMap<K, V, S>` or `MapWrapper<K, V, S>`, and `{Self}` is neither",
+    label = "not a `HashMap` or `MapWrapper`",
+    note = "remove `#[guard(map)]` to leave this field as it is"
+)]
+pub trait MapParts {
+    /// `K`.
+    type Key;
+    /// `V`.
+    type Value;
+    /// `S`.
+    type Hasher;
+}
+
+impl<K, V, S> MapParts for HashMap<K, V, S> {
+    type Key = K;
+    type Value = V;
+    type Hasher = S;
+}
+
+impl<K, V, S> MapParts for MapWrapper<K, V, S> {
+    type Key = K;
+    type Value = V;
+    type Hasher = S;
+}
+
+/// Deserializes a map's entries (as serde's map form, what `MapWrapper`'s `Serialize` writes)
+/// into `map`, which the generated code built with the field's declared settings: a guarded
+/// struct's maps come back from serde named and configured as declared, not with the default
+/// configuration. Does not need the `serde` feature.
+pub fn deserialize_into<'de, D, K, V, S>(
+    deserializer: D,
+    map: MapWrapper<K, V, S>,
+) -> Result<MapWrapper<K, V, S>, D::Error>
+where
+    D: Deserializer<'de>,
+    K: Deserialize<'de> + Hash + Eq,
+    V: Deserialize<'de>,
+    S: BuildHasher,
+{
+    struct Fill<K, V, S>(MapWrapper<K, V, S>);
+    impl<'de, K, V, S> serde::de::Visitor<'de> for Fill<K, V, S>
+    where
+        K: Deserialize<'de> + Hash + Eq,
+        V: Deserialize<'de>,
+        S: BuildHasher,
+    {
+        type Value = MapWrapper<K, V, S>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+            let mut pairs = Vec::with_capacity(access.size_hint().unwrap_or(0).min(4096));
+            while let Some(pair) = access.next_entry()? {
+                pairs.push(pair);
+            }
+            // The map is new and owned here: no other thread can hold its locks, so only an
+            // ambient `OpContext` already cancelled or past its deadline can fail this.
+            self.0.extend(pairs).map_err(serde::de::Error::custom)?;
+            Ok(self.0)
+        }
+    }
+    deserializer.deserialize_map(Fill(map))
+}
+
+/// Gives `map` the audit side of `audited` (a map built from the same declaration with an
+/// auditor): `map` keeps its entries, and records every change from now on.
+pub fn attach_audit<K, V, S>(map: &mut MapWrapper<K, V, S>, mut audited: MapWrapper<K, V, S>) {
+    map.audit = audited.audit.take();
+}
+
+/// A map's contents for `Debug`, as a `HashMap` shows them (`{k: v, …}`), bounded and never
+/// waiting: each shard is read only if its lock is free at once (one attempt, no wait); the
+/// output says how many entries it leaves out, or that the map was busy.
+pub struct DebugContents<'a, K, V, S>(pub &'a MapWrapper<K, V, S>);
+
+/// The most entries `DebugContents` shows.
+pub const DEBUG_MAX_ENTRIES: usize = 64;
+
+impl<K, V, S> fmt::Debug for DebugContents<'_, K, V, S>
+where
+    K: fmt::Debug + Hash + Eq,
+    V: fmt::Debug,
+    S: BuildHasher,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let no_wait = OpContext::new().timeout(Duration::ZERO);
+        let alternate = f.alternate();
+        let show = |x: &dyn fmt::Debug| if alternate { format!("{x:#?}") } else { format!("{x:?}") };
+        let mut shown: Vec<(String, String)> = Vec::new();
+        let mut total = 0usize;
+        let read = self.0.with(&no_wait).for_each(|k, v| {
+            total += 1;
+            if shown.len() < DEBUG_MAX_ENTRIES {
+                shown.push((show(k), show(v)));
+            }
+        });
+        if read.is_err() {
+            return f.write_str("{<busy: a shard is locked>}");
+        }
+        let mut map = f.debug_map();
+        for (k, v) in &shown {
+            map.key(&format_args!("{k}")).value(&format_args!("{v}"));
+        }
+        if total > shown.len() {
+            map.key(&format_args!("..")).value(&format_args!("{} more", total - shown.len()));
+        }
+        map.finish()
+    }
+}
+
+/// `into` (a new map built from the same declaration) filled with a consistent copy of
+/// `from`'s entries: the generated `try_clone`.
+pub fn clone_contents<K, V, S>(
+    from: &MapWrapper<K, V, S>,
+    into: MapWrapper<K, V, S>,
+) -> Result<MapWrapper<K, V, S>, MapError>
+where
+    K: Hash + Eq + Clone,
+    V: Clone,
+    S: BuildHasher,
+{
+    into.extend(from.snapshot()?)?;
+    Ok(into)
+}
+
+/// The generated `Clone::clone`: `try_clone`'s copy, or a panic naming why it could not read.
+#[track_caller]
+pub fn cloned<T>(copy: Result<T, MapError>) -> T {
+    match copy {
+        Ok(copy) => copy,
+        Err(e) => panic!("cannot clone a #[guarded_map] struct: {e} (try_clone returns this error instead)"),
+    }
+}
+
+/// Whether two maps hold the same entries (the generated `PartialEq`).
+///
+/// # Panics
+///
+/// When a map cannot be read by its timeout, or is write-held by this thread (`WouldDeadlock`).
+#[track_caller]
+pub fn same_contents<K, V, S>(a: &MapWrapper<K, V, S>, b: &MapWrapper<K, V, S>) -> bool
+where
+    K: Hash + Eq,
+    V: PartialEq,
+    S: BuildHasher,
+{
+    if core::ptr::eq(a, b) {
+        return true;
+    }
+    let compare = || -> Result<bool, MapError> {
+        if a.len()? != b.len()? {
+            return Ok(false);
+        }
+        let (mut equal, mut failed) = (true, None);
+        // `a` one shard at a time; each of its keys looked up in `b` while the shard is read.
+        a.for_each(|k, v| {
+            if equal && failed.is_none() {
+                match b.view(k, |w| w == v) {
+                    Ok(found) => equal = found == Some(true),
+                    Err(e) => failed = Some(e),
+                }
+            }
+        })?;
+        failed.map_or(Ok(equal), Err)
+    };
+    match compare() {
+        Ok(equal) => equal,
+        Err(e) => panic!("cannot compare #[guarded_map] structs: {e}"),
+    }
+}
 
 /// The map a generated constructor built from settings the macro checked.
 ///

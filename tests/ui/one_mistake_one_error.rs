@@ -1,0 +1,23 @@
+// One mistake in the attribute is one error: the struct is still there, with stand-ins for its
+// constructor and accessors, so the code that uses them reports nothing more.
+use std::collections::HashMap;
+use map_wrapper::{guarded_map, MapError};
+
+#[guarded_map(timeout_ms = 0)]
+pub struct Store {
+    pub orders: HashMap<u64, String>,
+}
+
+fn use_it() -> Result<usize, MapError> {
+    let store = Store::new();
+    let _ = Store::default();
+    store.orders_insert(1, "one".to_string())?;
+    let _: Option<String> = store.orders_get_cloned(&1)?;
+    let _ = store.orders_update(&1, |v| v.len())?;
+    let _ = store.orders().len();
+    store.orders_len()
+}
+
+fn main() {
+    let _ = use_it();
+}
