@@ -146,7 +146,8 @@ impl OpContext {
     /// outer ones. Guards may be dropped in any order: each removes exactly its own scope.
     ///
     /// A guard belongs to its thread (it is not `Send`); do not hold one across an `.await`
-    /// point, where other tasks of the same thread would run inside the scope.
+    /// point, where other tasks of the same thread would run inside the scope: for a task,
+    /// use [`scope`](OpContext::scope), which follows the task instead.
     ///
     /// ```
     /// use map_wrapper::OpContext;
