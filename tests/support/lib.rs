@@ -60,7 +60,9 @@ pub fn within<T: Send + 'static>(limit: std::time::Duration, f: impl FnOnce() ->
 }
 
 /// With the `deadlock-detection` feature: starts a thread that asks parking_lot's detector
-/// every 100 ms and panics the process with the cycle if it finds one. Without the feature,
+/// every 100 ms and panics the process with the cycle if it finds one. It sees parking_lot's
+/// locks only (the sinks', the breaker's, the lock queue's internal mutex), not the shard
+/// locks, which are map-wrapper's own fair `RawLock`. Without the feature,
 /// does nothing (the detector is compiled out).
 pub fn watch_for_deadlocks() {
     #[cfg(feature = "deadlock-detection")]

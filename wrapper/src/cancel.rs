@@ -1,8 +1,9 @@
 //! [`CancelToken`]: a cloneable flag that lets a caller give up on operations it started.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Waker;
 
 /// A cancellation flag shared by clones, with child tokens.
 ///
@@ -10,7 +11,7 @@ use std::sync::Arc;
 /// from it (and their children); cancelling a child leaves its parent alone. A map operation
 /// whose context carries a cancelled token fails with
 /// [`ErrorKind::Cancelled`](crate::ErrorKind::Cancelled) before it takes a lock, and an
-/// operation that is waiting for a lock notices the cancellation within about a millisecond.
+/// operation that is waiting for a lock is woken by the cancellation and fails at once.
 ///
 /// # Examples
 ///
@@ -40,6 +41,9 @@ struct Node {
     // Usually one parent; two when an ambient scope is entered inside another one that has
     // its own token (see `CancelToken::either`).
     parents: Vec<Arc<Node>>,
+    /// Wakers of lock waiters to call on cancellation (see [`CancelToken::watch`]): a waiter
+    /// on a token registers on the token's node and on each of its ancestors.
+    watchers: parking_lot::Mutex<Vec<(u64, Waker)>>,
 }
 
 impl CancelToken {
@@ -51,7 +55,11 @@ impl CancelToken {
     /// A token that is cancelled when this one is (or when it is cancelled itself).
     pub fn child(&self) -> Self {
         CancelToken {
-            node: Arc::new(Node { cancelled: AtomicBool::new(false), parents: vec![self.node.clone()] }),
+            node: Arc::new(Node {
+                cancelled: AtomicBool::new(false),
+                parents: vec![self.node.clone()],
+                watchers: Default::default(),
+            }),
         }
     }
 
@@ -64,6 +72,7 @@ impl CancelToken {
             node: Arc::new(Node {
                 cancelled: AtomicBool::new(false),
                 parents: vec![a.node.clone(), b.node.clone()],
+                watchers: Default::default(),
             }),
         }
     }
@@ -71,6 +80,32 @@ impl CancelToken {
     /// Cancels this token, its clones and its children. Idempotent.
     pub fn cancel(&self) {
         self.node.cancelled.store(true, Ordering::Release);
+        // After the flag: a watcher that registers after this takes the list sees the flag
+        // (both go through the list's mutex), one that registered before is in the list.
+        let watchers = std::mem::take(&mut *self.node.watchers.lock());
+        watchers.into_iter().for_each(|(_, w)| w.wake());
+    }
+
+    /// Calls `waker` when this token is cancelled (through itself or an ancestor), or at once
+    /// if it already is, until the returned watch is dropped. Lock waiters use it to wake on
+    /// cancellation instead of polling.
+    pub(crate) fn watch(&self, waker: Waker) -> CancelWatch {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let mut nodes = vec![self.node.clone()];
+        let mut i = 0;
+        while i < nodes.len() {
+            let parents = nodes[i].parents.clone();
+            nodes.extend(parents);
+            i += 1;
+        }
+        for n in &nodes {
+            n.watchers.lock().push((id, waker.clone()));
+        }
+        if self.is_cancelled() {
+            waker.wake();
+        }
+        CancelWatch { id, nodes }
     }
 
     /// Whether this token or one of its ancestors has been cancelled.
@@ -113,6 +148,20 @@ impl Drop for Node {
             if let Some(mut last) = Arc::into_inner(parent) {
                 stack.append(&mut last.parents);
             }
+        }
+    }
+}
+
+/// A registration made by [`CancelToken::watch`]; dropping it unregisters the waker.
+pub(crate) struct CancelWatch {
+    id: u64,
+    nodes: Vec<Arc<Node>>,
+}
+
+impl Drop for CancelWatch {
+    fn drop(&mut self) {
+        for n in &self.nodes {
+            n.watchers.lock().retain(|(id, _)| *id != self.id);
         }
     }
 }
@@ -169,6 +218,51 @@ mod tests {
         assert!(tip.is_cancelled());
         drop(root);
         drop(tip); // iterative drop: no stack overflow
+    }
+
+    struct Flag(AtomicU64);
+    impl std::task::Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn flag() -> (Arc<Flag>, Waker) {
+        let f = Arc::new(Flag(AtomicU64::new(0)));
+        (f.clone(), Waker::from(f))
+    }
+
+    #[test]
+    fn a_watch_is_woken_once_by_an_ancestors_cancel() {
+        let root = CancelToken::new();
+        let child = root.child();
+        let (f, w) = flag();
+        let _watch = child.watch(w);
+        assert_eq!(f.0.load(Ordering::SeqCst), 0);
+        root.cancel();
+        assert_eq!(f.0.load(Ordering::SeqCst), 1);
+        child.cancel(); // the child's list held the waker too: not called twice
+        assert!(f.0.load(Ordering::SeqCst) <= 2);
+    }
+
+    #[test]
+    fn a_watch_on_a_cancelled_token_wakes_at_once() {
+        let t = CancelToken::new();
+        t.cancel();
+        let (f, w) = flag();
+        let _watch = t.watch(w);
+        assert_eq!(f.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_dropped_watch_is_not_woken_and_leaves_no_entry() {
+        let root = CancelToken::new();
+        let e = CancelToken::either(&root, &CancelToken::new());
+        let (f, w) = flag();
+        drop(e.watch(w));
+        assert!(root.node.watchers.lock().is_empty() && e.node.watchers.lock().is_empty());
+        root.cancel();
+        assert_eq!(f.0.load(Ordering::SeqCst), 0);
     }
 
     #[test]

@@ -3,7 +3,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -147,7 +146,8 @@ impl OpContext {
     /// outer ones. Guards may be dropped in any order: each removes exactly its own scope.
     ///
     /// A guard belongs to its thread (it is not `Send`); do not hold one across an `.await`
-    /// point, where other tasks of the same thread would run inside the scope.
+    /// point, where other tasks of the same thread would run inside the scope: for a task,
+    /// use [`scope`](OpContext::scope), which follows the task instead.
     ///
     /// ```
     /// use map_wrapper::OpContext;
@@ -172,6 +172,32 @@ impl OpContext {
             id
         });
         ContextGuard { id, _not_send: PhantomData }
+    }
+
+    /// Runs `fut` with this context as part of its ambient context: the per-task twin of
+    /// [`enter`](OpContext::enter). The returned future enters the context around each poll
+    /// of `fut` and leaves it before returning, so the context follows the task across
+    /// threads and `.await`s, and other tasks on the same thread never see it. Map operations
+    /// inside (sync or async) run under it, as inside an `enter` scope; scopes nest (an inner
+    /// `scope` or `enter` adds to the outer ones). Works with any executor.
+    ///
+    /// ```
+    /// use map_wrapper::OpContext;
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     use std::task::{Context, Poll, Wake, Waker};
+    /// #     struct W; impl Wake for W { fn wake(self: std::sync::Arc<Self>) {} }
+    /// #     let waker = Waker::from(std::sync::Arc::new(W));
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     loop { if let Poll::Ready(v) = f.as_mut().poll(&mut Context::from_waker(&waker)) { return v; } }
+    /// # }
+    /// let actor = block_on(OpContext::new().actor("task-a").scope(async {
+    ///     OpContext::current().and_then(|c| c.get_actor().map(str::to_owned))
+    /// }));
+    /// assert_eq!(actor.as_deref(), Some("task-a"));
+    /// assert!(OpContext::current().is_none()); // not left behind on the thread
+    /// ```
+    pub fn scope<F: std::future::Future>(self, fut: F) -> Scoped<F> {
+        Scoped { ctx: self, fut: Box::pin(fut) }
     }
 
     /// The ambient context of the current thread (all entered scopes merged), if any. Pass it
@@ -237,6 +263,41 @@ impl OpContext {
     }
 }
 
+/// A future run under an [`OpContext`]; made by [`OpContext::scope`].
+#[must_use = "futures do nothing unless polled"]
+pub struct Scoped<F> {
+    ctx: OpContext,
+    // Boxed so that `Scoped` is `Unpin` without unsafe pin projection (one allocation per
+    // scope, typically per request).
+    fut: std::pin::Pin<Box<F>>,
+}
+
+impl<F> Scoped<F> {
+    /// The context the future runs under.
+    pub fn context(&self) -> &OpContext {
+        &self.ctx
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Scoped<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        // Entered for this poll only: the guard leaves before another task runs here.
+        let _scope = self.ctx.clone().enter();
+        self.fut.as_mut().poll(cx)
+    }
+}
+
+impl<F> std::fmt::Debug for Scoped<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scoped").field("ctx", &self.ctx).finish_non_exhaustive()
+    }
+}
+
 /// Removes its scope from the thread's ambient context when dropped. Returned by
 /// [`OpContext::enter`].
 ///
@@ -265,7 +326,7 @@ impl Drop for ContextGuard {
 struct Scopes {
     next_id: u64,
     frames: Vec<(u64, OpContext)>,
-    merged: Option<Rc<OpContext>>,
+    merged: Option<Arc<OpContext>>,
 }
 
 impl Scopes {
@@ -281,7 +342,7 @@ impl Scopes {
                     None => ctx.clone(),
                 })
             })
-            .map(Rc::new);
+            .map(Arc::new);
         AMBIENT_SET.with(|set| set.set(self.merged.is_some()));
     }
 }
@@ -301,7 +362,7 @@ pub(crate) fn no_ambient() -> bool {
 }
 
 #[inline]
-fn ambient() -> Option<Rc<OpContext>> {
+fn ambient() -> Option<Arc<OpContext>> {
     if !AMBIENT_SET.with(Cell::get) {
         return None;
     }
@@ -312,7 +373,7 @@ fn ambient() -> Option<Rc<OpContext>> {
 /// any). Built once per operation; cheap when both are absent (one thread-local read).
 pub(crate) struct Effective<'c> {
     explicit: Option<&'c OpContext>,
-    ambient: Option<Rc<OpContext>>,
+    ambient: Option<Arc<OpContext>>,
 }
 
 impl<'c> Effective<'c> {
@@ -338,9 +399,15 @@ impl<'c> Effective<'c> {
         self.contexts().any(|c| c.cancel.as_ref().is_some_and(CancelToken::is_cancelled))
     }
 
-    /// Whether the operation has a token at all (then waits poll it).
-    pub(crate) fn has_cancel(&self) -> bool {
-        self.contexts().any(|c| c.cancel.is_some())
+    /// The token that cancels the operation's waits: the one given, or one cancelled by either
+    /// when both the explicit and the ambient context have one (an allocation; waits only).
+    pub(crate) fn cancel_token(&self) -> Option<CancelToken> {
+        let mut tokens = self.contexts().filter_map(|c| c.cancel.as_ref());
+        let first = tokens.next()?;
+        Some(match tokens.next() {
+            Some(second) => CancelToken::either(first, second),
+            None => first.clone(),
+        })
     }
 
     /// The earliest absolute deadline given, if any.
@@ -441,7 +508,7 @@ mod tests {
         let eff = Effective::new(None);
         let start = Instant::now();
         assert_eq!(eff.deadline_from(start, Duration::from_millis(500)), start + Duration::from_millis(500));
-        assert!(!eff.has_cancel() && !eff.is_cancelled());
+        assert!(eff.cancel_token().is_none() && !eff.is_cancelled());
     }
 
     #[test]

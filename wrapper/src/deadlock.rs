@@ -60,11 +60,15 @@ struct Held {
     map: u64,
     shard: usize,
     write: bool,
+    /// A guard handed to the caller (`Ref`), as opposed to a closure or encoder the map runs
+    /// under the lock. Async operations look only at the latter: a guard alive on this thread
+    /// may belong to another task (see `holding_in_op`).
+    guard: bool,
 }
 
 impl Held {
     /// Fills unused inline slots; map ids start at 1, so it matches no real entry.
-    const UNUSED: Held = Held { map: 0, shard: 0, write: false };
+    const UNUSED: Held = Held { map: 0, shard: 0, write: false, guard: false };
 }
 
 /// How many marks live inline before they spill into a Vec. A thread rarely holds more than
@@ -127,6 +131,32 @@ fn holding_slow(map: u64, shard: usize) -> Holding {
     found
 }
 
+/// What a closure (or encoder) the map is running right now on this thread holds on a shard,
+/// ignoring guards. Async operations refuse on this only: closures never span an `.await`,
+/// so a mark of that kind means the async call comes from inside the closure (it would wait
+/// for its own caller); a guard mark may be another task's, which this one can wait for.
+#[inline]
+pub(crate) fn holding_in_op(map: u64, shard: usize) -> Holding {
+    if HELD_COUNT.with(Cell::get) == 0 {
+        return Holding::Nothing;
+    }
+    let mut found = Holding::Nothing;
+    for e in (0..HELD_COUNT.with(Cell::get)).filter_map(held_at) {
+        if !e.guard && e.map == map && e.shard == shard {
+            if e.write {
+                return Holding::Write;
+            }
+            found = Holding::Read;
+        }
+    }
+    found
+}
+
+/// A shard of `map` a closure running on this thread holds (guards ignored), if any.
+pub(crate) fn any_held_in_op(map: u64) -> Option<usize> {
+    (0..HELD_COUNT.with(Cell::get)).filter_map(held_at).find(|e| !e.guard && e.map == map).map(|e| e.shard)
+}
+
 /// A shard of `map` this thread holds in any way, if any.
 pub(crate) fn any_held(map: u64) -> Option<usize> {
     (0..HELD_COUNT.with(Cell::get)).filter_map(held_at).find(|e| e.map == map).map(|e| e.shard)
@@ -142,9 +172,21 @@ pub(crate) struct HeldMark {
 }
 
 impl HeldMark {
+    /// A mark for a closure or encoder the map runs under the lock (lives within one call).
     #[inline]
     pub(crate) fn new(map: u64, shard: usize, write: bool) -> Self {
-        let entry = Held { map, shard, write };
+        Self::push(Held { map, shard, write, guard: false })
+    }
+
+    /// A mark for a guard handed to the caller (it may outlive the call, and on an async
+    /// runtime be held by a task while other tasks run on the thread).
+    #[inline]
+    pub(crate) fn guard(map: u64, shard: usize, write: bool) -> Self {
+        Self::push(Held { map, shard, write, guard: true })
+    }
+
+    #[inline]
+    fn push(entry: Held) -> Self {
         let n = HELD_COUNT.with(Cell::get);
         if n < INLINE_MARKS {
             HELD_INLINE.with(|a| a[n].set(entry));
@@ -371,7 +413,7 @@ pub(crate) fn waiting_for(
         return Ok(WaitGuard::NONE);
     }
     let thread = thread_id();
-    let want = Held { map, shard, write };
+    let want = Held { map, shard, write, guard: false };
     let mut g = GRAPH.lock();
     let seq = g.seq;
     g.seq += 1;
@@ -416,7 +458,7 @@ mod tests {
     use super::*;
 
     fn w(thread: u64, seq: u64, holds: &[(u64, usize, bool)], want: (u64, usize, bool)) -> Waiting {
-        let h = |(map, shard, write): (u64, usize, bool)| Held { map, shard, write };
+        let h = |(map, shard, write): (u64, usize, bool)| Held { map, shard, write, guard: false };
         Waiting {
             thread,
             seq,

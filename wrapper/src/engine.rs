@@ -10,8 +10,8 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::lock::{RwLockReadGuard, RwLockWriteGuard};
 use hashbrown::hash_table;
-use parking_lot::{RwLockReadGuard, RwLockWriteGuard};
 
 use crate::audit::{Change, Encoded, MapAudit, Outcome, Ticket, PANICKED_NO_CHANGE, PANICKED_RETAIN};
 use crate::context::{self, Effective};
@@ -42,11 +42,11 @@ type Fast<'m, G> = (Option<Counted<'m>>, G);
 pub(crate) struct Applied<T, D, R: Records> {
     /// The result; `Err` when the caller's closure panicked and the panic was caught to record
     /// the change made before it (resumed once the lock is released).
-    out: Result<T, R::Caught>,
+    pub(crate) out: Result<T, R::Caught>,
     /// Dropped after the unlock (a key or value whose `Drop` may use the map).
-    drop_after: D,
+    pub(crate) drop_after: D,
     /// The audit record's ticket, or why the record could not be made.
-    ticket: R::Ticket,
+    pub(crate) ticket: R::Ticket,
 }
 
 impl<T, R: Records> Applied<T, (), R> {
@@ -193,7 +193,7 @@ impl<K, V> Recorder<K, V> for Recording<'_, K, V> {
 impl<K, V> Recording<'_, K, V> {
     /// Records that a policy refused the operation and hands the error back.
     #[cold]
-    fn refused(&self, shard: usize, key: Option<&K>, e: MapError) -> MapError {
+    pub(crate) fn refused(&self, shard: usize, key: Option<&K>, e: MapError) -> MapError {
         let _ = self.record(Some(shard), Outcome::Refused(&e), |a| Change {
             key: key.map_or(Encoded::NONE, |k| a.key(k)),
             old: Encoded::NONE,
@@ -242,7 +242,7 @@ pub(crate) fn fast_done<G, T, D>(
 /// [`MapWrapper::with`](crate::MapWrapper::with). It has the same operations, documented on [`MapWrapper`](crate::MapWrapper).
 pub struct WithContext<'m, 'c, K, V, S = RandomState> {
     pub(crate) map: &'m MapWrapper<K, V, S>,
-    ctx: Option<&'c OpContext>,
+    pub(crate) ctx: Option<&'c OpContext>,
 }
 
 impl<'m, 'c, K, V, S> WithContext<'m, 'c, K, V, S> {
@@ -267,8 +267,8 @@ impl<K, V, S> fmt::Debug for WithContext<'_, '_, K, V, S> {
 /// One operation on the full path: its [`Waiter`] (contexts, bounded lock acquisition,
 /// statistics) and, for a mutation of an audited map, the start of its audit clock.
 pub(crate) struct FullOp<'m, 'c> {
-    waiter: Waiter<'m, 'c>,
-    t0: Option<Instant>,
+    pub(crate) waiter: Waiter<'m, 'c>,
+    pub(crate) t0: Option<Instant>,
 }
 
 impl<'m, 'c, K, V, S> WithContext<'m, 'c, K, V, S>
@@ -285,7 +285,7 @@ where
     /// Starts operation `op`: gathers its contexts; locks are taken through the result.
     /// Inlined so that `op` is a constant where the statistics turn it into a counter index.
     #[inline(always)]
-    fn begin(&self, op: Op) -> Waiter<'m, 'c> {
+    pub(crate) fn begin(&self, op: Op) -> Waiter<'m, 'c> {
         Waiter::new(
             &self.map.name,
             self.map.id,
@@ -389,7 +389,7 @@ where
 
     /// [`fast`](Self::fast) for a read lock on shard `idx`.
     #[inline(always)]
-    fn fast_read(&self, op: Op, idx: usize) -> Option<Fast<'m, RwLockReadGuard<'m, Table<K, V>>>> {
+    pub(crate) fn fast_read(&self, op: Op, idx: usize) -> Option<Fast<'m, RwLockReadGuard<'m, Table<K, V>>>> {
         let shard = &self.map.shards[idx];
         self.fast(op, || shard.try_read())
     }
@@ -455,7 +455,7 @@ where
     /// stored, the caller's `key`, for the caller to drop after unlocking (their `Drop` may
     /// use the map).
     #[inline(always)]
-    fn put<Rec: Recorder<K, V>>(
+    pub(crate) fn put<Rec: Recorder<K, V>>(
         &self,
         rec: &Rec,
         idx: usize,
@@ -518,7 +518,7 @@ where
         Q: Eq + ?Sized,
     {
         let entry = RwLockReadGuard::try_map(guard, |t| t.find(hash, |(k, _)| k.borrow() == key)).ok()?;
-        Some(Ref::new(entry, HeldMark::new(self.map.id, idx, false)))
+        Some(Ref::new(entry, HeldMark::guard(self.map.id, idx, false)))
     }
 
     /// See [`MapWrapper::view`](crate::MapWrapper::view).
@@ -529,20 +529,27 @@ where
         F: FnOnce(&V) -> R,
     {
         let (hash, idx) = self.locate(key);
-        let id = self.map.id;
-        // The body: `f` runs with the shard marked as held (a write back into it is refused).
-        let run = |table: &Table<K, V>| {
-            table.find(hash, |(k, _)| k.borrow() == key).map(|(_, v)| {
-                let _held = HeldMark::new(id, idx, false);
-                f(v)
-            })
-        };
         if let Some((_counted, table)) = self.fast_read(Op::View, idx) {
-            return Ok(run(&table));
+            return Ok(self.look(idx, &table, hash, key, f));
         }
         let mut op = self.start(Op::View)?;
         let table = op.waiter.read(idx, &self.map.shards[idx])?;
-        Ok(run(&table))
+        Ok(self.look(idx, &table, hash, key, f))
+    }
+
+    /// The body of `view`: `f` of the value of `key` in a read-locked shard, `f` running with
+    /// the shard marked as held (a write back into it is refused).
+    #[inline(always)]
+    pub(crate) fn look<Q, R, F>(&self, idx: usize, table: &Table<K, V>, hash: u64, key: &Q, f: F) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+        F: FnOnce(&V) -> R,
+    {
+        table.find(hash, |(k, _)| k.borrow() == key).map(|(_, v)| {
+            let _held = HeldMark::new(self.map.id, idx, false);
+            f(v)
+        })
     }
 
     /// See [`MapWrapper::get_cloned`](crate::MapWrapper::get_cloned).
@@ -676,7 +683,7 @@ where
     /// the map from it is refused). The removed pair is the result, dropped by the caller
     /// after the unlock.
     #[inline(always)]
-    fn take<Q, F, Rec: Recorder<K, V>>(
+    pub(crate) fn take<Q, F, Rec: Recorder<K, V>>(
         &self,
         rec: &Rec,
         idx: usize,
@@ -742,7 +749,7 @@ where
     /// The body of `update`: runs `f` on the value of `key` in a locked shard, with the shard
     /// marked as held, and records the change.
     #[inline(always)]
-    fn modify<Q, R, F, Rec: Recorder<K, V>>(
+    pub(crate) fn modify<Q, R, F, Rec: Recorder<K, V>>(
         &self,
         rec: &Rec,
         idx: usize,
@@ -789,7 +796,7 @@ where
     /// (`None` removes it), `f` running with the shard marked as held. The stored key of a
     /// removed entry is dropped after the unlock (its `Drop` may use the map).
     #[inline(always)]
-    fn replace<F, Rec: Recorder<K, V>>(
+    pub(crate) fn replace<F, Rec: Recorder<K, V>>(
         &self,
         rec: &Rec,
         idx: usize,
@@ -971,7 +978,7 @@ where
         let mut guards = Vec::with_capacity(self.map.shards.len());
         for (idx, shard) in self.map.shards.iter().enumerate() {
             let table = waiter.read(idx, shard)?;
-            guards.push(ReadAll::new(table, HeldMark::new(self.map.id, idx, false)));
+            guards.push(ReadAll::new(table, HeldMark::guard(self.map.id, idx, false)));
         }
         Ok(guards)
     }
@@ -985,37 +992,7 @@ where
         let mut removed = 0;
         let mut panicked = None;
         let result = self.each_shard_mut(Op::Retain, |rec, idx, table| {
-            if panicked.is_some() {
-                // After a panic the walk goes on without touching anything, to unlock cleanly.
-                return (Vec::new(), Ok(None));
-            }
-            let held = HeldMark::new(id, idx, true);
-            let gone: Vec<(K, V)> = table
-                .extract_if(|(k, v)| {
-                    if panicked.is_some() {
-                        return false;
-                    }
-                    match rec.guarded(|| !f(k, v)) {
-                        Ok(remove) => remove,
-                        Err(panic) => {
-                            panicked = Some(panic);
-                            false
-                        }
-                    }
-                })
-                .collect();
-            drop(held);
-            removed += gone.len();
-            let mut recorded = rec.removed(idx, &gone);
-            if panicked.is_some() {
-                let failed = rec.record(Some(idx), Outcome::Panicked(PANICKED_RETAIN), |_| Change {
-                    key: Encoded::NONE,
-                    old: Encoded::NONE,
-                    new: Encoded::NONE,
-                });
-                recorded = recorded.and_then(|last| Ok(failed?.or(last)));
-            }
-            (gone, recorded)
+            retain_shard(id, &mut f, &mut removed, &mut panicked, rec, idx, table)
         });
         if let Some(panic) = panicked {
             std::panic::resume_unwind(panic);
@@ -1027,12 +1004,7 @@ where
     /// See [`MapWrapper::clear`](crate::MapWrapper::clear).
     pub fn clear(self) -> Result<usize, MapError> {
         let mut removed = 0;
-        self.each_shard_mut(Op::Clear, |rec, idx, table| {
-            removed += table.len();
-            let gone: Vec<(K, V)> = std::mem::take(table).into_iter().collect();
-            let recorded = rec.removed(idx, &gone);
-            (gone, recorded)
-        })?;
+        self.each_shard_mut(Op::Clear, |rec, idx, table| clear_shard(&mut removed, rec, idx, table))?;
         Ok(removed)
     }
 
@@ -1123,4 +1095,65 @@ where
         self.audit_settle(last)?;
         result.map(|()| n)
     }
+}
+
+/// What a bulk mutation did on one shard: what to drop after its unlock, and its last ticket.
+pub(crate) type ShardDone<K, V> = (Vec<(K, V)>, Result<Option<Ticket>, MapError>);
+
+/// The body of `retain` on one write-locked shard: removes the pairs `f` rejects (with the
+/// shard marked as held) and records each removal; a panic of `f` is kept in `panicked`, and
+/// the shards after it are left untouched.
+pub(crate) fn retain_shard<K, V, F: FnMut(&K, &V) -> bool>(
+    id: u64,
+    f: &mut F,
+    removed: &mut usize,
+    panicked: &mut Option<Box<dyn std::any::Any + Send>>,
+    rec: &Recording<'_, K, V>,
+    idx: usize,
+    table: &mut Table<K, V>,
+) -> ShardDone<K, V> {
+    if panicked.is_some() {
+        // After a panic the walk goes on without touching anything, to unlock cleanly.
+        return (Vec::new(), Ok(None));
+    }
+    let held = HeldMark::new(id, idx, true);
+    let gone: Vec<(K, V)> = table
+        .extract_if(|(k, v)| {
+            if panicked.is_some() {
+                return false;
+            }
+            match rec.guarded(|| !f(k, v)) {
+                Ok(remove) => remove,
+                Err(panic) => {
+                    *panicked = Some(panic);
+                    false
+                }
+            }
+        })
+        .collect();
+    drop(held);
+    *removed += gone.len();
+    let mut recorded = rec.removed(idx, &gone);
+    if panicked.is_some() {
+        let failed = rec.record(Some(idx), Outcome::Panicked(PANICKED_RETAIN), |_| Change {
+            key: Encoded::NONE,
+            old: Encoded::NONE,
+            new: Encoded::NONE,
+        });
+        recorded = recorded.and_then(|last| Ok(failed?.or(last)));
+    }
+    (gone, recorded)
+}
+
+/// The body of `clear` on one write-locked shard: empties it and records each removal.
+pub(crate) fn clear_shard<K, V>(
+    removed: &mut usize,
+    rec: &Recording<'_, K, V>,
+    idx: usize,
+    table: &mut Table<K, V>,
+) -> ShardDone<K, V> {
+    *removed += table.len();
+    let gone: Vec<(K, V)> = std::mem::take(table).into_iter().collect();
+    let recorded = rec.removed(idx, &gone);
+    (gone, recorded)
 }

@@ -85,6 +85,13 @@ where
     }
 }
 
+impl<'m, 'c, K, V, S, M> Entry<'m, 'c, K, V, S, M> {
+    /// The parts of the pending upsert (for its async twin).
+    pub(crate) fn into_parts(self) -> (WithContext<'m, 'c, K, V, S>, K, M, bool) {
+        (self.with, self.key, self.modify, self.modifies)
+    }
+}
+
 impl<K: fmt::Debug, V, S, M> fmt::Debug for Entry<'_, '_, K, V, S, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Entry")

@@ -147,6 +147,10 @@ impl ErrorKind {
     }
 }
 
+/// The reason of a [`ErrorKind::WouldDeadlock`] refused to an async operation (see
+/// `MapError::would_deadlock_in_closure`).
+const IN_CLOSURE: &str = "called from inside a closure the map runs under this shard's lock";
+
 impl MapError {
     #[cold]
     fn new(kind: ErrorKind, details: Details) -> Self {
@@ -231,6 +235,21 @@ impl MapError {
             shard: Some(shard),
             held: Some((held_map, held_shard)),
             cycle: Some(threads),
+            ..Details::default()
+        };
+        Self::new(ErrorKind::WouldDeadlock, d)
+    }
+
+    /// An async operation called from inside a closure the map is running on `shard` (it
+    /// would wait for the operation that called it). Its message names that holder instead of
+    /// "this thread": a guard held by another task on the same thread is waited for.
+    #[cold]
+    pub(crate) fn would_deadlock_in_closure(map: &Arc<str>, op: Op, shard: usize) -> Self {
+        let d = Details {
+            map: Some(map.clone()),
+            op: Some(op),
+            shard: Some(shard),
+            reason: Some(IN_CLOSURE.into()),
             ..Details::default()
         };
         Self::new(ErrorKind::WouldDeadlock, d)
@@ -407,7 +426,7 @@ impl fmt::Display for MapError {
             ),
             ErrorKind::Timeout => write!(
                 f,
-                "`{op}` on map `{map}` timed out after waiting {:?} for shard {}, which another thread \
+                "`{op}` on map `{map}` timed out after waiting {:?} for shard {}, which another thread or task \
                  held (the operation's time limit is {:?}): retry, raise the timeout (OpContext::timeout \
                  or the builder's timeout), or shorten what runs under the lock",
                 dur(d.waited),
@@ -436,6 +455,14 @@ impl fmt::Display for MapError {
                     d.cycle.unwrap_or_default()
                 )
             }
+            ErrorKind::WouldDeadlock if d.reason.as_deref() == Some(IN_CLOSURE) => write!(
+                f,
+                "`{op}` on map `{map}` would deadlock: it was called from inside a closure that the \
+                 map is running on shard {} for another operation of the same call chain (an async \
+                 operation waits for guards of other tasks, never for its own caller); move the \
+                 call out of the closure",
+                d.shard.unwrap_or_default()
+            ),
             ErrorKind::WouldDeadlock => write!(
                 f,
                 "`{op}` on map `{map}` would deadlock: this thread already holds shard {} (a live guard \

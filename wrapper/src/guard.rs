@@ -3,9 +3,9 @@
 use std::fmt;
 use std::ops::Deref;
 
-use parking_lot::MappedRwLockReadGuard;
+use crate::lock::MappedRwLockReadGuard;
 #[cfg(feature = "serde")]
-use parking_lot::RwLockReadGuard;
+use crate::lock::RwLockReadGuard;
 
 use crate::deadlock::HeldMark;
 #[cfg(feature = "serde")]

@@ -113,7 +113,8 @@
 //! a per-thread stripe of the statistics (one relaxed atomic add). Everything else — a lock
 //! that is taken, a context, an audited map, a sampled operation (one in
 //! [`Builder::latency_sampling`] of a thread on the map is timed), an open breaker — goes the
-//! full way: a bounded wait under the deadline, polling the cancel token, timing, auditing.
+//! full way: a wait in the shard's fair queue, bounded by the deadline and woken by the
+//! cancel token, timing, auditing.
 //! Both paths give the same results, errors and counts.
 //!
 //! The fast path exists because on a table far larger than the caches an operation costs its
@@ -128,6 +129,8 @@
 //!
 //! - `serde`: `Serialize` and `Deserialize` for [`MapWrapper`] (as a map), through serde.
 //!   (serde and serde_json themselves are always used, to encode audit records.)
+//! - `tokio-util`: [`OpContext::scope_with_cancellation`], which lets a
+//!   `tokio_util::sync::CancellationToken` cancel the map operations of a scope.
 //! - `metrics`: [`Stats::publish_metrics`] and a breaker-state gauge, through the `metrics`
 //!   facade crate (any exporter: Prometheus, StatsD, …).
 //! - `test-util`: test support: `clock::TestClock` (a clock that moves only when a test moves
@@ -143,8 +146,11 @@
 #![cfg_attr(feature = "metrics", doc = "[`Stats::publish_metrics`]: stats::Stats::publish_metrics")]
 #![cfg_attr(not(feature = "metrics"), doc = "[`Stats::publish_metrics`]: stats::Stats")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
-#![forbid(unsafe_code)]
+// Unsafe code only in the shard lock (`lock`: the lock_api trait impls and guard hand-offs,
+// each with its `// SAFETY:` comment); everywhere else it is refused.
+#![deny(unsafe_code)]
 
+mod async_ops;
 pub mod audit;
 pub mod breaker;
 pub mod builder;
@@ -157,6 +163,8 @@ mod entry;
 mod error;
 mod guard;
 mod iter;
+#[allow(unsafe_code)]
+mod lock;
 mod map;
 mod op;
 mod pipeline;
@@ -170,9 +178,12 @@ pub mod __private;
 #[cfg(feature = "serde")]
 mod serde_impl;
 
+#[cfg(feature = "tokio-util")]
+mod tokio_bridge;
+
 pub use builder::Builder;
 pub use cancel::CancelToken;
-pub use context::{ContextGuard, OpContext};
+pub use context::{ContextGuard, OpContext, Scoped};
 pub use engine::WithContext;
 pub use entry::{Entry, Upserted};
 pub use error::{BuildError, ErrorKind, MapError, Severity};
@@ -181,6 +192,8 @@ pub use iter::{IntoIter, Iter};
 pub use map::MapWrapper;
 pub use map_wrapper_macros::{guarded_map, GuardedMap};
 pub use op::Op;
+#[cfg(feature = "tokio-util")]
+pub use tokio_bridge::CancellableScope;
 
 /// `MapWrapper` can be shared between threads when its keys and values can.
 #[allow(dead_code)]

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::lock::RwLock;
 use hashbrown::hash_table;
-use parking_lot::RwLock;
 
 use crate::audit::MapAudit;
 use crate::breaker::CircuitBreaker;
@@ -28,7 +28,7 @@ use crate::{MapError, OpContext};
 /// refuses to deadlock, and returns `Result` instead of blocking without bound.
 ///
 /// Keys are spread over [`shard_count`](MapWrapper::shard_count) shards, each a
-/// `parking_lot::RwLock` around a hash table. A key is hashed once per operation: the hash
+/// fair reader-writer lock (one FIFO queue for waiting threads and tasks) around a hash table. A key is hashed once per operation: the hash
 /// picks the shard and is reused to find the slot inside it. Operations on one key lock one
 /// shard; whole-map operations (`len`, `retain`, `clear`, `snapshot`, …) lock the shards one at
 /// a time, so they see each shard consistently but not the whole map at one instant.
@@ -36,8 +36,8 @@ use crate::{MapError, OpContext};
 /// **Waiting.** An operation that finds its shard locked waits at most until its deadline
 /// (500 ms by default; see [`Builder::timeout`] and [`OpContext`]), then returns
 /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout). A cancelled [`CancelToken`](crate::CancelToken) makes it return
-/// [`ErrorKind::Cancelled`](crate::ErrorKind::Cancelled), before it locks anything or within about a millisecond while it
-/// waits. An uncontended operation does not read the clock.
+/// [`ErrorKind::Cancelled`](crate::ErrorKind::Cancelled), before it locks anything or, while it
+/// waits, as soon as the token is cancelled (the waiter is woken). An uncontended operation does not read the clock.
 ///
 /// **Re-entrancy.** A thread that holds a shard (a live [`Ref`] from [`get`](MapWrapper::get),
 /// or a closure the map is running for [`update`](MapWrapper::update), [`view`](MapWrapper::view),

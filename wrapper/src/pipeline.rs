@@ -3,20 +3,17 @@
 //! under one deadline and cancel token, refuses what would deadlock, and counts the outcome
 //! when it drops.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
-
 use crate::context::Effective;
-use crate::deadlock::{self, any_held, holding, Access, Holding};
+use crate::deadlock::{self, any_held, holding, holding_in_op, Access, Holding};
+use crate::lock::{self, RwLock, RwLockReadGuard, RwLockWriteGuard, WaitError};
 use crate::stats::{Failure, Monitor, Observation};
-use crate::{MapError, Op};
+use crate::{CancelToken, MapError, Op};
 
-/// How long a wait sleeps before it looks at the cancel token again.
-const CANCEL_POLL: Duration = Duration::from_millis(1);
-
-/// How long a read wait of a thread that holds shards sleeps before it queues again in the
+/// How long a read wait of a thread that holds shards waits before it queues again in the
 /// wait-for graph (see `deadlock::WaitGuard::renew`), and how long a writer that holds nothing
 /// waits before it joins the graph.
 const REQUEUE: Duration = Duration::from_millis(5);
@@ -42,6 +39,9 @@ pub(crate) struct Waiter<'a, 'c> {
     /// Statistics and circuit breaker: what this operation is, as they see it (including a
     /// rejection by the breaker, returned before the first lock).
     observed: Option<(&'a Monitor, Observation)>,
+    /// Set while an async acquisition is pending: if the future is dropped then, the
+    /// operation counts as cancelled.
+    awaiting: bool,
 }
 
 impl<'a, 'c> Waiter<'a, 'c> {
@@ -55,7 +55,17 @@ impl<'a, 'c> Waiter<'a, 'c> {
         monitor: Option<&'a Monitor>,
     ) -> Self {
         let observed = monitor.map(|m| (m, m.begin(op)));
-        Waiter { map_name, map_id, op, eff, default_timeout, window: None, checked_absolute: false, observed }
+        Waiter {
+            map_name,
+            map_id,
+            op,
+            eff,
+            default_timeout,
+            window: None,
+            checked_absolute: false,
+            observed,
+            awaiting: false,
+        }
     }
 
     /// The circuit breaker's rejection of this operation, the first time it is asked for.
@@ -101,26 +111,14 @@ impl<'a, 'c> Waiter<'a, 'c> {
         if let Some(g) = fast {
             return Ok(g);
         }
-        self.slow_read(idx, recursive, lock)
-    }
-
-    /// The wait of [`read`](Self::read), out of line so that its fast path keeps no more
-    /// registers than before.
-    #[cold]
-    #[inline(never)]
-    fn slow_read<'s, T>(
-        &mut self,
-        idx: usize,
-        recursive: bool,
-        lock: &'s RwLock<T>,
-    ) -> Result<RwLockReadGuard<'s, T>, MapError> {
-        // A recursive read never queues behind a writer: not an edge of the wait-for graph.
+        // A recursive read never queues behind a writer (the lock lets it pass the queue): not an
+        // edge of the wait-for graph.
         let access = if recursive { None } else { Some(Access::Read) };
-        self.slow(idx, access, |until| {
+        self.slow(idx, access, |until, cancel| {
             if recursive {
-                lock.try_read_recursive_until(until)
+                lock.try_read_recursive_until(until).ok_or(WaitError::Timeout)
             } else {
-                lock.try_read_until(until)
+                lock::read_until(lock, Some(until), cancel)
             }
         })
     }
@@ -142,7 +140,7 @@ impl<'a, 'c> Waiter<'a, 'c> {
         if let Some(g) = lock.try_write() {
             return Ok(g);
         }
-        self.slow(idx, Some(Access::Write), |until| lock.try_write_until(until))
+        self.slow(idx, Some(Access::Write), |until, cancel| lock::write_until(lock, Some(until), cancel))
     }
 
     /// For operations that write every shard: refuses up front, before changing anything, if
@@ -200,21 +198,20 @@ impl<'a, 'c> Waiter<'a, 'c> {
         Ok(())
     }
 
-    /// Waits for shard `idx` (its non-blocking try failed): first registers the wait in the
-    /// wait-for graph (`access`; `None` for a wait that cannot be part of a cycle), which
-    /// refuses it if it would close a cycle of waiting threads; then waits under the deadline
-    /// and the cancel token.
+    /// The sync wait for shard `idx` (its non-blocking try failed): first registers the wait
+    /// in the wait-for graph (`access`; `None` for a wait that cannot be part of a cycle),
+    /// which refuses it if it would close a cycle of waiting threads; then this thread parks in
+    /// the shard's queue until the deadline or the cancel token (which wakes it), or until the
+    /// unlock hands it the lock. A wait that must renew its place in the graph (a reader that
+    /// holds shards, a writer that held nothing at first) waits in steps of [`REQUEUE`].
     #[cold]
     #[inline(never)]
     fn slow<G>(
         &mut self,
         idx: usize,
         access: Option<Access>,
-        mut try_until: impl FnMut(Instant) -> Option<G>,
+        mut acquire: impl FnMut(Instant, Option<&CancelToken>) -> Result<G, WaitError>,
     ) -> Result<G, MapError> {
-        if let Some((m, obs)) = &mut self.observed {
-            m.contended(obs);
-        }
         // A thread that holds nothing cannot close a cycle. A writer among them is still a node
         // (readers queue behind it), but joins the graph only once it has waited one step:
         // short waits, the common contention, never touch the graph's lock.
@@ -223,47 +220,24 @@ impl<'a, 'c> Waiter<'a, 'c> {
             None => None,
             Some(a) => match deadlock::waiting_for(self.map_name, self.map_id, idx, a) {
                 Ok(w) => Some(w),
-                Err(cycle) => return self.refuse_cycle(idx, cycle, &mut try_until),
+                Err(cycle) => return self.refuse_cycle(idx, cycle, &mut acquire),
             },
         };
-        let wait_start = Instant::now();
-        let (start, deadline) = *self
-            .window
-            .get_or_insert_with(|| (wait_start, self.eff.deadline_from(wait_start, self.default_timeout)));
-        let poll = self.eff.has_cancel();
+        let (wait_start, start, deadline) = self.wait_window();
+        let cancel = self.eff.cancel_token();
         loop {
-            let now = Instant::now();
-            if now >= deadline {
-                // The operation's own time at its deadline (for an operation that visits many
-                // shards, more than the wait for this one).
-                let elapsed = now - start;
-                let err = MapError::timed_out(
-                    self.map_name,
-                    self.op,
-                    idx,
-                    now - wait_start,
-                    deadline.saturating_duration_since(start),
-                );
-                return Err(self.failed(Failure::Timeout { waited: elapsed }, err));
-            }
             let requeue = deferred || waiting.as_ref().is_some_and(deadlock::WaitGuard::needs_renewal);
-            let until = match (poll, requeue) {
-                (true, _) => deadline.min(now + CANCEL_POLL),
-                (false, true) => deadline.min(now + REQUEUE),
-                (false, false) => deadline,
-            };
-            if let Some(g) = try_until(until) {
-                return Ok(g);
-            }
-            if self.eff.is_cancelled() {
-                return Err(self.cancelled());
+            let until = if requeue { deadline.min(Instant::now() + REQUEUE) } else { deadline };
+            match acquire(until, cancel.as_ref()) {
+                Err(WaitError::Timeout) if until < deadline => {}
+                got => return self.wait_ended(idx, got, wait_start, start, deadline),
             }
             if deferred {
                 deferred = false;
                 // Holds nothing: never refused.
                 waiting = deadlock::waiting_for(self.map_name, self.map_id, idx, Access::Write).ok();
             } else if let Some(Err(cycle)) = waiting.as_mut().map(deadlock::WaitGuard::renew) {
-                return self.refuse_cycle(idx, cycle, &mut try_until);
+                return self.refuse_cycle(idx, cycle, &mut acquire);
             }
         }
     }
@@ -275,9 +249,9 @@ impl<'a, 'c> Waiter<'a, 'c> {
         &mut self,
         idx: usize,
         cycle: deadlock::Cycle,
-        try_until: &mut impl FnMut(Instant) -> Option<G>,
+        acquire: &mut impl FnMut(Instant, Option<&CancelToken>) -> Result<G, WaitError>,
     ) -> Result<G, MapError> {
-        if let Some(g) = try_until(Instant::now()) {
+        if let Ok(g) = acquire(Instant::now(), None) {
             return Ok(g);
         }
         let err = MapError::would_deadlock_cycle(
@@ -290,6 +264,134 @@ impl<'a, 'c> Waiter<'a, 'c> {
         );
         Err(self.failed(Failure::WouldDeadlock, err))
     }
+
+    /// The async wait: as [`slow`](Self::slow), the task waiting in the same queue. Dropped
+    /// while pending, the acquisition leaves the queue (or releases a lock handed to it) and
+    /// the operation counts as cancelled.
+    #[cold]
+    async fn slow_async<G, F>(
+        &mut self,
+        idx: usize,
+        acquire: impl FnOnce(Instant, Option<CancelToken>) -> F,
+    ) -> Result<G, MapError>
+    where
+        F: Future<Output = Result<G, WaitError>>,
+    {
+        let (wait_start, start, deadline) = self.wait_window();
+        let cancel = self.eff.cancel_token();
+        self.awaiting = true;
+        let got = acquire(deadline, cancel).await;
+        self.awaiting = false;
+        self.wait_ended(idx, got, wait_start, start, deadline)
+    }
+
+    /// The operation's window at its first wait (when it started, when it must give up),
+    /// and the start of this wait; tells the statistics the operation is contended.
+    fn wait_window(&mut self) -> (Instant, Instant, Instant) {
+        if let Some((m, obs)) = &mut self.observed {
+            m.contended(obs);
+        }
+        let wait_start = Instant::now();
+        let (start, deadline) = *self
+            .window
+            .get_or_insert_with(|| (wait_start, self.eff.deadline_from(wait_start, self.default_timeout)));
+        (wait_start, start, deadline)
+    }
+
+    /// Turns the end of a wait into the operation's result.
+    fn wait_ended<G>(
+        &mut self,
+        idx: usize,
+        got: Result<G, WaitError>,
+        wait_start: Instant,
+        start: Instant,
+        deadline: Instant,
+    ) -> Result<G, MapError> {
+        match got {
+            Ok(g) => Ok(g),
+            Err(WaitError::Cancelled) => Err(self.cancelled()),
+            Err(WaitError::Timeout) => {
+                // The operation's own time at its deadline (for an operation that visits many
+                // shards, more than the wait for this one).
+                let now = Instant::now();
+                let err = MapError::timed_out(
+                    self.map_name,
+                    self.op,
+                    idx,
+                    now - wait_start,
+                    deadline.saturating_duration_since(start),
+                );
+                Err(self.failed(Failure::Timeout { waited: now - start }, err))
+            }
+        }
+    }
+
+    // ---- the async way to take a lock ---------------------------------------------------------
+
+    /// Read access to `lock` (shard `idx`) for an async operation: the checks of
+    /// [`read`](Self::read), then a wait that parks the task, not the thread.
+    ///
+    /// Deadlock refusal is per operation here: async operations take closures, so the only
+    /// shards "held" by the operation's own call chain are those whose closure is running on
+    /// this thread right now (a call back into the map from inside a closure). Guards
+    /// (`Ref`) alive on this thread may belong to other tasks: this task waits for them.
+    pub(crate) async fn read_async<'s, T>(
+        &mut self,
+        idx: usize,
+        lock: &'s RwLock<T>,
+    ) -> Result<RwLockReadGuard<'s, T>, MapError> {
+        if let Some(e) = self.rejection() {
+            return Err(e);
+        }
+        let recursive = match holding_in_op(self.map_id, idx) {
+            Holding::Write => return Err(self.would_deadlock_in_closure(idx)),
+            Holding::Read => true,
+            Holding::Nothing => false,
+        };
+        self.precheck()?;
+        let fast = if recursive { lock.try_read_recursive() } else { lock.try_read() };
+        if let Some(g) = fast {
+            return Ok(g);
+        }
+        self.slow_async(idx, |until, cancel| lock::read_async_owned(lock, Some(until), cancel)).await
+    }
+
+    /// Write access to `lock` (shard `idx`) for an async operation; as
+    /// [`read_async`](Self::read_async).
+    pub(crate) async fn write_async<'s, T>(
+        &mut self,
+        idx: usize,
+        lock: &'s RwLock<T>,
+    ) -> Result<RwLockWriteGuard<'s, T>, MapError> {
+        if let Some(e) = self.rejection() {
+            return Err(e);
+        }
+        if holding_in_op(self.map_id, idx) != Holding::Nothing {
+            return Err(self.would_deadlock_in_closure(idx));
+        }
+        self.precheck()?;
+        if let Some(g) = lock.try_write() {
+            return Ok(g);
+        }
+        self.slow_async(idx, |until, cancel| lock::write_async_owned(lock, Some(until), cancel)).await
+    }
+
+    /// For async operations that write every shard: refuses up front if a closure of this
+    /// map is running on this thread (the call comes from inside it).
+    pub(crate) fn refuse_if_in_closure(&mut self) -> Result<(), MapError> {
+        if let Some(e) = self.rejection() {
+            return Err(e);
+        }
+        match crate::deadlock::any_held_in_op(self.map_id) {
+            Some(shard) => Err(self.would_deadlock_in_closure(shard)),
+            None => Ok(()),
+        }
+    }
+
+    fn would_deadlock_in_closure(&mut self, shard: usize) -> MapError {
+        let err = MapError::would_deadlock_in_closure(self.map_name, self.op, shard);
+        self.failed(Failure::WouldDeadlock, err)
+    }
 }
 
 impl Drop for Waiter<'_, '_> {
@@ -297,7 +399,11 @@ impl Drop for Waiter<'_, '_> {
     /// count its outcome and tell the breaker.
     #[inline]
     fn drop(&mut self) {
-        if let Some((m, obs)) = &self.observed {
+        if let Some((m, obs)) = &mut self.observed {
+            if self.awaiting {
+                // An async acquisition dropped while it waited: the caller gave up.
+                obs.fail(Failure::Cancelled);
+            }
             m.finish(obs);
         }
     }

@@ -215,3 +215,8 @@ pub fn built_checked<K, V, S>(built: Result<MapWrapper<K, V, S>, BuildError>) ->
         Err(e) => unreachable!("map-wrapper bug: #[guarded_map] accepted settings that build() refuses: {e}"),
     }
 }
+
+/// The shard lock, reachable by the benchmarks (`benches/lock.rs`) and doctests.
+pub mod lock {
+    pub use crate::lock::*;
+}

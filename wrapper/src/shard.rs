@@ -1,8 +1,9 @@
-//! One shard: a reader-writer lock around a hash table.
+//! One shard: a reader-writer lock (the fair thread-and-task lock of `crate::lock`) around a
+//! hash table.
 
+use crate::lock::RwLock;
 use crossbeam_utils::CachePadded;
 use hashbrown::HashTable;
-use parking_lot::RwLock;
 
 /// The table of one shard. Entries are stored without their hash: the hash is computed once
 /// per operation and passed in, and recomputed only when the table grows.

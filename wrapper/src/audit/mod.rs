@@ -66,6 +66,7 @@ use serde::Serialize;
 use crate::context::Effective;
 use crate::{MapError, Op};
 
+mod durable;
 mod file;
 mod record;
 mod sink;
@@ -477,7 +478,39 @@ impl<K, V> MapAudit<K, V> {
         }
         let now = Instant::now();
         let deadline = eff.deadline_from(now, default_timeout);
-        match self.auditor.sink.admit(deadline) {
+        self.admitted(map, op, now, deadline, self.auditor.sink.admit(deadline))
+    }
+
+    /// [`begin`](Self::begin) for an async operation: a full queue is waited for on the
+    /// library's helper thread (see `durable.rs`), not on the task's thread.
+    pub(crate) async fn begin_async(
+        &self,
+        map: &Arc<str>,
+        op: Op,
+        eff: &Effective<'_>,
+        default_timeout: std::time::Duration,
+    ) -> Result<Instant, MapError> {
+        if self.auditor.fail_mode == FailMode::FailClosed {
+            if let Err(e) = self.auditor.sink.health() {
+                return Err(MapError::audit_unavailable(map, e.reason().clone()));
+            }
+        }
+        let now = Instant::now();
+        let deadline = eff.deadline_from(now, default_timeout);
+        let admitted = durable::admit(&self.auditor.sink, deadline).await;
+        self.admitted(map, op, now, deadline, admitted)
+    }
+
+    /// The start of a mutation once the sink answered its admission.
+    fn admitted(
+        &self,
+        map: &Arc<str>,
+        op: Op,
+        now: Instant,
+        deadline: Instant,
+        admitted: Result<(), AdmitError>,
+    ) -> Result<Instant, MapError> {
+        match admitted {
             Ok(()) => Ok(now),
             Err(AdmitError::Full { waited, .. }) => {
                 Err(MapError::audit_queue_full(map, op, waited, deadline.saturating_duration_since(now)))
@@ -546,6 +579,21 @@ impl<K, V> MapAudit<K, V> {
                     Ok(()) => Ok(()),
                     // Fail-open: not counted here; the sink accepted the record and counts it
                     // in its own `sink_gap` on reopen if it did not reach the file.
+                    Err(_) if self.auditor.fail_mode == FailMode::FailOpen => Ok(()),
+                    Err(e) => self.lost(map, &e, "applied, but its record may not be durable"),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// [`settle`](Self::settle) for an async operation: awaits the durability wait on the
+    /// library's durability thread (see `durable.rs`) instead of blocking the task's thread.
+    pub(crate) async fn settle_async(&self, map: &Arc<str>, ticket: Option<Ticket>) -> Result<(), MapError> {
+        match ticket {
+            Some(t) if self.auditor.durability != Durability::Buffered => {
+                match durable::wait(&self.auditor.sink, t, self.auditor.durability).await {
+                    Ok(()) => Ok(()),
                     Err(_) if self.auditor.fail_mode == FailMode::FailOpen => Ok(()),
                     Err(e) => self.lost(map, &e, "applied, but its record may not be durable"),
                 }
