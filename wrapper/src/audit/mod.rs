@@ -66,6 +66,8 @@ mod file;
 mod record;
 mod sink;
 pub mod verify;
+// Signed Merkle checkpoints (issue #14): tree, signed notes, checkpoints, anchors.
+pub mod merkle;
 
 pub use file::{
     list_segments, parse_segment_file_name, segment_file_name, JsonLinesOptions, JsonLinesSink,
