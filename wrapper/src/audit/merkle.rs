@@ -690,6 +690,7 @@ mod tests {
             let ls = leaves(n, salt);
             let tree = CompactTree::from_leaves(&ls);
             let root = tree.root();
+            let longer = CompactTree::from_leaves(ls.iter().chain(Some(&leaf_hash(b"one more")))).root();
             let mut mt = MemoryTree::new();
             for l in &ls {
                 mt.push(*l);
@@ -714,7 +715,6 @@ mod tests {
                     prop_assert!(verify_inclusion(&ls[i as usize], (i + 1) % n, n, &proof, &root).is_err());
                 }
                 // Not a proof for the tree one leaf longer.
-                let longer = CompactTree::from_leaves(ls.iter().chain(Some(&leaf_hash(b"one more")))).root();
                 prop_assert!(verify_inclusion(&ls[i as usize], i, n + 1, &proof, &longer).is_err());
             }
         }

@@ -68,6 +68,7 @@ mod sink;
 pub mod verify;
 // Signed Merkle checkpoints (issue #14): tree, signed notes, checkpoints, anchors.
 pub mod merkle;
+pub mod note;
 
 pub use file::{
     list_segments, parse_segment_file_name, segment_file_name, JsonLinesOptions, JsonLinesSink,
