@@ -69,6 +69,7 @@ pub mod verify;
 // Signed Merkle checkpoints (issue #14): tree, signed notes, checkpoints, anchors.
 pub mod merkle;
 pub mod note;
+pub mod checkpoint;
 
 pub use file::{
     list_segments, parse_segment_file_name, segment_file_name, JsonLinesOptions, JsonLinesSink,
