@@ -70,6 +70,10 @@ pub mod verify;
 pub mod merkle;
 pub mod note;
 pub mod checkpoint;
+pub mod anchor;
+pub use anchor::{CheckpointAnchor, CheckpointState, DirAnchor, FileAnchor};
+pub use checkpoint::{Checkpoint, CheckpointPolicy, Checkpointer, SignedCheckpoint};
+pub use note::{NoteSigner, NoteVerifier};
 
 pub use file::{
     list_segments, parse_segment_file_name, segment_file_name, JsonLinesOptions, JsonLinesSink,
