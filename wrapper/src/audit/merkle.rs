@@ -679,6 +679,63 @@ mod tests {
         assert!(verify_inclusion(&ls[0], u64::MAX, u64::MAX, &[], &EMPTY_ROOT).is_err());
     }
 
+    /// The issue's figure: every record of a 10⁵-record trail proves, in at most
+    /// ⌈log₂ 10⁵⌉ = 17 hashes (544 bytes), and the proof with one bit changed fails.
+    #[test]
+    fn every_record_of_a_100k_trail_proves_and_every_proof_with_a_bit_flipped_fails() {
+        const N: u64 = 100_000;
+        let mut mt = MemoryTree::new();
+        let mut compact = CompactTree::new();
+        for i in 0..N {
+            let line = format!("{{\"v\":1,\"seq\":{}}}", i + 1);
+            mt.push_line(line.as_bytes());
+            compact.push_line(line.as_bytes());
+        }
+        let root = compact.root();
+        assert_eq!(mt.root(), root);
+        let mut longest = 0;
+        for i in 0..N {
+            let leaf = mt.leaf(i).unwrap();
+            let mut proof = inclusion_proof(&mt, i, N).unwrap();
+            longest = longest.max(proof.len());
+            assert_eq!(verify_inclusion(&leaf, i, N, &proof, &root), Ok(()), "record {i}");
+            let k = (i as usize) % proof.len();
+            flip(&mut proof[k], (i as usize * 31) % 256);
+            assert!(verify_inclusion(&leaf, i, N, &proof, &root).is_err(), "record {i} with a bit flipped");
+        }
+        assert_eq!(longest, 17);
+    }
+
+    /// Consistency proofs between every pair of 100 checkpoints of a growing trail verify;
+    /// the same pairs against a forked history fail.
+    #[test]
+    fn consistency_between_every_pair_of_100_checkpoints_verifies() {
+        let mut mt = MemoryTree::new();
+        let mut sizes = Vec::new();
+        let mut roots = Vec::new();
+        for c in 0..100u64 {
+            // Uneven growth: 1 to 97 records between checkpoints.
+            for _ in 0..(c * 37 % 97 + 1) {
+                let n = LeafSource::len(&mt);
+                mt.push_line(format!("r{n}").as_bytes());
+            }
+            sizes.push(LeafSource::len(&mt));
+            roots.push(mt.root());
+        }
+        let mut fork = MemoryTree::new();
+        for i in 0..*sizes.last().unwrap() {
+            fork.push_line(format!("{}{i}", if i == sizes[0] / 2 { "x" } else { "r" }).as_bytes());
+        }
+        for a in 0..100 {
+            for b in a..100 {
+                let p = consistency_proof(&mt, sizes[a], sizes[b]).unwrap();
+                assert_eq!(verify_consistency(sizes[a], sizes[b], &roots[a], &roots[b], &p), Ok(()), "{a}→{b}");
+                let fork_root = root(&fork, sizes[b]).unwrap();
+                assert!(verify_consistency(sizes[a], sizes[b], &roots[a], &fork_root, &p).is_err());
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
 
