@@ -30,7 +30,8 @@ fn build(n: u64) -> (Vec<Vec<u8>>, Storage, MemoryTree) {
     let mut ours = MemoryTree::new();
     let mut lines = Vec::new();
     for i in 0..n {
-        let line = format!("{{\"v\":1,\"seq\":{},\"op\":\"insert\",\"hash\":\"{i:064x}\"}}", i + 1).into_bytes();
+        let line =
+            format!("{{\"v\":1,\"seq\":{},\"op\":\"insert\",\"hash\":\"{i:064x}\"}}", i + 1).into_bytes();
         let more = stored_hashes(i, &line, &storage).unwrap();
         storage.0.extend(more);
         ours.push_line(&line);
@@ -88,7 +89,8 @@ fn consistency_proofs_are_interchangeable_with_go_tlog() {
             let (ro, rn) = (&roots[old as usize], &roots[new as usize]);
             let mine = consistency_proof(&ours, old, new).unwrap();
             let mine_t: Vec<_> = mine.iter().map(theirs).collect();
-            check_tree(&mine_t, new, theirs(rn), old, theirs(ro)).unwrap_or_else(|e| panic!("{old}→{new}: {e}"));
+            check_tree(&mine_t, new, theirs(rn), old, theirs(ro))
+                .unwrap_or_else(|e| panic!("{old}→{new}: {e}"));
             let theirs_p: Vec<Hash> = prove_tree(new, old, &storage).unwrap().iter().map(|h| h.0).collect();
             verify_consistency(old, new, ro, rn, &theirs_p).unwrap();
             assert_eq!(mine, theirs_p, "proof {old}→{new}");
@@ -128,7 +130,8 @@ fn our_verifier_accepts_their_signed_checkpoint_and_refuses_their_other_key() {
     let skey = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz";
     let vkey = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW";
     let their_signer = StandardSigner::new(skey).unwrap();
-    let body = tlog_tiles::Checkpoint::new("example.com/billing-audit", 33, tlog_tiles::Hash(root), "").unwrap();
+    let body =
+        tlog_tiles::Checkpoint::new("example.com/billing-audit", 33, tlog_tiles::Hash(root), "").unwrap();
     let mut n = Note::new(&body.to_bytes(), &[]).unwrap();
     n.add_sigs(&[&their_signer]).unwrap();
     let msg = n.to_bytes();

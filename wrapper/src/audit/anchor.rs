@@ -83,7 +83,10 @@ pub trait CheckpointAnchor: Send + Sync {
 /// Refuses `offered` if it goes backwards from `held`.
 pub fn check_forward(held: &Checkpoint, offered: &Checkpoint) -> Result<(), AnchorError> {
     if held.origin() != offered.origin() {
-        return Err(AnchorError::OtherOrigin { held: held.origin().into(), offered: offered.origin().into() });
+        return Err(AnchorError::OtherOrigin {
+            held: held.origin().into(),
+            offered: offered.origin().into(),
+        });
     }
     if offered.size() < held.size() {
         return Err(AnchorError::Backwards { held: held.size(), offered: offered.size() });
@@ -294,8 +297,11 @@ impl CheckpointAnchor for DirAnchor {
                 let path = self.dir.join(APPEND_FILE);
                 self.cut_torn_tail(&path)?;
                 let existed = path.exists();
-                let mut f = OpenOptions::new().append(true).create(true).open(&path).map_err(io_err(&path))?;
-                f.write_all(checkpoint.note().as_bytes()).and_then(|()| f.sync_data()).map_err(io_err(&path))?;
+                let mut f =
+                    OpenOptions::new().append(true).create(true).open(&path).map_err(io_err(&path))?;
+                f.write_all(checkpoint.note().as_bytes())
+                    .and_then(|()| f.sync_data())
+                    .map_err(io_err(&path))?;
                 if !existed {
                     sync_dir(&self.dir)?;
                 }
@@ -382,7 +388,11 @@ pub fn decide(old: Option<&Checkpoint>, new: &Checkpoint, proof: &[Hash]) -> Dec
         return Decision::Tampered(Tamper::Shorter { seen: old.size(), now: new.size() });
     }
     if new.size() == old.size() {
-        return if new.root() == old.root() { Decision::Same } else { Decision::Tampered(Tamper::Fork { size: new.size() }) };
+        return if new.root() == old.root() {
+            Decision::Same
+        } else {
+            Decision::Tampered(Tamper::Fork { size: new.size() })
+        };
     }
     match verify_consistency(old.size(), new.size(), old.root(), new.root(), proof) {
         Ok(()) => Decision::Advance,
@@ -424,7 +434,8 @@ impl CheckpointState {
         proof: &[Hash],
         trusted: &[NoteVerifier],
     ) -> Result<Decision, AnchorError> {
-        let new = SignedCheckpoint::open(new, trusted).map_err(|error| AnchorError::Bad { path: "<new checkpoint>".into(), error })?;
+        let new = SignedCheckpoint::open(new, trusted)
+            .map_err(|error| AnchorError::Bad { path: "<new checkpoint>".into(), error })?;
         let old = self.load(trusted)?;
         let d = decide(old.as_ref().map(SignedCheckpoint::checkpoint), new.checkpoint(), proof);
         let store = match &d {
@@ -502,7 +513,7 @@ mod tests {
             a.publish(&cps[3]).unwrap(); // a heartbeat: same size, same root
             let latest = a.latest().unwrap().unwrap();
             assert_eq!(latest, cps[3]);
-            assert!(SignedCheckpoint::open(latest.note().as_bytes(), &[v.clone()]).is_ok());
+            assert!(SignedCheckpoint::open(latest.note().as_bytes(), std::slice::from_ref(&v)).is_ok());
             assert_eq!(a.publish(&cps[2]), Err(AnchorError::Backwards { held: 3, offered: 2 }));
             assert_eq!(a.publish(&forked(3)), Err(AnchorError::Fork { size: 3 }));
             a.publish(&cps[5]).unwrap();
@@ -549,15 +560,24 @@ mod tests {
                 let d = decide(Some(cp(old as usize)), cp(new as usize), &proof);
                 assert_eq!(d, if old == new { Decision::Same } else { Decision::Advance }, "{old}→{new}");
                 if old < new {
-                    assert!(matches!(decide(Some(cp(new as usize)), cp(old as usize), &proof), Decision::Tampered(Tamper::Shorter { .. })));
+                    assert!(matches!(
+                        decide(Some(cp(new as usize)), cp(old as usize), &proof),
+                        Decision::Tampered(Tamper::Shorter { .. })
+                    ));
                 }
             }
         }
         // A fork: the same size with another history; a longer tree with another history.
-        assert_eq!(decide(Some(cp(7)), forked(7).checkpoint(), &[]), Decision::Tampered(Tamper::Fork { size: 7 }));
+        assert_eq!(
+            decide(Some(cp(7)), forked(7).checkpoint(), &[]),
+            Decision::Tampered(Tamper::Fork { size: 7 })
+        );
         let f12 = forked(12);
         let proof = consistency_proof(&leaves[..], 7, 12).unwrap();
-        assert!(matches!(decide(Some(cp(7)), f12.checkpoint(), &proof), Decision::Tampered(Tamper::Inconsistent { .. })));
+        assert!(matches!(
+            decide(Some(cp(7)), f12.checkpoint(), &proof),
+            Decision::Tampered(Tamper::Inconsistent { .. })
+        ));
         let other = Checkpoint::new("example.org/other", 9, *cp(9).root()).unwrap();
         assert!(matches!(decide(Some(cp(7)), &other, &[]), Decision::Tampered(Tamper::OtherLog { .. })));
     }
@@ -575,7 +595,10 @@ mod tests {
             c.on_record(l.as_bytes());
         }
         let c5 = c.checkpoint(t);
-        assert_eq!(state.observe(c5.note().as_bytes(), &[], &[v.clone()]).unwrap(), Decision::First);
+        assert_eq!(
+            state.observe(c5.note().as_bytes(), &[], std::slice::from_ref(&v)).unwrap(),
+            Decision::First
+        );
         for i in 5..9 {
             let l = format!("r{i}");
             leaves.push(leaf_hash(l.as_bytes()));
@@ -583,17 +606,28 @@ mod tests {
         }
         let c9 = c.checkpoint(t);
         let p = consistency_proof(&leaves[..], 5, 9).unwrap();
-        assert_eq!(state.observe(c9.note().as_bytes(), &p, &[v.clone()]).unwrap(), Decision::Advance);
-        assert_eq!(state.load(&[v.clone()]).unwrap().unwrap(), c9);
+        assert_eq!(
+            state.observe(c9.note().as_bytes(), &p, std::slice::from_ref(&v)).unwrap(),
+            Decision::Advance
+        );
+        assert_eq!(state.load(std::slice::from_ref(&v)).unwrap().unwrap(), c9);
         // A later heartbeat of the same tree replaces it; the old one (c5) is tampering.
-        let hb = c.checkpoint_at(t + Duration::from_secs(60), chrono::Utc::now() + chrono::Duration::seconds(60));
-        assert_eq!(state.observe(hb.note().as_bytes(), &[], &[v.clone()]).unwrap(), Decision::Same);
-        assert_eq!(state.load(&[v.clone()]).unwrap().unwrap(), hb);
+        let hb =
+            c.checkpoint_at(t + Duration::from_secs(60), chrono::Utc::now() + chrono::Duration::seconds(60));
+        assert_eq!(
+            state.observe(hb.note().as_bytes(), &[], std::slice::from_ref(&v)).unwrap(),
+            Decision::Same
+        );
+        assert_eq!(state.load(std::slice::from_ref(&v)).unwrap().unwrap(), hb);
         assert!(matches!(
-            state.observe(c5.note().as_bytes(), &[], &[v.clone()]).unwrap(),
+            state.observe(c5.note().as_bytes(), &[], std::slice::from_ref(&v)).unwrap(),
             Decision::Tampered(Tamper::Shorter { seen: 9, now: 5 })
         ));
-        assert_eq!(state.load(&[v.clone()]).unwrap().unwrap(), hb, "unchanged by a refused checkpoint");
+        assert_eq!(
+            state.load(std::slice::from_ref(&v)).unwrap().unwrap(),
+            hb,
+            "unchanged by a refused checkpoint"
+        );
         // A checkpoint signed by an untrusted key is refused before any decision.
         let stranger = NoteSigner::from_seed("example.com/audit", [4; 32]).unwrap();
         let mut sc = Checkpointer::new("example.com/audit", stranger, CheckpointPolicy::default()).unwrap();

@@ -100,7 +100,8 @@ impl Checkpoint {
 
     /// Adds the `time` extension line.
     pub fn with_time(mut self, time: DateTime<Utc>) -> Self {
-        self.extensions.push(format!("{TIME_EXTENSION}{}", time.to_rfc3339_opts(SecondsFormat::Micros, true)));
+        self.extensions
+            .push(format!("{TIME_EXTENSION}{}", time.to_rfc3339_opts(SecondsFormat::Micros, true)));
         self
     }
 
@@ -144,18 +145,27 @@ impl Checkpoint {
     /// (no sign, no leading zero); the root hash standard base64 of exactly 32 bytes;
     /// extension lines non-empty.
     pub fn parse(text: &str) -> Result<Self, CheckpointError> {
-        let body = text.strip_suffix('\n').ok_or(CheckpointError::Malformed("the body does not end with a newline"))?;
+        let body = text
+            .strip_suffix('\n')
+            .ok_or(CheckpointError::Malformed("the body does not end with a newline"))?;
         let mut lines = body.split('\n');
         let (Some(origin), Some(size), Some(root)) = (lines.next(), lines.next(), lines.next()) else {
             return Err(CheckpointError::Malformed("fewer than three lines (origin, size, root)"));
         };
         check_origin(origin)?;
-        if size.is_empty() || !size.bytes().all(|b| b.is_ascii_digit()) || (size.len() > 1 && size.starts_with('0')) {
+        if size.is_empty()
+            || !size.bytes().all(|b| b.is_ascii_digit())
+            || (size.len() > 1 && size.starts_with('0'))
+        {
             return Err(CheckpointError::Malformed("the tree size is not a canonical decimal number"));
         }
-        let size: u64 = size.parse().map_err(|_| CheckpointError::Malformed("the tree size does not fit in 64 bits"))?;
-        let root = B64.decode(root).map_err(|_| CheckpointError::Malformed("the root hash is not standard base64"))?;
-        let root: Hash = root.try_into().map_err(|_| CheckpointError::Malformed("the root hash is not 32 bytes"))?;
+        let size: u64 =
+            size.parse().map_err(|_| CheckpointError::Malformed("the tree size does not fit in 64 bits"))?;
+        let root = B64
+            .decode(root)
+            .map_err(|_| CheckpointError::Malformed("the root hash is not standard base64"))?;
+        let root: Hash =
+            root.try_into().map_err(|_| CheckpointError::Malformed("the root hash is not 32 bytes"))?;
         let mut cp = Checkpoint::new(origin, size, root)?;
         for e in lines {
             cp = cp.with_extension(e)?;
@@ -258,7 +268,11 @@ pub struct CheckpointPolicy {
 
 impl Default for CheckpointPolicy {
     fn default() -> Self {
-        CheckpointPolicy { every_records: 1000, every: Duration::from_secs(1), heartbeat: Duration::from_secs(60) }
+        CheckpointPolicy {
+            every_records: 1000,
+            every: Duration::from_secs(1),
+            heartbeat: Duration::from_secs(60),
+        }
     }
 }
 
@@ -474,7 +488,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // Two segments, each with a header line; a torn last line.
         std::fs::write(dir.path().join("segment-000001.jsonl"), "{\"v\":1,\"segment\":1}\nr1\nr2\n").unwrap();
-        std::fs::write(dir.path().join("segment-000002.jsonl"), "{\"v\":1,\"segment\":2}\nr3\nr4-torn").unwrap();
+        std::fs::write(dir.path().join("segment-000002.jsonl"), "{\"v\":1,\"segment\":2}\nr3\nr4-torn")
+            .unwrap();
         let t = tree_of_trail(dir.path()).unwrap();
         let lines: [&[u8]; 3] = [b"r1", b"r2", b"r3"];
         assert_eq!(t, CompactTree::from_leaves(&lines.map(leaf_hash)));

@@ -36,8 +36,8 @@ pub type Hash = [u8; 32];
 
 /// The root of the empty tree: `SHA-256("")` (RFC 6962 §2.1).
 pub const EMPTY_ROOT: Hash = [
-    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24, 0x27, 0xae,
-    0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
+    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24, 0x27,
+    0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
 ];
 
 /// The leaf hash of a record line given without its `\n`: `SHA-256(0x00 ‖ line)`.
@@ -183,7 +183,11 @@ pub fn root<S: LeafSource + ?Sized>(src: &S, size: u64) -> Result<Hash, MerkleEr
 
 /// The inclusion proof (RFC 6962 `PATH`, RFC 9162 §2.1.3.1) of leaf `index` in the tree of
 /// the first `size` leaves: at most ⌈log₂ size⌉ hashes, from the leaf's sibling up.
-pub fn inclusion_proof<S: LeafSource + ?Sized>(src: &S, index: u64, size: u64) -> Result<Vec<Hash>, MerkleError> {
+pub fn inclusion_proof<S: LeafSource + ?Sized>(
+    src: &S,
+    index: u64,
+    size: u64,
+) -> Result<Vec<Hash>, MerkleError> {
     if size > src.len() {
         return Err(MerkleError::OutOfRange { index: size, size: src.len() });
     }
@@ -213,7 +217,11 @@ pub fn inclusion_proof<S: LeafSource + ?Sized>(src: &S, index: u64, size: u64) -
 /// The consistency proof (RFC 6962 `PROOF`, RFC 9162 §2.1.4.1) that the tree of the first
 /// `new` leaves extends the tree of the first `old`: empty when `old` is 0 or equals `new`,
 /// otherwise at most ⌈log₂ new⌉ + 1 hashes.
-pub fn consistency_proof<S: LeafSource + ?Sized>(src: &S, old: u64, new: u64) -> Result<Vec<Hash>, MerkleError> {
+pub fn consistency_proof<S: LeafSource + ?Sized>(
+    src: &S,
+    old: u64,
+    new: u64,
+) -> Result<Vec<Hash>, MerkleError> {
     if new > src.len() {
         return Err(MerkleError::OutOfRange { index: new, size: src.len() });
     }
@@ -286,7 +294,13 @@ pub fn root_from_inclusion(leaf: &Hash, index: u64, size: u64, proof: &[Hash]) -
 
 /// Checks that `leaf` is leaf `index` of the tree of `size` leaves whose root is `root`
 /// (RFC 9162 §2.1.3.2).
-pub fn verify_inclusion(leaf: &Hash, index: u64, size: u64, proof: &[Hash], root: &Hash) -> Result<(), MerkleError> {
+pub fn verify_inclusion(
+    leaf: &Hash,
+    index: u64,
+    size: u64,
+    proof: &[Hash],
+    root: &Hash,
+) -> Result<(), MerkleError> {
     if root_from_inclusion(leaf, index, size, proof)? == *root {
         Ok(())
     } else {
@@ -556,11 +570,7 @@ mod tests {
                     "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
                 ],
             ),
-            (
-                2,
-                3,
-                &["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"],
-            ),
+            (2, 3, &["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"]),
         ];
         for (i, n, want) in cases {
             let got: Vec<String> = inclusion_proof(&leaves[..], i, n).unwrap().iter().map(hex).collect();
@@ -605,7 +615,8 @@ mod tests {
             let got: Vec<String> = consistency_proof(&leaves[..], m, n).unwrap().iter().map(hex).collect();
             assert_eq!(got, want, "consistency {m} → {n}");
             let proof: Vec<Hash> = want.iter().map(|s| unhex(s)).collect();
-            verify_consistency(m, n, &unhex(RFC_ROOTS[m as usize]), &unhex(RFC_ROOTS[n as usize]), &proof).unwrap();
+            verify_consistency(m, n, &unhex(RFC_ROOTS[m as usize]), &unhex(RFC_ROOTS[n as usize]), &proof)
+                .unwrap();
         }
     }
 
@@ -654,14 +665,28 @@ mod tests {
                     for k in 0..proof.len() {
                         let mut bad = proof.clone();
                         flip(&mut bad[k], (old * 7 + new) as usize);
-                        assert!(verify_consistency(old, new, &roots[old as usize], &roots[new as usize], &bad).is_err());
+                        assert!(verify_consistency(
+                            old,
+                            new,
+                            &roots[old as usize],
+                            &roots[new as usize],
+                            &bad
+                        )
+                        .is_err());
                     }
                     // A shorter or longer proof fails.
-                    assert!(verify_consistency(old, new, &roots[old as usize], &roots[new as usize], &proof[1..])
-                        .is_err());
+                    assert!(verify_consistency(
+                        old,
+                        new,
+                        &roots[old as usize],
+                        &roots[new as usize],
+                        &proof[1..]
+                    )
+                    .is_err());
                     let mut long = proof.clone();
                     long.push(roots[new as usize]);
-                    assert!(verify_consistency(old, new, &roots[old as usize], &roots[new as usize], &long).is_err());
+                    assert!(verify_consistency(old, new, &roots[old as usize], &roots[new as usize], &long)
+                        .is_err());
                 }
             }
         }
@@ -729,7 +754,11 @@ mod tests {
         for a in 0..100 {
             for b in a..100 {
                 let p = consistency_proof(&mt, sizes[a], sizes[b]).unwrap();
-                assert_eq!(verify_consistency(sizes[a], sizes[b], &roots[a], &roots[b], &p), Ok(()), "{a}→{b}");
+                assert_eq!(
+                    verify_consistency(sizes[a], sizes[b], &roots[a], &roots[b], &p),
+                    Ok(()),
+                    "{a}→{b}"
+                );
                 let fork_root = root(&fork, sizes[b]).unwrap();
                 assert!(verify_consistency(sizes[a], sizes[b], &roots[a], &fork_root, &p).is_err());
             }

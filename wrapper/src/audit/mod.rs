@@ -66,11 +66,12 @@ mod file;
 mod record;
 mod sink;
 pub mod verify;
+
 // Signed Merkle checkpoints (issue #14): tree, signed notes, checkpoints, anchors.
+pub mod anchor;
+pub mod checkpoint;
 pub mod merkle;
 pub mod note;
-pub mod checkpoint;
-pub mod anchor;
 pub use anchor::{CheckpointAnchor, CheckpointState, DirAnchor, FileAnchor};
 pub use checkpoint::{Checkpoint, CheckpointPolicy, Checkpointer, SignedCheckpoint};
 pub use note::{NoteSigner, NoteVerifier};

@@ -154,11 +154,13 @@ impl NoteVerifier {
     /// such as a file's final newline, is ignored).
     pub fn parse(vkey: &str) -> Result<Self, NoteError> {
         let (name, id, bytes) = split_key(vkey.trim())?;
-        let pk: [u8; 32] = bytes[1..].try_into().map_err(|_| NoteError::BadKey("an Ed25519 key must be 32 bytes"))?;
+        let pk: [u8; 32] =
+            bytes[1..].try_into().map_err(|_| NoteError::BadKey("an Ed25519 key must be 32 bytes"))?;
         if key_id(name, &pk) != id {
             return Err(NoteError::BadKey("the key id does not match the name and key"));
         }
-        let key = VerifyingKey::from_bytes(&pk).map_err(|_| NoteError::BadKey("not an Ed25519 public key"))?;
+        let key =
+            VerifyingKey::from_bytes(&pk).map_err(|_| NoteError::BadKey("not an Ed25519 public key"))?;
         Ok(NoteVerifier { name: name.to_owned(), id, key })
     }
 
@@ -254,7 +256,8 @@ impl NoteSigner {
             .strip_prefix("PRIVATE+KEY+")
             .ok_or(NoteError::BadKey("a signer key starts with PRIVATE+KEY+"))?;
         let (name, id, bytes) = split_key(rest)?;
-        let seed: [u8; 32] = bytes[1..].try_into().map_err(|_| NoteError::BadKey("an Ed25519 key must be 32 bytes"))?;
+        let seed: [u8; 32] =
+            bytes[1..].try_into().map_err(|_| NoteError::BadKey("an Ed25519 key must be 32 bytes"))?;
         let s = Self::from_seed(name, seed)?;
         if s.id != id {
             return Err(NoteError::BadKey("the key id does not match the name and key"));
@@ -270,7 +273,10 @@ impl NoteSigner {
     /// Writes the signer key to a new file (never over an existing one), readable and
     /// writable by its owner only (mode 0600 on Unix), and syncs it.
     pub fn save(&self, path: &Path) -> Result<(), NoteError> {
-        let err = |e: std::io::Error| NoteError::KeyFile { path: path.display().to_string(), reason: e.to_string() };
+        let err = |e: std::io::Error| NoteError::KeyFile {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create_new(true);
         #[cfg(unix)]
@@ -436,8 +442,11 @@ pub fn parse(msg: &[u8]) -> Result<ParsedNote<'_>, NoteError> {
         if signatures.len() == MAX_SIGNATURES {
             return Err(NoteError::Malformed("more than MAX_SIGNATURES signatures"));
         }
-        let rest = line.strip_prefix(SIG_PREFIX).ok_or(NoteError::Malformed("a signature line must start with '— '"))?;
-        let (name, b64) = rest.split_once(' ').ok_or(NoteError::Malformed("a signature line is '— NAME BASE64'"))?;
+        let rest = line
+            .strip_prefix(SIG_PREFIX)
+            .ok_or(NoteError::Malformed("a signature line must start with '— '"))?;
+        let (name, b64) =
+            rest.split_once(' ').ok_or(NoteError::Malformed("a signature line is '— NAME BASE64'"))?;
         if !is_valid_key_name(name) {
             return Err(NoteError::Malformed("a signature's key name is invalid"));
         }
@@ -482,7 +491,8 @@ pub fn open(msg: &[u8], trusted: &[NoteVerifier]) -> Result<Note, NoteError> {
         }
     }
     if verified.is_empty() {
-        let signed_by: Vec<String> = unverified.iter().map(|s| format!("{}+{:08x}", s.name, s.key_id)).collect();
+        let signed_by: Vec<String> =
+            unverified.iter().map(|s| format!("{}+{:08x}", s.name, s.key_id)).collect();
         return Err(NoteError::NotTrusted { signed_by: signed_by.join(", ") });
     }
     Ok(Note { text: parsed.text.to_owned(), verified, unverified })
@@ -524,7 +534,7 @@ mod tests {
         let peter = NoteVerifier::parse(PETER_VKEY).unwrap();
         let enoch = NoteVerifier::parse(ENOCH_VKEY).unwrap();
         let msg = format!("{TEXT}\n{PETER_SIG}{ENOCH_SIG}");
-        let n = open(msg.as_bytes(), &[peter.clone()]).unwrap();
+        let n = open(msg.as_bytes(), std::slice::from_ref(&peter)).unwrap();
         assert_eq!(n.text(), TEXT);
         assert_eq!(n.signatures().len(), 1);
         assert_eq!(n.unverified_signatures()[0].name, "EnochRoot");
@@ -536,7 +546,7 @@ mod tests {
         // A changed text fails Peter's signature.
         let changed = only_peter.replace("cryptography", "cryptographY");
         assert_eq!(
-            open(changed.as_bytes(), &[peter.clone()]),
+            open(changed.as_bytes(), std::slice::from_ref(&peter)),
             Err(NoteError::InvalidSignature { name: "PeterNeumann".into(), key_id: 0xc74f20a3 })
         );
         // A key with the same name but another key (another id) does not check Peter's note.
@@ -571,8 +581,12 @@ mod tests {
             }
         }
         // Go's "wrong length key, with adjusted key hash" and "unknown algorithm" cases.
-        assert!(NoteVerifier::parse("PeterNeumann+cc469956+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TWBADKEY==").is_err());
-        assert!(NoteVerifier::parse("PeterNeumann+173116ae+ZRpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW").is_err());
+        assert!(NoteVerifier::parse(
+            "PeterNeumann+cc469956+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TWBADKEY=="
+        )
+        .is_err());
+        assert!(NoteVerifier::parse("PeterNeumann+173116ae+ZRpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW")
+            .is_err());
     }
 
     #[test]
@@ -591,10 +605,13 @@ mod tests {
             (format!("\n\n{PETER_SIG}"), "text is empty"),
             (format!("{TEXT}\n{}", PETER_SIG.repeat(101)), "more than MAX_SIGNATURES"),
         ] {
-            let e = open(bad.as_bytes(), &[peter.clone()]).unwrap_err().to_string();
+            let e = open(bad.as_bytes(), std::slice::from_ref(&peter)).unwrap_err().to_string();
             assert!(e.contains(why), "{bad:?}: {e}");
         }
-        assert!(open(&[0xff, b'\n', b'\n'], &[peter.clone()]).unwrap_err().to_string().contains("UTF-8"));
+        assert!(open(&[0xff, b'\n', b'\n'], std::slice::from_ref(&peter))
+            .unwrap_err()
+            .to_string()
+            .contains("UTF-8"));
         // Repeated signatures of one key count once (as in Go).
         assert_eq!(open(format!("{good}{PETER_SIG}").as_bytes(), &[peter]).unwrap().signatures().len(), 1);
     }
@@ -642,7 +659,10 @@ mod tests {
         std::fs::write(&vpath, format!("{}\n", s.verifier())).unwrap();
         assert_eq!(NoteVerifier::load(&vpath).unwrap(), s.verifier());
         assert!(!format!("{s:?}").contains(&s.to_key_string()[12..]), "Debug withholds the secret");
-        assert_ne!(NoteSigner::generate("x").unwrap().to_key_string(), NoteSigner::generate("x").unwrap().to_key_string());
+        assert_ne!(
+            NoteSigner::generate("x").unwrap().to_key_string(),
+            NoteSigner::generate("x").unwrap().to_key_string()
+        );
     }
 
     proptest! {
@@ -650,7 +670,7 @@ mod tests {
         #[test]
         fn arbitrary_input_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400), pos: usize, byte: u8) {
             let peter = NoteVerifier::parse(PETER_VKEY).unwrap();
-            let _ = open(&bytes, &[peter.clone()]);
+            let _ = open(&bytes, std::slice::from_ref(&peter));
             let _ = NoteVerifier::parse(&String::from_utf8_lossy(&bytes));
             let _ = NoteSigner::parse(&String::from_utf8_lossy(&bytes));
             let mut good = format!("{TEXT}\n{PETER_SIG}").into_bytes();
