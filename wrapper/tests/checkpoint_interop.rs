@@ -119,7 +119,9 @@ fn their_note_and_checkpoint_parsers_accept_our_signed_checkpoints() {
     assert_eq!(cp.origin(), "example.com/billing-audit");
     assert_eq!(cp.size(), 10);
     assert_eq!(&cp.hash().0, sc.checkpoint().root());
-    assert!(cp.extension().starts_with("time ") && cp.extension().ends_with("Z\n"), "{:?}", cp.extension());
+    let ours: String = sc.checkpoint().extensions().iter().map(|e| format!("{e}\n")).collect();
+    assert_eq!(cp.extension(), ours);
+    assert!(ours.starts_with("time ") && ours.ends_with("\nheartbeat-ms 60000\n"), "{ours:?}");
 }
 
 #[test]

@@ -8,6 +8,7 @@
 //! TREE SIZE (decimal)                 the number of records in the trail
 //! ROOT HASH (standard base64)         the RFC 6962 root of those records (see `merkle`)
 //! time 2026-12-02T12:00:00.123456Z    extension line: when it was made (UTC)
+//! heartbeat-ms 60000                  extension line: the next one is due within this long
 //! ```
 //!
 //! every line `\n`-terminated, then a blank line and the signature lines of the note.
@@ -45,6 +46,10 @@ use super::note::{self, NoteError, NoteSigner, NoteVerifier};
 /// The extension line a checkpoint's time is written in: `time ` + RFC 3339 UTC, 6 fraction
 /// digits, `Z`.
 pub const TIME_EXTENSION: &str = "time ";
+
+/// The extension line that says how often the writer promises a checkpoint while idle:
+/// `heartbeat-ms ` + milliseconds in decimal.
+pub const HEARTBEAT_EXTENSION: &str = "heartbeat-ms ";
 
 /// Why a checkpoint was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -129,6 +134,25 @@ impl Checkpoint {
     pub fn time(&self) -> Option<DateTime<Utc>> {
         let t = self.extensions.iter().find_map(|l| l.strip_prefix(TIME_EXTENSION))?;
         DateTime::parse_from_rfc3339(t).ok().map(|t| t.with_timezone(&Utc))
+    }
+
+    /// The heartbeat interval of the first `heartbeat-ms` extension line, if any.
+    pub fn heartbeat(&self) -> Option<Duration> {
+        let ms = self.extensions.iter().find_map(|l| l.strip_prefix(HEARTBEAT_EXTENSION))?;
+        if ms.is_empty() || !ms.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        ms.parse().ok().map(Duration::from_millis)
+    }
+
+    /// Whether, at `now`, a newer checkpoint should exist: `now` is past this checkpoint's
+    /// time plus its heartbeat interval plus `grace` (a trail that stopped being written, or
+    /// whose newer checkpoints were removed). `false` when the checkpoint has no time or no
+    /// heartbeat.
+    pub fn is_stale(&self, now: DateTime<Utc>, grace: Duration) -> bool {
+        let (Some(t), Some(hb)) = (self.time(), self.heartbeat()) else { return false };
+        let Ok(limit) = chrono::Duration::from_std(hb + grace) else { return false };
+        t.checked_add_signed(limit).is_some_and(|deadline| now > deadline)
     }
 
     /// The body text: `origin\nsize\nbase64(root)\n` and one line per extension.
@@ -346,13 +370,14 @@ impl Checkpointer {
 
     /// [`checkpoint`](Self::checkpoint) with the wall-clock time given.
     pub fn checkpoint_at(&mut self, now: Instant, wall: DateTime<Utc>) -> SignedCheckpoint {
-        let cp = Checkpoint {
+        let mut cp = Checkpoint {
             origin: self.origin.clone(),
             size: self.tree.size(),
             root: self.tree.root(),
             extensions: Vec::new(),
         }
         .with_time(wall);
+        cp.extensions.push(format!("{HEARTBEAT_EXTENSION}{}", self.policy.heartbeat.as_millis()));
         self.last_size = self.tree.size();
         self.last_at = Some(now);
         SignedCheckpoint::sign(cp, &self.signer)
@@ -477,8 +502,15 @@ mod tests {
         assert!(!c.due(t0 + Duration::from_secs(9)));
         assert_eq!(c.next_deadline(), Some(t0 + Duration::from_secs(10)));
         assert!(c.due(t0 + Duration::from_secs(10)));
-        let hb = c.checkpoint(t0 + Duration::from_secs(10));
+        let wall = DateTime::parse_from_rfc3339("2026-12-02T12:00:00Z").unwrap().with_timezone(&Utc);
+        let hb = c.checkpoint_at(t0 + Duration::from_secs(10), wall);
         assert_eq!((hb.checkpoint().size(), hb.checkpoint().root()), (3, sc.checkpoint().root()));
+        // The heartbeat promise is in the signed body: stale once it is broken.
+        let body = hb.checkpoint();
+        assert_eq!(body.heartbeat(), Some(Duration::from_secs(10)));
+        let grace = Duration::from_secs(1);
+        assert!(!body.is_stale(wall + chrono::Duration::seconds(11), grace));
+        assert!(body.is_stale(wall + chrono::Duration::milliseconds(11_001), grace));
         assert!(Checkpointer::new("o", signer(), CheckpointPolicy { every_records: 0, ..policy }).is_err());
         assert!(Checkpointer::new("", signer(), policy).is_err());
     }
