@@ -191,13 +191,19 @@ pub fn inclusion_proof<S: LeafSource + ?Sized>(
     if size > src.len() {
         return Err(MerkleError::OutOfRange { index: size, size: src.len() });
     }
+    inclusion_ranges(index, size)?.into_iter().map(|(a, b)| range_root(src, a, b)).collect()
+}
+
+/// The leaf ranges `[lo, hi)` whose roots make up the inclusion proof of leaf `index` in a
+/// tree of `size` leaves, in proof order (bottom-up). With [`StreamingProver`] a proof is
+/// made in one pass over the leaves.
+pub fn inclusion_ranges(index: u64, size: u64) -> Result<Vec<(u64, u64)>, MerkleError> {
     if index >= size {
         return Err(MerkleError::OutOfRange { index, size });
     }
-    let mut out = Vec::with_capacity(64 - size.leading_zeros() as usize);
     // Walk down from the root, collecting the sibling ranges; the proof lists them bottom-up.
     let (mut lo, mut hi) = (0u64, size);
-    let mut siblings = Vec::new();
+    let mut siblings = Vec::with_capacity(64 - size.leading_zeros() as usize);
     while hi - lo > 1 {
         let k = split_point(hi - lo);
         if index < lo + k {
@@ -208,10 +214,8 @@ pub fn inclusion_proof<S: LeafSource + ?Sized>(
             lo += k;
         }
     }
-    for &(a, b) in siblings.iter().rev() {
-        out.push(range_root(src, a, b)?);
-    }
-    Ok(out)
+    siblings.reverse();
+    Ok(siblings)
 }
 
 /// The consistency proof (RFC 6962 `PROOF`, RFC 9162 §2.1.4.1) that the tree of the first
@@ -225,42 +229,91 @@ pub fn consistency_proof<S: LeafSource + ?Sized>(
     if new > src.len() {
         return Err(MerkleError::OutOfRange { index: new, size: src.len() });
     }
+    consistency_ranges(old, new)?.into_iter().map(|(a, b)| range_root(src, a, b)).collect()
+}
+
+/// The leaf ranges whose roots make up the consistency proof from `old` to `new` leaves,
+/// in proof order.
+pub fn consistency_ranges(old: u64, new: u64) -> Result<Vec<(u64, u64)>, MerkleError> {
     if old > new {
         return Err(MerkleError::SizeOrder { old, new });
     }
     let mut out = Vec::new();
-    if old == 0 || old == new {
-        return Ok(out);
+    if old != 0 && old != new {
+        subproof(old, 0, new, true, &mut out);
     }
-    subproof(src, old, 0, new, true, &mut out)?;
     Ok(out)
 }
 
-/// RFC 6962 `SUBPROOF(m, D[lo:hi], b)` with `m` counted from `lo`.
-fn subproof<S: LeafSource + ?Sized>(
-    src: &S,
-    m: u64,
-    lo: u64,
-    hi: u64,
-    whole: bool,
-    out: &mut Vec<Hash>,
-) -> Result<(), MerkleError> {
+/// RFC 6962 `SUBPROOF(m, D[lo:hi], b)` with `m` counted from `lo`, as ranges.
+fn subproof(m: u64, lo: u64, hi: u64, whole: bool, out: &mut Vec<(u64, u64)>) {
     let n = hi - lo;
     if m == n {
         if !whole {
-            out.push(range_root(src, lo, hi)?);
+            out.push((lo, hi));
         }
-        return Ok(());
+        return;
     }
     let k = split_point(n);
     if m <= k {
-        subproof(src, m, lo, lo + k, whole, out)?;
-        out.push(range_root(src, lo + k, hi)?);
+        subproof(m, lo, lo + k, whole, out);
+        out.push((lo + k, hi));
     } else {
-        subproof(src, m - k, lo + k, hi, false, out)?;
-        out.push(range_root(src, lo, lo + k)?);
+        subproof(m - k, lo + k, hi, false, out);
+        out.push((lo, lo + k));
     }
-    Ok(())
+}
+
+/// Makes proofs in one pass over the leaves, in O(log² n) memory: for a trail too large to
+/// keep its leaf hashes in memory (`prove SEQ` over a trail on disk). Give it the ranges
+/// ([`inclusion_ranges`], [`consistency_ranges`]), feed it every leaf hash in order, and
+/// [`finish`](Self::finish) returns the proof.
+///
+/// ```
+/// use map_wrapper::audit::merkle::{inclusion_proof, inclusion_ranges, leaf_hash, StreamingProver};
+///
+/// let leaves: Vec<_> = (0..100u32).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+/// let mut p = StreamingProver::new(inclusion_ranges(42, 100)?);
+/// for l in &leaves {
+///     p.push(*l);
+/// }
+/// assert_eq!(p.finish()?, inclusion_proof(&leaves[..], 42, 100)?);
+/// # Ok::<(), map_wrapper::audit::merkle::MerkleError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct StreamingProver {
+    ranges: Vec<(u64, u64)>,
+    trees: Vec<CompactTree>,
+    next: u64,
+}
+
+impl StreamingProver {
+    /// A prover for the roots of `ranges`.
+    pub fn new(ranges: Vec<(u64, u64)>) -> Self {
+        let trees = vec![CompactTree::new(); ranges.len()];
+        StreamingProver { ranges, trees, next: 0 }
+    }
+
+    /// The next leaf hash (leaf number `pushed so far`).
+    pub fn push(&mut self, leaf: Hash) {
+        let i = self.next;
+        for (r, t) in self.ranges.iter().zip(&mut self.trees) {
+            if r.0 <= i && i < r.1 {
+                t.push(leaf);
+            }
+        }
+        self.next += 1;
+    }
+
+    /// The roots of the ranges, in order: the proof. An error if fewer leaves were pushed
+    /// than the ranges need.
+    pub fn finish(self) -> Result<Vec<Hash>, MerkleError> {
+        let need = self.ranges.iter().map(|r| r.1).max().unwrap_or(0);
+        if self.next < need {
+            return Err(MerkleError::OutOfRange { index: need, size: self.next });
+        }
+        Ok(self.trees.iter().map(CompactTree::root).collect())
+    }
 }
 
 /// The root an inclusion proof leads to (RFC 9162 §2.1.3.2), or why it leads nowhere.
@@ -641,7 +694,20 @@ mod tests {
                 assert_eq!(inclusion_proof(&mt, i, n).unwrap(), inclusion_proof(&ls[..], i, n).unwrap());
             }
             for m in 0..=n {
-                assert_eq!(consistency_proof(&mt, m, n).unwrap(), consistency_proof(&ls[..], m, n).unwrap());
+                let want = consistency_proof(&ls[..], m, n).unwrap();
+                assert_eq!(consistency_proof(&mt, m, n).unwrap(), want);
+                let mut sp = StreamingProver::new(consistency_ranges(m, n).unwrap());
+                ls.iter().for_each(|l| sp.push(*l));
+                assert_eq!(sp.finish().unwrap(), want, "streaming consistency {m}→{n}");
+            }
+            for i in (0..n).step_by(7) {
+                let mut sp = StreamingProver::new(inclusion_ranges(i, n).unwrap());
+                ls[..n as usize].iter().for_each(|l| sp.push(*l));
+                assert_eq!(
+                    sp.finish().unwrap(),
+                    inclusion_proof(&ls[..], i, n).unwrap(),
+                    "streaming {i} in {n}"
+                );
             }
         }
     }
