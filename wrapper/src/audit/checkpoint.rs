@@ -345,6 +345,25 @@ impl Checkpointer {
         self.tree.push_line(line.strip_suffix(b"\n").unwrap_or(line));
     }
 
+    /// Adds every record line of `buf`, a run of complete `\n`-terminated lines as the writer
+    /// wrote them (one write batch), skipping segment headers (lines starting
+    /// `{"v":1,"segment":`, §4 of the format). Returns how many records were added. Bytes
+    /// after the last `\n` (none, from a writer that writes whole lines) are ignored.
+    pub fn on_lines(&mut self, buf: &[u8]) -> u64 {
+        const HEADER: &[u8] = b"{\"v\":1,\"segment\":";
+        let mut added = 0;
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', buf) {
+            let line = &buf[start..end];
+            if !line.starts_with(HEADER) {
+                self.tree.push_line(line);
+                added += 1;
+            }
+            start = end + 1;
+        }
+        added
+    }
+
     /// Whether a checkpoint is due at `now`.
     pub fn due(&self, now: Instant) -> bool {
         let Some(last) = self.last_at else { return true };
@@ -529,6 +548,18 @@ mod tests {
         c.on_record(b"r4");
         let lines: [&[u8]; 4] = [b"r1", b"r2", b"r3", b"r4"];
         assert_eq!(c.tree().root(), CompactTree::from_leaves(&lines.map(leaf_hash)).root());
+    }
+
+    #[test]
+    fn on_lines_adds_the_records_of_a_write_batch_and_skips_headers() {
+        let mut batch = Checkpointer::new("o", signer(), CheckpointPolicy::default()).unwrap();
+        let mut one = Checkpointer::new("o", signer(), CheckpointPolicy::default()).unwrap();
+        let buf = b"{\"v\":1,\"seq\":1}\n{\"v\":1,\"segment\":2,\"ts\":\"x\"}\n{\"v\":1,\"seq\":2}\n";
+        assert_eq!(batch.on_lines(buf), 2);
+        one.on_record(b"{\"v\":1,\"seq\":1}\n");
+        one.on_record(b"{\"v\":1,\"seq\":2}");
+        assert_eq!(batch.tree(), one.tree());
+        assert_eq!(batch.on_lines(b"no newline yet"), 0);
     }
 
     #[test]
