@@ -416,8 +416,96 @@ impl Checkpointer {
 /// Rebuilds the tree of a trail's records from its segment files (headers skipped; a torn
 /// last line, without its `\n`, is not a record). O(n) time, O(log n) memory.
 pub fn tree_of_trail(dir: &Path) -> std::io::Result<CompactTree> {
-    use std::io::BufRead as _;
     let mut tree = CompactTree::new();
+    for_each_record(dir, |l| tree.push_line(l))?;
+    Ok(tree)
+}
+
+/// What a trail's records say about one checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CheckpointVerdict {
+    /// The root of the trail's first `size` records is the checkpoint's root.
+    Matches,
+    /// The checkpoint covers more records than the trail has: records were removed from its
+    /// end (or whole segments). TAMPERED.
+    Truncated {
+        /// The checkpoint's size.
+        claimed: u64,
+        /// The records in the trail.
+        records: u64,
+    },
+    /// The trail's first `size` records have another root: they were changed. TAMPERED.
+    RootMismatch {
+        /// The checkpoint's size.
+        size: u64,
+    },
+}
+
+/// Checks checkpoints against a trail's records in one pass, O(log n) memory plus the
+/// checkpoints: feed every record line in order ([`push_line`](Self::push_line)), then
+/// [`finish`](Self::finish). What `verify` runs for each checkpoint it finds.
+#[derive(Debug, Clone)]
+pub struct TrailCheck {
+    tree: CompactTree,
+    /// (size, root, index in the caller's list), by size.
+    wanted: Vec<(u64, Hash, usize)>,
+    next: usize,
+    verdicts: Vec<Option<CheckpointVerdict>>,
+}
+
+impl TrailCheck {
+    /// A check of these checkpoints (opened with trusted keys beforehand).
+    pub fn new<'a>(checkpoints: impl IntoIterator<Item = &'a Checkpoint>) -> Self {
+        let mut wanted: Vec<(u64, Hash, usize)> =
+            checkpoints.into_iter().enumerate().map(|(i, c)| (c.size(), c.root, i)).collect();
+        wanted.sort_by_key(|w| w.0);
+        let mut t =
+            TrailCheck { tree: CompactTree::new(), verdicts: vec![None; wanted.len()], wanted, next: 0 };
+        t.settle();
+        t
+    }
+
+    /// Decides every checkpoint of the current size.
+    fn settle(&mut self) {
+        while let Some(&(size, root, i)) = self.wanted.get(self.next) {
+            if size != self.tree.size() {
+                break;
+            }
+            self.verdicts[i] = Some(if self.tree.root() == root {
+                CheckpointVerdict::Matches
+            } else {
+                CheckpointVerdict::RootMismatch { size }
+            });
+            self.next += 1;
+        }
+    }
+
+    /// The next record line (without its `\n`).
+    pub fn push_line(&mut self, line: &[u8]) {
+        self.tree.push_line(line);
+        self.settle();
+    }
+
+    /// The verdict of every checkpoint, in the order given to [`new`](Self::new).
+    pub fn finish(self) -> Vec<CheckpointVerdict> {
+        let records = self.tree.size();
+        self.verdicts
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.unwrap_or_else(|| {
+                    let claimed = self.wanted.iter().find(|w| w.2 == i).map_or(0, |w| w.0);
+                    CheckpointVerdict::Truncated { claimed, records }
+                })
+            })
+            .collect()
+    }
+}
+
+/// Reads a trail's record lines in order (headers skipped, a torn last line ignored).
+fn for_each_record(dir: &Path, mut f: impl FnMut(&[u8])) -> std::io::Result<()> {
+    use std::io::BufRead as _;
     for (_, path) in super::list_segments(dir)? {
         let mut r = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(path)?);
         let mut line = Vec::with_capacity(1024);
@@ -429,11 +517,21 @@ pub fn tree_of_trail(dir: &Path) -> std::io::Result<CompactTree> {
             }
             let Some(body) = line.strip_suffix(b"\n") else { break };
             if !std::mem::take(&mut first) {
-                tree.push_line(body);
+                f(body);
             }
         }
     }
-    Ok(tree)
+    Ok(())
+}
+
+/// Checks checkpoints against the trail in `dir` ([`TrailCheck`] over its segment files).
+pub fn check_trail<'a>(
+    dir: &Path,
+    checkpoints: impl IntoIterator<Item = &'a Checkpoint>,
+) -> std::io::Result<Vec<CheckpointVerdict>> {
+    let mut check = TrailCheck::new(checkpoints);
+    for_each_record(dir, |l| check.push_line(l))?;
+    Ok(check.finish())
 }
 
 #[cfg(test)]
