@@ -4,7 +4,7 @@
 //!
 //! Run: `cargo run --example compliance [DIR]` (the trail goes to DIR, else a temporary
 //! directory). Check it again with the CLI:
-//! `cargo run -p map-wrapper --bin map-wrapper-audit -- verify DIR`.
+//! `cargo run -p map-wrapper-audit -- verify DIR`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

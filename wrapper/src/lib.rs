@@ -47,8 +47,8 @@
 //! Give a map an [`audit::Auditor`] and every store and delete is recorded, one
 //! [`audit::AuditRecord`] per affected key, hash-chained, in the order of each key's
 //! mutations; see [`audit`] for what is recorded and what happens when the sink fails, and
-//! `docs/AUDIT_FORMAT.md` for the bytes on disk. The `map-wrapper-audit` binary verifies a
-//! trail.
+//! `docs/AUDIT_FORMAT.md` for the bytes on disk. The `map-wrapper-audit` command (its own
+//! package) verifies a trail.
 //!
 //! ```
 //! use map_wrapper::audit::{Auditor, Durability, JsonLinesSink};
@@ -119,13 +119,22 @@
 //!
 //! ## Feature flags
 //!
+//! None is on by default.
+//!
 //! - `serde`: `Serialize` and `Deserialize` for [`MapWrapper`] (as a map), through serde.
 //!   (serde and serde_json themselves are always used, to encode audit records.)
-//! - `cli` (default): the `map-wrapper-audit` binary (brings in clap). Library users who do
-//!   not need it can turn default features off.
 //! - `metrics`: [`Stats::publish_metrics`] and a breaker-state gauge, through the `metrics`
 //!   facade crate (any exporter: Prometheus, StatsD, …).
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+//!
+//! The command-line verifier is the separate `map-wrapper-audit` package
+//! (`cargo run -p map-wrapper-audit -- verify DIR`), so no library user builds its
+//! dependencies.
+//!
+// The method exists only with `metrics`: without it the link goes to `Stats`.
+#![cfg_attr(feature = "metrics", doc = "[`Stats::publish_metrics`]: Stats::publish_metrics")]
+#![cfg_attr(not(feature = "metrics"), doc = "[`Stats::publish_metrics`]: Stats")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![forbid(unsafe_code)]
 
 pub mod audit;
 mod breaker;
@@ -169,3 +178,8 @@ fn _assert_send_sync() {
     is::<CancelToken>();
     is::<MapError>();
 }
+
+/// The README's Rust blocks, compiled (and run, unless marked `no_run`) as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

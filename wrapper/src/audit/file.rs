@@ -273,35 +273,31 @@ fn lock_dir(dir: &Path) -> Result<File, SinkError> {
         .write(true)
         .open(dir.join(LOCK_FILE))
         .map_err(|e| err("cannot open the trail's lock file", e))?;
-    #[cfg(unix)]
     {
-        use std::os::unix::io::AsRawFd;
         // A sink just closed in this process can still hold the lock for a moment: a child
         // process being spawned by another thread shares every open file description until it
         // starts its program, the lock's included. So a taken lock is tried again for a while
         // before the trail is reported as open elsewhere.
         let patience = std::time::Instant::now() + LOCK_PATIENCE;
         let locked = loop {
-            // SAFETY: flock on a file descriptor we own and keep open for the call; it touches
-            // no memory of ours.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            let locked = if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) };
+            // An exclusive advisory lock on the whole file (flock(LOCK_EX | LOCK_NB) on Unix,
+            // LockFileEx on Windows), held until the file is closed.
+            let locked = file.try_lock();
             match &locked {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && std::time::Instant::now() < patience => {
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < patience => {
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
                 _ => break locked,
             }
         };
         if let Err(e) = locked {
-            return Err(if e.kind() == io::ErrorKind::WouldBlock {
-                SinkError::new(format!(
+            return Err(match e {
+                std::fs::TryLockError::WouldBlock => SinkError::new(format!(
                     "{} is already open by another audit sink (this or another process): one writer per \
                      trail",
                     dir.display()
-                ))
-            } else {
-                err("cannot lock the trail", e)
+                )),
+                std::fs::TryLockError::Error(e) => err("cannot lock the trail", e),
             });
         }
     }

@@ -5,11 +5,16 @@ use std::path::Path;
 use std::process::Command;
 
 use map_wrapper::audit::{
-    to_hex, AuditEvent, Auditor, Chain, ChainKey, Encoded, EventFields, JsonLinesOptions, JsonLinesSink,
+    AuditEvent, Auditor, Chain, ChainKey, Encoded, EventFields, JsonLinesOptions, JsonLinesSink,
 };
 use map_wrapper::MapWrapper;
 
 const HMAC_KEY: &[u8] = b"an audit key of thirty-two bytes";
+
+/// Lower-case hex, the format of an `--hmac-key-file`.
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// A closed trail: header, `audit_start` (seq 1), inserts of 0..10 (seq 2..=11), `audit_stop`
 /// (seq 12).

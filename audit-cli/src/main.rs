@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use map_wrapper::audit::{from_hex, verify};
+use map_wrapper::audit::verify;
 
 #[derive(Parser, Debug)]
 #[command(name = "map-wrapper-audit", version, about = "Verify and inspect map-wrapper audit trails")]
@@ -61,6 +61,15 @@ enum Command {
 }
 
 const USAGE_OR_IO: u8 = 3;
+
+/// Bytes from hex (either case); `None` if `s` is not hex of whole bytes. The key file's
+/// format; kept here so the command depends only on the library's `verify` API.
+fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
