@@ -238,7 +238,7 @@ impl DirAnchor {
                 for e in std::fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
                     let e = e.map_err(io_err(&self.dir))?;
                     if let Some(size) = e.file_name().to_str().and_then(parse_checkpoint_file_name) {
-                        if best.as_ref().map_or(true, |(b, _)| size > *b) {
+                        if best.as_ref().is_none_or(|(b, _)| size > *b) {
                             best = Some((size, e.path()));
                         }
                     }
