@@ -33,14 +33,15 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use super::merkle::{CompactTree, Hash};
+use super::anchor::{AnchorError, CheckpointState, Decision};
+use super::merkle::{consistency_ranges, leaf_hash, CompactTree, Hash, StreamingProver};
 use super::note::{self, NoteError, NoteSigner, NoteVerifier};
 
 /// The extension line a checkpoint's time is written in: `time ` + RFC 3339 UTC, 6 fraction
@@ -483,7 +484,12 @@ impl TrailCheck {
 
     /// The next record line (without its `\n`).
     pub fn push_line(&mut self, line: &[u8]) {
-        self.tree.push_line(line);
+        self.push_leaf(leaf_hash(line));
+    }
+
+    /// The next record's leaf hash (when the caller hashes the line for other uses too).
+    pub fn push_leaf(&mut self, leaf: Hash) {
+        self.tree.push(leaf);
         self.settle();
     }
 
@@ -504,15 +510,27 @@ impl TrailCheck {
 }
 
 /// Reads a trail's record lines in order (headers skipped, a torn last line ignored).
-fn for_each_record(dir: &Path, mut f: impl FnMut(&[u8])) -> std::io::Result<()> {
+fn for_each_record(dir: &Path, f: impl FnMut(&[u8])) -> std::io::Result<()> {
+    let files: Vec<PathBuf> = super::list_segments(dir)?.into_iter().map(|(_, p)| p).collect();
+    for_each_record_in(&files, f).map_err(|(_, e)| e)
+}
+
+/// Calls `f` with every record line (without its `\n`) of the segment files, in order: the
+/// first line of each file (its header) is skipped, a torn last line (no `\n`) is not a
+/// record. On a read error, the file and the error.
+pub fn for_each_record_in(
+    files: &[PathBuf],
+    mut f: impl FnMut(&[u8]),
+) -> Result<(), (PathBuf, std::io::Error)> {
     use std::io::BufRead as _;
-    for (_, path) in super::list_segments(dir)? {
-        let mut r = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(path)?);
+    for path in files {
+        let err = |e| (path.clone(), e);
+        let mut r = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(path).map_err(err)?);
         let mut line = Vec::with_capacity(1024);
         let mut first = true;
         loop {
             line.clear();
-            if r.read_until(b'\n', &mut line)? == 0 {
+            if r.read_until(b'\n', &mut line).map_err(err)? == 0 {
                 break;
             }
             let Some(body) = line.strip_suffix(b"\n") else { break };
@@ -532,6 +550,212 @@ pub fn check_trail<'a>(
     let mut check = TrailCheck::new(checkpoints);
     for_each_record(dir, |l| check.push_line(l))?;
     Ok(check.finish())
+}
+
+/// What [`check_checkpoints`] is given: the trusted keys and where the checkpoints are.
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointCheckOptions {
+    /// The trail's verifier keys (several during a rotation).
+    pub trusted: Vec<NoteVerifier>,
+    /// The trail's own append files of notes (`checkpoints.notes` in its directory): a note
+    /// in them that does not open with a trusted key is TAMPERED (a torn last one is
+    /// ignored, with a note).
+    pub trail_notes: Vec<PathBuf>,
+    /// Checkpoints kept elsewhere (`--checkpoint FILE`): files of one or more notes, each
+    /// of which must open with a trusted key (else an error: the input is bad).
+    pub external: Vec<PathBuf>,
+    /// The verifier's state file (`--state FILE`): the latest checkpoint seen; checked
+    /// against the trail, then advanced to the newest checkpoint that matches it.
+    pub state: Option<PathBuf>,
+    /// How late past its heartbeat a checkpoint may be before the trail is STALE.
+    pub grace: Duration,
+    /// The time to judge staleness at (default: now).
+    pub now: Option<DateTime<Utc>>,
+}
+
+/// What [`check_checkpoints`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CheckpointFindings {
+    /// Checkpoints checked against the trail (every one found).
+    pub checked: usize,
+    /// Records in the trail.
+    pub records: u64,
+    /// The size of the largest checkpoint found.
+    pub latest_size: Option<u64>,
+    /// Why the trail is TAMPERED, if it is: a checkpoint it does not hold, a checkpoint of
+    /// the trail's own that does not open, a state it does not extend.
+    pub tampered: Option<String>,
+    /// Why the trail is STALE, if it is: its latest checkpoint's heartbeat promise is
+    /// broken and the trail does not end with `audit_stop`.
+    pub stale: Option<String>,
+    /// Facts worth knowing (state advanced, torn last note, …).
+    pub notes: Vec<String>,
+}
+
+/// A checkpoint and where it was found.
+struct Found {
+    source: String,
+    cp: SignedCheckpoint,
+}
+
+fn read_opt(path: &Path) -> Result<Option<Vec<u8>>, AnchorError> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(AnchorError::Io { path: path.display().to_string(), reason: e.to_string() }),
+    }
+}
+
+/// Checks a trail (its segment files, in order) against every checkpoint found for it, in
+/// one pass over its records (§ "What a verifier concludes" of `docs/AUDIT_FORMAT.md`):
+/// each must open with a trusted key, be of one origin, cover no more records than the
+/// trail has, and have the root of the records it covers; the state file, if given, must be
+/// extended by the trail (a consistency proof from it to the newest checkpoint), and is then
+/// advanced; a trail whose latest checkpoint is past its heartbeat (plus `grace`) and that
+/// does not end with `audit_stop` is STALE. `Err` only when an input cannot be used (an
+/// external checkpoint or state file that is unreadable or not trusted, a segment file that
+/// cannot be read).
+pub fn check_checkpoints(
+    files: &[PathBuf],
+    opts: &CheckpointCheckOptions,
+) -> Result<CheckpointFindings, AnchorError> {
+    let trusted = &opts.trusted;
+    let mut out = CheckpointFindings::default();
+    let mut found: Vec<Found> = Vec::new();
+    for path in &opts.trail_notes {
+        let Some(bytes) = read_opt(path)? else { continue };
+        let pieces = split_notes(&bytes);
+        for (i, piece) in pieces.iter().enumerate() {
+            match SignedCheckpoint::open(piece, trusted) {
+                Ok(cp) => found.push(Found { source: format!("{} (note {})", path.display(), i + 1), cp }),
+                Err(_) if i + 1 == pieces.len() && SignedCheckpoint::parse_unverified(piece).is_err() => out
+                    .notes
+                    .push(format!("{}: a torn last note ({} bytes) is ignored", path.display(), piece.len())),
+                Err(e) => {
+                    out.tampered.get_or_insert(format!(
+                        "{} (note {}) does not open: {e}",
+                        path.display(),
+                        i + 1
+                    ));
+                }
+            }
+        }
+    }
+    for path in &opts.external {
+        let bytes = read_opt(path)?.ok_or_else(|| AnchorError::Io {
+            path: path.display().to_string(),
+            reason: "no such file".into(),
+        })?;
+        for (i, piece) in split_notes(&bytes).into_iter().enumerate() {
+            let cp = SignedCheckpoint::open(piece, trusted)
+                .map_err(|error| AnchorError::Bad { path: path.display().to_string(), error })?;
+            found.push(Found { source: format!("{} (note {})", path.display(), i + 1), cp });
+        }
+    }
+    let state = opts.state.as_ref().map(CheckpointState::new);
+    let seen = match &state {
+        Some(s) => s.load(trusted)?,
+        None => None,
+    };
+    if let Some(cp) = &seen {
+        let path = opts.state.as_ref().map_or_else(String::new, |p| p.display().to_string());
+        found.push(Found { source: format!("{path} (state)"), cp: cp.clone() });
+    }
+    if let Some(first) = found.first() {
+        if let Some(other) =
+            found.iter().find(|f| f.cp.checkpoint().origin() != first.cp.checkpoint().origin())
+        {
+            out.tampered.get_or_insert(format!(
+                "checkpoints of two logs: {:?} in {} and {:?} in {}",
+                first.cp.checkpoint().origin(),
+                first.source,
+                other.cp.checkpoint().origin(),
+                other.source
+            ));
+        }
+    }
+    let newest = found.iter().map(|f| &f.cp).max_by_key(|c| (c.checkpoint().size(), c.checkpoint().time()));
+    out.latest_size = newest.map(|c| c.checkpoint().size());
+
+    // One pass: every checkpoint against the records, the consistency proof from the state
+    // to the newest, the first seq and the last record.
+    let ranges = match (&seen, newest) {
+        (Some(old), Some(new)) if old.checkpoint().size() <= new.checkpoint().size() => {
+            consistency_ranges(old.checkpoint().size(), new.checkpoint().size()).unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
+    let mut prover = StreamingProver::new(ranges);
+    let mut check = TrailCheck::new(found.iter().map(|f| f.cp.checkpoint()));
+    let mut first_seq = None;
+    let mut last = Vec::new();
+    for_each_record_in(files, |line| {
+        let leaf = leaf_hash(line);
+        prover.push(leaf);
+        check.push_leaf(leaf);
+        if first_seq.is_none() {
+            first_seq = Some(record_field(line, "seq").and_then(|v| v.as_u64()).unwrap_or(0));
+        }
+        last.clear();
+        last.extend_from_slice(line);
+    })
+    .map_err(|(path, e)| AnchorError::Io { path: path.display().to_string(), reason: e.to_string() })?;
+    out.records = check.tree.size();
+    out.checked = found.len();
+    if first_seq.is_some_and(|s| s != 1) {
+        out.notes.push(format!(
+            "the trail starts at seq {}: checkpoints cover a trail from seq 1 and were not checked",
+            first_seq.unwrap_or(0)
+        ));
+        out.checked = 0;
+        return Ok(out);
+    }
+    for (f, v) in found.iter().zip(check.finish()) {
+        if let Some(t) = super::proof::tamper_text(&v) {
+            out.tampered.get_or_insert(format!("{}: {t}", f.source));
+        }
+    }
+    if let (Some(state), Some(new), None) = (&state, newest, &out.tampered) {
+        let proof = prover.finish().unwrap_or_default();
+        match state.observe(new.note().as_bytes(), &proof, trusted)? {
+            Decision::Tampered(t) => out.tampered = Some(format!("state file: {t}")),
+            Decision::First => {
+                out.notes.push(format!("state: kept the checkpoint of {} records", new.checkpoint().size()))
+            }
+            Decision::Advance => out.notes.push(format!(
+                "state: advanced from {} to {} records (consistent)",
+                seen.as_ref().map_or(0, |s| s.checkpoint().size()),
+                new.checkpoint().size()
+            )),
+            Decision::Same => out
+                .notes
+                .push(format!("state: the trail still holds its {} records", new.checkpoint().size())),
+        }
+    }
+    let latest_in_time = found
+        .iter()
+        .map(|f| &f.cp)
+        .filter(|c| c.checkpoint().time().is_some())
+        .max_by_key(|c| c.checkpoint().time());
+    if let Some(c) = latest_in_time {
+        let now = opts.now.unwrap_or_else(Utc::now);
+        let stopped = record_field(&last, "op").is_some_and(|op| op == "audit_stop");
+        if !stopped && c.checkpoint().is_stale(now, opts.grace) {
+            out.stale = Some(format!(
+                "the latest checkpoint ({} records, {}) promised the next within {} ms and none followed: the \
+                 trail stopped being checkpointed without audit_stop, or its newer checkpoints were removed",
+                c.checkpoint().size(),
+                c.checkpoint().time().map_or_else(String::new, |t| t.to_rfc3339_opts(SecondsFormat::Micros, true)),
+                c.checkpoint().heartbeat().map_or(0, |h| h.as_millis()),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// One top-level field of a record line.
+fn record_field(line: &[u8], name: &str) -> Option<serde_json::Value> {
+    serde_json::from_slice::<serde_json::Value>(line).ok()?.get_mut(name).map(serde_json::Value::take)
 }
 
 #[cfg(test)]

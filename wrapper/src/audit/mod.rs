@@ -72,8 +72,9 @@ pub mod anchor;
 pub mod checkpoint;
 pub mod merkle;
 pub mod note;
+pub mod proof;
 pub use anchor::{CheckpointAnchor, CheckpointState, DirAnchor, FileAnchor};
-pub use checkpoint::{Checkpoint, CheckpointPolicy, Checkpointer, SignedCheckpoint};
+pub use checkpoint::{Checkpoint, CheckpointPolicy, CheckpointVerdict, Checkpointer, SignedCheckpoint};
 pub use note::{NoteSigner, NoteVerifier};
 
 pub use file::{
