@@ -290,13 +290,14 @@ impl ConsistencyProof {
 }
 
 /// Reads the trail's files once, feeding a prover for `ranges` and checking `checkpoints`;
-/// returns the proof, the checkpoints' verdicts, and the line of leaf `want` if asked.
+/// returns the proof and the line of leaf `want` if asked; TAMPERED if the trail does not
+/// hold every checkpoint.
 fn one_pass(
     files: &[PathBuf],
     ranges: Vec<(u64, u64)>,
     checkpoints: &[&SignedCheckpoint],
     want: Option<u64>,
-) -> Result<(Vec<Hash>, Vec<CheckpointVerdict>, Option<Vec<u8>>), ProofError> {
+) -> Result<(Vec<Hash>, Option<Vec<u8>>), ProofError> {
     let mut prover = StreamingProver::new(ranges);
     let mut check = TrailCheck::new(checkpoints.iter().map(|c| c.checkpoint()));
     let mut index = 0u64;
@@ -311,13 +312,12 @@ fn one_pass(
         index += 1;
     })
     .map_err(|(path, e)| io_err(&path)(e))?;
-    let verdicts = check.finish();
-    for v in &verdicts {
-        if let Some(t) = tamper_text(v) {
+    for v in check.finish() {
+        if let Some(t) = tamper_text(&v) {
             return Err(ProofError::Tampered(t));
         }
     }
-    Ok((prover.finish()?, verdicts, found))
+    Ok((prover.finish()?, found))
 }
 
 /// Proves that record `seq` is in the tree of `checkpoint`, reading the trail's segment
@@ -333,7 +333,7 @@ pub fn prove_inclusion(
         return Err(ProofError::NotCovered { size, what: format!("seq {seq}") });
     }
     let index = seq - 1;
-    let (hashes, _, found) = one_pass(files, inclusion_ranges(index, size)?, &[checkpoint], Some(index))?;
+    let (hashes, found) = one_pass(files, inclusion_ranges(index, size)?, &[checkpoint], Some(index))?;
     let record = found.ok_or(ProofError::NotCovered { size, what: format!("seq {seq}") })?;
     let found = seq_of(&record);
     if found != seq {
@@ -359,7 +359,7 @@ pub fn prove_consistency(
             what: format!("the {} of the old one", o.size()),
         });
     }
-    let (hashes, _, _) = one_pass(files, consistency_ranges(o.size(), n.size())?, &[old, new], None)?;
+    let (hashes, _) = one_pass(files, consistency_ranges(o.size(), n.size())?, &[old, new], None)?;
     let proof = ConsistencyProof { old: old.clone(), new: new.clone(), hashes };
     proof.verify()?;
     Ok(proof)
