@@ -4,6 +4,9 @@
 //! run. For `Synced` also the records per fsync and the fsync limit (threads ÷ the fdatasync
 //! time measured in the same run); and `verify` records/s.
 //!
+//! First a table by records written (issue 17: fixed 1 Mi random operations, `AUDIT_BENCH_RECORDS_THREADS`,
+//! default 1,2,64; `AUDIT_BENCH_PART=records` or `cells` runs one table only).
+//!
 //! `cargo bench --bench audit` (each cell runs `AUDIT_BENCH_MS` milliseconds, default 500;
 //! `AUDIT_BENCH_THREADS=1,64` picks thread counts; `AUDIT_BENCH_DIR` where files go).
 //! Not a test: it asserts nothing about speed.
@@ -17,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use map_wrapper::audit::{verify, AuditSink, Auditor, Durability, JsonLinesOptions, JsonLinesSink};
-use map_wrapper::MapWrapper;
+use map_wrapper::{MapWrapper, OpContext};
 
 const THREADS: [usize; 4] = [1, 2, 16, 64];
 
@@ -182,6 +185,142 @@ fn audited(threads: usize, durability: Durability, dir: &Path, check: bool) -> A
     }
 }
 
+/// The workload of issue 17 ("by records"): `RECORDS_OPS` operations in all, 50/50 insert and
+/// remove of random keys in a 2^20 key space filled half, an actor and a trace id per
+/// operation. Returns records (or events) written per second.
+/// `AUDIT_BENCH_RECORDS_OPS` overrides it (a loaded machine).
+static RECORDS_OPS: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+    std::env::var("AUDIT_BENCH_RECORDS_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(1 << 20)
+});
+const KEY_SPACE: u64 = 1 << 20;
+
+fn xorshift(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
+}
+
+/// Runs `op(thread, key, insert?)` for `RECORDS_OPS / threads` random operations per thread;
+/// returns the elapsed time (and leaves the process CPU time it took in `RUN_CPU_NS`).
+fn run_fixed(threads: usize, ops: u64, op: impl Fn(usize, u64, bool) + Send + Sync + 'static) -> Duration {
+    let op = Arc::new(op);
+    let barrier = Arc::new(Barrier::new(threads + 1));
+    let per = ops / threads as u64;
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (op, barrier) = (op.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut s = 0x9E37_79B9_7F4A_7C15u64 ^ (t as u64 + 1).wrapping_mul(0xff51afd7ed558ccd);
+                barrier.wait();
+                for _ in 0..per {
+                    let r = xorshift(&mut s);
+                    op(t, r % KEY_SPACE, r >> 63 == 0);
+                }
+            })
+        })
+        .collect();
+    barrier.wait();
+    let (start, cpu) = (Instant::now(), cpu_time());
+    for h in handles {
+        h.join().unwrap();
+    }
+    RUN_CPU_NS.store((cpu_time() - cpu).as_nanos() as u64, Ordering::Relaxed);
+    start.elapsed()
+}
+
+/// CPU time of the last `run_fixed` (all threads, the writer's included), in ns.
+static RUN_CPU_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Records (or events) per second, and CPU ns per record.
+#[derive(Clone, Copy, Default)]
+struct Rate {
+    per_sec: f64,
+    cpu_ns: f64,
+}
+
+impl Rate {
+    fn of(records: u64, elapsed: Duration) -> Rate {
+        Rate {
+            per_sec: records as f64 / elapsed.as_secs_f64(),
+            cpu_ns: RUN_CPU_NS.load(Ordering::Relaxed) as f64 / records.max(1) as f64,
+        }
+    }
+}
+
+/// Whether the records table runs column `name` (`AUDIT_BENCH_RECORDS_ONLY=default`, say,
+/// for a profile of one column).
+fn column(name: &str) -> bool {
+    std::env::var("AUDIT_BENCH_RECORDS_ONLY").map_or(true, |only| only == name)
+}
+
+fn tracing_records(threads: usize, dir: &Path) -> Rate {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("tracing.jsonl");
+    let (writer, guard) = tracing_appender::non_blocking(File::create(&path).unwrap());
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::fmt().json().with_writer(writer).finish());
+    let map: Arc<DashMap<u64, u64>> = Arc::new(DashMap::new());
+    for k in (0..KEY_SPACE).step_by(2) {
+        map.insert(k, k);
+    }
+    let actors: Arc<Vec<String>> = Arc::new((0..threads).map(|t| format!("user-{t}")).collect());
+    let d = dispatch.clone();
+    let elapsed = run_fixed(threads, *RECORDS_OPS, move |t, k, insert| {
+        tracing::dispatcher::with_default(&d, || {
+            let trace = format!("{t:08x}{k:016x}");
+            if insert {
+                let old = map.insert(k, k);
+                tracing::info!(target: "audit", op = "insert", key = k, old = ?old, new = k, actor = %actors[t], trace_id = %trace);
+            } else {
+                let old = map.remove(&k);
+                tracing::info!(target: "audit", op = "remove", key = k, old = ?old.map(|p| p.1), actor = %actors[t], trace_id = %trace);
+            }
+        })
+    });
+    drop(guard);
+    let lines = BufReader::new(File::open(&path).unwrap()).lines().count() as u64;
+    Rate::of(lines, elapsed)
+}
+
+fn audited_records(threads: usize, durability: Option<Durability>, dir: &Path) -> Rate {
+    let sink = Arc::new(JsonLinesSink::open(dir, JsonLinesOptions::default()).unwrap());
+    let mut auditor = Auditor::from_arc(sink.clone() as Arc<dyn AuditSink>);
+    if let Some(d) = durability {
+        auditor = auditor.durability(d);
+    }
+    let map: Arc<MapWrapper<u64, u64>> = Arc::new(
+        MapWrapper::builder()
+            .name("bench")
+            .timeout(Duration::from_secs(30))
+            .auditor(auditor)
+            .build()
+            .unwrap(),
+    );
+    map.extend((0..KEY_SPACE).step_by(2).map(|k| (k, k))).unwrap();
+    let before = sink.stats().records;
+    let ctxs: Arc<Vec<OpContext>> =
+        Arc::new((0..threads).map(|t| OpContext::new().actor(format!("user-{t}"))).collect());
+    let m = Arc::clone(&map);
+    // Synced waits for a disk flush per group: fewer operations (2,000 per thread).
+    let ops = if durability == Some(Durability::Synced) {
+        (2000 * threads as u64).min(*RECORDS_OPS)
+    } else {
+        *RECORDS_OPS
+    };
+    let elapsed = run_fixed(threads, ops, move |t, k, insert| {
+        let ctx = ctxs[t].clone().trace_id(format!("{t:08x}{k:016x}"));
+        if insert {
+            m.with(&ctx).insert(k, k).unwrap();
+        } else {
+            m.with(&ctx).remove(&k).unwrap();
+        }
+    });
+    let records = sink.stats().records - before;
+    drop(map);
+    sink.close().unwrap();
+    Rate::of(records, elapsed)
+}
+
 /// Median time of `write` + `fdatasync` of one small record (median: the disk is shared).
 fn fdatasync_time(dir: &Path) -> Duration {
     let mut f = File::create(dir.join("fsync-probe")).unwrap();
@@ -197,11 +336,61 @@ fn fdatasync_time(dir: &Path) -> Duration {
     times[times.len() / 2]
 }
 
+fn records_table(base: &Path, threads_list: &[usize]) {
+    println!(
+        "by records: {} ops, 50/50 insert/remove, 2^20 keys half full, actor + trace id per op",
+        *RECORDS_OPS
+    );
+    println!("(rec/s, the ratio to tracing events/s, and CPU ns per record of the whole process)");
+    println!(
+        "{:>7} | {:>20} | {:>28} | {:>28} | {:>28}",
+        "threads", "tracing ev/s", "Buffered rec/s", "default (Flushed) rec/s", "Synced rec/s"
+    );
+    for &threads in threads_list {
+        let fresh = || tempfile::tempdir_in(base).unwrap();
+        let run = |name: &str, f: &dyn Fn() -> Rate| if column(name) { f() } else { Rate::default() };
+        let t = run("tracing", &|| tracing_records(threads, fresh().path()));
+        let b = run("buffered", &|| audited_records(threads, Some(Durability::Buffered), fresh().path()));
+        let d = run("default", &|| audited_records(threads, None, fresh().path()));
+        let fsync = fdatasync_time(fresh().path());
+        let s = run("synced", &|| audited_records(threads, Some(Durability::Synced), fresh().path()));
+        let cell = |r: Rate| {
+            format!("{:>7.3} M/s {:>5.2}x {:>5.0} ns", r.per_sec / 1e6, r.per_sec / t.per_sec, r.cpu_ns)
+        };
+        println!(
+            "{threads:>7} | {:>7.3} M/s {:>6.0} ns | {} | {} | {}",
+            t.per_sec / 1e6,
+            t.cpu_ns,
+            cell(b),
+            cell(d),
+            cell(s)
+        );
+        println!(
+            "{:>7} | default/Buffered: {:.2}x time, {:.2}x CPU per record; Synced {:.2}x of threads/fsync ({:.3} ms)",
+            "",
+            b.per_sec / d.per_sec,
+            d.cpu_ns / b.cpu_ns,
+            s.per_sec / (threads as f64 / fsync.as_secs_f64()),
+            fsync.as_secs_f64() * 1e3
+        );
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` lists benchmarks; this one has nothing to list
     }
     let base = tempfile::tempdir_in(std::env::var("AUDIT_BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    if std::env::var("AUDIT_BENCH_PART").as_deref() != Ok("cells") {
+        let threads: Vec<usize> = std::env::var("AUDIT_BENCH_RECORDS_THREADS")
+            .ok()
+            .map(|s| s.split(',').filter_map(|t| t.trim().parse().ok()).collect())
+            .unwrap_or_else(|| vec![1, 2, 64]);
+        records_table(base.path(), &threads);
+        if std::env::var("AUDIT_BENCH_PART").as_deref() == Ok("records") {
+            return;
+        }
+    }
     println!("fdatasync: median of 101 appends of 200 bytes, measured before each Synced cell");
     println!(
         "{:>7} | {:>18} | {:>18} | {:>18} | {:>34}",

@@ -444,11 +444,16 @@ fn the_verifier_catches_every_single_record_tampering_and_never_panics() {
             let mut spliced = bytes[..cut % bytes.len()].to_vec();
             spliced.extend_from_slice(&junk);
             let _ = verify_result(&[(name.clone(), spliced)]);
-            // A truncation keeps a correct beginning: intact when cut at a line boundary, a
-            // torn tail when cut inside a line, never tampered.
+            // A truncation keeps a correct beginning (AUDIT_FORMAT.md §6, "Verdicts"): intact
+            // when cut at a line boundary after a record, a torn tail when cut inside a line or
+            // right after the header (the writer writes a record after every header), and
+            // tampered when not even the header is whole (nothing vouches for the trail).
             let kept = &bytes[..cut % bytes.len()];
             let r = verify(&[(name.clone(), kept.to_vec())]);
-            let want = if kept.is_empty() || kept.ends_with(b"\n") {
+            let lines = kept.iter().filter(|&&b| b == b'\n').count();
+            let want = if lines == 0 {
+                verify::Verdict::Tampered
+            } else if kept.ends_with(b"\n") && lines > 1 {
                 verify::Verdict::Intact
             } else {
                 verify::Verdict::TornTail

@@ -404,3 +404,13 @@ fn show_prints_only_verified_records_and_fails_on_a_tampered_trail() {
     assert_eq!(out.lines().count(), 1, "{out}");
     assert!(out.contains("new={\"full\":1}") && !out.contains("\"full\":9"), "{out}");
 }
+
+#[test]
+fn a_malformed_expect_prev_is_a_usage_error_exit_3() {
+    let d = tmp();
+    trail(d.path(), ChainKey::Sha256, 1 << 20);
+    for bad in ["abc", &"g".repeat(64), &"0".repeat(63), &format!(" {}", "0".repeat(64))] {
+        let (code, _) = run(&["verify", "--expect-prev", bad, d.path().to_str().unwrap()]);
+        assert_eq!(code, 3, "{bad:?}");
+    }
+}

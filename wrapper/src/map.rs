@@ -631,10 +631,10 @@ where
     /// Audit, before a mutation: refuses it when the map is fail-closed and its sink is down
     /// (nothing is locked or changed), else starts its latency clock.
     #[inline]
-    fn audit_begin(&self) -> Result<Option<Instant>, MapError> {
+    fn audit_begin(&self, op: &'static str) -> Result<Option<Instant>, MapError> {
         match &self.map.audit {
             None => Ok(None),
-            Some(a) => a.begin(&self.map.name).map(Some),
+            Some(a) => a.begin(&self.map.name, op, &Effective::new(self.ctx), self.map.timeout).map(Some),
         }
     }
 
@@ -728,7 +728,7 @@ where
     /// `insert` with every policy: contexts, statistics, audit, a bounded wait.
     #[inline(never)]
     fn insert_full(self, hash: u64, idx: usize, key: K, value: V) -> Result<Option<V>, MapError> {
-        let t0 = self.audit_begin()?;
+        let t0 = self.audit_begin("insert")?;
         let mut op = self.begin("insert");
         let mut table = op
             .write(idx, &self.map.shards[idx])
@@ -972,7 +972,7 @@ where
         Q: Hash + Eq + ?Sized,
         F: FnOnce(&K, &V) -> bool,
     {
-        let t0 = self.audit_begin()?;
+        let t0 = self.audit_begin(op)?;
         let mut op = self.begin(op);
         let mut table =
             op.write(idx, &self.map.shards[idx]).map_err(|e| self.audit_refused(&op, t0, idx, None, e))?;
@@ -1024,7 +1024,7 @@ where
         Q: Hash + Eq + ?Sized,
         F: FnOnce(&mut V) -> R,
     {
-        let t0 = self.audit_begin()?;
+        let t0 = self.audit_begin("update")?;
         let mut op = self.begin("update");
         let mut table =
             op.write(idx, &self.map.shards[idx]).map_err(|e| self.audit_refused(&op, t0, idx, None, e))?;
@@ -1052,7 +1052,7 @@ where
     where
         F: FnOnce(Option<&V>) -> Option<V>,
     {
-        let t0 = self.audit_begin()?;
+        let t0 = self.audit_begin("alter")?;
         let (hash, idx) = self.locate(&key);
         let mut op = self.begin("alter");
         let mut table = op
@@ -1140,7 +1140,7 @@ where
             &mut Table<K, V>,
         ) -> (D, Result<Option<Ticket>, MapError>),
     ) -> Result<(), MapError> {
-        let t0 = self.audit_begin()?;
+        let t0 = self.audit_begin(op)?;
         let mut waiter = self.begin(op);
         if let Err(e) = waiter.refuse_if_holding_any() {
             let shard = if let MapError::WouldDeadlock { shard, .. } = e { shard } else { 0 };
@@ -1343,7 +1343,7 @@ where
 
     /// See [`MapWrapper::extend`].
     pub fn extend<I: IntoIterator<Item = (K, V)>>(self, iter: I) -> Result<usize, MapError> {
-        let t0 = self.audit_begin()?;
+        let t0 = self.audit_begin("extend")?;
         let mut waiter = self.begin("extend");
         waiter.start_clock();
         let mut n = 0;
@@ -1473,7 +1473,7 @@ where
                 }
             });
         }
-        let t0 = with.audit_begin()?;
+        let t0 = with.audit_begin("entry")?;
         let mut op = with.begin("entry");
         let mut table = op
             .write(idx, &with.map.shards[idx])

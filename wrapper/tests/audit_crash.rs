@@ -1,4 +1,6 @@
-//! Crash test: a child process mutates an audited map in `Synced` mode and reports each
+//! Crash test: a child process mutates an audited map (in the default durability on even
+//! repetitions, `Flushed`, which must keep every acknowledged change through a SIGKILL of the
+//! process; in `Synced` on odd ones) and reports each
 //! acknowledged operation over a pipe; the parent SIGKILLs it mid-stream, then checks that the
 //! trail verifies (intact, or only a torn last line) and holds every acknowledged operation,
 //! and that reopening the trail repairs a torn tail with a record that says so.
@@ -19,19 +21,20 @@ use map_wrapper::audit::{verify, Auditor, Durability, JsonLinesOptions, JsonLine
 use map_wrapper::MapWrapper;
 
 const CHILD_ENV: &str = "MW_AUDIT_CRASH_CHILD";
+/// Set (to anything) for a child that uses `Synced` instead of the default durability.
+const SYNCED_ENV: &str = "MW_AUDIT_CRASH_SYNCED";
 const THREADS: usize = 4;
 
 fn child(dir: &Path) {
     // Small segments so that kills also land around rotations.
     let opts = JsonLinesOptions { max_segment_bytes: 16 << 10, ..Default::default() };
     let sink = JsonLinesSink::open(dir, opts).expect("open the trail");
-    let map: Arc<MapWrapper<String, u64>> = Arc::new(
-        MapWrapper::builder()
-            .name("crash")
-            .auditor(Auditor::new(sink).durability(Durability::Synced))
-            .build()
-            .expect("build"),
-    );
+    let auditor = match std::env::var_os(SYNCED_ENV) {
+        Some(_) => Auditor::new(sink).durability(Durability::Synced),
+        None => Auditor::new(sink), // the default durability
+    };
+    let map: Arc<MapWrapper<String, u64>> =
+        Arc::new(MapWrapper::builder().name("crash").auditor(auditor).build().expect("build"));
     let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
     let handles: Vec<_> = (0..THREADS)
         .map(|t| {
@@ -54,7 +57,11 @@ fn child(dir: &Path) {
 
 fn run_once(rep: usize) -> Result<(), String> {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    if rep % 2 == 1 {
+        command.env(SYNCED_ENV, "1");
+    }
+    let mut child = command
         .env(CHILD_ENV, dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -90,10 +97,14 @@ fn run_once(rep: usize) -> Result<(), String> {
         .filter_map(|r| r.key.and_then(|k| k["full"].as_str().map(str::to_string)))
         .collect();
     if let Some(missing) = acked.iter().find(|k| !recorded.contains(*k)) {
-        return Err(format!("acknowledged op {missing} has no record ({} acked)", acked.len()));
+        let mode = if rep % 2 == 1 { "Synced" } else { "the default durability" };
+        return Err(format!("acknowledged op {missing} has no record ({} acked, {mode})", acked.len()));
     }
-    // Reopening repairs a torn tail and says so.
-    let torn = report.verdict == verify::Verdict::TornTail;
+    // Reopening repairs a torn tail and says so. A last segment that holds only its header
+    // (killed right after a rotation) is also a torn tail, but nothing is cut: the writer
+    // continues that segment, with no sink_gap to write.
+    let header_only = report.torn_tail.as_ref().is_some_and(|t| t.what.contains("holds only its header"));
+    let torn = report.verdict == verify::Verdict::TornTail && !header_only;
     drop(JsonLinesSink::open(dir.path(), JsonLinesOptions::default()).map_err(|e| e.to_string())?);
     let after =
         verify::verify_paths(&[dir.path().to_path_buf()], &Default::default()).map_err(|e| e.to_string())?;

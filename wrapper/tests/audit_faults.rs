@@ -549,16 +549,16 @@ fn a_panicking_writer_thread_fails_the_sink_and_wakes_its_waiters() {
 #[test]
 fn open_refuses_a_queue_of_zero_and_a_segment_too_small_for_a_record() {
     let dir = tempfile::tempdir().unwrap();
-    let e = JsonLinesSink::open(dir.path(), JsonLinesOptions { queue_capacity: 0, ..Default::default() })
+    let e = JsonLinesSink::open(dir.path(), JsonLinesOptions { max_queue_bytes: 0, ..Default::default() })
         .unwrap_err();
-    assert!(e.to_string().contains("queue_capacity"), "{e}");
+    assert!(e.to_string().contains("max_queue_bytes"), "{e}");
     let tiny = JsonLinesOptions { max_segment_bytes: 100, ..Default::default() };
     let e = JsonLinesSink::open(dir.path(), tiny).unwrap_err();
     assert!(e.to_string().contains("max_segment_bytes"), "{e}");
     assert!(map_wrapper::audit::list_segments(dir.path()).unwrap_or_default().is_empty(), "nothing written");
     // The smallest accepted settings work.
     let opts = JsonLinesOptions {
-        queue_capacity: 1,
+        max_queue_bytes: 1,
         max_segment_bytes: map_wrapper::audit::MIN_SEGMENT_BYTES,
         ..Default::default()
     };

@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::record::{split_line, to_hex, AuditEvent, Chain, ChainKey, EventFields};
-use super::sink::{AuditSink, Durability, SinkError, Ticket};
+use super::record::{encode_body, split_line, to_hex, AuditEvent, Chain, ChainKey, EventFields};
+use super::sink::{AdmitError, AuditSink, Durability, SinkError, Ticket};
 
 /// How long the writer lets records gather before writing them when nobody waits for them
 /// (`Buffered`): the most a `Buffered` record waits before reaching the OS.
@@ -22,8 +22,12 @@ const BATCH_DELAY: Duration = Duration::from_millis(2);
 /// The smallest `max_segment_bytes` accepted: room for a header and a typical record.
 pub const MIN_SEGMENT_BYTES: u64 = 1024;
 
-/// How many queued records wake the writer at once.
-const BATCH_WAKE: usize = 4096;
+/// How many queued bytes wake the writer at once (without a waiter).
+const BATCH_WAKE_BYTES: usize = 256 << 10;
+
+/// A batch buffer that grew beyond this is given back after its batch (a burst of large
+/// records must not pin its memory).
+const KEEP_BUFFER_BYTES: usize = 4 << 20;
 
 /// The file a segment is written through. [`File`] is the real one; tests wrap it to inject
 /// write and sync failures.
@@ -54,9 +58,11 @@ pub struct JsonLinesOptions {
     pub max_segment_bytes: u64,
     /// SHA-256 (default) or HMAC-SHA256 with a key.
     pub chain_key: ChainKey,
-    /// How many records may wait for the writer; an append beyond that waits for room
-    /// (explicit back-pressure, under the caller's shard lock). Default: 65 536; at least 1.
-    pub queue_capacity: usize,
+    /// How many bytes of encoded records may wait for the writer. A map waits for room
+    /// before it changes anything ([`AuditSink::admit`]), until the operation's deadline, then
+    /// fails with a timeout having changed nothing. Default: 64 MiB; at least 1. The bound is
+    /// soft by the records of operations admitted at once (one each).
+    pub max_queue_bytes: usize,
     /// Wraps every segment file the sink opens (fault injection in tests). Default: none.
     pub writer_hook: Option<WriterHook>,
 }
@@ -66,7 +72,7 @@ impl Default for JsonLinesOptions {
         JsonLinesOptions {
             max_segment_bytes: 64 << 20,
             chain_key: ChainKey::Sha256,
-            queue_capacity: 1 << 16,
+            max_queue_bytes: 64 << 20,
             writer_hook: None,
         }
     }
@@ -77,7 +83,7 @@ impl std::fmt::Debug for JsonLinesOptions {
         f.debug_struct("JsonLinesOptions")
             .field("max_segment_bytes", &self.max_segment_bytes)
             .field("chain_key", &self.chain_key)
-            .field("queue_capacity", &self.queue_capacity)
+            .field("max_queue_bytes", &self.max_queue_bytes)
             .field("writer_hook", &self.writer_hook.is_some())
             .finish()
     }
@@ -314,7 +320,19 @@ fn err(context: &str, e: impl std::fmt::Display) -> SinkError {
 
 /// The shared state of producers, waiters and the writer.
 struct State {
-    events: Vec<AuditEvent>,
+    /// The encoded bodies of the queued records, back to back (the bytes are what the queue
+    /// carries: no allocation per record).
+    pending: String,
+    /// Where each queued body ends in `pending`.
+    ends: Vec<usize>,
+    /// Bytes queued or in a batch being written: what `max_queue_bytes` bounds.
+    queued_bytes: usize,
+    /// Whether the writer thread has been woken for the queued records (it then writes them
+    /// within `BATCH_DELAY`): producers wake it once per batch, not once per record.
+    writer_armed: bool,
+    /// Someone (the writer thread or a `Flushed` waiter) has the turn to write: it alone
+    /// locks `Shared::writer`. Given back with a wake-up of `progress`.
+    writing: bool,
     /// The seq the next appended record gets.
     next_seq: u64,
     epoch: u64,
@@ -324,14 +342,23 @@ struct State {
     synced: u64,
     /// Highest seq some waiter wants on disk.
     sync_wanted: u64,
-    /// Highest seq some waiter wants handed to the OS.
-    flush_wanted: u64,
+    /// Operations waiting for a sync now.
+    sync_waiters: usize,
+    /// How many were waiting when the last sync ended, when it ended, and how long it took:
+    /// the writer lets the next sync wait (at most as long as the last one took) for the
+    /// waiters it released to come back with their next records, so that one sync serves
+    /// every thread instead of every other one (group commit).
+    last_sync: Option<(usize, Instant, Duration)>,
     failed: Option<SinkError>,
     stopping: bool,
 }
 
 struct Shared {
     state: Mutex<State>,
+    /// The segment being written and the chain, locked by whoever has the turn to write
+    /// (`State::writing`): the writer thread, or a `Flushed` waiter that writes every queued
+    /// record itself. Never contended; never locked while holding `state`.
+    writer: Mutex<Option<Writer>>,
     /// Wakes the writer.
     work: Condvar,
     /// Wakes waiters and producers blocked on a full queue.
@@ -357,12 +384,17 @@ pub struct JsonLinesStats {
     pub syncs: u64,
 }
 
-/// What the writer thread owns.
+/// The segment being written: owned by whoever writes a batch.
 struct Writer {
     file: Box<dyn SegmentWriter>,
     segment: u64,
     segment_bytes: u64,
     chain: Chain,
+    /// The lines of the batch being written (reused).
+    lines: String,
+    /// The bodies of the batch, swapped with the queue's (reused).
+    bodies: String,
+    ends: Vec<usize>,
 }
 
 /// An append-only, hash-chained trail of JSON lines in a directory of segment files.
@@ -424,10 +456,9 @@ impl JsonLinesSink {
     /// lock: a child process being spawned holds a just-closed sink's lock until it starts).
     pub fn open(dir: impl AsRef<Path>, opts: JsonLinesOptions) -> Result<Self, SinkError> {
         let dir = dir.as_ref().to_path_buf();
-        if opts.queue_capacity == 0 {
-            // An append waits for room in the queue: with no room it would wait forever,
-            // under the caller's shard lock.
-            return Err(SinkError::new("JsonLinesOptions::queue_capacity must be at least 1"));
+        if opts.max_queue_bytes == 0 {
+            // With no room, every admission would wait until its deadline.
+            return Err(SinkError::new("JsonLinesOptions::max_queue_bytes must be at least 1"));
         }
         if opts.max_segment_bytes < MIN_SEGMENT_BYTES {
             return Err(SinkError::new(format!(
@@ -476,7 +507,7 @@ impl JsonLinesSink {
                     Some(hook) => hook(file),
                     None => Box::new(file),
                 };
-                (Writer { file, segment: *n, segment_bytes: tail.intact_len, chain }, note)
+                (Writer::new(file, *n, tail.intact_len, chain), note)
             }
         };
         let gaps: Vec<String> = removed.into_iter().chain(note).collect();
@@ -507,7 +538,7 @@ impl JsonLinesSink {
         chain.seal_header(n, prev_len, recovered, &mut header);
         file.append(header.as_bytes()).map_err(|e| err("cannot write a segment header", e))?;
         file.sync().map_err(|e| err("cannot sync a segment header", e))?;
-        Ok(Writer { file, segment: n, segment_bytes: header.len() as u64, chain })
+        Ok(Writer::new(file, n, header.len() as u64, chain))
     }
 
     /// Writes the opening records synchronously, then hands the writer to its thread.
@@ -534,16 +565,22 @@ impl JsonLinesSink {
         let last = writer.chain.next_seq() - 1;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                events: Vec::new(),
+                pending: String::new(),
+                ends: Vec::new(),
+                queued_bytes: 0,
+                writer_armed: false,
+                writing: false,
                 next_seq: last + 1,
                 epoch: 0,
                 written: last,
                 synced: last,
                 sync_wanted: 0,
-                flush_wanted: 0,
+                sync_waiters: 0,
+                last_sync: None,
                 failed: None,
                 stopping: false,
             }),
+            writer: Mutex::new(None),
             work: Condvar::new(),
             progress: Condvar::new(),
             failed: AtomicBool::new(false),
@@ -554,7 +591,8 @@ impl JsonLinesSink {
             batches: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
         });
-        let thread = spawn_writer(Arc::clone(&shared), writer)?;
+        *shared.writer.lock() = Some(writer);
+        let thread = spawn_writer(Arc::clone(&shared))?;
         Ok(JsonLinesSink { shared, thread: Mutex::new(Some(thread)), _lock: lock })
     }
 
@@ -589,7 +627,8 @@ impl JsonLinesSink {
             let mut st = self.shared.state.lock();
             if st.failed.is_none() && !st.stopping {
                 st.next_seq += 1;
-                st.events.push(AuditEvent::new(EventFields::lifecycle("audit_stop", None)));
+                let event = AuditEvent::new(EventFields::lifecycle("audit_stop", None));
+                st.push_body(event.body());
             }
             st.stopping = true;
             self.shared.closed.store(true, Ordering::Release);
@@ -607,75 +646,157 @@ impl Drop for JsonLinesSink {
     }
 }
 
-fn spawn_writer(shared: Arc<Shared>, writer: Writer) -> Result<JoinHandle<()>, SinkError> {
+impl Writer {
+    fn new(file: Box<dyn SegmentWriter>, segment: u64, segment_bytes: u64, chain: Chain) -> Self {
+        Writer {
+            file,
+            segment,
+            segment_bytes,
+            chain,
+            lines: String::with_capacity(1 << 16),
+            bodies: String::new(),
+            ends: Vec::new(),
+        }
+    }
+}
+
+impl JsonLinesSink {
+    /// Gives `body` the next seq and queues it; wakes the writer thread once per batch.
+    fn enqueue(&self, body: &str) -> Result<Ticket, SinkError> {
+        let shared = &*self.shared;
+        let mut st = shared.state.lock();
+        loop {
+            if let Some(e) = &st.failed {
+                return Err(e.clone());
+            }
+            if st.stopping {
+                return Err(SinkError::new("the audit sink is closed"));
+            }
+            // Maps wait for room in `admit`, before they lock anything; this waits (under the
+            // caller's locks) only for producers that never asked, at twice the bound.
+            if st.queued_bytes < shared.opts.max_queue_bytes.saturating_mul(2) {
+                break;
+            }
+            shared.progress.wait(&mut st);
+        }
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        let before = st.pending.len();
+        st.push_body(body);
+        let crossed = before < BATCH_WAKE_BYTES && st.pending.len() >= BATCH_WAKE_BYTES;
+        if !st.writer_armed || crossed {
+            st.writer_armed = true;
+            shared.work.notify_one();
+        }
+        Ok(Ticket::new(seq, st.epoch))
+    }
+}
+
+impl State {
+    /// Queues one encoded body (its seq was taken by the caller).
+    fn push_body(&mut self, body: &str) {
+        self.pending.push_str(body);
+        self.ends.push(self.pending.len());
+        self.queued_bytes += body.len();
+    }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string payload".into())
+}
+
+fn spawn_writer(shared: Arc<Shared>) -> Result<JoinHandle<()>, SinkError> {
     std::thread::Builder::new()
         .name("audit-writer".into())
         .spawn(move || {
             // A panic in the writer (a user `SegmentWriter` or `WriterHook`, or a bug) must not
             // leave a sink that looks healthy with nobody writing: it fails the sink, which
             // wakes every waiter and blocked producer with the error.
-            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_writer(&shared, writer)));
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_writer(&shared)));
             if let Err(panic) = run {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a non-string payload".into());
+                let what = panic_text(&*panic);
                 fail(&shared, SinkError::new(format!("the audit writer thread panicked: {what}")));
             }
         })
         .map_err(|e| err("cannot start the audit writer thread", e))
 }
 
-/// The writer thread: takes whole batches, seals them, writes them, syncs when asked.
-fn run_writer(shared: &Shared, mut w: Writer) {
-    let mut buf = String::with_capacity(1 << 16);
-    let mut batch: Vec<AuditEvent> = Vec::new();
+/// The writer thread: writes what `Buffered` operations queued (within `BATCH_DELAY`), syncs
+/// for `Synced` waiters (group commit), and writes the last records on close. `Flushed`
+/// waiters write their batches themselves (see `wait`); the thread and they take turns
+/// (`State::writing`).
+fn run_writer(shared: &Shared) {
     loop {
         let stopping = {
             let mut st = shared.state.lock();
-            // Without a waiter, let a batch build up for up to BATCH_DELAY (or BATCH_WAKE
-            // records): one wake-up and one write for many records instead of one each.
+            // Without a waiter, let a batch build up for up to BATCH_DELAY (or
+            // BATCH_WAKE_BYTES): one wake-up and one write for many records instead of one each.
+            let mut since: Option<Instant> = None;
             loop {
-                let wanted = st.sync_wanted > st.synced || st.flush_wanted > st.written || st.stopping;
-                if wanted || st.events.len() >= BATCH_WAKE {
+                if st.failed.is_some() {
+                    return;
+                }
+                if st.writing {
+                    // A waiter is writing; it wakes `progress` when done.
+                    shared.progress.wait_for(&mut st, BATCH_DELAY);
+                    continue;
+                }
+                if st.sync_wanted > st.synced && !st.stopping {
+                    if let Some((target, end, took)) = st.last_sync {
+                        let left = took.saturating_sub(end.elapsed());
+                        if st.sync_waiters < target && !left.is_zero() {
+                            shared.work.wait_for(&mut st, left);
+                            continue;
+                        }
+                    }
                     break;
                 }
-                if st.events.is_empty() {
+                if st.stopping || st.pending.len() >= BATCH_WAKE_BYTES {
+                    break;
+                }
+                if st.ends.is_empty() {
+                    st.writer_armed = false;
+                    since = None;
                     shared.work.wait(&mut st);
-                } else if shared.work.wait_for(&mut st, BATCH_DELAY).timed_out() {
-                    break;
+                    continue;
                 }
+                let start = *since.get_or_insert_with(Instant::now);
+                let Some(left) = BATCH_DELAY.checked_sub(start.elapsed()) else { break };
+                shared.work.wait_for(&mut st, left);
             }
-            std::mem::swap(&mut batch, &mut st.events);
-            shared.progress.notify_all();
+            st.writing = true;
             st.stopping
         };
-        let mut sync = stopping;
-        if let Err(e) = write_batch(shared, &mut w, &batch, &mut buf) {
-            return fail(shared, e);
-        }
-        shared.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        shared.batches.fetch_add(u64::from(!batch.is_empty()), Ordering::Relaxed);
-        batch.clear();
-        let last = w.chain.next_seq() - 1;
-        {
-            let mut st = shared.state.lock();
-            st.written = last;
-            sync |= st.sync_wanted > st.synced;
-            shared.progress.notify_all();
-        }
-        if sync {
-            if let Err(e) = w.file.sync() {
-                // Never sync this file again: after a failed fsync the kernel may have dropped
-                // the dirty pages, and a second fsync would report success for data that is
-                // gone. The segment is poisoned; reopen() starts a new one.
-                return fail(shared, err(&format!("fsync of {} failed", segment_file_name(w.segment)), e));
+        let result = (|| {
+            let mut guard = shared.writer.lock();
+            let w = guard.as_mut().ok_or_else(|| SinkError::new("the audit writer is gone"))?;
+            write_queued(shared, w)?;
+            let (sync, last) = {
+                let st = shared.state.lock();
+                (stopping || st.sync_wanted > st.synced, st.written)
+            };
+            if sync && last > shared.state.lock().synced {
+                let start = Instant::now();
+                // Never sync this file again after a failure: after a failed fsync the kernel
+                // may have dropped the dirty pages, and a second fsync would report success
+                // for data that is gone. The segment is poisoned; reopen() starts a new one.
+                w.file
+                    .sync()
+                    .map_err(|e| err(&format!("fsync of {} failed", segment_file_name(w.segment)), e))?;
+                shared.syncs.fetch_add(1, Ordering::Relaxed);
+                let mut st = shared.state.lock();
+                st.synced = last;
+                st.last_sync = Some((st.sync_waiters, Instant::now(), start.elapsed()));
             }
-            shared.syncs.fetch_add(1, Ordering::Relaxed);
-            let mut st = shared.state.lock();
-            st.synced = last;
-            shared.progress.notify_all();
+            Ok(())
+        })();
+        end_turn(shared);
+        if let Err(e) = result {
+            return fail(shared, e);
         }
         if stopping {
             return;
@@ -683,38 +804,75 @@ fn run_writer(shared: &Shared, mut w: Writer) {
     }
 }
 
-fn write_batch(
-    shared: &Shared,
-    w: &mut Writer,
-    batch: &[AuditEvent],
-    buf: &mut String,
-) -> Result<(), SinkError> {
-    buf.clear();
-    for event in batch {
-        if w.segment_bytes + buf.len() as u64 >= shared.opts.max_segment_bytes {
-            rotate(shared, w, buf)?;
-        }
-        w.chain.seal_event(event, buf);
-    }
-    flush_buf(w, buf)
+/// Gives back the turn to write and wakes waiters and admissions.
+fn end_turn(shared: &Shared) {
+    let mut st = shared.state.lock();
+    st.writing = false;
+    drop(st);
+    shared.progress.notify_all();
 }
 
-fn flush_buf(w: &mut Writer, buf: &mut String) -> Result<(), SinkError> {
-    if !buf.is_empty() {
+/// Takes every queued record, seals them and writes them in one `write(2)` (two around a
+/// rotation); `written` is then their last seq. Called by the holder of the turn to write
+/// (`State::writing`), with `Shared::writer` locked. Returns without writing if the sink has
+/// failed.
+fn write_queued(shared: &Shared, w: &mut Writer) -> Result<(), SinkError> {
+    {
+        let mut st = shared.state.lock();
+        if st.failed.is_some() || st.ends.is_empty() {
+            return Ok(());
+        }
+        std::mem::swap(&mut w.bodies, &mut st.pending);
+        std::mem::swap(&mut w.ends, &mut st.ends);
+    }
+    let bytes = w.bodies.len();
+    let count = w.ends.len() as u64;
+    w.lines.clear();
+    let mut from = 0;
+    for i in 0..w.ends.len() {
+        let to = w.ends[i];
+        if w.segment_bytes + w.lines.len() as u64 >= shared.opts.max_segment_bytes {
+            rotate(shared, w)?;
+        }
+        // The single place where each line of the trail passes, in order, before it is
+        // written: `w.lines[line_start..]` after the seal.
+        w.chain.seal_body(&w.bodies[from..to], &mut w.lines);
+        from = to;
+    }
+    flush_lines(w)?;
+    w.bodies.clear();
+    w.ends.clear();
+    if w.bodies.capacity() > KEEP_BUFFER_BYTES {
+        w.bodies = String::new();
+        w.ends = Vec::new();
+    }
+    if w.lines.capacity() > KEEP_BUFFER_BYTES {
+        w.lines = String::with_capacity(1 << 16);
+    }
+    shared.records.fetch_add(count, Ordering::Relaxed);
+    shared.batches.fetch_add(1, Ordering::Relaxed);
+    let mut st = shared.state.lock();
+    st.written = w.chain.next_seq() - 1;
+    st.queued_bytes -= bytes;
+    Ok(())
+}
+
+fn flush_lines(w: &mut Writer) -> Result<(), SinkError> {
+    if !w.lines.is_empty() {
         w.file
-            .append(buf.as_bytes())
+            .append(w.lines.as_bytes())
             .map_err(|e| err(&format!("write to {} failed", segment_file_name(w.segment)), e))?;
-        w.segment_bytes += buf.len() as u64;
-        buf.clear();
+        w.segment_bytes += w.lines.len() as u64;
+        w.lines.clear();
     }
     Ok(())
 }
 
 /// Finishes the current segment (written and synced) and starts the next one.
-fn rotate(shared: &Shared, w: &mut Writer, buf: &mut String) -> Result<(), SinkError> {
-    flush_buf(w, buf)?;
+fn rotate(shared: &Shared, w: &mut Writer) -> Result<(), SinkError> {
+    flush_lines(w)?;
     w.file.sync().map_err(|e| err(&format!("fsync of {} failed", segment_file_name(w.segment)), e))?;
-    let next = JsonLinesSink::new_segment(
+    let mut next = JsonLinesSink::new_segment(
         &shared.dir,
         &shared.opts,
         w.chain.clone(),
@@ -722,6 +880,9 @@ fn rotate(shared: &Shared, w: &mut Writer, buf: &mut String) -> Result<(), SinkE
         w.segment_bytes,
         false,
     )?;
+    std::mem::swap(&mut next.lines, &mut w.lines);
+    std::mem::swap(&mut next.bodies, &mut w.bodies);
+    std::mem::swap(&mut next.ends, &mut w.ends);
     *w = next;
     Ok(())
 }
@@ -729,7 +890,11 @@ fn rotate(shared: &Shared, w: &mut Writer, buf: &mut String) -> Result<(), SinkE
 fn fail(shared: &Shared, e: SinkError) {
     tracing::error!(target: "audit", error = %e, "audit sink failed; fail-closed maps are now read-only");
     let mut st = shared.state.lock();
-    st.events.clear();
+    st.pending.clear();
+    st.ends.clear();
+    st.queued_bytes = 0;
+    // The turn of whoever failed (a panicking writer thread cannot give it back itself).
+    st.writing = false;
     st.failed = Some(e);
     shared.failed.store(true, Ordering::Release);
     shared.progress.notify_all();
@@ -746,56 +911,111 @@ impl AuditSink for JsonLinesSink {
     }
 
     fn append(&self, event: AuditEvent) -> Result<Ticket, SinkError> {
+        self.enqueue(event.body())
+    }
+
+    fn append_fields(&self, fields: EventFields<'_>) -> Result<Ticket, SinkError> {
+        use std::cell::RefCell;
+        thread_local! {
+            /// The body being encoded: reused, so a record costs no allocation.
+            static BODY: RefCell<String> = const { RefCell::new(String::new()) };
+        }
+        BODY.with(|b| {
+            let mut body = b.borrow_mut();
+            body.clear();
+            encode_body(&fields, &mut body);
+            let r = self.enqueue(&body);
+            if body.capacity() > KEEP_BUFFER_BYTES {
+                *body = String::new();
+            }
+            r
+        })
+    }
+
+    /// Waits until the queue holds less than [`JsonLinesOptions::max_queue_bytes`], or the
+    /// deadline.
+    fn admit(&self, deadline: Instant) -> Result<(), AdmitError> {
+        let limit = self.shared.opts.max_queue_bytes;
         let mut st = self.shared.state.lock();
+        let start = Instant::now();
         loop {
             if let Some(e) = &st.failed {
-                return Err(e.clone());
+                return Err(AdmitError::Failed(e.clone()));
             }
             if st.stopping {
-                return Err(SinkError::new("the audit sink is closed"));
+                return Err(AdmitError::Failed(SinkError::new("the audit sink is closed")));
             }
-            if st.events.len() < self.shared.opts.queue_capacity {
-                break;
+            if st.queued_bytes < limit {
+                return Ok(());
             }
-            self.shared.progress.wait(&mut st);
+            if self.shared.progress.wait_until(&mut st, deadline).timed_out() && st.queued_bytes >= limit {
+                return Err(AdmitError::Full { waited: start.elapsed(), limit });
+            }
         }
-        let seq = st.next_seq;
-        st.next_seq += 1;
-        st.events.push(event);
-        if st.events.len() == 1 || st.events.len() == BATCH_WAKE {
-            self.shared.work.notify_one();
-        }
-        Ok(Ticket::new(seq, st.epoch))
     }
 
     fn wait(&self, ticket: &Ticket, level: Durability) -> Result<(), SinkError> {
         if level == Durability::Buffered {
             return Ok(());
         }
-        let mut st = self.shared.state.lock();
-        if st.flush_wanted < ticket.id {
-            st.flush_wanted = ticket.id;
-            self.shared.work.notify_one();
+        let shared = &*self.shared;
+        let mut st = shared.state.lock();
+        if level == Durability::Synced {
+            // Counted, so that the writer can gather the waiters of one round into one sync.
+            st.sync_waiters += 1;
+            let r = loop {
+                if st.epoch != ticket.epoch {
+                    break Err(SinkError::new("the record was lost in a sink failure before the reopen"));
+                }
+                if st.synced >= ticket.id {
+                    break Ok(());
+                }
+                if let Some(e) = &st.failed {
+                    break Err(e.clone());
+                }
+                if st.sync_wanted < ticket.id {
+                    st.sync_wanted = ticket.id;
+                    shared.work.notify_one();
+                }
+                shared.progress.wait(&mut st);
+            };
+            st.sync_waiters -= 1;
+            return r;
         }
         loop {
             if st.epoch != ticket.epoch {
                 return Err(SinkError::new("the record was lost in a sink failure before the reopen"));
             }
-            let done = match level {
-                Durability::Synced => st.synced >= ticket.id,
-                _ => st.written >= ticket.id,
-            };
-            if done {
+            if st.written >= ticket.id {
                 return Ok(());
             }
             if let Some(e) = &st.failed {
                 return Err(e.clone());
             }
-            if level == Durability::Synced && st.sync_wanted < ticket.id {
-                st.sync_wanted = ticket.id;
-                self.shared.work.notify_one();
+            if !st.writing {
+                // `Flushed`: take the turn and write every queued record (this one and those
+                // of concurrent operations) in one write(2); whoever has the turn, others wait.
+                st.writing = true;
+                drop(st);
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    match shared.writer.lock().as_mut() {
+                        Some(w) => write_queued(shared, w),
+                        None => Ok(()),
+                    }
+                }));
+                end_turn(shared);
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => fail(shared, e),
+                    Err(panic) => {
+                        let what = panic_text(&*panic);
+                        fail(shared, SinkError::new(format!("the audit segment writer panicked: {what}")));
+                    }
+                }
+                st = shared.state.lock();
+                continue;
             }
-            self.shared.progress.wait(&mut st);
+            shared.progress.wait(&mut st);
         }
     }
 
@@ -834,6 +1054,8 @@ impl AuditSink for JsonLinesSink {
         if let Some(t) = thread.take() {
             let _ = t.join();
         }
+        // Waits for a waiter still in its turn (it finds the sink failed and writes nothing).
+        let mut writer = self.shared.writer.lock();
         let dir = &self.shared.dir;
         let (mut segments, removed) = segments_without_headerless_last(dir)?;
         let (n, path) = segments.pop().ok_or_else(|| SinkError::new("the audit directory has no segment"))?;
@@ -865,19 +1087,23 @@ impl AuditSink for JsonLinesSink {
         w.file.sync().map_err(|e| err("cannot sync the new segment", e))?;
         w.segment_bytes += lines.len() as u64;
         let last = w.chain.next_seq() - 1;
+        *writer = Some(w);
+        drop(writer);
         {
             let mut st = self.shared.state.lock();
-            st.events.clear();
+            st.pending.clear();
+            st.ends.clear();
+            st.queued_bytes = 0;
+            st.writer_armed = false;
             st.next_seq = last + 1;
             st.written = last;
             st.synced = last;
             st.sync_wanted = 0;
-            st.flush_wanted = 0;
             st.epoch += 1;
             st.failed = None;
             self.shared.failed.store(false, Ordering::Release);
         }
-        *thread = Some(spawn_writer(Arc::clone(&self.shared), w)?);
+        *thread = Some(spawn_writer(Arc::clone(&self.shared))?);
         Ok(())
     }
 

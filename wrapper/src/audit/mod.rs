@@ -37,9 +37,10 @@
 //!   or `Synced`: the write or the sync failed while the operation waited) **is in the map**
 //!   and returns `AuditUnavailable` whose reason says "applied"; its record may or may not be
 //!   in the trail (it is if its line reached the file before the failure);
-//! - with `Durability::Buffered`, operations do not wait: records still queued when the sink
-//!   failed are lost although their operations returned `Ok`. Use `Flushed` or `Synced` when
-//!   every acknowledged operation must have its record.
+//! - with `Durability::Buffered` (an explicit choice; the default is `Flushed`), operations do
+//!   not wait: records still queued when the sink failed, or when the process died, are lost
+//!   although their operations returned `Ok`. Keep `Flushed` (the default) or use `Synced`
+//!   when every acknowledged operation must have its record.
 //!
 //! Either way the loss is in the trail: when a [`JsonLinesSink`] is reopened after a failure,
 //! it writes a `sink_gap` record `"N records accepted but not written before the failure (seq
@@ -85,7 +86,10 @@ pub use record::{
     digest_hex, from_hex, to_hex, AuditEvent, AuditRecord, Chain, ChainKey, Encoded, EventFields,
     DEFAULT_ACTOR, DOMAIN, FORMAT_VERSION, GENESIS, OPS,
 };
-pub use sink::{AuditSink, Durability, MemorySink, SinkError, SinkFigures, TeeSink, Ticket, TracingSink};
+pub use sink::{
+    AdmitError, AuditSink, Durability, MemorySink, SinkError, SinkFigures, TeeSink, Ticket, TracingSink,
+    MEMORY_SINK_DEFAULT_LIMIT,
+};
 
 /// How a map writes keys or values into its audit records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -165,7 +169,7 @@ impl std::fmt::Debug for Auditor {
 }
 
 impl Auditor {
-    /// An auditor writing to `sink`: [`Durability::Buffered`], fail-closed, no digest key,
+    /// An auditor writing to `sink`: [`Durability::Flushed`], fail-closed, no digest key,
     /// default actor [`DEFAULT_ACTOR`].
     pub fn new(sink: impl AuditSink + 'static) -> Self {
         Self::from_arc(Arc::new(sink))
@@ -175,7 +179,7 @@ impl Auditor {
     pub fn from_arc(sink: Arc<dyn AuditSink>) -> Self {
         Auditor {
             sink,
-            durability: Durability::Buffered,
+            durability: Durability::Flushed,
             fail_mode: FailMode::FailClosed,
             digest_key: None,
             default_actor: None,
@@ -183,7 +187,9 @@ impl Auditor {
         }
     }
 
-    /// How durable a record must be before its operation returns. Default: `Buffered`.
+    /// How durable a record must be before its operation returns. Default: `Flushed` (every
+    /// acknowledged change survives a `kill -9` of the process; concurrent operations share
+    /// one `write(2)`); `Buffered` is the faster explicit choice that does not.
     /// The sink provides it (see [`Durability`]): over a sink without durable storage
     /// (`MemorySink`, `TracingSink`) `Flushed` and `Synced` behave as `Buffered`.
     #[must_use]
@@ -449,15 +455,40 @@ impl<K, V> MapAudit<K, V> {
         v.map_or(Encoded::NONE, |v| (self.value)(v))
     }
 
-    /// Before a mutation: refuses it when the map is fail-closed and the sink is down;
-    /// otherwise starts the latency clock.
-    pub(crate) fn begin(&self, map: &Arc<str>) -> Result<Instant, MapError> {
+    /// Before a mutation `op` locks or changes anything: refuses it when the map is
+    /// fail-closed and the sink is down; waits for room in the sink's queue until the
+    /// operation's deadline (back-pressure: [`AuditSink::admit`]), and refuses it with
+    /// [`MapError::Timeout`] if there is none by then; otherwise starts the latency clock.
+    pub(crate) fn begin(
+        &self,
+        map: &Arc<str>,
+        op: &'static str,
+        eff: &Effective<'_>,
+        default_timeout: std::time::Duration,
+    ) -> Result<Instant, MapError> {
         if self.auditor.fail_mode == FailMode::FailClosed {
             if let Err(e) = self.auditor.sink.health() {
                 return Err(MapError::AuditUnavailable { map: map.clone(), reason: e.reason().clone() });
             }
         }
-        Ok(Instant::now())
+        let now = Instant::now();
+        let deadline = eff.deadline_from(now, default_timeout);
+        match self.auditor.sink.admit(deadline) {
+            Ok(()) => Ok(now),
+            Err(AdmitError::Full { waited, .. }) => Err(MapError::Timeout {
+                map: map.clone(),
+                op,
+                // No shard was waited for: the audit queue was full (see `AdmitError`).
+                shard: usize::MAX,
+                waited,
+                timeout: deadline.saturating_duration_since(now),
+            }),
+            Err(AdmitError::Failed(e)) if self.auditor.fail_mode == FailMode::FailClosed => {
+                Err(MapError::AuditUnavailable { map: map.clone(), reason: e.reason().clone() })
+            }
+            // Fail-open: the record will be refused by `append` and counted as lost.
+            Err(_) => Ok(now),
+        }
     }
 
     /// Enqueues the record of one change (or refusal). Called under the shard lock for a
@@ -480,7 +511,7 @@ impl<K, V> MapAudit<K, V> {
             Outcome::Refused(e) => (e.code().to_ascii_lowercase().into(), Some(e.to_string())),
             Outcome::Panicked(why) => ("panicked".into(), Some(why.to_string())),
         };
-        let event = AuditEvent::new(EventFields {
+        let fields = EventFields {
             map: Some(map),
             shard,
             op,
@@ -493,8 +524,8 @@ impl<K, V> MapAudit<K, V> {
             outcome: &outcome,
             reason: reason.as_deref(),
             latency_ns: u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX),
-        });
-        match self.auditor.sink.append(event) {
+        };
+        match self.auditor.sink.append_fields(fields) {
             Ok(t) => Ok(Some(t)),
             Err(e) => {
                 // The sink refused the record (it failed between the health check and now):

@@ -176,73 +176,121 @@ pub(crate) fn push_json_str(out: &mut String, s: &str) {
 }
 
 /// Appends the current UTC time as RFC 3339 with microseconds: `2026-11-27T16:06:50.123456Z`.
+///
+/// The calendar part (`2026-11-27T16:06:50.`) is cached per thread for the current second;
+/// only the microseconds are formatted per call (no `fmt` machinery).
 pub(crate) fn push_now(out: &mut String) {
-    use chrono::{Datelike, Timelike};
-    let now = chrono::Utc::now();
-    write!(
-        out,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        now.year(),
-        now.month(),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second(),
-        // `Utc::now()` never yields a leap second; the modulo keeps 6 digits regardless.
-        (now.nanosecond() % 1_000_000_000) / 1000,
-    )
-    .expect("write to String");
+    use std::cell::RefCell;
+    thread_local! {
+        /// The second the prefix is for, and `YYYY-MM-DDTHH:MM:SS.`.
+        static PREFIX: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+    }
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let (secs, micros) = (since.as_secs() as i64, since.subsec_micros());
+    PREFIX.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.0 != secs {
+            use chrono::{Datelike, Timelike};
+            let t = chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default();
+            p.1.clear();
+            write!(
+                p.1,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.",
+                t.year(),
+                t.month(),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            )
+            .expect("write to String");
+            p.0 = secs;
+        }
+        out.push_str(&p.1);
+    });
+    let mut digits = [b'0'; 7];
+    let mut m = micros;
+    for d in digits[..6].iter_mut().rev() {
+        *d = b'0' + (m % 10) as u8;
+        m /= 10;
+    }
+    digits[6] = b'Z';
+    out.push_str(std::str::from_utf8(&digits).expect("ASCII digits"));
+}
+
+/// Appends the decimal digits of `n` (no `fmt` machinery).
+pub(crate) fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).expect("ASCII digits"));
+}
+
+/// Encodes the body of a record (`"ts":…` to `"latency_ns":…`, no braces; see the format
+/// spec), time-stamped now, onto `body`.
+pub(crate) fn encode_body(fields: &EventFields<'_>, body: &mut String) {
+    body.push_str("\"ts\":\"");
+    push_now(body);
+    body.push_str("\",\"map\":");
+    match fields.map {
+        Some(m) => push_json_str(body, m),
+        None => body.push_str("null"),
+    }
+    body.push_str(",\"shard\":");
+    match fields.shard {
+        Some(s) => push_u64(body, s as u64),
+        None => body.push_str("null"),
+    }
+    body.push_str(",\"op\":");
+    push_json_str(body, fields.op);
+    body.push_str(",\"key\":");
+    body.push_str(fields.key.as_json());
+    body.push_str(",\"old\":");
+    body.push_str(fields.old.as_json());
+    body.push_str(",\"new\":");
+    body.push_str(fields.new.as_json());
+    body.push_str(",\"actor\":");
+    push_json_str(body, if fields.actor.is_empty() { DEFAULT_ACTOR } else { fields.actor });
+    body.push_str(",\"trace_id\":");
+    match fields.trace_id {
+        Some(t) => push_json_str(body, t),
+        None => body.push_str("null"),
+    }
+    body.push_str(",\"tags\":{");
+    if !fields.tags.is_empty() {
+        let sorted: BTreeMap<&str, &str> = fields.tags.iter().copied().collect();
+        for (i, (k, v)) in sorted.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            push_json_str(body, k);
+            body.push(':');
+            push_json_str(body, v);
+        }
+    }
+    body.push_str("},\"outcome\":");
+    push_json_str(body, fields.outcome);
+    body.push_str(",\"reason\":");
+    match fields.reason {
+        Some(r) => push_json_str(body, r),
+        None => body.push_str("null"),
+    }
+    body.push_str(",\"latency_ns\":");
+    push_u64(body, fields.latency_ns);
 }
 
 impl AuditEvent {
     /// Encodes `fields`, time-stamped now, into an event.
     pub fn new(fields: EventFields<'_>) -> Self {
         let mut body = String::with_capacity(320);
-        body.push_str("\"ts\":\"");
-        push_now(&mut body);
-        body.push_str("\",\"map\":");
-        match fields.map {
-            Some(m) => push_json_str(&mut body, m),
-            None => body.push_str("null"),
-        }
-        body.push_str(",\"shard\":");
-        match fields.shard {
-            Some(s) => write!(body, "{s}").expect("write to String"),
-            None => body.push_str("null"),
-        }
-        body.push_str(",\"op\":");
-        push_json_str(&mut body, fields.op);
-        body.push_str(",\"key\":");
-        body.push_str(fields.key.as_json());
-        body.push_str(",\"old\":");
-        body.push_str(fields.old.as_json());
-        body.push_str(",\"new\":");
-        body.push_str(fields.new.as_json());
-        body.push_str(",\"actor\":");
-        push_json_str(&mut body, if fields.actor.is_empty() { DEFAULT_ACTOR } else { fields.actor });
-        body.push_str(",\"trace_id\":");
-        match fields.trace_id {
-            Some(t) => push_json_str(&mut body, t),
-            None => body.push_str("null"),
-        }
-        body.push_str(",\"tags\":{");
-        let sorted: BTreeMap<&str, &str> = fields.tags.iter().copied().collect();
-        for (i, (k, v)) in sorted.iter().enumerate() {
-            if i > 0 {
-                body.push(',');
-            }
-            push_json_str(&mut body, k);
-            body.push(':');
-            push_json_str(&mut body, v);
-        }
-        body.push_str("},\"outcome\":");
-        push_json_str(&mut body, fields.outcome);
-        body.push_str(",\"reason\":");
-        match fields.reason {
-            Some(r) => push_json_str(&mut body, r),
-            None => body.push_str("null"),
-        }
-        write!(body, ",\"latency_ns\":{}", fields.latency_ns).expect("write to String");
+        encode_body(&fields, &mut body);
         AuditEvent { body, op: fields.op }
     }
 
@@ -328,13 +376,18 @@ impl ChainKey {
 
 /// Lowercase hex of `bytes`.
 pub fn to_hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(HEX[usize::from(b >> 4)] as char);
-        s.push(HEX[usize::from(b & 15)] as char);
-    }
+    push_hex(&mut s, bytes);
     s
+}
+
+/// Appends the lowercase hex of `bytes`.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
+    }
 }
 
 /// Bytes from hex (either case); `None` if `s` is not hex of whole bytes.
@@ -390,10 +443,20 @@ impl Chain {
     /// Seals `event` as the next record: appends its line (with the final `\n`) to `out` and
     /// returns its `seq`.
     pub fn seal_event(&mut self, event: &AuditEvent, out: &mut String) -> u64 {
+        self.seal_body(event.body(), out)
+    }
+
+    /// Seals the next record whose encoded body (as [`AuditEvent::body`]) is `body`: appends
+    /// its line (with the final `\n`) to `out` and returns its `seq`.
+    pub(crate) fn seal_body(&mut self, body: &str, out: &mut String) -> u64 {
         let seq = self.next_seq;
         let start = out.len();
-        write!(out, "{{\"v\":{FORMAT_VERSION},\"seq\":{seq},").expect("write to String");
-        out.push_str(event.body());
+        out.push_str("{\"v\":");
+        push_u64(out, u64::from(FORMAT_VERSION));
+        out.push_str(",\"seq\":");
+        push_u64(out, seq);
+        out.push(',');
+        out.push_str(body);
         self.finish_line(out, start);
         // Saturating: a chain resumed at u64::MAX (only a hostile trail has one; the sink
         // refuses to open it) repeats its last seq, which any verifier reports, instead of
@@ -426,12 +489,14 @@ impl Chain {
         out.push_str(",\"prev\":\"");
         out.push_str(&self.prev);
         out.push_str("\"}");
-        let hash = to_hex(&self.key.seal(&self.prev, &out.as_bytes()[start..]));
+        let hash = self.key.seal(&self.prev, &out.as_bytes()[start..]);
         out.pop(); // the body's closing brace; the line continues with the hash
         out.push_str(",\"hash\":\"");
-        out.push_str(&hash);
+        // The new hash replaces `prev` in place: no allocation per line.
+        self.prev.clear();
+        push_hex(&mut self.prev, &hash);
+        out.push_str(&self.prev);
         out.push_str("\"}\n");
-        self.prev = hash;
     }
 }
 

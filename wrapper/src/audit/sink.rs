@@ -2,12 +2,19 @@
 //! `tracing` event per record) and [`TeeSink`] (several sinks at once).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
-use super::record::{AuditEvent, AuditRecord, Chain, ChainKey};
+use super::record::{AuditEvent, AuditRecord, Chain, ChainKey, EventFields};
 
 /// How durable a record must be before the operation that made it returns.
+///
+/// The default is `Flushed`: every acknowledged change has its record in the kernel's hands
+/// before the operation returns, so it survives a `kill -9` (or a panic that aborts) of the
+/// process. Concurrent operations share one `write(2)`: the first waiter writes every record
+/// queued so far, the others find theirs written. `Buffered` is faster still and loses what
+/// is queued when the process dies: choose it explicitly.
 ///
 /// `Flushed` and `Synced` mean something only for a sink that writes somewhere durable: the
 /// sink's [`AuditSink::wait`] provides them. [`JsonLinesSink`](crate::audit::JsonLinesSink)
@@ -20,10 +27,11 @@ pub enum Durability {
     /// [`JsonLinesSink`](crate::audit::JsonLinesSink) writer hands queued records to the OS in
     /// batches, at the latest about 2 ms after they were queued. A crash of the process loses
     /// what is still queued.
-    #[default]
     Buffered,
-    /// The record has been handed to the operating system (`write(2)` returned): it survives
-    /// a crash of the process, not of the machine.
+    /// The default. The record has been handed to the operating system (`write(2)` returned,
+    /// one write shared by the records of concurrent operations): it survives a crash of the
+    /// process, not of the machine.
+    #[default]
     Flushed,
     /// The record is on disk (`fdatasync` returned); concurrent operations share one sync
     /// (group commit).
@@ -48,6 +56,36 @@ impl SinkError {
         &self.reason
     }
 }
+
+/// Why a sink did not [`admit`](AuditSink::admit) a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AdmitError {
+    /// The sink's queue stayed full until the deadline (back-pressure): the operation must
+    /// fail with a timeout, having changed nothing.
+    Full {
+        /// How long the caller waited for room.
+        waited: Duration,
+        /// The queue's bound, in bytes.
+        limit: usize,
+    },
+    /// The sink has failed or is closed.
+    Failed(SinkError),
+}
+
+impl std::fmt::Display for AdmitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdmitError::Full { waited, limit } => write!(
+                f,
+                "the audit queue stayed full ({limit} bytes) for {waited:?}, until the operation's deadline"
+            ),
+            AdmitError::Failed(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for AdmitError {}
 
 /// A claim on one appended record, to wait for its durability with [`AuditSink::wait`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -77,6 +115,24 @@ impl Ticket {
 pub trait AuditSink: Send + Sync {
     /// Takes `event` into the sink's order. An error means the record was not taken.
     fn append(&self, event: AuditEvent) -> Result<Ticket, SinkError>;
+
+    /// [`append`](AuditSink::append) of the record `fields` describe, time-stamped now. A
+    /// sink may encode it straight into its queue (the [`JsonLinesSink`](crate::audit::JsonLinesSink)
+    /// does, through a per-thread buffer); the default builds an [`AuditEvent`].
+    fn append_fields(&self, fields: EventFields<'_>) -> Result<Ticket, SinkError> {
+        self.append(AuditEvent::new(fields))
+    }
+
+    /// Waits (until `deadline` at the latest) for room in the sink's queue for one more
+    /// record: back-pressure. Maps call it before an operation locks or changes anything,
+    /// so that an operation the sink cannot take fails by its deadline having changed
+    /// nothing, while [`append`](AuditSink::append), under the shard lock, never waits for
+    /// room. The bound is soft by the records admitted concurrently (at most one per
+    /// operation in flight). The default admits at once.
+    fn admit(&self, deadline: Instant) -> Result<(), AdmitError> {
+        let _ = deadline;
+        Ok(())
+    }
 
     /// Returns once the record of `ticket` is at least as durable as `level`, or the error
     /// that keeps it from being so.
@@ -149,6 +205,12 @@ impl<T: AuditSink + ?Sized> AuditSink for Arc<T> {
     fn append(&self, event: AuditEvent) -> Result<Ticket, SinkError> {
         (**self).append(event)
     }
+    fn append_fields(&self, fields: EventFields<'_>) -> Result<Ticket, SinkError> {
+        (**self).append_fields(fields)
+    }
+    fn admit(&self, deadline: Instant) -> Result<(), AdmitError> {
+        (**self).admit(deadline)
+    }
     fn wait(&self, ticket: &Ticket, level: Durability) -> Result<(), SinkError> {
         (**self).wait(ticket, level)
     }
@@ -183,14 +245,26 @@ impl<T: AuditSink + ?Sized> AuditSink for Arc<T> {
 /// ```
 #[derive(Debug, Clone)]
 pub struct MemorySink {
-    inner: Arc<Mutex<MemoryInner>>,
+    inner: Arc<MemoryShared>,
+}
+
+#[derive(Debug)]
+struct MemoryShared {
+    state: Mutex<MemoryInner>,
+    /// Woken by `drain`: admissions waiting for room.
+    room: Condvar,
 }
 
 #[derive(Debug)]
 struct MemoryInner {
     chain: Chain,
     text: String,
+    /// Most bytes `text` may hold before admissions wait (see [`MemorySink::limit`]).
+    limit: usize,
 }
+
+/// The default bound of a [`MemorySink`]: 64 MiB of lines.
+pub const MEMORY_SINK_DEFAULT_LIMIT: usize = 64 << 20;
 
 impl Default for MemorySink {
     fn default() -> Self {
@@ -207,19 +281,57 @@ impl MemorySink {
     /// An empty memory sink chained with `key`.
     pub fn with_key(key: ChainKey) -> Self {
         MemorySink {
-            inner: Arc::new(Mutex::new(MemoryInner { chain: Chain::new(key), text: String::new() })),
+            inner: Arc::new(MemoryShared {
+                state: Mutex::new(MemoryInner {
+                    chain: Chain::new(key),
+                    text: String::new(),
+                    limit: MEMORY_SINK_DEFAULT_LIMIT,
+                }),
+                room: Condvar::new(),
+            }),
         }
+    }
+
+    /// Bounds the lines held to about `bytes` (default [`MEMORY_SINK_DEFAULT_LIMIT`]). Once
+    /// the sink holds that much, a map's next mutation waits for room
+    /// ([`admit`](AuditSink::admit)) until its deadline, then fails with a timeout having
+    /// changed nothing, until [`drain`](Self::drain) makes room. The bound is soft by the
+    /// records of operations admitted at once; an [`append`](AuditSink::append) that would
+    /// take the sink beyond twice the bound (a producer that never asked for room) is refused.
+    #[must_use]
+    pub fn limit(self, bytes: usize) -> Self {
+        self.inner.state.lock().limit = bytes;
+        self
+    }
+
+    /// Takes the lines held so far (the chain goes on: the next line links to the last one
+    /// taken), leaving the sink empty of lines and with room again.
+    ///
+    /// ```
+    /// use map_wrapper::audit::{AuditSink, EventFields, MemorySink};
+    ///
+    /// let sink = MemorySink::new().limit(4096);
+    /// sink.append_fields(EventFields::lifecycle("audit_start", None)).unwrap();
+    /// let lines = sink.drain();
+    /// assert_eq!(lines.lines().count(), 1);
+    /// assert!(sink.text().is_empty());
+    /// ```
+    pub fn drain(&self) -> String {
+        let text = std::mem::take(&mut self.inner.state.lock().text);
+        self.inner.room.notify_all();
+        text
     }
 
     /// The trail so far, exactly as a [`JsonLinesSink`](crate::audit::JsonLinesSink) would
     /// write it (without segment headers): one line per record.
     pub fn text(&self) -> String {
-        self.inner.lock().text.clone()
+        self.inner.state.lock().text.clone()
     }
 
     /// The records so far, parsed back.
     pub fn records(&self) -> Vec<AuditRecord> {
         self.inner
+            .state
             .lock()
             .text
             .lines()
@@ -227,9 +339,10 @@ impl MemorySink {
             .collect()
     }
 
-    /// How many records it holds.
+    /// How many records it holds (taken by [`drain`](Self::drain) or not: the records
+    /// sealed so far).
     pub fn len(&self) -> usize {
-        self.inner.lock().chain.next_seq() as usize - 1
+        self.inner.state.lock().chain.next_seq() as usize - 1
     }
 
     /// Whether it holds no record.
@@ -240,9 +353,28 @@ impl MemorySink {
 
 impl AuditSink for MemorySink {
     fn append(&self, event: AuditEvent) -> Result<Ticket, SinkError> {
-        let mut inner = self.inner.lock();
-        let MemoryInner { chain, text } = &mut *inner;
+        let mut inner = self.inner.state.lock();
+        let MemoryInner { chain, text, limit } = &mut *inner;
+        // A line is its body plus under 300 bytes of seq, prev and hash.
+        if text.len() + event.body().len() + 300 > limit.saturating_mul(2) {
+            return Err(SinkError::new(format!(
+                "the memory sink is full ({} bytes held, twice its limit of {limit}): drain it",
+                text.len()
+            )));
+        }
         Ok(Ticket::new(chain.seal_event(&event, text), 0))
+    }
+
+    fn admit(&self, deadline: Instant) -> Result<(), AdmitError> {
+        let start = Instant::now();
+        let mut inner = self.inner.state.lock();
+        while inner.text.len() >= inner.limit {
+            if self.inner.room.wait_until(&mut inner, deadline).timed_out() && inner.text.len() >= inner.limit
+            {
+                return Err(AdmitError::Full { waited: start.elapsed(), limit: inner.limit });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -336,6 +468,10 @@ impl AuditSink for TeeSink {
             parts.push(sink.append(event.clone())?);
         }
         Ok(Ticket { id: 0, epoch: 0, parts })
+    }
+
+    fn admit(&self, deadline: Instant) -> Result<(), AdmitError> {
+        self.sinks.iter().try_for_each(|s| s.admit(deadline))
     }
 
     fn wait(&self, ticket: &Ticket, level: Durability) -> Result<(), SinkError> {
