@@ -281,7 +281,9 @@ pub fn split_notes(bytes: &[u8]) -> Vec<&[u8]> {
 /// first record not yet covered, whichever comes first; and every `heartbeat` while idle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CheckpointPolicy {
-    /// A checkpoint at the latest after this many new records. Default 1000.
+    /// A checkpoint is due after this many new records. Default 1000. (A trail's writer
+    /// makes it in its next turn: records that `Flushed` operations write meanwhile are
+    /// covered too.)
     pub every_records: u64,
     /// A checkpoint at the latest this long after the last one when records were added
     /// since. Default 1 s.
@@ -550,6 +552,82 @@ pub fn check_trail<'a>(
     let mut check = TrailCheck::new(checkpoints);
     for_each_record(dir, |l| check.push_line(l))?;
     Ok(check.finish())
+}
+
+/// Turns on signed checkpoints in a [`JsonLinesSink`](super::JsonLinesSink)
+/// ([`JsonLinesOptions::checkpoints`](super::JsonLinesOptions::checkpoints)): the writer keeps
+/// the Merkle tree of the records it writes and, when the [`policy`](Self::policy) says so,
+/// syncs the segment, signs a checkpoint of the records on disk, appends it to the trail's
+/// `checkpoints.notes` and hands it to every anchor.
+#[derive(Clone)]
+pub struct CheckpointOptions {
+    /// The trail's name in its checkpoints (`example.com/billing-audit`).
+    pub origin: String,
+    /// The signing key ([`NoteSigner::load`] from a key file made by
+    /// `map-wrapper-audit keygen`).
+    pub signer: NoteSigner,
+    /// When to checkpoint.
+    pub policy: CheckpointPolicy,
+    /// Where else every checkpoint goes (outside the trail's directory). A failing anchor
+    /// is logged (`tracing`, target `audit`) and counted
+    /// ([`JsonLinesStats::anchor_failures`](super::JsonLinesStats::anchor_failures)); it
+    /// does not stop the trail.
+    pub anchors: Vec<std::sync::Arc<dyn super::anchor::CheckpointAnchor>>,
+}
+
+impl CheckpointOptions {
+    /// Checkpoints of `origin` signed with `signer`, the default policy, no anchor besides
+    /// the trail's own `checkpoints.notes`.
+    pub fn new(origin: &str, signer: NoteSigner) -> Self {
+        CheckpointOptions {
+            origin: origin.to_owned(),
+            signer,
+            policy: CheckpointPolicy::default(),
+            anchors: Vec::new(),
+        }
+    }
+
+    /// Adds an anchor.
+    #[must_use]
+    pub fn anchor(mut self, anchor: impl super::anchor::CheckpointAnchor + 'static) -> Self {
+        self.anchors.push(std::sync::Arc::new(anchor));
+        self
+    }
+
+    /// Sets the policy.
+    #[must_use]
+    pub fn policy(mut self, policy: CheckpointPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+}
+
+impl std::fmt::Debug for CheckpointOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointOptions")
+            .field("origin", &self.origin)
+            .field("signer", &self.signer)
+            .field("policy", &self.policy)
+            .field("anchors", &self.anchors.len())
+            .finish()
+    }
+}
+
+/// Rebuilds the tree of a trail's records and checks them against `held` (the latest
+/// checkpoint the trail's own `checkpoints.notes` holds), in one pass: what a writer does
+/// before it continues a trail. The verdict is `None` when nothing is held.
+pub fn resume_tree(
+    dir: &Path,
+    held: Option<&Checkpoint>,
+) -> std::io::Result<(CompactTree, Option<CheckpointVerdict>)> {
+    let mut tree = CompactTree::new();
+    let mut check = TrailCheck::new(held);
+    for_each_record(dir, |l| {
+        let leaf = leaf_hash(l);
+        tree.push(leaf);
+        check.push_leaf(leaf);
+    })?;
+    Ok((tree, held.map(|_| check.finish().remove(0))))
 }
 
 /// What [`check_checkpoints`] is given: the trusted keys and where the checkpoints are.

@@ -75,7 +75,9 @@ pub mod merkle;
 pub mod note;
 pub mod proof;
 pub use anchor::{CheckpointAnchor, CheckpointState, DirAnchor, FileAnchor};
-pub use checkpoint::{Checkpoint, CheckpointPolicy, CheckpointVerdict, Checkpointer, SignedCheckpoint};
+pub use checkpoint::{
+    Checkpoint, CheckpointOptions, CheckpointPolicy, CheckpointVerdict, Checkpointer, SignedCheckpoint,
+};
 pub use note::{NoteSigner, NoteVerifier};
 
 pub use file::{
