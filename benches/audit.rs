@@ -395,7 +395,7 @@ fn records_table(base: &Path, threads_list: &[usize]) {
 /// (default 3); medians are printed.
 fn checkpoints_table(base: &Path) {
     use map_wrapper::audit::anchor::{FileAnchor, APPEND_FILE};
-    use map_wrapper::audit::checkpoint::{check_checkpoints, CheckpointCheckOptions, CheckpointOptions};
+    use map_wrapper::audit::checkpoint::{CheckpointCheckOptions, CheckpointOptions};
     use map_wrapper::audit::note::NoteSigner;
     let repeat: usize = std::env::var("AUDIT_BENCH_REPEAT").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     let signer = NoteSigner::from_seed("bench.example/audit", [7; 32]).unwrap();
@@ -447,17 +447,17 @@ fn checkpoints_table(base: &Path) {
         let r = verify::verify_paths(&paths, &Default::default()).unwrap();
         plain.push(r.records as f64 / start.elapsed().as_secs_f64());
         records = r.records;
-        let start = Instant::now();
-        let r = verify::verify_paths(&paths, &Default::default()).unwrap();
-        let files = verify::collect_files(&paths).unwrap();
         let o = CheckpointCheckOptions {
             trusted: vec![signer.verifier()],
             trail_notes: vec![d.path().join(APPEND_FILE)],
             ..Default::default()
         };
-        let found = check_checkpoints(&files, &o).unwrap();
-        assert!(found.tampered.is_none() && found.checked > 0);
+        let opts = verify::VerifyOptions { checkpoints: Some(o), ..Default::default() };
+        let start = Instant::now();
+        let r = verify::verify_paths(&paths, &opts).unwrap();
         with.push(r.records as f64 / start.elapsed().as_secs_f64());
+        let found = r.checkpoints.unwrap();
+        assert!(found.tampered.is_none() && found.checked > 0, "{found:?}");
     }
     let (plain, with) = (median(plain), median(with));
     println!(

@@ -21,9 +21,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use map_wrapper::audit::checkpoint::{
-    check_checkpoints, split_notes, CheckpointCheckOptions, CheckpointFindings,
-};
+use map_wrapper::audit::checkpoint::{check_checkpoints, split_notes, CheckpointCheckOptions};
 use map_wrapper::audit::proof::{self, ConsistencyProof, InclusionProof, ProofError, CONSISTENCY_HEADER};
 use map_wrapper::audit::{verify, DirAnchor, NoteSigner, NoteVerifier, SignedCheckpoint};
 
@@ -144,9 +142,6 @@ struct CheckpointArgs {
     grace_ms: u64,
 }
 
-/// Exit status of `verify` for an intact trail whose checkpoints are overdue.
-const STALE: u8 = 4;
-
 const USAGE_OR_IO: u8 = 3;
 
 /// Bytes from hex (either case); `None` if `s` is not hex of whole bytes. The key file's
@@ -178,49 +173,30 @@ fn main() -> ExitCode {
             if bar {
                 opts.progress = Some(std::sync::Arc::new(progress_bar));
             }
+            opts.checkpoints = match checkpoint_options(&paths, &checkpoints) {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
             let verified = verify::verify_paths(&paths, &opts);
             if bar {
                 eprintln!();
             }
-            let verified = match verified {
+            let verified = match (verified, &opts.checkpoints) {
                 // Every segment removed: with checkpoints to compare against, that is a trail
                 // of no records (TAMPERED if any checkpoint covers one), not a usage error.
-                Err(e) if !checkpoints.pubkey.is_empty() && holds_no_segment(&paths) => {
-                    match with_checkpoints(empty_report(), &paths, &checkpoints) {
-                        Ok((r, c)) if r.verdict == verify::Verdict::Tampered => Ok((r, c)),
-                        _ => Err(e),
-                    }
-                }
-                v => v.and_then(|report| with_checkpoints(report, &paths, &checkpoints)),
+                (Err(e), Some(c)) if holds_no_segment(&paths) => empty_trail(&paths, c).ok_or(e),
+                (v, _) => v,
             };
             match verified {
-                Ok((report, cps)) => {
-                    let stale = cps
-                        .as_ref()
-                        .and_then(|c| c.stale.clone())
-                        .filter(|_| report.verdict == verify::Verdict::Intact);
+                Ok(mut report) => {
+                    if opts.checkpoints.is_none() {
+                        unchecked_notes(&paths, &mut report);
+                    }
                     if json {
-                        let mut v = serde_json::to_value(&report).expect("a report serializes");
-                        if let Some(c) = &cps {
-                            v["checkpoints"] = serde_json::to_value(c).expect("findings serialize");
-                        }
-                        if stale.is_some() {
-                            v["verdict"] = "stale".into();
-                        }
-                        println!("{v}");
+                        println!("{}", serde_json::to_string(&report).expect("a report serializes"));
                     } else {
-                        match &stale {
-                            Some(why) => {
-                                println!(
-                                    "STALE records={} last_seq={}: {why}",
-                                    report.records,
-                                    report.last_seq.unwrap_or(0)
-                                );
-                                print!("{}", report.human().split_once('\n').map_or("", |x| x.1));
-                            }
-                            None => print!("{}", report.human()),
-                        }
-                        if let Some(c) = &cps {
+                        print!("{}", report.human());
+                        if let Some(c) = &report.checkpoints {
                             println!(
                                 "  checkpoints: {} checked, latest of {} records",
                                 c.checked,
@@ -230,9 +206,6 @@ fn main() -> ExitCode {
                                 println!("  note: {n}");
                             }
                         }
-                    }
-                    if stale.is_some() {
-                        return ExitCode::from(STALE);
                     }
                     ExitCode::from(report.verdict.exit_code() as u8)
                 }
@@ -294,64 +267,70 @@ fn empty_report() -> verify::Report {
         problem: None,
         torn_tail: None,
         notes: vec!["the trail holds no segment file".into()],
+        checkpoints: None,
     }
 }
 
-/// Runs the checkpoint checks after the chain checks (unless the chain is already tampered)
-/// and folds a checkpoint TAMPERED into the report.
-fn with_checkpoints(
-    mut report: verify::Report,
+/// The checkpoint checks `verify` runs in its pass (with `--pubkey`): the trail
+/// directories' own `checkpoints.notes`, `--checkpoint` files, the `--state` file.
+fn checkpoint_options(
     paths: &[PathBuf],
     args: &CheckpointArgs,
-) -> Result<(verify::Report, Option<CheckpointFindings>), verify::VerifyError> {
-    let notes: Vec<PathBuf> = trail_dirs(paths)
-        .iter()
-        .map(|d| d.join(map_wrapper::audit::anchor::APPEND_FILE))
-        .filter(|p| p.exists())
-        .collect();
+) -> Result<Option<CheckpointCheckOptions>, String> {
     if args.pubkey.is_empty() {
         if !args.checkpoint.is_empty() || args.state.is_some() {
-            return Err(verify::VerifyError::Usage(
-                "--checkpoint and --state need --pubkey (the trail's verifier key)".into(),
-            ));
+            return Err("--checkpoint and --state need --pubkey (the trail's verifier key)".into());
         }
-        for n in &notes {
-            let count = std::fs::read(n).map(|b| split_notes(&b).len()).unwrap_or(0);
-            report.notes.push(format!("{}: {count} checkpoint(s) not checked (give --pubkey)", n.display()));
-        }
-        return Ok((report, None));
+        return Ok(None);
     }
-    if report.verdict == verify::Verdict::Tampered {
-        return Ok((report, None));
-    }
-    let mut trusted = Vec::new();
-    for f in &args.pubkey {
-        trusted.push(
-            NoteVerifier::load(f).map_err(|e| verify::VerifyError::Usage(format!("{}: {e}", f.display())))?,
-        );
-    }
-    let opts = CheckpointCheckOptions {
+    let trusted = args
+        .pubkey
+        .iter()
+        .map(|f| NoteVerifier::load(f).map_err(|e| format!("{}: {e}", f.display())))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(CheckpointCheckOptions {
         trusted,
-        trail_notes: notes,
+        trail_notes: trail_dirs(paths)
+            .iter()
+            .map(|d| d.join(map_wrapper::audit::anchor::APPEND_FILE))
+            .collect(),
         external: args.checkpoint.clone(),
         state: args.state.clone(),
         grace: std::time::Duration::from_millis(args.grace_ms),
         now: None,
-    };
-    let files = if report.segments == 0 { Vec::new() } else { verify::collect_files(paths)? };
-    let found = check_checkpoints(&files, &opts).map_err(|e| verify::VerifyError::Usage(e.to_string()))?;
-    if let Some(why) = &found.tampered {
-        let last = files.last().or(paths.first()).cloned().unwrap_or_default();
-        report.verdict = verify::Verdict::Tampered;
-        report.problem = Some(verify::Problem {
-            file: last.display().to_string(),
-            offset: std::fs::metadata(&last).ok().filter(|m| m.is_file()).map_or(0, |m| m.len()),
-            line: 0,
-            seq: None,
-            what: format!("checkpoint: {why}"),
-        });
+    }))
+}
+
+/// Without `--pubkey`: says that the trail's checkpoints were not checked.
+fn unchecked_notes(paths: &[PathBuf], report: &mut verify::Report) {
+    for d in trail_dirs(paths) {
+        let n = d.join(map_wrapper::audit::anchor::APPEND_FILE);
+        if let Ok(b) = std::fs::read(&n) {
+            report.notes.push(format!(
+                "{}: {} checkpoint(s) not checked (give --pubkey)",
+                n.display(),
+                split_notes(&b).len()
+            ));
+        }
     }
-    Ok((report, Some(found)))
+}
+
+/// A trail without any segment file, against its checkpoints: the report when one of them
+/// covers records (TAMPERED), else `None`.
+fn empty_trail(paths: &[PathBuf], opts: &CheckpointCheckOptions) -> Option<verify::Report> {
+    let found = check_checkpoints(&[], opts).ok()?;
+    let why = found.tampered.clone()?;
+    let mut report = empty_report();
+    report.verdict = verify::Verdict::Tampered;
+    report.problem = Some(verify::Problem {
+        file: paths.first().map(|p| p.display().to_string()).unwrap_or_default(),
+        offset: 0,
+        line: 0,
+        seq: None,
+        what: format!("checkpoint: {why}"),
+    });
+    report.checkpoints = Some(found);
+    Some(report)
 }
 
 fn keygen(name: &str, out: &std::path::Path) -> ExitCode {

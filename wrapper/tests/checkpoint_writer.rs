@@ -244,3 +244,35 @@ fn a_failing_anchor_is_counted_and_does_not_stop_the_trail() {
     assert!(s.anchor_failures >= 2 && s.anchor_failures == s.checkpoints, "{s:?}");
     assert_eq!(own_checkpoints(trail.path()).last().unwrap().checkpoint().size(), records(trail.path()));
 }
+
+#[test]
+fn verify_checks_the_checkpoints_in_its_pass() {
+    use map_wrapper::audit::verify::{verify_paths, Verdict, VerifyOptions};
+    let trail = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let anchor = elsewhere.path().join("billing.note");
+    let cp = CheckpointOptions::new(ORIGIN, signer()).anchor(FileAnchor::new(&anchor));
+    let sink = Arc::new(JsonLinesSink::open(trail.path(), opts(cp)).unwrap());
+    write(&sink, 400, Durability::Buffered);
+    sink.close().unwrap();
+    let vo = VerifyOptions {
+        checkpoints: Some(CheckpointCheckOptions {
+            trusted: vec![signer().verifier()],
+            trail_notes: vec![trail.path().join(APPEND_FILE)],
+            external: vec![anchor.clone()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let paths = [trail.path().to_path_buf()];
+    let r = verify_paths(&paths, &vo).unwrap();
+    assert_eq!(r.verdict, Verdict::Intact, "{r:?}");
+    let c = r.checkpoints.unwrap();
+    assert!(c.checked >= 2 && c.tampered.is_none(), "{c:?}");
+    assert_eq!(c.records, r.records);
+    cut_tail(trail.path(), 3);
+    std::fs::remove_file(trail.path().join(APPEND_FILE)).unwrap(); // the attacker cuts those too
+    let r = verify_paths(&paths, &vo).unwrap();
+    assert_eq!(r.verdict, Verdict::Tampered, "{r:?}");
+    assert!(r.problem.unwrap().what.contains("removed from its end"));
+}

@@ -685,150 +685,219 @@ fn read_opt(path: &Path) -> Result<Option<Vec<u8>>, AnchorError> {
 }
 
 /// Checks a trail (its segment files, in order) against every checkpoint found for it, in
-/// one pass over its records (§ "What a verifier concludes" of `docs/AUDIT_FORMAT.md`):
-/// each must open with a trusted key, be of one origin, cover no more records than the
-/// trail has, and have the root of the records it covers; the state file, if given, must be
-/// extended by the trail (a consistency proof from it to the newest checkpoint), and is then
-/// advanced; a trail whose latest checkpoint is past its heartbeat (plus `grace`) and that
-/// does not end with `audit_stop` is STALE. `Err` only when an input cannot be used (an
-/// external checkpoint or state file that is unreadable or not trusted, a segment file that
-/// cannot be read).
+/// one pass over its records ([`CheckpointRun`] over [`for_each_record_in`]).
 pub fn check_checkpoints(
     files: &[PathBuf],
     opts: &CheckpointCheckOptions,
 ) -> Result<CheckpointFindings, AnchorError> {
-    let trusted = &opts.trusted;
-    let mut out = CheckpointFindings::default();
-    let mut found: Vec<Found> = Vec::new();
-    for path in &opts.trail_notes {
-        let Some(bytes) = read_opt(path)? else { continue };
-        let pieces = split_notes(&bytes);
-        for (i, piece) in pieces.iter().enumerate() {
-            match SignedCheckpoint::open(piece, trusted) {
-                Ok(cp) => found.push(Found { source: format!("{} (note {})", path.display(), i + 1), cp }),
-                Err(_) if i + 1 == pieces.len() && SignedCheckpoint::parse_unverified(piece).is_err() => out
-                    .notes
-                    .push(format!("{}: a torn last note ({} bytes) is ignored", path.display(), piece.len())),
-                Err(e) => {
-                    out.tampered.get_or_insert(format!(
-                        "{} (note {}) does not open: {e}",
-                        path.display(),
-                        i + 1
-                    ));
+    let mut run = CheckpointRun::new(opts)?;
+    for_each_record_in(files, |line| run.push_line(line))
+        .map_err(|(path, e)| AnchorError::Io { path: path.display().to_string(), reason: e.to_string() })?;
+    run.finish()
+}
+
+/// The checkpoint checks of one verification (§ "What a verifier concludes" of
+/// `docs/AUDIT_FORMAT.md`), fed the trail's record lines in order: every checkpoint found
+/// must open with a trusted key, be of one origin, cover no more records than the trail has,
+/// and have the root of the records it covers; the state file, if given, must be extended
+/// by the trail (a consistency proof from it to the newest checkpoint), and is then
+/// advanced; a trail whose latest checkpoint is past its heartbeat (plus the grace) and that
+/// does not end with `audit_stop` is STALE. O(log² n) memory besides the checkpoints.
+pub struct CheckpointRun {
+    trusted: Vec<NoteVerifier>,
+    grace: Duration,
+    now: Option<DateTime<Utc>>,
+    found: Vec<Found>,
+    state: Option<CheckpointState>,
+    seen: Option<SignedCheckpoint>,
+    newest: Option<SignedCheckpoint>,
+    check: TrailCheck,
+    prover: StreamingProver,
+    first_seq: Option<u64>,
+    last: Vec<u8>,
+    out: CheckpointFindings,
+}
+
+impl std::fmt::Debug for CheckpointRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointRun").field("checkpoints", &self.found.len()).finish_non_exhaustive()
+    }
+}
+
+impl CheckpointRun {
+    /// Reads every checkpoint the options name. `Err` when an input cannot be used (an
+    /// external checkpoint or state file that is unreadable or not trusted).
+    pub fn new(opts: &CheckpointCheckOptions) -> Result<Self, AnchorError> {
+        let trusted = &opts.trusted;
+        let mut out = CheckpointFindings::default();
+        let mut found: Vec<Found> = Vec::new();
+        for path in &opts.trail_notes {
+            let Some(bytes) = read_opt(path)? else { continue };
+            let pieces = split_notes(&bytes);
+            for (i, piece) in pieces.iter().enumerate() {
+                match SignedCheckpoint::open(piece, trusted) {
+                    Ok(cp) => {
+                        found.push(Found { source: format!("{} (note {})", path.display(), i + 1), cp })
+                    }
+                    Err(_) if i + 1 == pieces.len() && SignedCheckpoint::parse_unverified(piece).is_err() => {
+                        out.notes.push(format!(
+                            "{}: a torn last note ({} bytes) is ignored",
+                            path.display(),
+                            piece.len()
+                        ))
+                    }
+                    Err(e) => {
+                        out.tampered.get_or_insert(format!(
+                            "{} (note {}) does not open: {e}",
+                            path.display(),
+                            i + 1
+                        ));
+                    }
                 }
             }
         }
-    }
-    for path in &opts.external {
-        let bytes = read_opt(path)?.ok_or_else(|| AnchorError::Io {
-            path: path.display().to_string(),
-            reason: "no such file".into(),
-        })?;
-        for (i, piece) in split_notes(&bytes).into_iter().enumerate() {
-            let cp = SignedCheckpoint::open(piece, trusted)
-                .map_err(|error| AnchorError::Bad { path: path.display().to_string(), error })?;
-            found.push(Found { source: format!("{} (note {})", path.display(), i + 1), cp });
-        }
-    }
-    let state = opts.state.as_ref().map(CheckpointState::new);
-    let seen = match &state {
-        Some(s) => s.load(trusted)?,
-        None => None,
-    };
-    if let Some(cp) = &seen {
-        let path = opts.state.as_ref().map_or_else(String::new, |p| p.display().to_string());
-        found.push(Found { source: format!("{path} (state)"), cp: cp.clone() });
-    }
-    if let Some(first) = found.first() {
-        if let Some(other) =
-            found.iter().find(|f| f.cp.checkpoint().origin() != first.cp.checkpoint().origin())
-        {
-            out.tampered.get_or_insert(format!(
-                "checkpoints of two logs: {:?} in {} and {:?} in {}",
-                first.cp.checkpoint().origin(),
-                first.source,
-                other.cp.checkpoint().origin(),
-                other.source
-            ));
-        }
-    }
-    let newest = found.iter().map(|f| &f.cp).max_by_key(|c| (c.checkpoint().size(), c.checkpoint().time()));
-    out.latest_size = newest.map(|c| c.checkpoint().size());
-
-    // One pass: every checkpoint against the records, the consistency proof from the state
-    // to the newest, the first seq and the last record.
-    let ranges = match (&seen, newest) {
-        (Some(old), Some(new)) if old.checkpoint().size() <= new.checkpoint().size() => {
-            consistency_ranges(old.checkpoint().size(), new.checkpoint().size()).unwrap_or_default()
-        }
-        _ => Vec::new(),
-    };
-    let mut prover = StreamingProver::new(ranges);
-    let mut check = TrailCheck::new(found.iter().map(|f| f.cp.checkpoint()));
-    let mut first_seq = None;
-    let mut last = Vec::new();
-    for_each_record_in(files, |line| {
-        let leaf = leaf_hash(line);
-        prover.push(leaf);
-        check.push_leaf(leaf);
-        if first_seq.is_none() {
-            first_seq = Some(record_field(line, "seq").and_then(|v| v.as_u64()).unwrap_or(0));
-        }
-        last.clear();
-        last.extend_from_slice(line);
-    })
-    .map_err(|(path, e)| AnchorError::Io { path: path.display().to_string(), reason: e.to_string() })?;
-    out.records = check.tree.size();
-    out.checked = found.len();
-    if first_seq.is_some_and(|s| s != 1) {
-        out.notes.push(format!(
-            "the trail starts at seq {}: checkpoints cover a trail from seq 1 and were not checked",
-            first_seq.unwrap_or(0)
-        ));
-        out.checked = 0;
-        return Ok(out);
-    }
-    for (f, v) in found.iter().zip(check.finish()) {
-        if let Some(t) = super::proof::tamper_text(&v) {
-            out.tampered.get_or_insert(format!("{}: {t}", f.source));
-        }
-    }
-    if let (Some(state), Some(new), None) = (&state, newest, &out.tampered) {
-        let proof = prover.finish().unwrap_or_default();
-        match state.observe(new.note().as_bytes(), &proof, trusted)? {
-            Decision::Tampered(t) => out.tampered = Some(format!("state file: {t}")),
-            Decision::First => {
-                out.notes.push(format!("state: kept the checkpoint of {} records", new.checkpoint().size()))
+        for path in &opts.external {
+            let bytes = read_opt(path)?.ok_or_else(|| AnchorError::Io {
+                path: path.display().to_string(),
+                reason: "no such file".into(),
+            })?;
+            for (i, piece) in split_notes(&bytes).into_iter().enumerate() {
+                let cp = SignedCheckpoint::open(piece, trusted)
+                    .map_err(|error| AnchorError::Bad { path: path.display().to_string(), error })?;
+                found.push(Found { source: format!("{} (note {})", path.display(), i + 1), cp });
             }
-            Decision::Advance => out.notes.push(format!(
-                "state: advanced from {} to {} records (consistent)",
-                seen.as_ref().map_or(0, |s| s.checkpoint().size()),
-                new.checkpoint().size()
-            )),
-            Decision::Same => out
-                .notes
-                .push(format!("state: the trail still holds its {} records", new.checkpoint().size())),
         }
+        let state = opts.state.as_ref().map(CheckpointState::new);
+        let seen = match &state {
+            Some(s) => s.load(trusted)?,
+            None => None,
+        };
+        if let Some(cp) = &seen {
+            let path = opts.state.as_ref().map_or_else(String::new, |p| p.display().to_string());
+            found.push(Found { source: format!("{path} (state)"), cp: cp.clone() });
+        }
+        if let Some(first) = found.first() {
+            if let Some(other) =
+                found.iter().find(|f| f.cp.checkpoint().origin() != first.cp.checkpoint().origin())
+            {
+                out.tampered.get_or_insert(format!(
+                    "checkpoints of two logs: {:?} in {} and {:?} in {}",
+                    first.cp.checkpoint().origin(),
+                    first.source,
+                    other.cp.checkpoint().origin(),
+                    other.source
+                ));
+            }
+        }
+        let newest = found
+            .iter()
+            .map(|f| &f.cp)
+            .max_by_key(|c| (c.checkpoint().size(), c.checkpoint().time()))
+            .cloned();
+        out.latest_size = newest.as_ref().map(|c| c.checkpoint().size());
+        out.checked = found.len();
+        let ranges = match (&seen, &newest) {
+            (Some(old), Some(new)) if old.checkpoint().size() <= new.checkpoint().size() => {
+                consistency_ranges(old.checkpoint().size(), new.checkpoint().size()).unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
+        let check = TrailCheck::new(found.iter().map(|f| f.cp.checkpoint()));
+        Ok(CheckpointRun {
+            trusted: opts.trusted.clone(),
+            grace: opts.grace,
+            now: opts.now,
+            found,
+            state,
+            seen,
+            newest,
+            check,
+            prover: StreamingProver::new(ranges),
+            first_seq: None,
+            last: Vec::new(),
+            out,
+        })
     }
-    let latest_in_time = found
-        .iter()
-        .map(|f| &f.cp)
-        .filter(|c| c.checkpoint().time().is_some())
-        .max_by_key(|c| c.checkpoint().time());
-    if let Some(c) = latest_in_time {
-        let now = opts.now.unwrap_or_else(Utc::now);
-        let stopped = record_field(&last, "op").is_some_and(|op| op == "audit_stop");
-        if !stopped && c.checkpoint().is_stale(now, opts.grace) {
-            out.stale = Some(format!(
-                "the latest checkpoint ({} records, {}) promised the next within {} ms and none followed: the \
-                 trail stopped being checkpointed without audit_stop, or its newer checkpoints were removed",
-                c.checkpoint().size(),
-                c.checkpoint().time().map_or_else(String::new, |t| t.to_rfc3339_opts(SecondsFormat::Micros, true)),
-                c.checkpoint().heartbeat().map_or(0, |h| h.as_millis()),
+
+    /// The next record line (without its `\n`).
+    pub fn push_line(&mut self, line: &[u8]) {
+        let leaf = leaf_hash(line);
+        self.prover.push(leaf);
+        self.check.push_leaf(leaf);
+        if self.first_seq.is_none() {
+            self.first_seq = Some(record_field(line, "seq").and_then(|v| v.as_u64()).unwrap_or(0));
+        }
+        self.last.clear();
+        self.last.extend_from_slice(line);
+    }
+
+    /// The findings; advances the state file when the trail holds every checkpoint.
+    pub fn finish(self) -> Result<CheckpointFindings, AnchorError> {
+        let CheckpointRun {
+            trusted,
+            grace,
+            now,
+            found,
+            state,
+            seen,
+            newest,
+            check,
+            prover,
+            first_seq,
+            last,
+            mut out,
+        } = self;
+        out.records = check.tree.size();
+        if first_seq.is_some_and(|s| s != 1) {
+            out.notes.push(format!(
+                "the trail starts at seq {}: checkpoints cover a trail from seq 1 and were not checked",
+                first_seq.unwrap_or(0)
             ));
+            out.checked = 0;
+            return Ok(out);
         }
+        for (f, v) in found.iter().zip(check.finish()) {
+            if let Some(t) = super::proof::tamper_text(&v) {
+                out.tampered.get_or_insert(format!("{}: {t}", f.source));
+            }
+        }
+        if let (Some(state), Some(new), None) = (&state, &newest, &out.tampered) {
+            let proof = prover.finish().unwrap_or_default();
+            match state.observe(new.note().as_bytes(), &proof, &trusted)? {
+                Decision::Tampered(t) => out.tampered = Some(format!("state file: {t}")),
+                Decision::First => out
+                    .notes
+                    .push(format!("state: kept the checkpoint of {} records", new.checkpoint().size())),
+                Decision::Advance => out.notes.push(format!(
+                    "state: advanced from {} to {} records (consistent)",
+                    seen.as_ref().map_or(0, |s| s.checkpoint().size()),
+                    new.checkpoint().size()
+                )),
+                Decision::Same => out
+                    .notes
+                    .push(format!("state: the trail still holds its {} records", new.checkpoint().size())),
+            }
+        }
+        let latest_in_time = found
+            .iter()
+            .map(|f| &f.cp)
+            .filter(|c| c.checkpoint().time().is_some())
+            .max_by_key(|c| c.checkpoint().time());
+        if let Some(c) = latest_in_time {
+            let now = now.unwrap_or_else(Utc::now);
+            let stopped = record_field(&last, "op").is_some_and(|op| op == "audit_stop");
+            if !stopped && c.checkpoint().is_stale(now, grace) {
+                out.stale = Some(format!(
+                    "the latest checkpoint ({} records, {}) promised the next within {} ms and none followed: the \
+                     trail stopped being checkpointed without audit_stop, or its newer checkpoints were removed",
+                    c.checkpoint().size(),
+                    c.checkpoint().time().map_or_else(String::new, |t| t.to_rfc3339_opts(SecondsFormat::Micros, true)),
+                    c.checkpoint().heartbeat().map_or(0, |h| h.as_millis()),
+                ));
+            }
+        }
+        Ok(out)
     }
-    Ok(out)
 }
 
 /// One top-level field of a record line.
