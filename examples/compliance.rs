@@ -37,18 +37,22 @@ struct Payments {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let temp;
-    let dir: PathBuf = match std::env::args_os().nth(1) {
-        Some(dir) => dir.into(),
+    let (temp, temp_anchor);
+    // The trail's directory, and an anchor directory outside it (another disk, another host).
+    let (dir, anchor_dir): (PathBuf, PathBuf) = match std::env::args_os().nth(1) {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            let anchor = PathBuf::from(format!("{}.anchor", dir.display()));
+            (dir, anchor)
+        }
         None => {
-            temp = tempfile::tempdir()?;
-            temp.path().to_path_buf()
+            (temp, temp_anchor) = (tempfile::tempdir()?, tempfile::tempdir()?);
+            (temp.path().to_path_buf(), temp_anchor.path().to_path_buf())
         }
     };
-    // The checkpoint signing key (in production: `map-wrapper-audit keygen`, a file only the
-    // writer reads) and an anchor outside the trail's directory (another disk, another host).
-    let anchor_dir = PathBuf::from(format!("{}.anchor", dir.display()));
     std::fs::create_dir_all(&anchor_dir)?;
+    // The checkpoint signing key (in production: `map-wrapper-audit keygen`, a file only the
+    // writer reads); its verifier key goes to the auditors.
     let signer = NoteSigner::generate("example.com/payments-audit")?;
     std::fs::write(anchor_dir.join("payments.pub"), format!("{}\n", signer.verifier()))?;
     let anchor = anchor_dir.join("payments.note");
