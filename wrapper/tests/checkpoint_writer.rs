@@ -177,10 +177,11 @@ fn every_n_records_a_checkpoint_of_the_records_on_disk() {
     sink.close().unwrap();
     let cps = own_checkpoints(trail.path());
     let sizes: Vec<u64> = cps.iter().map(|c| c.checkpoint().size()).collect();
-    // Due every 10 records; the writer thread makes it at its next turn, so records that
-    // Flushed operations write meanwhile are covered too: fewer than 200 / 10, more than a few.
-    assert!(sizes.len() >= 4, "{sizes:?}");
-    assert!(sizes.windows(2).all(|w| w[0] <= w[1]), "{sizes:?}");
+    // Due every 10 records: with one producer, no gap between checkpoints is larger (audit_stop
+    // aside), however busy the machine: Flushed waiters leave the turn to the writer thread
+    // while a checkpoint is due.
+    assert!(sizes.len() >= 19, "{sizes:?}");
+    assert!(sizes.windows(2).all(|w| w[0] <= w[1] && w[1] - w[0] <= 11), "{sizes:?}");
     assert_eq!(*sizes.last().unwrap(), records(trail.path()));
     // Each one is of the trail's own records.
     let f = check(trail.path(), &[]);

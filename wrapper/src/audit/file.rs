@@ -72,7 +72,8 @@ pub struct JsonLinesOptions {
     /// while idle (and when the sink opens and closes) syncs the segment and writes a signed
     /// checkpoint of the records on disk to the trail's `checkpoints.notes` and every anchor.
     /// Opening a trail whose records no longer match the latest checkpoint in its
-    /// `checkpoints.notes` (its tail was cut, a record changed) is refused. Default: none.
+    /// `checkpoints.notes` (its tail was cut, a record changed) is refused; opening reads the
+    /// trail once to rebuild the tree (O(n) time, O(log n) memory). Default: none.
     pub checkpoints: Option<CheckpointOptions>,
 }
 
@@ -806,6 +807,10 @@ fn run_writer(shared: &Shared) {
                 if st.stopping || st.pending.len() >= BATCH_WAKE_BYTES {
                     break;
                 }
+                if st.checkpoint_due.is_some_and(|due| Instant::now() >= due) {
+                    // Flushed waiters leave the turn to this thread while a checkpoint is due.
+                    break;
+                }
                 if st.ends.is_empty() {
                     st.writer_armed = false;
                     since = None;
@@ -1146,7 +1151,11 @@ impl AuditSink for JsonLinesSink {
             if let Some(e) = &st.failed {
                 return Err(e.clone());
             }
-            if !st.writing {
+            if st.checkpoint_due.is_some_and(|due| Instant::now() >= due) {
+                // A checkpoint is due: the writer thread writes this record in the turn where
+                // it checkpoints (so checkpoints keep to the policy under Flushed load).
+                shared.work.notify_one();
+            } else if !st.writing {
                 // `Flushed`: take the turn and write every queued record (this one and those
                 // of concurrent operations) in one write(2); whoever has the turn, others wait.
                 st.writing = true;
