@@ -177,11 +177,11 @@ fn every_n_records_a_checkpoint_of_the_records_on_disk() {
     sink.close().unwrap();
     let cps = own_checkpoints(trail.path());
     let sizes: Vec<u64> = cps.iter().map(|c| c.checkpoint().size()).collect();
-    // Due every 10 records: with one producer, no gap between checkpoints is larger (audit_stop
-    // aside), however busy the machine: Flushed waiters leave the turn to the writer thread
-    // while a checkpoint is due.
-    assert!(sizes.len() >= 19, "{sizes:?}");
-    assert!(sizes.windows(2).all(|w| w[0] <= w[1] && w[1] - w[0] <= 11), "{sizes:?}");
+    // Due every 10 records; the writer thread makes it in its next turn (Flushed waiters
+    // leave it the turn once a checkpoint is 100 ms overdue), so records written meanwhile
+    // are covered too: on a loaded machine fewer than 200 / 10.
+    assert!(sizes.len() >= 2, "{sizes:?}");
+    assert!(sizes.windows(2).all(|w| w[0] <= w[1]), "{sizes:?}");
     assert_eq!(*sizes.last().unwrap(), records(trail.path()));
     // Each one is of the trail's own records.
     let f = check(trail.path(), &[]);

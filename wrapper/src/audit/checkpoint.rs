@@ -282,8 +282,9 @@ pub fn split_notes(bytes: &[u8]) -> Vec<&[u8]> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CheckpointPolicy {
     /// A checkpoint is due after this many new records. Default 1000. (A trail's writer
-    /// makes it in its next turn: records that `Flushed` operations write meanwhile are
-    /// covered too.)
+    /// thread makes it in its next turn: records that `Flushed` operations write meanwhile
+    /// are covered too; under `Flushed` load they leave it the turn once a checkpoint is
+    /// 100 ms overdue.)
     pub every_records: u64,
     /// A checkpoint at the latest this long after the last one when records were added
     /// since. Default 1 s.
