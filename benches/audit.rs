@@ -7,6 +7,8 @@
 //! First a table by records written (issue 17: fixed 1 Mi random operations, `AUDIT_BENCH_RECORDS_THREADS`,
 //! default 1,2,64; `AUDIT_BENCH_PART=records` or `cells` runs one table only).
 //!
+//! `AUDIT_BENCH_PART=checkpoints` runs only the table of signed checkpoints on versus off.
+//!
 //! `cargo bench --bench audit` (each cell runs `AUDIT_BENCH_MS` milliseconds, default 500;
 //! `AUDIT_BENCH_THREADS=1,64` picks thread counts; `AUDIT_BENCH_DIR` where files go).
 //! Not a test: it asserts nothing about speed.
@@ -139,7 +141,17 @@ struct Audited {
 }
 
 fn audited(threads: usize, durability: Durability, dir: &Path, check: bool) -> Audited {
-    let sink = Arc::new(JsonLinesSink::open(dir, JsonLinesOptions::default()).unwrap());
+    audited_with(threads, durability, dir, check, JsonLinesOptions::default())
+}
+
+fn audited_with(
+    threads: usize,
+    durability: Durability,
+    dir: &Path,
+    check: bool,
+    opts: JsonLinesOptions,
+) -> Audited {
+    let sink = Arc::new(JsonLinesSink::open(dir, opts).unwrap());
     let auditor = Auditor::from_arc(sink.clone() as Arc<dyn AuditSink>).durability(durability);
     let map: Arc<MapWrapper<u64, u64>> = Arc::new(
         MapWrapper::builder()
@@ -376,11 +388,95 @@ fn records_table(base: &Path, threads_list: &[usize]) {
     }
 }
 
+/// Signed checkpoints (issue 14) on versus off, side by side: `Buffered` and `Flushed`
+/// throughput with the default policy (every 1000 records or 1 s, heartbeat 60 s) and the
+/// trail's own `checkpoints.notes` plus a `FileAnchor`; `verify` of the same trail with its
+/// checkpoints checked versus without. Each pair runs alternately `AUDIT_BENCH_REPEAT` times
+/// (default 3); medians are printed.
+fn checkpoints_table(base: &Path) {
+    use map_wrapper::audit::anchor::{FileAnchor, APPEND_FILE};
+    use map_wrapper::audit::checkpoint::{CheckpointCheckOptions, CheckpointOptions};
+    use map_wrapper::audit::note::NoteSigner;
+    let repeat: usize = std::env::var("AUDIT_BENCH_REPEAT").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let signer = NoteSigner::from_seed("bench.example/audit", [7; 32]).unwrap();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!("checkpoints on vs off (default policy; median of {repeat} alternate runs each)");
+    println!("{:>7} | {:>10} | {:>22} | {:>22} | {:>10}", "threads", "durability", "off", "on", "on/off");
+    let threads_list: Vec<usize> = std::env::var("AUDIT_BENCH_THREADS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|t| t.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 2, 16]);
+    for &threads in &threads_list {
+        for durability in [Durability::Buffered, Durability::Flushed] {
+            let (mut off, mut on) = (Vec::new(), Vec::new());
+            for _ in 0..repeat {
+                let d = tempfile::tempdir_in(base).unwrap();
+                off.push(
+                    audited_with(threads, durability, d.path(), false, JsonLinesOptions::default()).per_sec,
+                );
+                let d = tempfile::tempdir_in(base).unwrap();
+                let a = tempfile::tempdir_in(base).unwrap();
+                let cp = CheckpointOptions::new("bench.example/audit", signer.clone())
+                    .anchor(FileAnchor::new(a.path().join("latest.note")));
+                let opts = JsonLinesOptions { checkpoints: Some(cp), ..Default::default() };
+                on.push(audited_with(threads, durability, d.path(), false, opts).per_sec);
+            }
+            let (off, on) = (median(off), median(on));
+            println!(
+                "{threads:>7} | {:>10} | {:>16.3} M op/s | {:>16.3} M op/s | {:>9.3}x",
+                format!("{durability:?}"),
+                off / 1e6,
+                on / 1e6,
+                on / off
+            );
+        }
+    }
+    // verify of one trail written with checkpoints: chain only, versus chain + checkpoints.
+    let d = tempfile::tempdir_in(base).unwrap();
+    let cp = CheckpointOptions::new("bench.example/audit", signer.clone());
+    let opts = JsonLinesOptions { checkpoints: Some(cp), ..Default::default() };
+    audited_with(2, Durability::Buffered, d.path(), false, opts);
+    let paths = [d.path().to_path_buf()];
+    let (mut plain, mut with) = (Vec::new(), Vec::new());
+    let mut records = 0;
+    for _ in 0..repeat.max(3) {
+        let start = Instant::now();
+        let r = verify::verify_paths(&paths, &Default::default()).unwrap();
+        plain.push(r.records as f64 / start.elapsed().as_secs_f64());
+        records = r.records;
+        let o = CheckpointCheckOptions {
+            trusted: vec![signer.verifier()],
+            trail_notes: vec![d.path().join(APPEND_FILE)],
+            ..Default::default()
+        };
+        let opts = verify::VerifyOptions { checkpoints: Some(o), ..Default::default() };
+        let start = Instant::now();
+        let r = verify::verify_paths(&paths, &opts).unwrap();
+        with.push(r.records as f64 / start.elapsed().as_secs_f64());
+        let found = r.checkpoints.unwrap();
+        assert!(found.tampered.is_none() && found.checked > 0, "{found:?}");
+    }
+    let (plain, with) = (median(plain), median(with));
+    println!(
+        "verify ({records} records): {:.2} M rec/s without checkpoints, {:.2} M rec/s with: {:.3}x",
+        plain / 1e6,
+        with / 1e6,
+        with / plain
+    );
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` lists benchmarks; this one has nothing to list
     }
     let base = tempfile::tempdir_in(std::env::var("AUDIT_BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    if std::env::var("AUDIT_BENCH_PART").as_deref() == Ok("checkpoints") {
+        checkpoints_table(base.path());
+        return;
+    }
     if std::env::var("AUDIT_BENCH_PART").as_deref() != Ok("cells") {
         let threads: Vec<usize> = std::env::var("AUDIT_BENCH_RECORDS_THREADS")
             .ok()

@@ -1,10 +1,14 @@
 //! Compliance: a `#[guarded_map]` struct whose maps share one audit trail on disk (JSON lines,
-//! SHA-256 hash chain, every record synced before its operation returns), then the verifier
-//! run on that trail, and on a copy with one record edited. Prints the trail and the verdicts.
+//! SHA-256 hash chain, every record synced before its operation returns, signed Merkle
+//! checkpoints written to the trail and to an anchor outside it), then the verifier run on
+//! that trail, on a copy with one record edited, and on a copy whose last records were
+//! deleted (with its own checkpoints): the chain alone cannot see that, the checkpoint held
+//! by the anchor does. Prints the trail and the verdicts.
 //!
 //! Run: `cargo run --example compliance [DIR]` (the trail goes to DIR, else a temporary
-//! directory). Check it again with the CLI:
-//! `cargo run -p map-wrapper-audit -- verify DIR`.
+//! directory; the anchor to DIR.anchor). Check it again with the CLI:
+//! `cargo run -p map-wrapper-audit -- verify --pubkey DIR.anchor/payments.pub --checkpoint
+//! DIR.anchor/payments.note DIR`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,8 +16,12 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
+use map_wrapper::audit::anchor::APPEND_FILE;
+use map_wrapper::audit::checkpoint::{CheckpointCheckOptions, CheckpointOptions};
 use map_wrapper::audit::verify::{self, VerifyOptions};
-use map_wrapper::audit::{AuditRecord, Auditor, Durability, JsonLinesSink};
+use map_wrapper::audit::{
+    AuditRecord, Auditor, Durability, FileAnchor, JsonLinesOptions, JsonLinesSink, NoteSigner,
+};
 use map_wrapper::{guarded_map, OpContext};
 
 #[guarded_map(audit = "payments", timeout_ms = 100)]
@@ -29,15 +37,29 @@ struct Payments {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let temp;
-    let dir: PathBuf = match std::env::args_os().nth(1) {
-        Some(dir) => dir.into(),
+    let (temp, temp_anchor);
+    // The trail's directory, and an anchor directory outside it (another disk, another host).
+    let (dir, anchor_dir): (PathBuf, PathBuf) = match std::env::args_os().nth(1) {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            let anchor = PathBuf::from(format!("{}.anchor", dir.display()));
+            (dir, anchor)
+        }
         None => {
-            temp = tempfile::tempdir()?;
-            temp.path().to_path_buf()
+            (temp, temp_anchor) = (tempfile::tempdir()?, tempfile::tempdir()?);
+            (temp.path().to_path_buf(), temp_anchor.path().to_path_buf())
         }
     };
-    let sink = Arc::new(JsonLinesSink::open(&dir, Default::default())?);
+    std::fs::create_dir_all(&anchor_dir)?;
+    // The checkpoint signing key (in production: `map-wrapper-audit keygen`, a file only the
+    // writer reads); its verifier key goes to the auditors.
+    let signer = NoteSigner::generate("example.com/payments-audit")?;
+    std::fs::write(anchor_dir.join("payments.pub"), format!("{}\n", signer.verifier()))?;
+    let anchor = anchor_dir.join("payments.note");
+    let checkpoints =
+        CheckpointOptions::new("example.com/payments-audit", signer.clone()).anchor(FileAnchor::new(&anchor));
+    let opts = JsonLinesOptions { checkpoints: Some(checkpoints), ..Default::default() };
+    let sink = Arc::new(JsonLinesSink::open(&dir, opts)?);
     let auditor = Auditor::from_arc(sink.clone())
         .durability(Durability::Synced)
         .default_actor("payments-service")
@@ -119,6 +141,54 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let report = verify::verify_paths(&[forged.path().to_path_buf()], &opts)?;
     println!("== verify a copy with {edited}:\n{}", report.human());
     println!("exit status of `map-wrapper-audit verify` on it: {}", report.verdict.exit_code());
+
+    // Someone deletes the trail's last three records, and its checkpoints.notes with them.
+    // What is left still links: the chain alone says INTACT. The checkpoint the anchor holds
+    // (signed, of every record) says how long the trail was: TAMPERED.
+    let cut = tempfile::tempdir()?;
+    delete_tail(&files, cut.path(), 3)?;
+    let cut_dir = [cut.path().to_path_buf()];
+    let chain_only = verify::verify_paths(&cut_dir, &opts)?;
+    println!("== a copy with its last 3 records deleted, the chain alone:\n{}", chain_only.verdict_line());
+    let with_anchor = VerifyOptions {
+        checkpoints: Some(CheckpointCheckOptions {
+            trusted: vec![signer.verifier()],
+            trail_notes: vec![cut.path().join(APPEND_FILE)],
+            external: vec![anchor.clone()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let report = verify::verify_paths(&cut_dir, &with_anchor)?;
+    println!(
+        "== the same copy against the anchor's checkpoint (`verify --pubkey {} --checkpoint {}`):\n{}",
+        anchor_dir.join("payments.pub").display(),
+        anchor.display(),
+        report.verdict_line()
+    );
+    println!("exit status: {}", report.verdict.exit_code());
+    Ok(())
+}
+
+/// Copies the trail's segment files into `to` without its last `k` records (and without its
+/// `checkpoints.notes`).
+fn delete_tail(files: &[PathBuf], to: &Path, mut k: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let mut texts: Vec<(PathBuf, Vec<String>)> = Vec::new();
+    for f in files {
+        let lines = std::fs::read_to_string(f)?.lines().map(|l| format!("{l}\n")).collect();
+        texts.push((f.clone(), lines));
+    }
+    for (_, lines) in texts.iter_mut().rev() {
+        while k > 0 && lines.len() > 1 {
+            lines.pop();
+            k -= 1;
+        }
+    }
+    for (f, lines) in texts {
+        if lines.len() > 1 {
+            std::fs::write(to.join(f.file_name().ok_or("a segment file has a name")?), lines.concat())?;
+        }
+    }
     Ok(())
 }
 

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use super::anchor::{CheckpointAnchor, DirAnchor, DirLayout};
+use super::checkpoint::{resume_tree, CheckpointOptions, CheckpointVerdict, Checkpointer, SignedCheckpoint};
 use super::record::{encode_body, split_line, to_hex, AuditEvent, Chain, ChainKey, EventFields};
 use super::sink::{AdmitError, AuditSink, Durability, SinkError, Ticket};
 
@@ -28,6 +30,11 @@ const BATCH_WAKE_BYTES: usize = 256 << 10;
 /// A batch buffer that grew beyond this is given back after its batch (a burst of large
 /// records must not pin its memory).
 const KEEP_BUFFER_BYTES: usize = 4 << 20;
+
+/// How long past due a checkpoint may wait for the writer thread to get the turn before
+/// `Flushed` waiters stop taking it (see `wait`): the checkpoint's fsync then delays them
+/// once, instead of every time one falls due.
+const CHECKPOINT_PATIENCE: Duration = Duration::from_millis(100);
 
 /// The file a segment is written through. [`File`] is the real one; tests wrap it to inject
 /// write and sync failures.
@@ -67,6 +74,14 @@ pub struct JsonLinesOptions {
     #[cfg(any(test, feature = "test-util"))]
     #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub writer_hook: Option<WriterHook>,
+    /// Signed Merkle checkpoints (see [`CheckpointOptions`]): the writer keeps the tree of
+    /// the records, and every N records, T after records were written, and on a heartbeat
+    /// while idle (and when the sink opens and closes) syncs the segment and writes a signed
+    /// checkpoint of the records on disk to the trail's `checkpoints.notes` and every anchor.
+    /// Opening a trail whose records no longer match the latest checkpoint in its
+    /// `checkpoints.notes` (its tail was cut, a record changed) is refused; opening reads the
+    /// trail once to rebuild the tree (O(n) time, O(log n) memory). Default: none.
+    pub checkpoints: Option<CheckpointOptions>,
 }
 
 impl Default for JsonLinesOptions {
@@ -77,6 +92,7 @@ impl Default for JsonLinesOptions {
             max_queue_bytes: 64 << 20,
             #[cfg(any(test, feature = "test-util"))]
             writer_hook: None,
+            checkpoints: None,
         }
     }
 }
@@ -88,6 +104,7 @@ impl std::fmt::Debug for JsonLinesOptions {
             .field("chain_key", &self.chain_key)
             .field("max_queue_bytes", &self.max_queue_bytes)
             .field("writer_hook", &writer_hook(self).is_some())
+            .field("checkpoints", &self.checkpoints)
             .finish()
     }
 }
@@ -365,6 +382,8 @@ struct State {
     last_sync: Option<(usize, Instant, Duration)>,
     failed: Option<SinkError>,
     stopping: bool,
+    /// With checkpoints on: when the next one is due by time (now or earlier: due now).
+    checkpoint_due: Option<Instant>,
 }
 
 struct Shared {
@@ -385,6 +404,14 @@ struct Shared {
     records: AtomicU64,
     batches: AtomicU64,
     syncs: AtomicU64,
+    /// The checkpoint engine (tree, key, policy), with checkpoints on. Locked while holding
+    /// `writer` (the tree takes each batch as it is written), never while holding `state`.
+    checkpointer: Option<Mutex<Checkpointer>>,
+    /// The trail's own `checkpoints.notes`.
+    own_anchor: Option<DirAnchor>,
+    checkpoints: AtomicU64,
+    anchor_failures: AtomicU64,
+    latest_checkpoint: Mutex<Option<SignedCheckpoint>>,
 }
 
 /// What a [`JsonLinesSink`]'s writer has done since it was opened.
@@ -396,6 +423,10 @@ pub struct JsonLinesStats {
     pub batches: u64,
     /// `fdatasync` calls made for waiters (group commits).
     pub syncs: u64,
+    /// Signed checkpoints made (with [`JsonLinesOptions::checkpoints`]).
+    pub checkpoints: u64,
+    /// Times the trail's `checkpoints.notes` or an anchor failed to take a checkpoint.
+    pub anchor_failures: u64,
 }
 
 /// The segment being written: owned by whoever writes a batch.
@@ -525,7 +556,11 @@ impl JsonLinesSink {
             }
         };
         let gaps: Vec<String> = removed.into_iter().chain(note).collect();
-        Self::start(dir, opts, writer, &gaps, "opened", lock)
+        let checkpointer = match &opts.checkpoints {
+            Some(c) => Some(resume_checkpointer(&dir, c)?),
+            None => None,
+        };
+        Self::start(dir, opts, writer, &gaps, "opened", lock, checkpointer)
     }
 
     /// Creates segment `n` with its header, syncs it and the directory.
@@ -563,6 +598,7 @@ impl JsonLinesSink {
         gaps: &[String],
         why: &str,
         lock: File,
+        mut checkpointer: Option<Checkpointer>,
     ) -> Result<Self, SinkError> {
         let mut lines = String::new();
         for gap in gaps {
@@ -576,7 +612,11 @@ impl JsonLinesSink {
         writer.file.append(lines.as_bytes()).map_err(|e| err("cannot write to the trail", e))?;
         writer.file.sync().map_err(|e| err("cannot sync the trail", e))?;
         writer.segment_bytes += lines.len() as u64;
+        if let Some(c) = &mut checkpointer {
+            c.on_lines(lines.as_bytes());
+        }
         let last = writer.chain.next_seq() - 1;
+        let own_anchor = checkpointer.as_ref().map(|_| DirAnchor::new(&dir, DirLayout::Append));
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 pending: String::new(),
@@ -593,6 +633,8 @@ impl JsonLinesSink {
                 last_sync: None,
                 failed: None,
                 stopping: false,
+                // Due at once: the checkpoint of the trail as opened.
+                checkpoint_due: checkpointer.as_ref().map(|_| Instant::now()),
             }),
             writer: Mutex::new(None),
             work: Condvar::new(),
@@ -604,6 +646,11 @@ impl JsonLinesSink {
             records: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
+            checkpointer: checkpointer.map(Mutex::new),
+            own_anchor,
+            checkpoints: AtomicU64::new(0),
+            anchor_failures: AtomicU64::new(0),
+            latest_checkpoint: Mutex::new(None),
         });
         *shared.writer.lock() = Some(writer);
         let thread = spawn_writer(Arc::clone(&shared))?;
@@ -621,7 +668,14 @@ impl JsonLinesSink {
             records: self.shared.records.load(Ordering::Relaxed),
             batches: self.shared.batches.load(Ordering::Relaxed),
             syncs: self.shared.syncs.load(Ordering::Relaxed),
+            checkpoints: self.shared.checkpoints.load(Ordering::Relaxed),
+            anchor_failures: self.shared.anchor_failures.load(Ordering::Relaxed),
         }
+    }
+
+    /// The latest signed checkpoint the writer made (with [`JsonLinesOptions::checkpoints`]).
+    pub fn latest_checkpoint(&self) -> Option<SignedCheckpoint> {
+        self.shared.latest_checkpoint.lock().clone()
     }
 
     /// Writes an `audit_stop` record, syncs, and stops the writer. From then on
@@ -772,10 +826,21 @@ fn run_writer(shared: &Shared) {
                 if st.stopping || st.pending.len() >= BATCH_WAKE_BYTES {
                     break;
                 }
+                if st.checkpoint_due.is_some_and(|due| Instant::now() >= due) {
+                    // Flushed waiters leave the turn to this thread while a checkpoint is due.
+                    break;
+                }
                 if st.ends.is_empty() {
                     st.writer_armed = false;
                     since = None;
-                    shared.work.wait(&mut st);
+                    match st.checkpoint_due {
+                        // A checkpoint is due (by time, or by records written by a waiter).
+                        Some(due) if Instant::now() >= due => break,
+                        Some(due) => {
+                            shared.work.wait_until(&mut st, due);
+                        }
+                        None => shared.work.wait(&mut st),
+                    }
                     continue;
                 }
                 let start = *since.get_or_insert_with(Instant::now);
@@ -806,11 +871,16 @@ fn run_writer(shared: &Shared) {
                 st.synced = last;
                 st.last_sync = Some((st.sync_waiters, Instant::now(), start.elapsed()));
             }
-            Ok(())
+            make_checkpoint(shared, w, stopping)
         })();
         end_turn(shared);
-        if let Err(e) = result {
-            return fail(shared, e);
+        let signed = match result {
+            Ok(signed) => signed,
+            Err(e) => return fail(shared, e),
+        };
+        // Anchors are written outside the turn: waiters keep writing meanwhile.
+        if let Some(signed) = signed {
+            publish(shared, &signed);
         }
         if stopping {
             return;
@@ -853,7 +923,7 @@ fn write_queued(shared: &Shared, w: &mut Writer) -> Result<(), SinkError> {
         w.chain.seal_body(&w.bodies[from..to], &mut w.lines);
         from = to;
     }
-    flush_lines(w)?;
+    flush_lines(shared, w)?;
     w.bodies.clear();
     w.ends.clear();
     if w.bodies.capacity() > KEEP_BUFFER_BYTES {
@@ -865,17 +935,111 @@ fn write_queued(shared: &Shared, w: &mut Writer) -> Result<(), SinkError> {
     }
     shared.records.fetch_add(count, Ordering::Relaxed);
     shared.batches.fetch_add(1, Ordering::Relaxed);
+    let due = shared.checkpointer.as_ref().map(|c| checkpoint_deadline(&c.lock()));
     let mut st = shared.state.lock();
     st.written = w.chain.next_seq() - 1;
     st.queued_bytes -= bytes;
+    if let Some(due) = due {
+        st.checkpoint_due = Some(due);
+        if due <= Instant::now() {
+            // N records reached (perhaps in a waiter's turn): the writer thread checkpoints.
+            shared.work.notify_one();
+        }
+    }
     Ok(())
 }
 
-fn flush_lines(w: &mut Writer) -> Result<(), SinkError> {
+/// When the checkpointer is next due by time (now when it is due already).
+fn checkpoint_deadline(c: &Checkpointer) -> Instant {
+    let now = Instant::now();
+    if c.due(now) {
+        now
+    } else {
+        c.next_deadline().unwrap_or(now)
+    }
+}
+
+/// In the writer thread's turn: when a checkpoint is due (or the sink is stopping), makes the
+/// records written durable and signs the checkpoint of them. Publishing is left to the
+/// caller, outside the turn.
+fn make_checkpoint(
+    shared: &Shared,
+    w: &mut Writer,
+    stopping: bool,
+) -> Result<Option<SignedCheckpoint>, SinkError> {
+    let Some(c) = &shared.checkpointer else { return Ok(None) };
+    let mut c = c.lock();
+    let now = Instant::now();
+    let signed = if stopping || c.due(now) {
+        // Only records on disk are checkpointed: a crash of the machine must not leave a
+        // checkpoint of records that are gone (the trail would look truncated).
+        let (written, synced) = {
+            let st = shared.state.lock();
+            (st.written, st.synced)
+        };
+        if written > synced {
+            w.file
+                .sync()
+                .map_err(|e| err(&format!("fsync of {} failed", segment_file_name(w.segment)), e))?;
+            shared.state.lock().synced = written;
+        }
+        Some(c.checkpoint(now))
+    } else {
+        None
+    };
+    let due = checkpoint_deadline(&c);
+    drop(c);
+    shared.state.lock().checkpoint_due = Some(due);
+    Ok(signed)
+}
+
+/// Hands a checkpoint to the trail's `checkpoints.notes` and every anchor; a failure is
+/// logged and counted, and does not stop the trail.
+fn publish(shared: &Shared, signed: &SignedCheckpoint) {
+    shared.checkpoints.fetch_add(1, Ordering::Relaxed);
+    *shared.latest_checkpoint.lock() = Some(signed.clone());
+    let own = shared.own_anchor.iter().map(|a| a as &dyn CheckpointAnchor);
+    let others = shared.opts.checkpoints.iter().flat_map(|c| c.anchors.iter().map(|a| &**a));
+    for (i, anchor) in own.chain(others).enumerate() {
+        if let Err(e) = anchor.publish(signed) {
+            shared.anchor_failures.fetch_add(1, Ordering::Relaxed);
+            let which =
+                if i == 0 { "the trail's checkpoints.notes".to_string() } else { format!("anchor {i}") };
+            tracing::warn!(target: "audit", error = %e, anchor = %which, size = signed.checkpoint().size(),
+                "a checkpoint could not be kept");
+        }
+    }
+}
+
+/// The checkpointer of a trail being (re)opened: its tree rebuilt from the records, checked
+/// against the latest checkpoint of its own `checkpoints.notes`.
+fn resume_checkpointer(dir: &Path, c: &CheckpointOptions) -> Result<Checkpointer, SinkError> {
+    let held = DirAnchor::new(dir, DirLayout::Append)
+        .latest()
+        .map_err(|e| err("cannot read checkpoints.notes", e))?;
+    let (tree, verdict) = resume_tree(dir, held.as_ref().map(SignedCheckpoint::checkpoint))
+        .map_err(|e| err("cannot read the trail to rebuild its Merkle tree", e))?;
+    if let Some(v @ (CheckpointVerdict::Truncated { .. } | CheckpointVerdict::RootMismatch { .. })) = verdict
+    {
+        return Err(SinkError::new(format!(
+            "{}: tampering: {}; the trail is not continued (check it with `map-wrapper-audit verify --pubkey`)",
+            dir.display(),
+            super::proof::tamper_text(&v).unwrap_or_default()
+        )));
+    }
+    Checkpointer::resume(&c.origin, c.signer.clone(), c.policy, tree)
+        .map_err(|e| err("bad checkpoint options", e))
+}
+
+fn flush_lines(shared: &Shared, w: &mut Writer) -> Result<(), SinkError> {
     if !w.lines.is_empty() {
         w.file
             .append(w.lines.as_bytes())
             .map_err(|e| err(&format!("write to {} failed", segment_file_name(w.segment)), e))?;
+        if let Some(c) = &shared.checkpointer {
+            // Record lines only (headers are written by `new_segment`), as written.
+            c.lock().on_lines(w.lines.as_bytes());
+        }
         w.segment_bytes += w.lines.len() as u64;
         w.lines.clear();
     }
@@ -884,7 +1048,7 @@ fn flush_lines(w: &mut Writer) -> Result<(), SinkError> {
 
 /// Finishes the current segment (written and synced) and starts the next one.
 fn rotate(shared: &Shared, w: &mut Writer) -> Result<(), SinkError> {
-    flush_lines(w)?;
+    flush_lines(shared, w)?;
     w.file.sync().map_err(|e| err(&format!("fsync of {} failed", segment_file_name(w.segment)), e))?;
     let mut next = JsonLinesSink::new_segment(
         &shared.dir,
@@ -1006,7 +1170,12 @@ impl AuditSink for JsonLinesSink {
             if let Some(e) = &st.failed {
                 return Err(e.clone());
             }
-            if !st.writing {
+            if st.checkpoint_due.is_some_and(|due| Instant::now() >= due + CHECKPOINT_PATIENCE) {
+                // A checkpoint is overdue: the writer thread did not get the turn (Flushed
+                // waiters kept it). Leave it the turn: it writes this record in the turn where
+                // it checkpoints, so checkpoints slip at most this long under Flushed load.
+                shared.work.notify_one();
+            } else if !st.writing {
                 // `Flushed`: take the turn and write every queued record (this one and those
                 // of concurrent operations) in one write(2); whoever has the turn, others wait.
                 st.writing = true;
@@ -1101,6 +1270,10 @@ impl AuditSink for JsonLinesSink {
         w.file.sync().map_err(|e| err("cannot sync the new segment", e))?;
         w.segment_bytes += lines.len() as u64;
         let last = w.chain.next_seq() - 1;
+        if let (Some(c), Some(opts)) = (&self.shared.checkpointer, &self.shared.opts.checkpoints) {
+            // The tree of what is on disk now (a failed write may have left part of a batch).
+            *c.lock() = resume_checkpointer(dir, opts)?;
+        }
         *writer = Some(w);
         drop(writer);
         {
@@ -1115,6 +1288,7 @@ impl AuditSink for JsonLinesSink {
             st.sync_wanted = 0;
             st.epoch += 1;
             st.failed = None;
+            st.checkpoint_due = self.shared.checkpointer.as_ref().map(|_| Instant::now());
             self.shared.failed.store(false, Ordering::Release);
         }
         *thread = Some(spawn_writer(Arc::clone(&self.shared))?);

@@ -73,6 +73,18 @@ mod sink;
 mod stats;
 pub mod verify;
 
+// Signed Merkle checkpoints (issue #14): tree, signed notes, checkpoints, anchors.
+pub mod anchor;
+pub mod checkpoint;
+pub mod merkle;
+pub mod note;
+pub mod proof;
+pub use anchor::{CheckpointAnchor, CheckpointState, DirAnchor, FileAnchor};
+pub use checkpoint::{
+    Checkpoint, CheckpointOptions, CheckpointPolicy, CheckpointVerdict, Checkpointer, SignedCheckpoint,
+};
+pub use note::{NoteSigner, NoteVerifier};
+
 pub use file::{
     list_segments, parse_segment_file_name, segment_file_name, JsonLinesOptions, JsonLinesSink,
     JsonLinesStats, MIN_SEGMENT_BYTES,

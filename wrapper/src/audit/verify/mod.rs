@@ -49,6 +49,12 @@ pub struct VerifyOptions {
     /// Called after each file is checked with (files checked, files in all): the
     /// `map-wrapper-audit` binary draws its progress bar with it.
     pub progress: Option<Progress>,
+    /// Also check the trail's signed checkpoints (its `checkpoints.notes`, checkpoints kept
+    /// elsewhere, a verifier state file) against its records, in the same pass: see
+    /// [`CheckpointRun`](crate::audit::checkpoint::CheckpointRun). A checkpoint the trail does
+    /// not hold makes it [`Verdict::Tampered`]; an overdue one [`Verdict::Stale`]. The leaf
+    /// hashes are computed on a helper thread, so the check costs little wall time.
+    pub checkpoints: Option<crate::audit::checkpoint::CheckpointCheckOptions>,
 }
 
 /// A progress callback: (files checked, files in all).
@@ -61,6 +67,7 @@ impl std::fmt::Debug for VerifyOptions {
             .field("hmac_key", &self.hmac_key.as_ref().map(|k| format!("<{} bytes>", k.len())))
             .field("expect_prev", &self.expect_prev)
             .field("progress", &self.progress.is_some())
+            .field("checkpoints", &self.checkpoints)
             .finish()
     }
 }
@@ -76,15 +83,21 @@ pub enum Verdict {
     TornTail,
     /// Something was changed, removed, reordered or added.
     Tampered,
+    /// Intact, but its latest checkpoint is past its heartbeat and the trail does not end
+    /// with `audit_stop`: the writer stopped checkpointing, or newer checkpoints were
+    /// removed (only with [`VerifyOptions::checkpoints`]).
+    Stale,
 }
 
 impl Verdict {
-    /// The exit status of `map-wrapper-audit verify`: 0 intact, 1 tampered, 2 torn tail only.
+    /// The exit status of `map-wrapper-audit verify`: 0 intact, 1 tampered, 2 torn tail only,
+    /// 4 stale.
     pub fn exit_code(self) -> i32 {
         match self {
             Verdict::Intact => 0,
             Verdict::Tampered => 1,
             Verdict::TornTail => 2,
+            Verdict::Stale => 4,
         }
     }
 }
@@ -127,11 +140,22 @@ pub struct Report {
     pub torn_tail: Option<Problem>,
     /// Facts worth knowing that are not problems.
     pub notes: Vec<String>,
+    /// What the checkpoint checks found (with [`VerifyOptions::checkpoints`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoints: Option<crate::audit::checkpoint::CheckpointFindings>,
 }
 
 impl Report {
     /// One line a script can read: `INTACT …`, `TORN_TAIL …` or `TAMPERED …`.
     pub fn verdict_line(&self) -> String {
+        if let (Verdict::Stale, Some(c)) = (&self.verdict, &self.checkpoints) {
+            return format!(
+                "STALE records={} last_seq={}: {}",
+                self.records,
+                self.last_seq.map_or_else(|| "-".into(), |s| s.to_string()),
+                c.stale.as_deref().unwrap_or("")
+            );
+        }
         match (&self.verdict, &self.problem, &self.torn_tail) {
             (Verdict::Tampered, Some(p), _) => format!(
                 "TAMPERED first_bad_seq={} file={} offset={} line={}: {}",
@@ -605,6 +629,60 @@ struct State<'o> {
     /// Records in the current file.
     file_records: u64,
     report: Report,
+    /// With checkpoint checks: the record lines go to a helper thread in batches.
+    leaves: Option<LeafFeed>,
+}
+
+/// Record lines on their way to the checkpoint checks, on a helper thread (the leaf hashes
+/// cost as much as the chain's: in parallel, they cost little wall time).
+struct LeafFeed {
+    batch: Vec<u8>,
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    thread: std::thread::JoinHandle<crate::audit::checkpoint::CheckpointRun>,
+}
+
+/// Lines sent to the helper at once.
+const LEAF_BATCH_BYTES: usize = 256 << 10;
+
+impl LeafFeed {
+    fn start(run: crate::audit::checkpoint::CheckpointRun) -> Result<Self, VerifyError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let thread = std::thread::Builder::new()
+            .name("audit-verify-merkle".into())
+            .spawn(move || {
+                let mut run = run;
+                for batch in rx {
+                    let mut start = 0;
+                    for end in memchr::memchr_iter(b'\n', &batch) {
+                        run.push_line(&batch[start..end]);
+                        start = end + 1;
+                    }
+                }
+                run
+            })
+            .map_err(|e| VerifyError::Usage(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(LeafFeed { batch: Vec::with_capacity(LEAF_BATCH_BYTES + 4096), tx, thread })
+    }
+
+    fn push(&mut self, line: &[u8]) {
+        self.batch.extend_from_slice(line);
+        self.batch.push(b'\n');
+        if self.batch.len() >= LEAF_BATCH_BYTES {
+            let full = std::mem::replace(&mut self.batch, Vec::with_capacity(LEAF_BATCH_BYTES + 4096));
+            // The helper only ends when the sender is dropped; a send fails only if it panicked.
+            let _ = self.tx.send(full);
+        }
+    }
+
+    fn finish(self) -> Result<crate::audit::checkpoint::CheckpointFindings, VerifyError> {
+        let LeafFeed { batch, tx, thread } = self;
+        if !batch.is_empty() {
+            let _ = tx.send(batch);
+        }
+        drop(tx);
+        let run = thread.join().map_err(|_| VerifyError::Usage("the checkpoint thread panicked".into()))?;
+        run.finish().map_err(|e| VerifyError::Usage(e.to_string()))
+    }
 }
 
 type Check = Result<(), (Option<u64>, String)>;
@@ -739,6 +817,9 @@ impl<'o> State<'o> {
                 self.report.first_seq.get_or_insert(seq);
                 self.report.last_seq = Some(seq);
                 self.file_records += 1;
+                if let Some(f) = &mut self.leaves {
+                    f.push(raw);
+                }
             }
             None => {
                 if let line::Kind::Header(h) = &parsed.kind {
@@ -895,6 +976,14 @@ fn run(sources: &Sources<'_>, opts: &VerifyOptions, bytes_mode: bool) -> Result<
             problem: None,
             torn_tail: None,
             notes: Vec::new(),
+            checkpoints: None,
+        },
+        leaves: match &opts.checkpoints {
+            Some(c) => Some(LeafFeed::start(
+                crate::audit::checkpoint::CheckpointRun::new(c)
+                    .map_err(|e| VerifyError::Usage(e.to_string()))?,
+            )?),
+            None => None,
         },
     };
     let n = sources.len();
@@ -1052,6 +1141,7 @@ fn run(sources: &Sources<'_>, opts: &VerifyOptions, bytes_mode: bool) -> Result<
         prev_file = Some((limit, full_len, name));
     }
     let expected_at_end = st.expected_seq();
+    let leaves = st.leaves.take();
     let mut report = st.report;
     if st.headerless.is_none() && st.bytes_mode && report.problem.is_none() && report.torn_tail.is_none() {
         report
@@ -1077,10 +1167,25 @@ fn run(sources: &Sources<'_>, opts: &VerifyOptions, bytes_mode: bool) -> Result<
         });
     }
     report.last_hash = st.prev.as_ref().map(hex_str);
+    if let Some(leaves) = leaves {
+        let found = leaves.finish()?;
+        if let (Some(why), None) = (&found.tampered, &report.problem) {
+            report.problem = Some(Problem {
+                file: if n > 0 { sources.name(n - 1) } else { String::new() },
+                offset: 0,
+                line: 0,
+                seq: None,
+                what: format!("checkpoint: {why}"),
+            });
+        }
+        report.checkpoints = Some(found);
+    }
     report.verdict = if report.problem.is_some() {
         Verdict::Tampered
     } else if report.torn_tail.is_some() {
         Verdict::TornTail
+    } else if report.checkpoints.as_ref().is_some_and(|c| c.stale.is_some()) {
+        Verdict::Stale
     } else {
         Verdict::Intact
     };
