@@ -67,6 +67,18 @@ struct Shared {
     oldest_unacked_us: AtomicI64,
     available: AtomicBool,
     stop: AtomicBool,
+    /// A `run` has returned (or panicked) and no other has started since.
+    exited: AtomicBool,
+}
+
+/// Sets `exited` when `run` returns or unwinds.
+struct ExitGuard<'a>(&'a Shared);
+
+impl Drop for ExitGuard<'_> {
+    fn drop(&mut self) {
+        self.0.available.store(false, Ordering::Release);
+        self.0.exited.store(true, Ordering::Release);
+    }
 }
 
 /// A handle on a running [`Shipper`] (cheap to clone, usable from any thread): its lag, and
@@ -95,6 +107,12 @@ impl ShipperHandle {
             read_seq,
             remote_available: s.available.load(Ordering::Acquire),
         }
+    }
+
+    /// Whether [`Shipper::run`] has returned (an error, a stop, caught up) or panicked, and not
+    /// been called again: nothing is being shipped.
+    pub fn stopped(&self) -> bool {
+        self.0.exited.load(Ordering::Acquire)
     }
 
     /// Asks the shipper to return from [`Shipper::run`] after its current step.
@@ -166,6 +184,9 @@ impl<S: RemoteSink> Shipper<S> {
     /// Ships until `until`. Retryable remote errors are retried (with backoff) for as long as
     /// it takes; other errors end the run.
     pub fn run(&mut self, until: Until) -> Result<Summary, Error> {
+        self.shared.exited.store(false, Ordering::Release);
+        let shared = self.shared.clone();
+        let _exit = ExitGuard(&shared);
         let mut summary = Summary::default();
         let mut tailer: Option<Tailer> = None;
         let mut pending: VecDeque<Record> = VecDeque::new();
