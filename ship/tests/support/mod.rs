@@ -42,6 +42,30 @@ fn kill_group(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Sends `sig` to a child's process group and to each of its children (PostgreSQL backends
+/// call `setsid`, so they leave the group): SIGSTOP makes a hung server, SIGCONT lets it go on.
+fn signal_group(child: &Child, sig: i32) {
+    let pid = child.id() as i32;
+    let mut pids = vec![-pid];
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // pid (comm) state ppid …; comm may hold spaces: split after the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|r| r.1) else { continue };
+        let ppid: Option<i32> = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+        if ppid == Some(pid) {
+            if let Ok(child_pid) = entry.file_name().to_string_lossy().parse::<i32>() {
+                pids.push(child_pid);
+            }
+        }
+    }
+    for p in pids {
+        // SAFETY: kill(2) on our server's process group and its children; no memory involved.
+        unsafe {
+            libc::kill(p, sig);
+        }
+    }
+}
+
 /// The uid/gid to run PostgreSQL as: None when not root, else `postgres` (or `nobody`).
 fn unprivileged() -> Option<(u32, u32)> {
     // SAFETY: geteuid has no preconditions.
@@ -178,6 +202,16 @@ mod pg {
             }
         }
 
+        /// Stops (SIGSTOP) the server and its backends: it hangs, connections stay open.
+        pub fn pause(&self) {
+            signal_group(self.child.as_ref().expect("running"), libc::SIGSTOP);
+        }
+
+        /// Lets a paused server go on (SIGCONT).
+        pub fn resume(&self) {
+            signal_group(self.child.as_ref().expect("running"), libc::SIGCONT);
+        }
+
         /// Whether it runs.
         pub fn running(&self) -> bool {
             self.child.is_some()
@@ -241,6 +275,16 @@ impl Nats {
         if let Some(mut c) = self.child.take() {
             kill_group(&mut c);
         }
+    }
+
+    /// Stops (SIGSTOP) the server: it hangs, connections stay open.
+    pub fn pause(&self) {
+        signal_group(self.child.as_ref().expect("running"), libc::SIGSTOP);
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        signal_group(self.child.as_ref().expect("running"), libc::SIGCONT);
     }
 
     /// Whether it runs.
