@@ -18,7 +18,8 @@ pub struct ShipperConfig {
     pub trail: String,
     /// The trail directory (the one the `JsonLinesSink` writes).
     pub dir: PathBuf,
-    /// Records per `send` (default 1000).
+    /// Records per `send` at most (default 5000: a batch is one statement / one pipelined window
+    /// of publishes, so bigger batches mean fewer round trips; see ship/README.md for figures).
     pub batch_records: usize,
     /// Records read ahead of the remote's acknowledgement (default 50 000): bounds memory while
     /// the remote is down, and how far the records lag can count.
@@ -36,7 +37,7 @@ impl ShipperConfig {
         ShipperConfig {
             trail: trail.into(),
             dir: dir.into(),
-            batch_records: 1000,
+            batch_records: 5000,
             read_ahead: 50_000,
             poll_interval: Duration::from_millis(2),
             max_backoff: Duration::from_secs(1),
