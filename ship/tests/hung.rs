@@ -36,7 +36,7 @@ mod hung {
         assert!(probe.last_acked("probe").is_ok());
         server.pause();
         let t = Instant::now();
-        let r = probe.send("probe", &[first.clone()]);
+        let r = probe.send("probe", std::slice::from_ref(&first));
         let took = t.elapsed();
         server.resume();
         assert!(matches!(r, Err(SinkError::Unavailable(_))), "{r:?}");
@@ -45,7 +45,7 @@ mod hung {
         // After the server goes on, the same sink reconnects and works.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match probe.send("probe", &[first.clone()]) {
+            match probe.send("probe", std::slice::from_ref(&first)) {
                 Ok(a) => {
                     assert_eq!(a.last_seq, 1);
                     break;
