@@ -19,7 +19,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use map_wrapper::audit::{verify, Auditor, ChainKey, JsonLinesOptions, JsonLinesSink, DOMAIN};
+use map_wrapper::audit::{verify, Auditor, ChainKey, JsonLinesOptions, JsonLinesSink};
+
+/// The domain string every hashed line starts with (`docs/AUDIT_FORMAT.md`, "Hashing").
+const DOMAIN: &[u8] = b"map-wrapper/audit/v1\n";
 use map_wrapper::MapWrapper;
 use sha2::{Digest, Sha256};
 

@@ -6,7 +6,8 @@
 #   - faults injected at every Nth write or fsync (N = 1..120): write error, fsync error,
 #     disk full, slow disk;
 #   - 100 SIGKILLs of a writer in Synced mode;
-#   - 1 M single-record tamperings of an HMAC trail and 600 k garbage inputs for the verifier.
+#   - 1 M single-record tamperings of an HMAC trail and 600 k garbage inputs for the verifier;
+#   - 10^5 random multi-guard histories on 8 threads: every lock cycle refused, none timing out.
 # Prints a summary table and writes it to target/reliability/summary.md.
 #
 #   scripts/reliability.sh
@@ -41,6 +42,7 @@ run faults cargo test --release --all-features --test reliability_audit faults_a
 run panics cargo test --release --all-features --test reliability_audit panicking_closures -- --nocapture
 run fuzz cargo test --release --all-features --test reliability_audit the_verifier_catches -- --nocapture
 run crash cargo test --release -p map-wrapper --all-features --test audit_crash
+run cycles cargo test --release --all-features --test deadlock_cycles a_storm_of -- --nocapture
 
 field() { grep -o "$1=[0-9]*" "$log" | tail -1 | cut -d= -f2; }
 row() { grep "^$1 " "$out/status" | awk '{print $2" ("$3" s)"}'; }
@@ -53,5 +55,6 @@ row() { grep "^$1 " "$out/status" | awk '{print $2" ("$3" s)"}'; }
     echo "| panicking user closures | $(row panics) | update, alter, retain, entry |"
     echo "| verifier fuzz (HMAC trail) | $(row fuzz) | $(field tamperings) tamperings, $(field garbage) garbage inputs, missed: $(field missed) |"
     echo "| SIGKILL crash loop (Synced) | $(row crash) | $(grep -o 'audit_crash: [0-9]* passed' "$log" | tail -1 | grep -o '[0-9]*') kills, every acknowledged op found |"
+    echo "| lock cycles across threads: random multi-guard histories, 8 threads, 2 maps | $(row cycles) | $(field cycle_histories) histories, $(field cycles_refused) cycles refused (each checked against recorded holds), timeouts: $(field cycle_timeouts) |"
 } | tee "$out/summary.md"
 exit $status

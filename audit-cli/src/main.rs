@@ -62,15 +62,6 @@ enum Command {
 
 const USAGE_OR_IO: u8 = 3;
 
-/// Bytes from hex (either case); `None` if `s` is not hex of whole bytes. The key file's
-/// format; kept here so the command depends only on the library's `verify` API.
-fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
-}
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -142,9 +133,9 @@ fn options(
 ) -> Result<verify::VerifyOptions, ExitCode> {
     let mut opts = verify::VerifyOptions { expect_prev, ..Default::default() };
     if let Some(f) = hmac_key_file {
-        match std::fs::read_to_string(&f).map(|s| from_hex(s.trim())) {
-            Ok(Some(key)) if !key.is_empty() => opts.hmac_key = Some(key),
-            Ok(_) => {
+        match std::fs::read_to_string(&f).map(|s| verify::parse_hmac_key(&s)) {
+            Ok(Ok(key)) => opts.hmac_key = Some(key),
+            Ok(Err(_)) => {
                 eprintln!("ERROR {}: the HMAC key file must hold the key in hex", f.display());
                 return Err(ExitCode::from(USAGE_OR_IO));
             }

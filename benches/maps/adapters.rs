@@ -22,8 +22,8 @@ pub trait BenchMap: Send + Sync {
 pub struct LockedHashMap<S>(pub RwLock<HashMap<u64, u64, S>>);
 
 impl<S: BuildHasher> LockedHashMap<S> {
-    pub fn new(hasher: S) -> Self {
-        LockedHashMap(RwLock::new(HashMap::with_hasher(hasher)))
+    pub fn new(hasher: S, capacity: usize) -> Self {
+        LockedHashMap(RwLock::new(HashMap::with_capacity_and_hasher(capacity, hasher)))
     }
 }
 

@@ -8,7 +8,10 @@
 //! The audit rows (every write makes a record, so the 2 M-entry prefill makes 2 M records) run
 //! in the full mode's first table only, or whenever `--only` names them.
 //!
-//! Other arguments: `--reps N`, `--threads 1,2,4`, `--mix ReadHeavy,Exchange`, `--tables
+//! Mixes: ReadHeavy, Exchange, RapidGrow (2 M entries), SmallMap (1,000 entries in cache; see
+//! `workload::MIXES`).
+//!
+//! Other arguments: `--reps N`, `--threads 1,2,4`, `--mix ReadHeavy,SmallMap`, `--tables
 //! std,fast`, `--only NAME[,NAME]` (rows whose name contains one of them), `--no-mem`,
 //! `--prefill N`, `--ops N` (per thread). The report goes to `target/bench-report/`
 //! (`report.md`, `report.svg`, `samples.csv`) and is printed.
@@ -47,7 +50,8 @@ struct Contender {
 }
 
 impl Contender {
-    fn new<S, M>(name: &'static str, peer: bool, build: impl Fn(S) -> M + 'static) -> Contender
+    /// `build` gets the hasher and the capacity the mix asks for (0: none).
+    fn new<S, M>(name: &'static str, peer: bool, build: impl Fn(S, usize) -> M + 'static) -> Contender
     where
         S: Default + 'static,
         M: BenchMap + 'static,
@@ -59,29 +63,32 @@ impl Contender {
             peer,
             audited: false,
             run: Box::new(move |plan| {
-                let map = Box::new(b(S::default()));
+                let map = Box::new(b(S::default(), plan.capacity));
                 let took = workload::run(&*map, plan);
                 drop(map);
                 took
             }),
-            mem: Box::new(move |n| memory::fill_and_report(|| build(S::default()), n)),
+            mem: Box::new(move |n| memory::fill_and_report(|| build(S::default(), 0), n)),
         }
     }
 
-    fn peer<S: Default + 'static, M: BenchMap + 'static>(name: &'static str, build: fn(S) -> M) -> Self {
+    fn peer<S: Default + 'static, M: BenchMap + 'static>(
+        name: &'static str,
+        build: fn(S, usize) -> M,
+    ) -> Self {
         Self::new(name, true, build)
     }
 
     fn ours<S: Default + 'static, M: BenchMap + 'static>(
         name: &'static str,
-        build: impl Fn(S) -> M + 'static,
+        build: impl Fn(S, usize) -> M + 'static,
     ) -> Self {
         Self::new(name, false, build)
     }
 
     fn audited<S: Default + 'static, M: BenchMap + 'static>(
         name: &'static str,
-        build: impl Fn(S) -> M + 'static,
+        build: impl Fn(S, usize) -> M + 'static,
     ) -> Self {
         Contender { audited: true, ..Self::new(name, false, build) }
     }
@@ -92,35 +99,41 @@ fn contenders<S>() -> Vec<Contender>
 where
     S: BuildHasher + Clone + Default + Send + Sync + 'static,
 {
+    // `MapWrapper` has no capacity setting: its rows grow as the prefill fills them (before
+    // the clock starts), as do the reference's.
     vec![
-        Contender::peer("RwLock<HashMap>", |h: S| LockedHashMap::new(h)),
-        Contender::peer("dashmap", |h: S| dashmap::DashMap::with_hasher(h)),
-        Contender::peer("scc", |h: S| scc::HashMap::with_hasher(h)),
-        Contender::peer("papaya", |h: S| papaya::HashMap::with_hasher(h)),
-        Contender::ours("sharded RwLock (bare reference)", |h: S| {
+        Contender::peer("RwLock<HashMap>", |h: S, c| LockedHashMap::new(h, c)),
+        Contender::peer("dashmap", |h: S, c| dashmap::DashMap::with_capacity_and_hasher(c, h)),
+        Contender::peer("scc", |h: S, c| scc::HashMap::with_capacity_and_hasher(c, h)),
+        Contender::peer("papaya", |h: S, c| papaya::HashMap::with_capacity_and_hasher(c, h)),
+        Contender::ours("sharded RwLock (bare reference)", |h: S, _| {
             adapters::Sharded::new(h, map_wrapper::builder::default_shards())
         }),
-        Contender::ours("MapWrapper (policies off)", |h: S| {
+        Contender::ours("MapWrapper (policies off)", |h: S, _| {
             let b = MapWrapper::builder().name("bench").hasher(h).stats(false);
             b.build().expect("valid bench config")
         }),
-        Contender::ours("MapWrapper +breaker+stats", |h: S| {
+        Contender::ours("MapWrapper defaults", |h: S, _| {
+            let b = MapWrapper::builder().name("bench").hasher(h);
+            b.build().expect("valid bench config")
+        }),
+        Contender::ours("MapWrapper +breaker+stats", |h: S, _| {
             let b = MapWrapper::builder().name("bench").hasher(h).breaker(BreakerConfig::new());
             b.build().expect("valid bench config")
         }),
-        Contender::audited("MapWrapper +audit MemorySink", |h: S| {
+        Contender::audited("MapWrapper +audit MemorySink", |h: S, _| {
             let auditor = Auditor::new(MemorySink::new());
             let b = MapWrapper::builder().name("bench").hasher(h).stats(false).auditor(auditor);
             b.build().expect("valid bench config")
         }),
-        Contender::audited("MapWrapper +audit JsonLines Buffered", |h: S| {
+        Contender::audited("MapWrapper +audit JsonLines Buffered", |h: S, _| {
             let dir = tempfile::tempdir().expect("temporary directory for the audit trail");
             let sink = JsonLinesSink::open(dir.path(), JsonLinesOptions::default()).expect("open the trail");
             let auditor = Auditor::new(sink).durability(Durability::Buffered);
             let b = MapWrapper::builder().name("bench").hasher(h).stats(false).auditor(auditor);
             InTempDir { map: b.build().expect("valid bench config"), _dir: dir }
         }),
-        // A new row is one more entry here: `Contender::ours(name, |h: S| builder…build()…)`.
+        // A new row is one more entry here: `Contender::ours(name, |h: S, _capacity| builder…build()…)`.
     ]
 }
 

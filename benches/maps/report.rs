@@ -156,10 +156,17 @@ impl Report {
              not a peer: MapWrapper against it is what the policies cost. *MapWrapper (policies \
              off)*: no circuit breaker, no stats, no audit (every operation still has its 500 ms \
              deadline, cancellation and deadlock-refusal checks, which cannot be turned off); \
+             *MapWrapper defaults*: `MapWrapper::builder().build()` (stats on, no breaker); \
              *+breaker+stats*: the default circuit breaker \
              and stats (the map's defaults plus `BreakerConfig::new()`); *+audit …*: policies \
              off plus an auditor with that sink (full value policy).\n",
             self.prefill, self.ops_per_thread, self.reps
+        );
+        let _ = writeln!(
+            md,
+            "*SmallMap* has a shape of its own: a map that stays in cache, 1,000 entries \
+             prefilled, 90 % reads, 5 % inserts, 5 % removes, 2 M operations a run over all \
+             threads, the peers built with capacity 2^10 (MapWrapper has no capacity setting).\n"
         );
         for (ti, t) in self.tables.iter().enumerate() {
             let _ = writeln!(md, "## Table {}: {}\n", ti + 1, t.title);

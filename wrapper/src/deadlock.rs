@@ -1,10 +1,55 @@
-//! Deadlock refusal: the per-thread registry of the shards this thread holds (a live guard, or
-//! a user closure running under a shard lock), so that a call that would wait for a shard its
-//! own thread holds is refused with [`ErrorKind::WouldDeadlock`](crate::ErrorKind::WouldDeadlock)
-//! instead of hanging.
+//! Deadlock refusal, in two parts.
+//!
+//! - **Re-entrant calls.** The per-thread registry of the shards this thread holds (a live
+//!   guard, or a user closure running under a shard lock), so that a call that would wait for a
+//!   shard its own thread holds is refused with
+//!   [`ErrorKind::WouldDeadlock`](crate::ErrorKind::WouldDeadlock) instead of hanging. A mark
+//!   is a thread-local store: no other thread ever reads it.
+//! - **Cycles across threads and maps.** A wait-for graph of the threads that *wait*: a thread
+//!   about to wait for a shard ([`waiting_for`], called by the waiting code on its slow path)
+//!   publishes what it holds (a copy of its marks) and what it waits for in one global
+//!   registry, then follows the edges from itself: the shard it wants → the waiting threads
+//!   that hold it → the shards they want → … If that walk comes back to a shard it holds
+//!   itself, the wait would close a cycle and it is refused at once, naming the shard it
+//!   wanted and the shard of its own that the cycle waits for.
+//!
+//! Why only waiters publish: every thread in a deadlock cycle is waiting, and a waiting thread's
+//! holds cannot change while it waits. So the last thread to start waiting in a cycle finds all
+//! the others in the registry (the registry is one mutex: of two threads that start waiting at
+//! once, the second sees the first), and a thread that holds shards but never waits costs
+//! nothing beyond its thread-local mark. The uncontended path never touches the registry, and
+//! the contended path touches it only when the waiting thread holds a shard or (a writer) has
+//! waited a few milliseconds.
+//!
+//! Edges, so that every refusal is a real cycle:
+//! - a **write** wait for a shard is blocked by every waiting thread that holds it (read or
+//!   write); a **read** wait only by one that holds it for writing;
+//! - a read wait is also blocked by a **writer that started waiting earlier** for the same
+//!   shard (the lock is fair: a new reader queues behind a waiting writer). This is how a cycle
+//!   through shared read holds deadlocks: A reads 1 and wants to read 2, B reads 2 and wants to
+//!   write 1, and C waits to write 2 (behind B's read): A waits behind C, C behind B, B behind A.
+//! - a recursive read (of a shard this thread already reads) never waits behind a writer, so
+//!   it is not an edge.
+//!
+//! Holder edges are exact: a waiter's recorded holds are its holds until it stops waiting. What
+//! can be stale is a waiter's *want*: it may have just timed out (the cycle was real until
+//! then), or, for the writer-before-reader edge, the writer may not yet have queued in the lock
+//! when the reader looked; for that reason the waiting code tries the lock once more before it
+//! returns the refusal. A reader can end up queued behind a writer that started waiting after
+//! it (the reader was first blocked by a writer that has since let go): such a reader waits in
+//! bounded steps ([`WaitGuard::renew`], every few milliseconds) and takes a new place in the
+//! graph at each, behind the writers then waiting, so that cycle is found within one step.
+//! What is still not detected (it ends in a normal timeout): a cycle that forms and dissolves
+//! between two steps never shows, which is no deadlock; and holds a thread has without a mark
+//! (inside the map's own code, which never waits while holding one).
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 // ---------------------------------------------------------------------------------------------
 // Which shards this thread holds.
@@ -168,9 +213,301 @@ impl Drop for HeldMark {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Cycles across threads: the wait-for graph of the threads that wait.
+// ---------------------------------------------------------------------------------------------
+
+/// What a wait asks for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Access {
+    /// Shared access to a shard this thread does not hold yet.
+    Read,
+    /// Exclusive access.
+    Write,
+}
+
+/// A thread that waits for a shard: what it holds (its marks when it started waiting) and
+/// what it wants.
+struct Waiting {
+    thread: u64,
+    /// Order of registration: a reader queues behind the writers that started waiting before.
+    seq: u64,
+    holds: Box<[Held]>,
+    want: Held,
+    want_map: Arc<str>,
+}
+
+struct Graph {
+    seq: u64,
+    waiting: Vec<Waiting>,
+}
+
+/// Every thread that waits for a shard lock of any map right now. Touched only by threads
+/// that start or stop waiting.
+static GRAPH: Mutex<Graph> = Mutex::new(Graph { seq: 0, waiting: Vec::new() });
+
+static NEXT_THREAD: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    static THREAD: Cell<u64> = const { Cell::new(0) };
+}
+
+/// This thread's id in the graph (assigned on its first wait).
+fn thread_id() -> u64 {
+    THREAD.with(|t| {
+        if t.get() == 0 {
+            t.set(NEXT_THREAD.fetch_add(1, Ordering::Relaxed));
+        }
+        t.get()
+    })
+}
+
+/// Whether holding `h` keeps a wait for `want` from being granted.
+fn conflicts(h: &Held, want: &Held) -> bool {
+    h.map == want.map && h.shard == want.shard && (want.write || h.write)
+}
+
+/// Whether the thread waiting for `want` (registered as number `seq`) is blocked by `by`.
+fn blocked_by(thread: u64, want: &Held, seq: u64, by: &Waiting) -> bool {
+    by.thread != thread
+        && (by.holds.iter().any(|h| conflicts(h, want))
+            || (!want.write
+                && by.want.write
+                && by.want.map == want.map
+                && by.want.shard == want.shard
+                && by.seq < seq))
+}
+
+/// A wait that would close a cycle: the shard of this thread's that another thread of the
+/// cycle waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Cycle {
+    /// The name of the map of `held_shard`.
+    pub(crate) held_map: Arc<str>,
+    /// The shard this thread holds that the cycle waits for.
+    pub(crate) held_shard: usize,
+    /// How many threads the cycle has, this one included.
+    pub(crate) threads: usize,
+}
+
+/// This thread's entry in the wait-for graph, removed when dropped (when the wait ends, by
+/// lock, timeout or cancellation).
+#[must_use = "the wait is registered only while the guard lives"]
+pub(crate) struct WaitGuard {
+    /// 0: nothing was registered.
+    thread: u64,
+    /// A registered read wait: see [`renew`](WaitGuard::renew).
+    reader: bool,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl WaitGuard {
+    const NONE: WaitGuard = WaitGuard { thread: 0, reader: false, _not_send: PhantomData };
+
+    /// Whether the wait must be [`renew`](WaitGuard::renew)ed from time to time: a read wait
+    /// of a thread that holds shards.
+    pub(crate) fn needs_renewal(&self) -> bool {
+        self.thread != 0 && self.reader
+    }
+
+    /// A read wait that goes on after a bounded try: it queues again now, behind the writers
+    /// that started waiting since, so it takes a new place in the graph and looks for a cycle
+    /// again. (A reader first blocked by a writer that let go, then by a writer that came
+    /// after it, waits behind the later writer: without this, a cycle through that writer
+    /// would not be seen.) The waiting code must then wait in bounded steps and call this
+    /// between them; a refusal here unregisters the wait.
+    pub(crate) fn renew(&mut self) -> Result<(), Cycle> {
+        if !self.needs_renewal() {
+            return Ok(());
+        }
+        let mut g = GRAPH.lock();
+        let seq = g.seq;
+        g.seq += 1;
+        let Some(i) = g.waiting.iter().position(|w| w.thread == self.thread) else { return Ok(()) };
+        g.waiting[i].seq = seq;
+        let me = &g.waiting[i];
+        if let Some(cycle) = find_cycle(&g.waiting, me.thread, &me.want, seq, &me.holds) {
+            g.waiting.swap_remove(i);
+            self.thread = 0;
+            return Err(cycle);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for WaitGuard {
+    fn drop(&mut self) {
+        if self.thread != 0 {
+            let mut g = GRAPH.lock();
+            if let Some(i) = g.waiting.iter().position(|w| w.thread == self.thread) {
+                g.waiting.swap_remove(i);
+            }
+        }
+    }
+}
+
+/// Called by the waiting code when this thread is about to wait for `shard` of map `map`
+/// (named `map_name`), after its non-blocking try failed and after the re-entrant checks:
+/// registers the wait for as long as the returned guard lives, or refuses it if it would close
+/// a cycle of waiting threads. Works with any wait implementation: it looks only at the graph.
+/// A read wait whose guard [`needs_renewal`](WaitGuard::needs_renewal) must wait in bounded
+/// steps and [`renew`](WaitGuard::renew) between them.
+///
+/// A thread that holds nothing cannot close a cycle: it is registered (a writer, so that
+/// readers queued behind it see it) without a search, or not at all (a reader). The waiting
+/// code registers such a writer only once it has waited a few milliseconds, so that short
+/// waits never take the graph's lock; a reader's periodic [`renew`](WaitGuard::renew) sees it
+/// from then on.
+#[cold]
+pub(crate) fn waiting_for(
+    map_name: &Arc<str>,
+    map: u64,
+    shard: usize,
+    access: Access,
+) -> Result<WaitGuard, Cycle> {
+    let write = access == Access::Write;
+    let holds: Box<[Held]> = (0..HELD_COUNT.with(Cell::get)).filter_map(held_at).collect();
+    if holds.is_empty() && !write {
+        return Ok(WaitGuard::NONE);
+    }
+    let thread = thread_id();
+    let want = Held { map, shard, write };
+    let mut g = GRAPH.lock();
+    let seq = g.seq;
+    g.seq += 1;
+    if !holds.is_empty() {
+        if let Some(cycle) = find_cycle(&g.waiting, thread, &want, seq, &holds) {
+            return Err(cycle);
+        }
+    }
+    let reader = !holds.is_empty() && !write;
+    g.waiting.push(Waiting { thread, seq, holds, want, want_map: map_name.clone() });
+    Ok(WaitGuard { thread, reader, _not_send: PhantomData })
+}
+
+/// Breadth-first from the waiters that block `want`: the first one found whose own want is
+/// blocked by `holds` closes the shortest cycle.
+fn find_cycle(waiting: &[Waiting], thread: u64, want: &Held, seq: u64, holds: &[Held]) -> Option<Cycle> {
+    let mut seen = vec![false; waiting.len()];
+    let mut queue = VecDeque::new();
+    for (i, w) in waiting.iter().enumerate() {
+        if blocked_by(thread, want, seq, w) {
+            seen[i] = true;
+            queue.push_back((i, 2));
+        }
+    }
+    while let Some((i, threads)) = queue.pop_front() {
+        let w = &waiting[i];
+        if let Some(h) = holds.iter().find(|h| conflicts(h, &w.want)) {
+            return Some(Cycle { held_map: w.want_map.clone(), held_shard: h.shard, threads });
+        }
+        for (j, next) in waiting.iter().enumerate() {
+            if !seen[j] && blocked_by(w.thread, &w.want, w.seq, next) {
+                seen[j] = true;
+                queue.push_back((j, threads + 1));
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn w(thread: u64, seq: u64, holds: &[(u64, usize, bool)], want: (u64, usize, bool)) -> Waiting {
+        let h = |(map, shard, write): (u64, usize, bool)| Held { map, shard, write };
+        Waiting {
+            thread,
+            seq,
+            holds: holds.iter().copied().map(h).collect(),
+            want: h(want),
+            want_map: Arc::from(format!("map{}", want.0)),
+        }
+    }
+
+    fn cycle(waiting: &[Waiting], holds: &[(u64, usize, bool)], want: (u64, usize, bool)) -> Option<Cycle> {
+        let me = w(99, 1000, holds, want);
+        find_cycle(waiting, me.thread, &me.want, me.seq, &me.holds)
+    }
+
+    #[test]
+    fn a_write_wait_on_a_shard_whose_holder_waits_for_ours_is_a_cycle() {
+        // B reads (1, 2) and wants to write (1, 1); we read (1, 1) and want to write (1, 2).
+        let b = [w(1, 0, &[(1, 2, false)], (1, 1, true))];
+        let c = cycle(&b, &[(1, 1, false)], (1, 2, true)).expect("AB/BA");
+        assert_eq!((&*c.held_map, c.held_shard, c.threads), ("map1", 1, 2));
+        // Two readers that each want to *read* the other's shard do not block each other.
+        let b = [w(1, 0, &[(1, 2, false)], (1, 1, false))];
+        assert_eq!(cycle(&b, &[(1, 1, false)], (1, 2, false)), None);
+        // A read wait is blocked by a write holder.
+        let b = [w(1, 0, &[(1, 2, true)], (1, 1, true))];
+        assert!(cycle(&b, &[(1, 1, false)], (1, 2, false)).is_some());
+    }
+
+    #[test]
+    fn cycles_through_three_threads_and_two_maps_are_found_and_chains_are_not() {
+        // B holds (1, 2) wants (2, 3); C holds (2, 3) wants (1, 1); we hold (1, 1), want (1, 2).
+        let chain = [w(1, 0, &[(1, 2, true)], (2, 3, true)), w(2, 1, &[(2, 3, true)], (1, 1, true))];
+        let c = cycle(&chain, &[(1, 1, true)], (1, 2, true)).expect("A->B->C->A");
+        assert_eq!((&*c.held_map, c.held_shard, c.threads), ("map1", 1, 3));
+        // The same chain with C waiting for a shard nobody of the chain holds: no cycle.
+        let open = [w(1, 0, &[(1, 2, true)], (2, 3, true)), w(2, 1, &[(2, 3, true)], (1, 5, true))];
+        assert_eq!(cycle(&open, &[(1, 1, true)], (1, 2, true)), None);
+        // Same shard index in another map is another shard.
+        let other_map = [w(1, 0, &[(2, 2, true)], (1, 1, true))];
+        assert_eq!(cycle(&other_map, &[(1, 1, true)], (1, 2, true)), None);
+        // A cycle that does not pass through us is not ours to refuse.
+        let theirs = [w(1, 0, &[(1, 2, true)], (1, 3, true)), w(2, 1, &[(1, 3, true)], (1, 2, true))];
+        assert_eq!(cycle(&theirs, &[(1, 1, true)], (1, 2, true)), None);
+    }
+
+    #[test]
+    fn a_read_wait_queues_only_behind_a_writer_that_waited_first() {
+        // B reads (1, 2) and wants to write (1, 1), which we read; C waits to write (1, 2).
+        // We want to read (1, 2): B shares it with us, but we queue behind C, C behind B's read,
+        // B behind our read: a cycle, if C started waiting before us.
+        let before = [w(1, 0, &[(1, 2, false)], (1, 1, true)), w(2, 1, &[], (1, 2, true))];
+        let c = cycle(&before, &[(1, 1, false)], (1, 2, false)).expect("through a waiting writer");
+        assert_eq!((c.held_shard, c.threads), (1, 3));
+        // C registered after us (seq 2000 > 1000): we are ahead of it, no cycle.
+        let after = [w(1, 0, &[(1, 2, false)], (1, 1, true)), w(2, 2000, &[], (1, 2, true))];
+        assert_eq!(cycle(&after, &[(1, 1, false)], (1, 2, false)), None);
+        // A writer waiting on a shard no waiting thread holds blocks nothing for good.
+        let free = [w(2, 1, &[], (1, 2, true)), w(1, 0, &[(1, 3, false)], (1, 1, true))];
+        assert_eq!(cycle(&free, &[(1, 1, false)], (1, 2, false)), None);
+    }
+
+    #[test]
+    fn waiting_for_registers_until_the_guard_drops_and_refuses_the_closing_wait() {
+        let map: Arc<str> = Arc::from("unit");
+        // Map ids far from any real map's.
+        let (m, other) = (u64::MAX - 7, u64::MAX - 8);
+        let registered = |map: u64| GRAPH.lock().waiting.iter().filter(|w| w.want.map == map).count();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            let _held = HeldMark::new(m, 2, false);
+            let _w = waiting_for(&Arc::from("unit"), m, 1, Access::Write).expect("first waiter");
+            tx.send(()).unwrap();
+            done_rx.recv().unwrap();
+        });
+        rx.recv().unwrap();
+        assert_eq!(registered(m), 1);
+        {
+            let _held = HeldMark::new(m, 1, false);
+            // Another map's shard 2 is not the one the other thread holds.
+            let ok = waiting_for(&map, other, 2, Access::Write).expect("no cycle");
+            drop(ok);
+            let c = waiting_for(&map, m, 2, Access::Write).err().expect("closes the cycle");
+            assert_eq!((c.held_shard, c.threads), (1, 2));
+            // Reading what the other thread reads is no wait at all.
+            assert!(waiting_for(&map, m, 2, Access::Read).is_ok());
+        }
+        done_tx.send(()).unwrap();
+        t.join().unwrap();
+        assert_eq!(registered(m), 0);
+    }
 
     #[test]
     fn marks_nest_and_unwind() {

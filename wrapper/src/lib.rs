@@ -1,8 +1,8 @@
 //! # map-wrapper
 //!
 //! A concurrent hash map for production: [`MapWrapper<K, V>`](MapWrapper) spreads keys over
-//! shard locks, gives every operation a deadline and a cancel token, refuses re-entrant calls
-//! that would deadlock, and returns a [`MapError`] with a stable code instead of blocking
+//! shard locks, gives every operation a deadline and a cancel token, refuses waits that would
+//! deadlock (a re-entrant call, or a lock cycle across threads and maps), and returns a [`MapError`] with a stable code instead of blocking
 //! without bound or panicking.
 //!
 //! ```
@@ -37,7 +37,8 @@
 //! Each method's documentation says which lock it takes. Any operation can return
 //! [`ErrorKind::Timeout`] (its shard stayed locked past the deadline),
 //! [`ErrorKind::Cancelled`] (its token was cancelled) or [`ErrorKind::WouldDeadlock`] (this
-//! thread already holds the shard); on a map with a circuit breaker, also
+//! thread already holds the shard, or its wait would close a lock cycle with other threads);
+//! on a map with a circuit breaker, also
 //! [`ErrorKind::CircuitOpen`] (refused before taking any lock). A single-key operation that
 //! returns an error changed nothing, with one exception visible in the error's structure:
 //! on an audited map, [`ErrorKind::AppliedNotDurable`] ([`MapError::applied`] is `true`, and
@@ -129,8 +130,10 @@
 //!   (serde and serde_json themselves are always used, to encode audit records.)
 //! - `metrics`: [`Stats::publish_metrics`] and a breaker-state gauge, through the `metrics`
 //!   facade crate (any exporter: Prometheus, StatsD, …).
-//! - `test-util`: test support, `clock::TestClock` (a clock that moves only when a test moves
-//!   it, for the breaker's and the statistics' time).
+//! - `test-util`: test support: `clock::TestClock` (a clock that moves only when a test moves
+//!   it, for the breaker's and the statistics' time); `audit::SegmentWriter`, `audit::WriterHook`
+//!   and `JsonLinesOptions::writer_hook` (wrap the audit sink's segment files, to inject
+//!   faults); `audit::Chain` (seal trail lines by hand). Not for production builds.
 //!
 //! The command-line verifier is the separate `map-wrapper-audit` package
 //! (`cargo run -p map-wrapper-audit -- verify DIR`), so no library user builds its

@@ -44,12 +44,22 @@ use crate::{MapError, OpContext};
 /// [`retain`](MapWrapper::retain), …) and asks for the same shard in a way that would hang gets
 /// [`ErrorKind::WouldDeadlock`](crate::ErrorKind::WouldDeadlock) at once. Reading a shard it already reads is allowed.
 ///
+/// **Lock cycles across threads.** A thread that holds a shard and must wait for another one
+/// whose holder waits, directly or through other waiting threads, for the shard it holds (A
+/// holds a guard on shard 1 and inserts into shard 2 while B holds shard 2 and inserts into
+/// shard 1; also across maps) gets [`ErrorKind::WouldDeadlock`](crate::ErrorKind::WouldDeadlock) at once
+/// instead of a timeout: the thread whose wait would close the cycle is refused, the others
+/// go on once it lets go. The error names both shards ([`MapError::shard`],
+/// [`MapError::held_shard`], [`MapError::held_map`]). Only threads that wait take part in the
+/// check: an operation that does not wait pays nothing for it.
+///
 /// **Errors.** When a single-key operation returns an error, it changed nothing, except an
 /// error of kind [`AppliedNotDurable`](crate::ErrorKind::AppliedNotDurable)
 /// ([`MapError::applied`] is `true`; never retryable): on an audited map, the change was
 /// applied but its record could not be enqueued or made durable. The
-/// operations that visit every shard (`retain`, `clear`) check for a would-deadlock before
-/// they change anything, but a timeout or cancellation on a later shard leaves the shards
+/// operations that visit every shard (`retain`, `clear`) check for a re-entrant would-deadlock
+/// before they change anything, but a timeout, a cancellation or a lock cycle with other
+/// threads on a later shard leaves the shards
 /// already visited changed; [`extend`](MapWrapper::extend) keeps the pairs it inserted before
 /// the error.
 ///

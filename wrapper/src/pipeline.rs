@@ -9,12 +9,17 @@ use std::time::{Duration, Instant};
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::context::Effective;
-use crate::deadlock::{any_held, holding, Holding};
+use crate::deadlock::{self, any_held, holding, Access, Holding};
 use crate::stats::{Failure, Monitor, Observation};
 use crate::{MapError, Op};
 
 /// How long a wait sleeps before it looks at the cancel token again.
 const CANCEL_POLL: Duration = Duration::from_millis(1);
+
+/// How long a read wait of a thread that holds shards sleeps before it queues again in the
+/// wait-for graph (see `deadlock::WaitGuard::renew`), and how long a writer that holds nothing
+/// waits before it joins the graph.
+const REQUEUE: Duration = Duration::from_millis(5);
 
 // ---------------------------------------------------------------------------------------------
 // Bounded acquisition.
@@ -96,7 +101,22 @@ impl<'a, 'c> Waiter<'a, 'c> {
         if let Some(g) = fast {
             return Ok(g);
         }
-        self.slow(idx, |until| {
+        self.slow_read(idx, recursive, lock)
+    }
+
+    /// The wait of [`read`](Self::read), out of line so that its fast path keeps no more
+    /// registers than before.
+    #[cold]
+    #[inline(never)]
+    fn slow_read<'s, T>(
+        &mut self,
+        idx: usize,
+        recursive: bool,
+        lock: &'s RwLock<T>,
+    ) -> Result<RwLockReadGuard<'s, T>, MapError> {
+        // A recursive read never queues behind a writer: not an edge of the wait-for graph.
+        let access = if recursive { None } else { Some(Access::Read) };
+        self.slow(idx, access, |until| {
             if recursive {
                 lock.try_read_recursive_until(until)
             } else {
@@ -122,7 +142,7 @@ impl<'a, 'c> Waiter<'a, 'c> {
         if let Some(g) = lock.try_write() {
             return Ok(g);
         }
-        self.slow(idx, |until| lock.try_write_until(until))
+        self.slow(idx, Some(Access::Write), |until| lock.try_write_until(until))
     }
 
     /// For operations that write every shard: refuses up front, before changing anything, if
@@ -180,15 +200,32 @@ impl<'a, 'c> Waiter<'a, 'c> {
         Ok(())
     }
 
+    /// Waits for shard `idx` (its non-blocking try failed): first registers the wait in the
+    /// wait-for graph (`access`; `None` for a wait that cannot be part of a cycle), which
+    /// refuses it if it would close a cycle of waiting threads; then waits under the deadline
+    /// and the cancel token.
     #[cold]
+    #[inline(never)]
     fn slow<G>(
         &mut self,
         idx: usize,
+        access: Option<Access>,
         mut try_until: impl FnMut(Instant) -> Option<G>,
     ) -> Result<G, MapError> {
         if let Some((m, obs)) = &mut self.observed {
             m.contended(obs);
         }
+        // A thread that holds nothing cannot close a cycle. A writer among them is still a node
+        // (readers queue behind it), but joins the graph only once it has waited one step:
+        // short waits, the common contention, never touch the graph's lock.
+        let mut deferred = access == Some(Access::Write) && deadlock::holds_nothing();
+        let mut waiting = match access.filter(|_| !deferred) {
+            None => None,
+            Some(a) => match deadlock::waiting_for(self.map_name, self.map_id, idx, a) {
+                Ok(w) => Some(w),
+                Err(cycle) => return self.refuse_cycle(idx, cycle, &mut try_until),
+            },
+        };
         let wait_start = Instant::now();
         let (start, deadline) = *self
             .window
@@ -209,14 +246,49 @@ impl<'a, 'c> Waiter<'a, 'c> {
                 );
                 return Err(self.failed(Failure::Timeout { waited: elapsed }, err));
             }
-            let until = if poll { deadline.min(now + CANCEL_POLL) } else { deadline };
+            let requeue = deferred || waiting.as_ref().is_some_and(deadlock::WaitGuard::needs_renewal);
+            let until = match (poll, requeue) {
+                (true, _) => deadline.min(now + CANCEL_POLL),
+                (false, true) => deadline.min(now + REQUEUE),
+                (false, false) => deadline,
+            };
             if let Some(g) = try_until(until) {
                 return Ok(g);
             }
             if self.eff.is_cancelled() {
                 return Err(self.cancelled());
             }
+            if deferred {
+                deferred = false;
+                // Holds nothing: never refused.
+                waiting = deadlock::waiting_for(self.map_name, self.map_id, idx, Access::Write).ok();
+            } else if let Some(Err(cycle)) = waiting.as_mut().map(deadlock::WaitGuard::renew) {
+                return self.refuse_cycle(idx, cycle, &mut try_until);
+            }
         }
+    }
+
+    /// Refuses a wait for shard `idx` that would close a cycle, after one last try: a lock that
+    /// came free since (a member of the cycle gave up) is taken instead.
+    #[cold]
+    fn refuse_cycle<G>(
+        &mut self,
+        idx: usize,
+        cycle: deadlock::Cycle,
+        try_until: &mut impl FnMut(Instant) -> Option<G>,
+    ) -> Result<G, MapError> {
+        if let Some(g) = try_until(Instant::now()) {
+            return Ok(g);
+        }
+        let err = MapError::would_deadlock_cycle(
+            self.map_name,
+            self.op,
+            idx,
+            cycle.held_map,
+            cycle.held_shard,
+            cycle.threads,
+        );
+        Err(self.failed(Failure::WouldDeadlock, err))
     }
 }
 

@@ -5,8 +5,13 @@
 use std::path::{Path, PathBuf};
 
 use map_wrapper::audit::verify::{self, Report, Verdict, VerifyError, VerifyOptions};
-use map_wrapper::audit::{to_hex, Auditor, Chain, ChainKey, JsonLinesOptions, JsonLinesSink};
+use map_wrapper::audit::{Auditor, Chain, ChainKey, JsonLinesOptions, JsonLinesSink};
 use map_wrapper::MapWrapper;
+
+/// Lower-case hex, as a line's `hash` is written.
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 const KEY: &[u8] = b"an audit key of thirty-two bytes";
 

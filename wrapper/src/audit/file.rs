@@ -64,6 +64,8 @@ pub struct JsonLinesOptions {
     /// soft by the records of operations admitted at once (one each).
     pub max_queue_bytes: usize,
     /// Wraps every segment file the sink opens (fault injection in tests). Default: none.
+    #[cfg(any(test, feature = "test-util"))]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub writer_hook: Option<WriterHook>,
 }
 
@@ -73,6 +75,7 @@ impl Default for JsonLinesOptions {
             max_segment_bytes: 64 << 20,
             chain_key: ChainKey::Sha256,
             max_queue_bytes: 64 << 20,
+            #[cfg(any(test, feature = "test-util"))]
             writer_hook: None,
         }
     }
@@ -84,8 +87,19 @@ impl std::fmt::Debug for JsonLinesOptions {
             .field("max_segment_bytes", &self.max_segment_bytes)
             .field("chain_key", &self.chain_key)
             .field("max_queue_bytes", &self.max_queue_bytes)
-            .field("writer_hook", &self.writer_hook.is_some())
+            .field("writer_hook", &writer_hook(self).is_some())
             .finish()
+    }
+}
+
+/// The options' writer hook: none without the `test-util` feature.
+fn writer_hook(opts: &JsonLinesOptions) -> Option<&WriterHook> {
+    #[cfg(any(test, feature = "test-util"))]
+    return opts.writer_hook.as_ref();
+    #[cfg(not(any(test, feature = "test-util")))]
+    {
+        let _ = opts;
+        None
     }
 }
 
@@ -412,7 +426,7 @@ struct Writer {
 /// - **One writer per trail**: the directory's `.lock` file is locked (`flock`) while the sink
 ///   is open; a second sink on the same directory, in this process or another, is refused.
 /// - **Failure**: a write or sync error, or a panic in the writer thread (a user
-///   [`SegmentWriter`], say), stops the sink (every waiter and later append gets the error,
+///   `SegmentWriter`, say), stops the sink (every waiter and later append gets the error,
 ///   and [`health`](AuditSink::health) reports it). A sync error poisons the segment: it is never written or synced again;
 ///   [`reopen`](AuditSink::reopen) continues in a new segment.
 ///
@@ -503,7 +517,7 @@ impl JsonLinesSink {
                 }
                 std::io::Seek::seek(&mut file, io::SeekFrom::End(0)).map_err(|e| err("seek", e))?;
                 let chain = Chain::resume(opts.chain_key.clone(), tail.last_seq + 1, tail.last_hash);
-                let file: Box<dyn SegmentWriter> = match &opts.writer_hook {
+                let file: Box<dyn SegmentWriter> = match writer_hook(&opts) {
                     Some(hook) => hook(file),
                     None => Box::new(file),
                 };
@@ -530,7 +544,7 @@ impl JsonLinesSink {
             .open(&path)
             .map_err(|e| err(&format!("cannot create {}", path.display()), e))?;
         sync_dir(dir).map_err(|e| err("cannot sync the audit directory", e))?;
-        let mut file: Box<dyn SegmentWriter> = match &opts.writer_hook {
+        let mut file: Box<dyn SegmentWriter> = match writer_hook(opts) {
             Some(hook) => hook(file),
             None => Box::new(file),
         };

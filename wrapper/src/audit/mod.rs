@@ -75,12 +75,21 @@ pub mod verify;
 
 pub use file::{
     list_segments, parse_segment_file_name, segment_file_name, JsonLinesOptions, JsonLinesSink,
-    JsonLinesStats, SegmentWriter, WriterHook, MIN_SEGMENT_BYTES,
+    JsonLinesStats, MIN_SEGMENT_BYTES,
 };
 pub use gate::AuditGate;
+// Test support (feature `test-util`): wrap the sink's segment files, seal lines by hand.
+#[cfg(any(test, feature = "test-util"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub use file::{SegmentWriter, WriterHook};
+pub(crate) use record::digest_hex;
+#[cfg(test)]
+pub(crate) use record::to_hex;
+#[cfg(any(test, feature = "test-util"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub use record::Chain;
 pub use record::{
-    digest_hex, from_hex, to_hex, AuditEvent, AuditRecord, Chain, ChainKey, Encoded, EventFields,
-    DEFAULT_ACTOR, DOMAIN, FORMAT_VERSION, GENESIS, OPS,
+    AuditEvent, AuditRecord, ChainKey, Encoded, EventFields, DEFAULT_ACTOR, FORMAT_VERSION, OPS,
 };
 pub use sink::{
     AdmitError, AuditSink, Durability, MemorySink, SinkError, SinkFigures, TeeSink, Ticket, TracingSink,

@@ -14,10 +14,10 @@ pub const FORMAT_VERSION: u32 = 1;
 
 /// The bytes hashed before each line's `prev` and body: the domain prefix, so that a hash of
 /// this trail can never be confused with a hash of anything else.
-pub const DOMAIN: &[u8] = b"map-wrapper/audit/v1\n";
+pub(crate) const DOMAIN: &[u8] = b"map-wrapper/audit/v1\n";
 
 /// The `prev` of the very first line of a trail: 64 zeros.
-pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The actor recorded when neither the operation's context, the ambient context nor the
 /// auditor names one.
@@ -375,7 +375,7 @@ impl ChainKey {
 }
 
 /// Lowercase hex of `bytes`.
-pub fn to_hex(bytes: &[u8]) -> String {
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);
     push_hex(&mut s, bytes);
     s
@@ -391,7 +391,7 @@ fn push_hex(out: &mut String, bytes: &[u8]) {
 }
 
 /// Bytes from hex (either case); `None` if `s` is not hex of whole bytes.
-pub fn from_hex(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn from_hex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }
@@ -400,7 +400,7 @@ pub fn from_hex(s: &str) -> Option<Vec<u8>> {
 
 /// HMAC-SHA256 of `data` under `key`, in hex: the `digest` of a [`ValuePolicy::Digest`](
 /// crate::audit::ValuePolicy::Digest) value.
-pub fn digest_hex(key: &[u8], data: &[u8]) -> String {
+pub(crate) fn digest_hex(key: &[u8], data: &[u8]) -> String {
     let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
     m.update(data);
     to_hex(&m.finalize().into_bytes())
@@ -415,7 +415,7 @@ pub struct Chain {
 }
 
 impl Chain {
-    /// A chain that starts at `seq` 1 after [`GENESIS`].
+    /// A chain that starts at `seq` 1 after the genesis hash (64 `0`s).
     pub fn new(key: ChainKey) -> Self {
         Chain::resume(key, 1, GENESIS.to_string())
     }
@@ -430,11 +430,13 @@ impl Chain {
         self.next_seq
     }
 
-    /// The hash of the last line sealed (or [`GENESIS`]).
+    #[cfg_attr(not(any(test, feature = "test-util")), allow(dead_code))]
+    /// The hash of the last line sealed (or the genesis hash, 64 `0`s).
     pub fn last_hash(&self) -> &str {
         &self.prev
     }
 
+    #[cfg_attr(not(any(test, feature = "test-util")), allow(dead_code))]
     /// The chain's key.
     pub fn key(&self) -> &ChainKey {
         &self.key
