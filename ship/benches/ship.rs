@@ -9,7 +9,7 @@
 //! shipper's measured throughput), where the remote keeps up.
 //!
 //! Run: `cargo bench -p map-wrapper-ship --all-features --bench ship` (`MW_SHIP_BENCH_BATCH=N`:
-//! records per send, default 1000; `MW_SHIP_BENCH_ONLY=postgres|nats`).
+//! records per send, default 5000; `MW_SHIP_BENCH_ONLY=postgres|nats`).
 
 #[path = "../tests/support/mod.rs"]
 mod support;

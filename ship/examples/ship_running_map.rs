@@ -1,5 +1,5 @@
 //! Ships a running map's trail to PostgreSQL or NATS JetStream while the map works, prints the
-//! lag twice a second, then exports the remote copy and verifies it.
+//! lag (from `map.stats()`, through a `LagGate` in alert mode, bound 1 s) twice a second, then exports the remote copy and verifies it.
 //!
 //! ```sh
 //! cargo run -p map-wrapper-ship --features postgres --example ship_running_map -- postgres 'postgresql://owner@127.0.0.1:5432/postgres'
@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use map_wrapper::audit::verify::{verify_paths, VerifyOptions};
 use map_wrapper::audit::{Auditor, Durability, JsonLinesSink};
 use map_wrapper::MapWrapper;
-use map_wrapper_ship::{export, RemoteSink, Shipper, ShipperConfig, Until};
+use map_wrapper_ship::{
+    export, LagAlert, LagBound, LagGate, Reaction, RemoteSink, Shipper, ShipperConfig, Until,
+};
 
 fn sink(kind: &str, url: &str) -> Result<Box<dyn RemoteSink + Send>, Box<dyn std::error::Error>> {
     match kind {
@@ -40,11 +42,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let trail = format!("example-{}", std::process::id());
     let audit = Arc::new(JsonLinesSink::open(dir.path(), Default::default())?);
-    let auditor = Auditor::from_arc(audit.clone()).durability(Durability::Buffered);
-    let map: MapWrapper<u64, u64> = MapWrapper::builder().name("orders").auditor(auditor).build()?;
-
     let mut shipper = Shipper::new(ShipperConfig::new(&trail, dir.path()), sink(kind, url)?)?;
     let handle = shipper.handle();
+    let alert: map_wrapper_ship::AlertFn = Arc::new(|a: &LagAlert| {
+        println!(
+            "ALERT: over the lag bound: {}; {} records / {:.3} s behind",
+            a.over, a.records, a.lag.seconds
+        )
+    });
+    let gate =
+        LagGate::new(handle.clone(), LagBound::seconds(Duration::from_secs(1)), Reaction::Alert(alert))
+            .with_sink(audit.clone())
+            .start();
+    let auditor = Auditor::from_arc(audit.clone()).durability(Durability::Buffered).gate(gate);
+    let map: MapWrapper<u64, u64> = MapWrapper::builder().name("orders").auditor(auditor).build()?;
+
     let running = std::thread::spawn(move || shipper.run(Until::Stopped));
 
     let start = Instant::now();
@@ -54,12 +66,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         map.insert(i % 10_000, i)?;
         i += 1;
         if start.elapsed() >= next_print {
-            let lag = handle.lag();
+            let audit_stats = map.stats().audit.unwrap_or_default();
             println!(
                 "{:>5.1} s  written {i:>8}  lag {:>6} records {:>6.3} s",
                 start.elapsed().as_secs_f64(),
-                lag.records,
-                lag.seconds
+                audit_stats.ship_lag_records.unwrap_or(0),
+                audit_stats.ship_lag_seconds.unwrap_or(0.0)
             );
             next_print += Duration::from_millis(500);
         }

@@ -21,11 +21,13 @@
 //! # Ok(()) }
 //! ```
 //!
-//! **Lag and the map** (the hook for the map's stats and a fail-closed bound): a
-//! [`ShipperHandle`] gives [`Lag`] from any thread; the map side needs only a callback that
-//! returns it (see ship/README.md).
+//! **Lag and the map**: a [`ShipperHandle`] gives [`Lag`] from any thread; a [`LagGate`] on
+//! it is the map's `AuditGate` (`Auditor::gate`): the lag goes into `map.stats()` and the
+//! `metrics` export, and a [`LagBound`] either raises an alert or refuses mutations
+//! (fail-closed) while the remote copy is too far behind.
 
 mod export;
+mod gate;
 mod record;
 mod shipper;
 mod sink;
@@ -37,6 +39,7 @@ pub mod nats;
 pub mod postgres;
 
 pub use export::{export, Exported};
+pub use gate::{AlertFn, LagAlert, LagBound, LagGate, Reaction};
 pub use record::Record;
 pub use shipper::{Lag, Shipper, ShipperConfig, ShipperHandle, Summary, Until};
 pub use sink::{check_trail_id, Acked, RemoteSink, SinkError};

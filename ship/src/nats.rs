@@ -73,6 +73,21 @@ impl NatsSink {
         })
     }
 
+    /// The longest wait for any one exchange with the server (default 5 s): a publish
+    /// window's acks, a stream lookup, a read. On a timeout the connection is dropped and the
+    /// next call connects afresh (connecting is bounded by 2 s).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Forgets the connection and the streams looked up through it.
+    fn reset(&mut self) {
+        self.js = None;
+        self.streams.clear();
+    }
+
     fn context(&mut self) -> Result<jetstream::Context, SinkError> {
         if let Some(js) = &self.js {
             return Ok(js.clone());
@@ -128,6 +143,11 @@ impl NatsSink {
             })
             .await
             .map_err(|_| SinkError::Unavailable(format!("no answer about stream {name} in {t:?}")))?
+        });
+        let got = got.inspect_err(|e| {
+            if e.is_retryable() {
+                self.js = None;
+            }
         })?;
         if let Some(s) = &got {
             self.streams.insert(trail.to_owned(), s.clone());
@@ -167,13 +187,15 @@ impl NatsSink {
 
     fn last_seq(&mut self, stream: &mut Stream) -> Result<u64, SinkError> {
         let t = self.timeout;
-        self.rt.block_on(async {
-            match tokio::time::timeout(t, stream.info()).await {
-                Ok(Ok(info)) => Ok(info.state.last_sequence),
-                Ok(Err(e)) => Err(unavailable(e)),
-                Err(_) => Err(SinkError::Unavailable("stream info timed out".into())),
-            }
-        })
+        self.rt
+            .block_on(async {
+                match tokio::time::timeout(t, stream.info()).await {
+                    Ok(Ok(info)) => Ok(info.state.last_sequence),
+                    Ok(Err(e)) => Err(unavailable(e)),
+                    Err(_) => Err(SinkError::Unavailable("stream info timed out".into())),
+                }
+            })
+            .inspect_err(|_| self.reset())
     }
 
     /// After a refusal or a duplicate: how much of `batch` the stream holds with the same bytes.
@@ -208,7 +230,7 @@ impl RemoteSink for NatsSink {
         }
         let mut stream = self.stream(trail, true)?.expect("created");
         let js = self.context()?;
-        let subj = subject(trail);
+        let subj = async_nats::Subject::from(subject(trail));
         let t = self.timeout;
         // Publish the whole batch pipelined, then take the acks in order.
         let outcome: Result<Vec<(bool, u64)>, (PublishErrorKind, String)> = self.rt.block_on(async {
@@ -258,6 +280,12 @@ impl RemoteSink for NatsSink {
             Err((PublishErrorKind::WrongLastSequence, _)) => self.reconcile(trail, &mut stream, batch),
             Err((PublishErrorKind::StreamNotFound, msg)) => {
                 self.streams.remove(trail);
+                Err(SinkError::Unavailable(msg))
+            }
+            Err((PublishErrorKind::TimedOut, msg)) => {
+                // A hung server or a silent network: drop the connection; the next call
+                // connects afresh and the shipper resumes from the stream's last seq.
+                self.reset();
                 Err(SinkError::Unavailable(msg))
             }
             Err((_, msg)) => Err(SinkError::Unavailable(msg)),

@@ -11,6 +11,9 @@
 //! line is a [`SinkError::Fork`]); the commit is the acknowledgement.
 
 use postgres::error::SqlState;
+use std::sync::mpsc;
+use std::time::Duration;
+
 use postgres::{Client, NoTls};
 
 use crate::sink::{check_trail_id, Acked, RemoteSink, SinkError};
@@ -22,15 +25,48 @@ pub const SCHEMA_SQL: &str = include_str!("../sql/001_schema.sql");
 /// Ships to a PostgreSQL table (see the [module docs](self)).
 ///
 /// Connects lazily and again after a failure, so a restarted server is picked up by the
-/// next call. Add `connect_timeout=N` to the URL to bound a connection attempt.
+/// next call. **Timeouts**: every exchange (connecting included) is bounded by
+/// [`timeout`](PostgresSink::timeout) (default 10 s): the connection lives on a worker thread,
+/// and an exchange that gets no answer in time (a hung server, a silent network) returns
+/// [`SinkError::Unavailable`]; the worker and its connection are abandoned (the thread ends
+/// when the socket does) and the next call connects afresh — the shipper then resumes from the
+/// remote's last seq. A batch whose commit was in flight may or may not be stored: its
+/// redelivery is accepted if identical, like any lost ack.
 pub struct PostgresSink {
     url: String,
-    client: Option<Client>,
+    timeout: Duration,
+    worker: Option<Worker>,
 }
 
 impl std::fmt::Debug for PostgresSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresSink").field("connected", &self.client.is_some()).finish()
+        f.debug_struct("PostgresSink")
+            .field("connected", &self.worker.is_some())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut Option<Client>, &str) + Send>;
+
+/// The thread that owns the connection; jobs go in, each sends its own answer back.
+struct Worker {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Worker {
+    fn spawn(url: String) -> Result<Worker, SinkError> {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("map-wrapper-ship-postgres".into())
+            .spawn(move || {
+                let mut client: Option<Client> = None;
+                while let Ok(job) = rx.recv() {
+                    job(&mut client, &url);
+                }
+            })
+            .map_err(|e| SinkError::Unavailable(format!("cannot start the PostgreSQL worker thread: {e}")))?;
+        Ok(Worker { jobs })
     }
 }
 
@@ -44,35 +80,73 @@ impl PostgresSink {
     /// A sink for the server at `url` (`postgresql://user@host:port/db?connect_timeout=5`).
     /// Does not connect yet.
     pub fn new(url: impl Into<String>) -> Self {
-        PostgresSink { url: url.into(), client: None }
+        PostgresSink { url: url.into(), timeout: Duration::from_secs(10), worker: None }
+    }
+
+    /// The longest wait for any one exchange with the server, connecting included (default
+    /// 10 s). A batch of 10 000 records takes well under a second on a healthy server.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// Creates or updates the schema ([`SCHEMA_SQL`]); run it as the table's owner.
     pub fn migrate(&mut self) -> Result<(), SinkError> {
-        let client = self.client()?;
-        let r = client
-            .batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock(7215392); {SCHEMA_SQL} COMMIT;"));
-        r.map_err(|e| self.fail(e))
+        self.call(|client| {
+            client
+                .batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock(7215392); {SCHEMA_SQL} COMMIT;"))
+        })
     }
 
-    fn client(&mut self) -> Result<&mut Client, SinkError> {
-        if self.client.as_ref().is_some_and(Client::is_closed) {
-            self.client = None;
+    /// Runs `f` on the worker's connection (connecting first if needed), waiting at most the
+    /// timeout. A connection that may be broken (a retryable error, a timeout) is dropped.
+    fn call<R: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Client) -> Result<R, postgres::Error> + Send + 'static,
+    ) -> Result<R, SinkError> {
+        if self.worker.is_none() {
+            self.worker = Some(Worker::spawn(self.url.clone())?);
         }
-        if self.client.is_none() {
-            let c = Client::connect(&self.url, NoTls).map_err(|e| classify(&e))?;
-            self.client = Some(c);
+        let (tx, rx) = mpsc::sync_channel::<Result<R, SinkError>>(1);
+        let job: Job = Box::new(move |slot, url| {
+            if slot.as_ref().is_some_and(Client::is_closed) {
+                *slot = None;
+            }
+            if slot.is_none() {
+                match Client::connect(url, NoTls) {
+                    Ok(c) => *slot = Some(c),
+                    Err(e) => {
+                        let _ = tx.send(Err(classify(&e)));
+                        return;
+                    }
+                }
+            }
+            let client = slot.as_mut().expect("just connected");
+            let r = f(client).map_err(|e| classify(&e));
+            if r.as_ref().is_err_and(SinkError::is_retryable) {
+                *slot = None;
+            }
+            let _ = tx.send(r);
+        });
+        let sent = self.worker.as_ref().expect("spawned").jobs.send(job);
+        if sent.is_err() {
+            self.worker = None;
+            return Err(SinkError::Unavailable("the PostgreSQL worker thread ended".into()));
         }
-        Ok(self.client.as_mut().expect("just connected"))
-    }
-
-    /// Classifies an error and drops a connection that may be broken.
-    fn fail(&mut self, e: postgres::Error) -> SinkError {
-        let err = classify(&e);
-        if err.is_retryable() {
-            self.client = None;
+        match rx.recv_timeout(self.timeout) {
+            Ok(r) => r,
+            Err(e) => {
+                // Hung (or the worker died): abandon it with its connection.
+                self.worker = None;
+                Err(SinkError::Unavailable(match e {
+                    mpsc::RecvTimeoutError::Timeout => {
+                        format!("no answer from PostgreSQL in {:?}; reconnecting", self.timeout)
+                    }
+                    mpsc::RecvTimeoutError::Disconnected => "the PostgreSQL worker thread ended".into(),
+                }))
+            }
         }
-        err
     }
 
     fn send_inner(
@@ -143,16 +217,16 @@ impl RemoteSink for PostgresSink {
         if batch.iter().enumerate().any(|(i, r)| r.seq != first.seq + i as u64) {
             return Err(SinkError::Refused("a batch whose seqs are not contiguous".into()));
         }
-        let client = self.client()?;
-        match Self::send_inner(client, trail, batch) {
+        let first_seq = first.seq;
+        let (owned_trail, owned) = (trail.to_owned(), batch.to_vec());
+        match self.call(move |client| Self::send_inner(client, &owned_trail, &owned)) {
             Ok(Ok(acked)) => Ok(acked),
             Ok(Err(fork)) => Err(fork),
-            Err(e) => {
-                let err = self.fail(e);
+            Err(err) => {
                 if let SinkError::Refused(msg) = &err {
                     if msg.contains(": gap in trail") {
                         let last = self.last_acked(trail)?.unwrap_or(0);
-                        return Err(SinkError::Gap { trail: trail.to_owned(), sent: first.seq, last });
+                        return Err(SinkError::Gap { trail: trail.to_owned(), sent: first_seq, last });
                     }
                 }
                 Err(err)
@@ -161,32 +235,27 @@ impl RemoteSink for PostgresSink {
     }
 
     fn last_acked(&mut self, trail: &str) -> Result<Option<u64>, SinkError> {
-        let client = self.client()?;
-        let r = client.query_one("SELECT max(seq) FROM map_wrapper_audit WHERE trail = $1", &[&trail]);
-        match r {
-            Ok(row) => Ok(row.get::<_, Option<i64>>(0).map(|s| s as u64)),
-            Err(e) => Err(self.fail(e)),
-        }
+        let trail = trail.to_owned();
+        self.call(move |client| {
+            let row =
+                client.query_one("SELECT max(seq) FROM map_wrapper_audit WHERE trail = $1", &[&trail])?;
+            Ok(row.get::<_, Option<i64>>(0).map(|s| s as u64))
+        })
     }
 
     fn read(&mut self, trail: &str, from_seq: u64, max: usize) -> Result<Vec<Record>, SinkError> {
-        let client = self.client()?;
-        let r = client.query(
-            "SELECT seq, header, line FROM map_wrapper_audit WHERE trail = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
-            &[&trail, &(from_seq.min(i64::MAX as u64) as i64), &(max.min(i64::MAX as usize) as i64)],
-        );
-        match r {
-            Ok(rows) => Ok(rows
+        let trail = trail.to_owned();
+        self.call(move |client| {
+            let rows = client.query(
+                "SELECT seq, header, line FROM map_wrapper_audit WHERE trail = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
+                &[&trail, &(from_seq.min(i64::MAX as u64) as i64), &(max.min(i64::MAX as usize) as i64)],
+            )?;
+            Ok(rows
                 .into_iter()
                 .map(|row| {
-                    Record::new(
-                        row.get::<_, i64>(0) as u64,
-                        row.get::<_, Vec<u8>>(1),
-                        row.get::<_, Vec<u8>>(2),
-                    )
+                    Record::new(row.get::<_, i64>(0) as u64, row.get::<_, Vec<u8>>(1), row.get::<_, Vec<u8>>(2))
                 })
-                .collect()),
-            Err(e) => Err(self.fail(e)),
-        }
+                .collect())
+        })
     }
 }

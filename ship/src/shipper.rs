@@ -18,7 +18,8 @@ pub struct ShipperConfig {
     pub trail: String,
     /// The trail directory (the one the `JsonLinesSink` writes).
     pub dir: PathBuf,
-    /// Records per `send` (default 1000).
+    /// Records per `send` at most (default 5000: a batch is one statement / one pipelined window
+    /// of publishes, so bigger batches mean fewer round trips; see ship/README.md for figures).
     pub batch_records: usize,
     /// Records read ahead of the remote's acknowledgement (default 50 000): bounds memory while
     /// the remote is down, and how far the records lag can count.
@@ -36,7 +37,7 @@ impl ShipperConfig {
         ShipperConfig {
             trail: trail.into(),
             dir: dir.into(),
-            batch_records: 1000,
+            batch_records: 5000,
             read_ahead: 50_000,
             poll_interval: Duration::from_millis(2),
             max_backoff: Duration::from_secs(1),
@@ -67,6 +68,18 @@ struct Shared {
     oldest_unacked_us: AtomicI64,
     available: AtomicBool,
     stop: AtomicBool,
+    /// A `run` has returned (or panicked) and no other has started since.
+    exited: AtomicBool,
+}
+
+/// Sets `exited` when `run` returns or unwinds.
+struct ExitGuard<'a>(&'a Shared);
+
+impl Drop for ExitGuard<'_> {
+    fn drop(&mut self) {
+        self.0.available.store(false, Ordering::Release);
+        self.0.exited.store(true, Ordering::Release);
+    }
 }
 
 /// A handle on a running [`Shipper`] (cheap to clone, usable from any thread): its lag, and
@@ -95,6 +108,12 @@ impl ShipperHandle {
             read_seq,
             remote_available: s.available.load(Ordering::Acquire),
         }
+    }
+
+    /// Whether [`Shipper::run`] has returned (an error, a stop, caught up) or panicked, and not
+    /// been called again: nothing is being shipped.
+    pub fn stopped(&self) -> bool {
+        self.0.exited.load(Ordering::Acquire)
     }
 
     /// Asks the shipper to return from [`Shipper::run`] after its current step.
@@ -166,6 +185,9 @@ impl<S: RemoteSink> Shipper<S> {
     /// Ships until `until`. Retryable remote errors are retried (with backoff) for as long as
     /// it takes; other errors end the run.
     pub fn run(&mut self, until: Until) -> Result<Summary, Error> {
+        self.shared.exited.store(false, Ordering::Release);
+        let shared = self.shared.clone();
+        let _exit = ExitGuard(&shared);
         let mut summary = Summary::default();
         let mut tailer: Option<Tailer> = None;
         let mut pending: VecDeque<Record> = VecDeque::new();

@@ -183,3 +183,30 @@ fn a_remote_that_went_back_is_refilled_from_the_local_trail() {
     assert_eq!(local_records(out.path()), want);
     assert_eq!(verdict(out.path()).verdict, Verdict::Intact);
 }
+
+/// The gap trigger checks a whole statement at once (contiguous seqs, the lowest one's
+/// predecessor held): a statement that inserts a contiguous run after the last seq passes, one
+/// with a hole inside, or not starting after the last, is refused (MW001) and names the seq.
+#[test]
+fn the_gap_trigger_refuses_a_hole_inside_one_statement_and_a_run_that_does_not_follow() {
+    let pg = Postgres::start();
+    PostgresSink::new(pg.url()).migrate().unwrap();
+    let ins = |seqs: &str| {
+        sql(
+            &pg,
+            "owner",
+            &format!(
+                "INSERT INTO map_wrapper_audit (trail, seq, line) SELECT 'g', s, 'x'::bytea FROM unnest('{{{seqs}}}'::bigint[]) s"
+            ),
+        )
+    };
+    ins("1,2,3").unwrap();
+    for (bad, named) in [("4,6", "seq 6 without seq 5"), ("5,6", "seq 5 without seq 4")] {
+        let e = ins(bad).expect_err(bad);
+        assert_eq!(e.code().map(|c| c.code()), Some("MW001"), "{bad}: {e}");
+        let msg = e.as_db_error().unwrap().message().to_owned();
+        assert!(msg.contains(named), "{bad}: {msg}");
+    }
+    ins("4,5,6").unwrap();
+    assert_eq!(PostgresSink::new(pg.url()).last_acked("g").unwrap(), Some(6));
+}

@@ -672,7 +672,10 @@ impl Stats {
     /// `map_wrapper_deadlines_exceeded_total`, `map_wrapper_cancellations_total`, `map_wrapper_would_deadlocks_total`,
     /// `map_wrapper_rejected_total`; gauges `map_wrapper_latency_seconds` (label `quantile`:
     /// `0.5`, `0.9`, `0.99`, `1`) and `map_wrapper_breaker_state` (0 closed, 1 open,
-    /// 2 half-open, 3 forced open, 4 disabled, 5 metrics-only). Call it periodically.
+    /// 2 half-open, 3 forced open, 4 disabled, 5 metrics-only); for an audited map whose
+    /// auditor has an [`AuditGate`](crate::audit::AuditGate) (a shipper), gauges
+    /// `map_wrapper_audit_ship_lag_records` and `map_wrapper_audit_ship_lag_seconds`. Call it
+    /// periodically.
     #[cfg(feature = "metrics")]
     pub fn publish_metrics(&self) {
         let map = self.map.to_string();
@@ -707,6 +710,14 @@ impl Stats {
         }
         if let Some(b) = &self.breaker {
             metrics_breaker_state(&self.map, b.state);
+        }
+        if let Some(a) = &self.audit {
+            if let Some(n) = a.ship_lag_records {
+                metrics::gauge!("map_wrapper_audit_ship_lag_records", "map" => map.clone()).set(n as f64);
+            }
+            if let Some(s) = a.ship_lag_seconds {
+                metrics::gauge!("map_wrapper_audit_ship_lag_seconds", "map" => map.clone()).set(s);
+            }
         }
     }
 }
@@ -891,6 +902,26 @@ mod tests {
         assert_eq!(got["map_wrapper_rejected_total{map=m}"], 1.0);
         assert_eq!(got["map_wrapper_breaker_state{map=m}"], 3.0);
         assert!(got.contains_key("map_wrapper_latency_seconds{map=m,quantile=0.99}"));
+        assert!(!got.keys().any(|k| k.starts_with("map_wrapper_audit_ship_lag")), "no gate, no lag gauges");
+
+        struct Behind;
+        impl crate::audit::AuditGate for Behind {
+            fn refusal(&self) -> Option<Arc<str>> {
+                None
+            }
+            fn lag(&self) -> (u64, f64) {
+                (7, 1.5)
+            }
+        }
+        let auditor = crate::audit::Auditor::new(crate::audit::MemorySink::new()).gate(Arc::new(Behind));
+        let shipped: crate::MapWrapper<u8, u8> =
+            crate::MapWrapper::builder().name("s").auditor(auditor).build().unwrap();
+        let audit = shipped.stats().audit.unwrap();
+        assert_eq!((audit.ship_lag_records, audit.ship_lag_seconds), (Some(7), Some(1.5)));
+        metrics::with_local_recorder(&rec, || shipped.stats().publish_metrics());
+        let got = store.lock().unwrap().clone();
+        assert_eq!(got["map_wrapper_audit_ship_lag_records{map=s}"], 7.0);
+        assert_eq!(got["map_wrapper_audit_ship_lag_seconds{map=s}"], 1.5);
     }
 
     #[test]

@@ -32,14 +32,54 @@ fn wait_for_port(port: u16, what: &str, log: &Path) {
     );
 }
 
-/// Kills a child's whole process group with SIGKILL and reaps the child.
+/// Kills a child's whole process group and its children (PostgreSQL backends call `setsid`, so
+/// they leave the group) with SIGKILL, reaps the child, and waits (bounded) until the children
+/// are gone — a backend still alive keeps the old server's shared memory, and a restart fails.
 fn kill_group(child: &mut Child) {
-    let pid = child.id() as i32;
-    // SAFETY: kill(2) on a process group we created (process_group(0)); no memory involved.
-    unsafe {
-        libc::kill(-pid, libc::SIGKILL);
-    }
+    let children = children_of(child.id() as i32);
+    signal_group(child, libc::SIGKILL);
     let _ = child.wait();
+    let start = Instant::now();
+    while children.iter().any(|&p| alive(p)) && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether a process exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|r| r.1.split_whitespace().next() != Some("Z")))
+        .unwrap_or(false)
+}
+
+/// The pids whose parent is `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // pid (comm) state ppid …; comm may hold spaces: split after the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|r| r.1) else { continue };
+        let ppid: Option<i32> = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+        if ppid == Some(pid) {
+            if let Ok(child_pid) = entry.file_name().to_string_lossy().parse::<i32>() {
+                out.push(child_pid);
+            }
+        }
+    }
+    out
+}
+
+/// Sends `sig` to a child's process group and to each of its children (PostgreSQL backends
+/// call `setsid`, so they leave the group): SIGSTOP makes a hung server, SIGCONT lets it go on.
+fn signal_group(child: &Child, sig: i32) {
+    let pid = child.id() as i32;
+    for p in std::iter::once(-pid).chain(children_of(pid)) {
+        // SAFETY: kill(2) on our server's process group and its children; no memory involved.
+        unsafe {
+            libc::kill(p, sig);
+        }
+    }
 }
 
 /// The uid/gid to run PostgreSQL as: None when not root, else `postgres` (or `nobody`).
@@ -171,11 +211,21 @@ mod pg {
             }
         }
 
-        /// SIGKILLs the postmaster and every backend (its process group).
+        /// SIGKILLs the postmaster and every backend (its process group and its children).
         pub fn kill(&mut self) {
             if let Some(mut c) = self.child.take() {
                 kill_group(&mut c);
             }
+        }
+
+        /// Stops (SIGSTOP) the server and its backends: it hangs, connections stay open.
+        pub fn pause(&self) {
+            signal_group(self.child.as_ref().expect("running"), libc::SIGSTOP);
+        }
+
+        /// Lets a paused server go on (SIGCONT).
+        pub fn resume(&self) {
+            signal_group(self.child.as_ref().expect("running"), libc::SIGCONT);
         }
 
         /// Whether it runs.
@@ -241,6 +291,16 @@ impl Nats {
         if let Some(mut c) = self.child.take() {
             kill_group(&mut c);
         }
+    }
+
+    /// Stops (SIGSTOP) the server: it hangs, connections stay open.
+    pub fn pause(&self) {
+        signal_group(self.child.as_ref().expect("running"), libc::SIGSTOP);
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        signal_group(self.child.as_ref().expect("running"), libc::SIGCONT);
     }
 
     /// Whether it runs.

@@ -68,6 +68,7 @@ use crate::{MapError, Op};
 
 mod durable;
 mod file;
+mod gate;
 mod record;
 mod sink;
 mod stats;
@@ -89,6 +90,7 @@ pub use file::{
     list_segments, parse_segment_file_name, segment_file_name, JsonLinesOptions, JsonLinesSink,
     JsonLinesStats, MIN_SEGMENT_BYTES,
 };
+pub use gate::AuditGate;
 // Test support (feature `test-util`): wrap the sink's segment files, seal lines by hand.
 #[cfg(any(test, feature = "test-util"))]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
@@ -171,6 +173,7 @@ pub struct Auditor {
     digest_key: Option<Arc<DigestKey>>,
     default_actor: Option<Arc<str>>,
     lost: Arc<AtomicU64>,
+    gate: Option<Arc<dyn AuditGate>>,
 }
 
 impl std::fmt::Debug for Auditor {
@@ -181,6 +184,7 @@ impl std::fmt::Debug for Auditor {
             .field("digest_key_id", &self.digest_key.as_ref().map(|k| k.id.as_str()))
             .field("default_actor", &self.default_actor)
             .field("lost", &self.lost_records())
+            .field("gate", &self.gate.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -201,6 +205,7 @@ impl Auditor {
             digest_key: None,
             default_actor: None,
             lost: Arc::new(AtomicU64::new(0)),
+            gate: None,
         }
     }
 
@@ -235,6 +240,19 @@ impl Auditor {
     pub fn default_actor(mut self, actor: impl Into<Arc<str>>) -> Self {
         self.default_actor = Some(actor.into());
         self
+    }
+
+    /// A gate every audited mutation passes before it locks anything, and whose lag goes
+    /// into the map's stats (see [`AuditGate`]; e.g. a shipper's lag bound). Default: none.
+    #[must_use]
+    pub fn gate(mut self, gate: Arc<dyn AuditGate>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// The gate, if any.
+    pub fn get_gate(&self) -> Option<&Arc<dyn AuditGate>> {
+        self.gate.as_ref()
     }
 
     /// The sink.
@@ -386,7 +404,13 @@ pub(crate) struct MapAudit<K, V> {
 impl<K, V> MapAudit<K, V> {
     /// The audit figures of the map's stats: the sink's, and the records the auditor lost.
     pub(crate) fn stats(&self) -> AuditStats {
-        AuditStats { sink: self.auditor.sink.figures(), lost_records: self.auditor.lost_records() }
+        let lag = self.auditor.gate.as_ref().map(|g| g.lag());
+        AuditStats {
+            sink: self.auditor.sink.figures(),
+            lost_records: self.auditor.lost_records(),
+            ship_lag_records: lag.map(|l| l.0),
+            ship_lag_seconds: lag.map(|l| l.1),
+        }
     }
 }
 
@@ -472,8 +496,8 @@ impl<K, V> MapAudit<K, V> {
         v.map_or(Encoded::NONE, |v| (self.value)(v))
     }
 
-    /// Before a mutation `op` locks or changes anything: refuses it when the map is
-    /// fail-closed and the sink is down; waits for room in the sink's queue until the
+    /// Before a mutation `op` locks or changes anything: refuses it when the auditor's
+    /// [`AuditGate`] refuses, or when the map is fail-closed and the sink is down; waits for room in the sink's queue until the
     /// operation's deadline (back-pressure: [`AuditSink::admit`]), and refuses it with
     /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) if there is none by then; otherwise starts the latency clock.
     pub(crate) fn begin(
@@ -483,6 +507,11 @@ impl<K, V> MapAudit<K, V> {
         eff: &Effective<'_>,
         default_timeout: std::time::Duration,
     ) -> Result<Instant, MapError> {
+        if let Some(gate) = &self.auditor.gate {
+            if let Some(reason) = gate.refusal() {
+                return Err(MapError::audit_unavailable(map, reason));
+            }
+        }
         if self.auditor.fail_mode == FailMode::FailClosed {
             if let Err(e) = self.auditor.sink.health() {
                 return Err(MapError::audit_unavailable(map, e.reason().clone()));

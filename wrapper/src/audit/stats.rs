@@ -10,4 +10,11 @@ pub struct AuditStats {
     pub sink: Option<crate::audit::SinkFigures>,
     /// Records a fail-open auditor lost while its sink was failed.
     pub lost_records: u64,
+    /// Records of the trail not yet acknowledged by the remote copy, from the auditor's
+    /// [`AuditGate`](crate::audit::AuditGate) (a shipper); `None` without a gate.
+    pub ship_lag_records: Option<u64>,
+    /// Age in seconds of the oldest record not yet acknowledged by the remote copy (0 when
+    /// none waits), from the auditor's [`AuditGate`](crate::audit::AuditGate); `None` without
+    /// a gate.
+    pub ship_lag_seconds: Option<f64>,
 }
