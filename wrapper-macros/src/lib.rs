@@ -44,11 +44,11 @@ use proc_macro::TokenStream;
 ///   returns `Result<_, MapError>`).
 ///
 /// The struct's `#[derive]`s of `Debug`, `Clone`, `PartialEq`, `Eq` and `Default` are taken
-/// over (the maps implement none of them):
+/// over (for the maps' own `Clone` and `PartialEq`, see `MapWrapper`):
 ///
 /// - `Debug` shows each map's contents as a `HashMap` would (`{k: v, …}`), at most 64 entries
-///   and a count of the rest, never waiting for a lock: a map with a locked shard shows
-///   `{<busy: a shard is locked>}`.
+///   and a count of the rest, never waiting for a lock: the entries of the shards it could
+///   read, and `<locked>: N shard(s) held for writing` for the others.
 /// - `Clone` is a deep copy (also as `try_clone() -> Result<Self, MapError>`): each map copied
 ///   from a consistent snapshot into a new map with the same declared name and settings, **not
 ///   audited** (a copy's changes are not the original's history; `attach_auditor` if they

@@ -35,6 +35,12 @@ pub(crate) struct Config {
     pub(crate) key_policy: ValuePolicy,
     pub(crate) value_policy: ValuePolicy,
     pub(crate) observe: Observe,
+    /// The size bound (`None`: unbounded).
+    pub(crate) max_entries: Option<usize>,
+    /// Entries to make room for up front (spread over the shards).
+    pub(crate) capacity: usize,
+    /// Automatic shrink after removals (`None`: off).
+    pub(crate) auto_shrink: Option<crate::map::AutoShrink>,
 }
 
 /// Statistics, circuit breaker and their clock.
@@ -81,6 +87,9 @@ impl Default for Config {
             key_policy: ValuePolicy::Full,
             value_policy: ValuePolicy::Full,
             observe: Observe::default(),
+            max_entries: None,
+            capacity: 0,
+            auto_shrink: None,
         }
     }
 }
@@ -161,6 +170,46 @@ impl<K, V, S> Builder<K, V, S> {
     /// contended shard instead of waiting.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.config.timeout = timeout;
+        self
+    }
+
+    /// A bound on the number of entries: an operation that would add an entry to a map that
+    /// holds `max` fails with [`ErrorKind::CapacityExceeded`](crate::ErrorKind::CapacityExceeded)
+    /// (not retryable; nothing changed; an audited map records the refusal). Replacing or
+    /// changing the value of a present key is always allowed. Must be at least 1. Default: no
+    /// bound (and an unbounded map pays nothing for the check).
+    ///
+    /// ```
+    /// use map_wrapper::{ErrorKind, MapWrapper};
+    /// let map: MapWrapper<u32, u32> = MapWrapper::builder().max_entries(2).build()?;
+    /// map.insert(1, 1)?;
+    /// map.insert(2, 2)?;
+    /// assert_eq!(map.insert(3, 3).unwrap_err().kind(), ErrorKind::CapacityExceeded);
+    /// map.insert(2, 20)?; // a present key: allowed
+    /// map.remove(&1)?;
+    /// map.insert(3, 3)?; // room again
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn max_entries(mut self, max: usize) -> Self {
+        self.config.max_entries = Some(max);
+        self
+    }
+
+    /// Makes room for `capacity` entries up front (spread evenly over the shards), as
+    /// [`HashMap::with_capacity`](std::collections::HashMap::with_capacity). Default: 0.
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.config.capacity = capacity;
+        self
+    }
+
+    /// Gives memory back automatically: after an operation that removes entries, a shard whose
+    /// table is more than four times larger than its entries need is shrunk (under the lock
+    /// the removal already holds), to twice what they need. The gap between the two factors
+    /// (hysteresis) keeps a shard that shrinks and grows around one size from reallocating on
+    /// every call. Default: off (call [`MapWrapper::shrink_to_fit`](crate::MapWrapper::shrink_to_fit)
+    /// when you know the map shrank).
+    pub fn auto_shrink(mut self, on: bool) -> Self {
+        self.config.auto_shrink = on.then_some(crate::map::AutoShrink { above: 4, to: 2 });
         self
     }
 
@@ -328,6 +377,9 @@ impl<K, V, S> Builder<K, V, S> {
             }
             Some(t) => t,
         };
+        if self.config.max_entries == Some(0) {
+            return Err(BuildError::new("max_entries", "must be at least 1, got 0"));
+        }
         let observe = &self.config.observe;
         if observe.latency_sampling == 0 {
             return Err(BuildError::new(
@@ -364,7 +416,7 @@ impl<K, V, S: BuildHasher> Builder<K, V, S> {
             None => None,
         };
         let mut map = MapWrapper::from_config(config, self.hasher);
-        map.audit = audit;
+        map.set_audit(audit);
         Ok(map)
     }
 }

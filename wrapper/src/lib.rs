@@ -174,7 +174,7 @@ pub use engine::WithContext;
 pub use entry::{Entry, Upserted};
 pub use error::{BuildError, ErrorKind, MapError, Severity};
 pub use guard::Ref;
-pub use iter::{IntoIter, Iter};
+pub use iter::{IntoIter, Iter, ShardIter};
 pub use map::MapWrapper;
 pub use map_wrapper_macros::{guarded_map, GuardedMap};
 pub use op::Op;

@@ -94,7 +94,7 @@ where
 /// Gives `map` the audit side of `audited` (a map built from the same declaration with an
 /// auditor): `map` keeps its entries, and records every change from now on.
 pub fn attach_audit<K, V, S>(map: &mut MapWrapper<K, V, S>, mut audited: MapWrapper<K, V, S>) {
-    map.audit = audited.audit.take();
+    map.set_audit(audited.audit.take());
 }
 
 /// A map's contents for `Debug`, as a `HashMap` shows them (`{k: v, …}`), bounded and never
@@ -111,29 +111,39 @@ where
     V: fmt::Debug,
     S: BuildHasher,
 {
+    /// Shard by shard, each read only if its lock is free at once (never waiting); stops
+    /// after `DEBUG_MAX_ENTRIES` entries; a shard held for writing shows as `<locked>`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let no_wait = OpContext::new().timeout(Duration::ZERO);
-        let alternate = f.alternate();
-        let show = |x: &dyn fmt::Debug| if alternate { format!("{x:#?}") } else { format!("{x:?}") };
-        let mut shown: Vec<(String, String)> = Vec::new();
-        let mut total = 0usize;
-        let read = self.0.with(&no_wait).for_each(|k, v| {
-            total += 1;
-            if shown.len() < DEBUG_MAX_ENTRIES {
-                shown.push((show(k), show(v)));
+        let map = self.0;
+        let mut out = f.debug_map();
+        let (mut shown, mut more, mut locked) = (0usize, 0usize, 0usize);
+        for (idx, shard) in map.shards.iter().enumerate() {
+            let Some(table) = shard.try_read_recursive() else {
+                locked += 1;
+                continue;
+            };
+            if shown >= DEBUG_MAX_ENTRIES {
+                more += table.len();
+                continue;
             }
-        });
-        if read.is_err() {
-            return f.write_str("{<busy: a shard is locked>}");
+            // A `Debug` of a key or value that calls back into the map is refused, not hung.
+            let _held = crate::deadlock::HeldMark::new(map.id, idx, false);
+            for (k, v) in table.iter() {
+                if shown < DEBUG_MAX_ENTRIES {
+                    out.entry(k, v);
+                    shown += 1;
+                } else {
+                    more += 1;
+                }
+            }
         }
-        let mut map = f.debug_map();
-        for (k, v) in &shown {
-            map.key(&format_args!("{k}")).value(&format_args!("{v}"));
+        if more > 0 {
+            out.key(&format_args!("..")).value(&format_args!("{more} more"));
         }
-        if total > shown.len() {
-            map.key(&format_args!("..")).value(&format_args!("{} more", total - shown.len()));
+        if locked > 0 {
+            out.key(&format_args!("<locked>")).value(&format_args!("{locked} shard(s) held for writing"));
         }
-        map.finish()
+        out.finish()
     }
 }
 
@@ -173,26 +183,7 @@ where
     V: PartialEq,
     S: BuildHasher,
 {
-    if core::ptr::eq(a, b) {
-        return true;
-    }
-    let compare = || -> Result<bool, MapError> {
-        if a.len()? != b.len()? {
-            return Ok(false);
-        }
-        let (mut equal, mut failed) = (true, None);
-        // `a` one shard at a time; each of its keys looked up in `b` while the shard is read.
-        a.for_each(|k, v| {
-            if equal && failed.is_none() {
-                match b.view(k, |w| w == v) {
-                    Ok(found) => equal = found == Some(true),
-                    Err(e) => failed = Some(e),
-                }
-            }
-        })?;
-        failed.map_or(Ok(equal), Err)
-    };
-    match compare() {
+    match a.try_eq(b) {
         Ok(equal) => equal,
         Err(e) => panic!("cannot compare #[guarded_map] structs: {e}"),
     }
