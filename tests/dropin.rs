@@ -242,3 +242,33 @@ fn debug_of_a_guarded_struct_shows_readable_shards_and_marks_held_ones() -> Resu
     assert!(text.matches(": ").count() > 2, "the other shard's entries are shown: {text}");
     Ok(())
 }
+
+#[test]
+fn timeout_ms_zero_is_accepted_and_means_never_wait_as_in_the_builder() -> Result<(), MapError> {
+    #[guarded_map(timeout_ms = 0, shards = 1)]
+    struct NoWait {
+        m: std::collections::HashMap<u32, u32>,
+    }
+    let s = NoWait::new();
+    let built: MapWrapper<u32, u32> = MapWrapper::builder().timeout(Duration::ZERO).build().unwrap();
+    assert_eq!(s.m().default_timeout(), built.default_timeout());
+    assert_eq!(s.m().default_timeout(), Duration::ZERO);
+    s.m_insert(1, 1)?;
+    // Held by another thread: fails at once with Timeout instead of waiting.
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let s = &s;
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            s.m_update(&1, |_| {
+                held_tx.send(()).unwrap();
+                go_rx.recv_timeout(Duration::from_secs(10)).ok();
+            })
+        });
+        held_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let e = s.m_insert(2, 2).unwrap_err();
+        go_tx.send(()).unwrap();
+        assert_eq!(e.kind(), ErrorKind::Timeout);
+    });
+    Ok(())
+}

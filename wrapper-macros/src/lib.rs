@@ -64,7 +64,8 @@ use proc_macro::TokenStream;
 /// # Options
 ///
 /// On the attribute: `audit = "billing"` (the maps' name prefix; default the struct's
-/// name), `timeout_ms = 200` (each operation's deadline; default 500), `slow_ms = 20` (the
+/// name), `timeout_ms = 200` (each operation's deadline; default 500; `0` never waits, as
+/// `Builder::timeout(Duration::ZERO)`: a contended shard fails at once), `slow_ms = 20` (the
 /// slow-operation threshold, from 1 to below every timeout; default the runtime's: 50, or half
 /// a shorter timeout), `shards = 16` (a power of two; default from the number of CPUs),
 /// `breaker` or `breaker(failure_rate = 50, slow_rate = 50, combined_rate = 50, min_calls = 20,

@@ -194,8 +194,8 @@ where
 /// The `Err` arm cannot be reached from user input: the macro passes `build()` only literal
 /// settings it has checked at compile time against the same rules `Builder::config` applies
 /// (name 1 to `MAX_NAME_LEN` bytes without control characters, shards a power of two up to
-/// `MAX_SHARDS`, timeout at least 1 ms, a given slow threshold from 1 ms to below the
-/// timeout), and leaves the rest to defaults that are always valid (`default_shards()`, the
+/// `MAX_SHARDS`, any timeout (0: never wait), a given slow threshold from 1 ms to below a
+/// non-zero timeout), and leaves the rest to defaults that are always valid (`default_shards()`, the
 /// slow threshold derived from the timeout). Reaching it would mean the macro and the builder
 /// disagree, a bug in this crate, which `tests/macro_behaviour.rs` and the UI pass cases at
 /// the limits guard against.
