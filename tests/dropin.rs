@@ -272,3 +272,37 @@ fn timeout_ms_zero_is_accepted_and_means_never_wait_as_in_the_builder() -> Resul
     });
     Ok(())
 }
+
+#[test]
+fn a_builder_deserializes_into_a_configured_map_that_records_changes_after_loading(
+) -> Result<(), Box<dyn std::error::Error>> {
+    use serde::de::DeserializeSeed;
+    let sink = MemorySink::new();
+    let json = r#"{"a": 1, "b": 2}"#;
+    let builder = MapWrapper::<String, u32>::builder()
+        .name("loaded")
+        .timeout(Duration::from_millis(250))
+        .max_entries(3)
+        .auditor(Auditor::new(sink.clone()));
+    // An ambient context that is already cancelled does not affect loading (the map is owned).
+    let cancel = map_wrapper::CancelToken::new();
+    cancel.cancel();
+    let scope = map_wrapper::OpContext::new().cancel_token(cancel).enter();
+    let map = builder.deserialize(&mut serde_json::Deserializer::from_str(json))?;
+    drop(scope);
+    assert_eq!((map.name(), map.default_timeout()), ("loaded", Duration::from_millis(250)));
+    assert_eq!(map.len()?, 2);
+    assert!(sink.records().is_empty(), "loading is not a change");
+    map.insert("c".into(), 3)?;
+    assert_eq!(sink.records().len(), 1);
+    assert_eq!(map.insert("d".into(), 4).unwrap_err().kind(), ErrorKind::CapacityExceeded);
+    // More entries than the bound: a deserialization error that says so.
+    let too_many = r#"{"a": 1, "b": 2, "c": 3}"#;
+    let e = MapWrapper::<String, u32>::builder()
+        .name("small")
+        .max_entries(2)
+        .deserialize(&mut serde_json::Deserializer::from_str(too_many))
+        .unwrap_err();
+    assert!(e.to_string().contains("at most 2 entries (max_entries)"), "{e}");
+    Ok(())
+}

@@ -485,3 +485,102 @@ mod tests {
         assert!(m.name().starts_with("map-"));
     }
 }
+
+/// Deserializes a map (serde's map form, what `MapWrapper`'s `Serialize` writes) into a map
+/// built with these settings: name, shards, timeout, policies, size bound and auditor survive
+/// the round trip, which the plain `Deserialize` (default configuration) cannot give. The
+/// entries are loaded before the map exists for anyone else: no lock, no deadline, no ambient
+/// context, and no audit record (loading is not a change; the auditor records every change
+/// from then on). A map with more entries than [`max_entries`](Builder::max_entries), or
+/// settings that `build()` refuses, is a deserialization error naming why.
+///
+/// ```
+/// use serde::de::DeserializeSeed;
+/// use map_wrapper::MapWrapper;
+///
+/// let json = r#"{"a": 1, "b": 2}"#;
+/// let builder = MapWrapper::<String, u32>::builder().name("orders").max_entries(10);
+/// let map = builder.deserialize(&mut serde_json::Deserializer::from_str(json))?;
+/// assert_eq!(map.name(), "orders");
+/// assert_eq!(map.get_cloned("b")?, Some(2));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+impl<'de, K, V, S> serde::de::DeserializeSeed<'de> for Builder<K, V, S>
+where
+    K: serde::Deserialize<'de> + std::hash::Hash + Eq,
+    V: serde::Deserialize<'de>,
+    S: BuildHasher,
+{
+    type Value = MapWrapper<K, V, S>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        use serde::de::Error as _;
+        // Built without its auditor, which is given once the entries are in.
+        let (builder, setup) = self.take_audit();
+        let config = builder.config().map_err(D::Error::custom)?;
+        let audit = match setup {
+            Some(setup) => Some(Box::new(
+                MapAudit::build(setup, config.key_policy, config.value_policy).map_err(D::Error::custom)?,
+            )),
+            None => None,
+        };
+        let map = MapWrapper::from_config(config, builder.hasher);
+        let mut map = Loader(map).deserialize(deserializer)?;
+        map.set_audit(audit);
+        Ok(map)
+    }
+}
+
+impl<K, V, S> Builder<K, V, S> {
+    /// The builder without its auditor, and the auditor's setup.
+    fn take_audit(mut self) -> (Self, Option<AuditSetup<K, V>>) {
+        let setup = self.audit.take();
+        (self, setup)
+    }
+}
+
+/// The visitor that loads serde's map form into an owned map.
+struct Load<K, V, S>(MapWrapper<K, V, S>);
+
+impl<'de, K, V, S> serde::de::Visitor<'de> for Load<K, V, S>
+where
+    K: serde::Deserialize<'de> + std::hash::Hash + Eq,
+    V: serde::Deserialize<'de>,
+    S: BuildHasher,
+{
+    type Value = MapWrapper<K, V, S>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut access: A) -> Result<Self::Value, A::Error> {
+        while let Some((k, v)) = access.next_entry()? {
+            if self.0.load(k, v).is_err() {
+                return Err(serde::de::Error::custom(format_args!(
+                    "map `{}` holds at most {} entries (max_entries), and the input has more",
+                    self.0.name(),
+                    self.0.max_entries().unwrap_or(0)
+                )));
+            }
+        }
+        Ok(self.0)
+    }
+}
+
+/// Loads serde's map form into an existing map that its caller owns (the entries are not
+/// recorded); for the generated deserializers of `#[guarded_map]`.
+pub(crate) struct Loader<K, V, S>(pub(crate) MapWrapper<K, V, S>);
+
+impl<'de, K, V, S> serde::de::DeserializeSeed<'de> for Loader<K, V, S>
+where
+    K: serde::Deserialize<'de> + std::hash::Hash + Eq,
+    V: serde::Deserialize<'de>,
+    S: BuildHasher,
+{
+    type Value = MapWrapper<K, V, S>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(Load(self.0))
+    }
+}

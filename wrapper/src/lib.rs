@@ -32,6 +32,13 @@
 //! # Ok::<(), map_wrapper::MapError>(())
 //! ```
 //!
+//! ## Porting `HashMap` code
+//!
+//! Each `HashMap` method or idiom and its `MapWrapper` call, or why there is none and what to
+//! write instead (the same table as in the README):
+//!
+#![doc = include_str!("doc/hashmap.md")]
+//!
 //! ## What locks, and when an operation can fail
 //!
 //! Each method's documentation says which lock it takes. Any operation can return

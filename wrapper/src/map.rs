@@ -819,6 +819,31 @@ impl<K, V, S> MapWrapper<K, V, S> {
     }
 }
 
+impl<K: Hash + Eq, V, S: BuildHasher> MapWrapper<K, V, S> {
+    /// Inserts `key` → `value` into a map this caller owns (`&mut self`: no other thread can
+    /// hold a lock, so no wait, no timeout, no ambient context). Not recorded: it is for
+    /// loading a map before it is shared (the builder's `DeserializeSeed`). `Err` gives the
+    /// pair back when it would pass the size bound.
+    pub(crate) fn load(&mut self, key: K, value: V) -> Result<Option<V>, (K, V)> {
+        let hash = self.hasher.hash_one(&key);
+        let idx = self.shard_of(hash);
+        let hasher = &self.hasher;
+        let table = self.shards[idx].get_mut();
+        match table.entry(hash, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k)) {
+            hash_table::Entry::Occupied(mut o) => Ok(Some(std::mem::replace(&mut o.get_mut().1, value))),
+            hash_table::Entry::Vacant(slot) => {
+                if let Some(bound) = &self.bound {
+                    if !bound.try_reserve() {
+                        return Err((key, value));
+                    }
+                }
+                slot.insert((key, value));
+                Ok(None)
+            }
+        }
+    }
+}
+
 impl<K, V> MapWrapper<K, V, RandomState> {
     /// An empty map with room for `capacity` entries, as
     /// [`HashMap::with_capacity`](std::collections::HashMap::with_capacity); otherwise the
@@ -975,6 +1000,11 @@ mod tests {
         assert!(format!("{m:?}").contains("len: 1"));
         let _w = m.shards[0].write();
         assert!(format!("{m:?}").contains("len: <busy>"));
+    }
+
+    #[test]
+    fn the_readme_holds_the_same_porting_table_as_the_crate_docs() {
+        assert!(include_str!("../README.md").contains(include_str!("doc/hashmap.md")));
     }
 
     #[test]

@@ -66,29 +66,8 @@ where
     V: Deserialize<'de>,
     S: BuildHasher,
 {
-    struct Fill<K, V, S>(MapWrapper<K, V, S>);
-    impl<'de, K, V, S> serde::de::Visitor<'de> for Fill<K, V, S>
-    where
-        K: Deserialize<'de> + Hash + Eq,
-        V: Deserialize<'de>,
-        S: BuildHasher,
-    {
-        type Value = MapWrapper<K, V, S>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a map")
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
-            let mut pairs = Vec::with_capacity(access.size_hint().unwrap_or(0).min(4096));
-            while let Some(pair) = access.next_entry()? {
-                pairs.push(pair);
-            }
-            // The map is new and owned here: no other thread can hold its locks, so only an
-            // ambient `OpContext` already cancelled or past its deadline can fail this.
-            self.0.extend(pairs).map_err(serde::de::Error::custom)?;
-            Ok(self.0)
-        }
-    }
-    deserializer.deserialize_map(Fill(map))
+    // Loaded as the owner of the new map: no lock, no deadline, no ambient context, no record.
+    serde::de::DeserializeSeed::deserialize(crate::builder::Loader(map), deserializer)
 }
 
 /// Gives `map` the audit side of `audited` (a map built from the same declaration with an
@@ -99,7 +78,7 @@ pub fn attach_audit<K, V, S>(map: &mut MapWrapper<K, V, S>, mut audited: MapWrap
 
 /// A map's contents for `Debug`, as a `HashMap` shows them (`{k: v, …}`), bounded and never
 /// waiting: each shard is read only if its lock is free at once (one attempt, no wait); the
-/// output says how many entries it leaves out, or that the map was busy.
+/// output says how many entries it leaves out, and how many shards were held for writing.
 pub struct DebugContents<'a, K, V, S>(pub &'a MapWrapper<K, V, S>);
 
 /// The most entries `DebugContents` shows.
