@@ -166,24 +166,6 @@ fn capacity_reserve_and_shrink_to_fit_give_memory_back() -> Result<(), MapError>
 }
 
 #[test]
-fn auto_shrink_gives_memory_back_after_removals_with_hysteresis() -> Result<(), MapError> {
-    let map: MapWrapper<u32, u32> = MapWrapper::builder().shards(4).auto_shrink(true).build().unwrap();
-    map.extend((0..40_000).map(|i| (i, i)))?;
-    let full = map.capacity()?;
-    for i in 0..36_000 {
-        map.remove(&i)?;
-    }
-    let after = map.capacity()?;
-    assert!(after * 4 < full, "shrunk: {after} vs {full}");
-    // A few more inserts and removals around the same size do not shrink again each time.
-    let before = map.capacity()?;
-    map.insert(1, 1)?;
-    map.remove(&1)?;
-    assert_eq!(map.capacity()?, before);
-    Ok(())
-}
-
-#[test]
 fn clone_keeps_settings_and_entries_but_not_the_auditor() -> Result<(), Box<dyn std::error::Error>> {
     let sink = MemorySink::new();
     let map: MapWrapper<String, u32> = MapWrapper::builder()

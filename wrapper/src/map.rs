@@ -133,21 +133,24 @@ impl Bound {
     }
 }
 
-/// The automatic shrink rule: a shard whose table holds more than `above` times the room its
-/// entries need is shrunk to `to` times that room (`above > to`: hysteresis).
+/// The automatic shrink rule: a shard whose table can hold more than `above` times its
+/// entries is shrunk to fit them (a table grows only when full: the gap is the hysteresis).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct AutoShrink {
     pub(crate) above: usize,
-    pub(crate) to: usize,
 }
 
 impl AutoShrink {
     /// Shrinks `table` if it is oversized by the rule.
     #[inline]
     pub(crate) fn apply<K, V>(self, table: &mut Table<K, V>, hasher: impl Fn(&(K, V)) -> u64) {
+        // The slots allocated (`capacity()` is less: it leaves out the slots that removals
+        // left as tombstones), from the allocation: one slot and one control byte each.
+        let slots = table.allocation_size() / (std::mem::size_of::<(K, V)>() + 1);
         let len = table.len();
-        if table.capacity() > 64 && table.capacity() > len.saturating_mul(self.above) {
-            table.shrink_to(len.saturating_mul(self.to), hasher);
+        // A table uses at most 7/8 of its slots.
+        if slots > 128 && slots / 8 * 7 > len.saturating_mul(self.above) {
+            table.shrink_to(len, hasher);
         }
     }
 }
@@ -1000,6 +1003,42 @@ mod tests {
         assert!(format!("{m:?}").contains("len: 1"));
         let _w = m.shards[0].write();
         assert!(format!("{m:?}").contains("len: <busy>"));
+    }
+
+    /// Bytes allocated by the map's tables.
+    fn allocated<K, V, S>(m: &MapWrapper<K, V, S>) -> usize {
+        m.shards.iter().map(|s| s.read().allocation_size()).sum()
+    }
+
+    #[test]
+    fn auto_shrink_gives_memory_back_after_removals_and_does_not_thrash() {
+        let build = |auto| -> MapWrapper<u64, u64> {
+            let m: MapWrapper<u64, u64> = MapWrapper::builder().shards(4).auto_shrink(auto).build().unwrap();
+            m.extend((0..100_000).map(|i| (i, i))).unwrap();
+            for i in 10_000..100_000 {
+                m.remove(&i).unwrap();
+            }
+            m
+        };
+        let (plain, auto) = (build(false), build(true));
+        let fresh: MapWrapper<u64, u64> = MapWrapper::builder().shards(4).build().unwrap();
+        fresh.extend((0..10_000).map(|i| (i, i))).unwrap();
+        // The rule keeps at most 4× the slots the entries need (then shrinks to fit).
+        assert!(allocated(&auto) * 3 < allocated(&plain), "{} vs {}", allocated(&auto), allocated(&plain));
+        assert!(
+            allocated(&auto) <= allocated(&fresh) * 4,
+            "{} vs fresh {}",
+            allocated(&auto),
+            allocated(&fresh)
+        );
+        // Inserting and removing around the same size does not reallocate each time.
+        let before = allocated(&auto);
+        for i in 0..100 {
+            auto.insert(1_000_000 + i, i).unwrap();
+            auto.remove(&(1_000_000 + i)).unwrap();
+        }
+        assert_eq!(allocated(&auto), before);
+        assert_eq!(auto.len().unwrap(), 10_000);
     }
 
     #[test]
