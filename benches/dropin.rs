@@ -21,16 +21,18 @@ use map_wrapper::MapWrapper;
 
 const N: u64 = 1_000_000;
 
+/// A full scan of the map (returns a checksum).
+type Scan = Arc<dyn Fn() -> u64 + Send + Sync>;
+/// One write of a key.
+type Write = Arc<dyn Fn(u64) + Send + Sync>;
+
 fn key(i: u64) -> u64 {
     // A bijection on u64 that scatters consecutive integers.
     i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5555
 }
 
 /// The writers' side of one phase: two threads write random keys until `stop`; latencies in ns.
-fn writers(
-    write: Arc<dyn Fn(u64) + Send + Sync>,
-    stop: &Arc<AtomicBool>,
-) -> Vec<std::thread::JoinHandle<Vec<u32>>> {
+fn writers(write: Write, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<Vec<u32>>> {
     (0..2u64)
         .map(|t| {
             let write = Arc::clone(&write);
@@ -62,11 +64,7 @@ fn p99(mut all: Vec<u32>) -> (u32, u32) {
 
 /// One phase: writers for `secs`, with `scan` run in a loop on a third thread if given.
 /// Returns (writers' p99 ns, p99.9 ns, scans completed).
-fn phase(
-    write: Arc<dyn Fn(u64) + Send + Sync>,
-    scan: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
-    secs: f64,
-) -> (u32, u32, usize) {
+fn phase(write: Write, scan: Option<Scan>, secs: f64) -> (u32, u32, usize) {
     let stop = Arc::new(AtomicBool::new(false));
     let scanner = scan.map(|scan| {
         let stop = Arc::clone(&stop);
@@ -112,10 +110,10 @@ fn scan_bench() {
 
     let mw: Arc<MapWrapper<u64, u64>> = Arc::new((0..N).map(|i| (key(i), i)).collect());
     let m = Arc::clone(&mw);
-    let write: Arc<dyn Fn(u64) + Send + Sync> = Arc::new(move |k| {
+    let write: Write = Arc::new(move |k| {
         m.insert(k, k).expect("insert");
     });
-    let cases: Vec<(&str, Arc<dyn Fn() -> u64 + Send + Sync>)> = vec![
+    let cases: Vec<(&str, Scan)> = vec![
         ("MapWrapper, iter_by_shard", {
             let m = Arc::clone(&mw);
             Arc::new(move || m.iter_by_shard().map(|e| e.expect("scan").1).fold(0, u64::wrapping_add))
@@ -134,12 +132,11 @@ fn scan_bench() {
 
     let dm: Arc<dashmap::DashMap<u64, u64>> = Arc::new((0..N).map(|i| (key(i), i)).collect());
     let m = Arc::clone(&dm);
-    let write: Arc<dyn Fn(u64) + Send + Sync> = Arc::new(move |k| {
+    let write: Write = Arc::new(move |k| {
         m.insert(k, k);
     });
     let m = Arc::clone(&dm);
-    let scan: Arc<dyn Fn() -> u64 + Send + Sync> =
-        Arc::new(move || m.iter().map(|e| *e.value()).fold(0, u64::wrapping_add));
+    let scan: Scan = Arc::new(move || m.iter().map(|e| *e.value()).fold(0, u64::wrapping_add));
     let (base, base9, _) = phase(Arc::clone(&write), None, secs);
     let (with, with9, scans) = phase(write, Some(scan), secs);
     row("dashmap, iter", (base, base9), (with, with9), scans);

@@ -433,62 +433,6 @@ impl<K, V, S> fmt::Debug for Builder<K, V, S> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn err(b: Builder<u8, u8>) -> (&'static str, String) {
-        let e = b.build().unwrap_err();
-        (e.field(), e.reason().to_string())
-    }
-
-    #[test]
-    fn bad_shard_counts_are_errors() {
-        for n in [0, 3, 12, MAX_SHARDS * 2, usize::MAX] {
-            let (field, reason) = err(MapWrapper::builder().shards(n));
-            assert_eq!(field, "shards");
-            assert!(reason.contains(&n.to_string()), "{reason}");
-        }
-    }
-
-    #[test]
-    fn bad_names_are_errors() {
-        assert_eq!(err(MapWrapper::builder().name("")).0, "name");
-        assert_eq!(err(MapWrapper::builder().name("a\nb")).0, "name");
-        assert_eq!(err(MapWrapper::builder().name("x".repeat(MAX_NAME_LEN + 1))).0, "name");
-    }
-
-    #[test]
-    fn slow_threshold_must_be_below_timeout() {
-        let b = MapWrapper::builder()
-            .timeout(Duration::from_millis(10))
-            .slow_threshold(Duration::from_millis(10));
-        assert_eq!(err(b).0, "slow_threshold");
-        assert_eq!(err(MapWrapper::builder().slow_threshold(Duration::ZERO)).0, "slow_threshold");
-    }
-
-    #[test]
-    fn a_tight_timeout_alone_is_valid_and_scales_the_slow_threshold() {
-        let m: MapWrapper<u8, u8> = MapWrapper::builder().timeout(Duration::from_millis(20)).build().unwrap();
-        assert_eq!(m.default_timeout(), Duration::from_millis(20));
-        let cfg = MapWrapper::<u8, u8>::builder().timeout(Duration::from_millis(20)).config().unwrap();
-        assert_eq!(cfg.slow_threshold, Duration::from_millis(10));
-        let cfg = MapWrapper::<u8, u8>::builder().timeout(Duration::ZERO).config().unwrap();
-        assert_eq!(cfg.slow_threshold, DEFAULT_SLOW_THRESHOLD);
-        let cfg = MapWrapper::<u8, u8>::builder().config().unwrap();
-        assert_eq!(cfg.slow_threshold, DEFAULT_SLOW_THRESHOLD);
-    }
-
-    #[test]
-    fn defaults_are_sane() {
-        assert!(default_shards().is_power_of_two());
-        let m: MapWrapper<u8, u8> = MapWrapper::builder().build().unwrap();
-        assert_eq!(m.shard_count(), default_shards());
-        assert_eq!(m.default_timeout(), DEFAULT_TIMEOUT);
-        assert!(m.name().starts_with("map-"));
-    }
-}
-
 /// Deserializes a map (serde's map form, what `MapWrapper`'s `Serialize` writes) into a map
 /// built with these settings: name, shards, timeout, policies, size bound and auditor survive
 /// the round trip, which the plain `Deserialize` (default configuration) cannot give. The
@@ -585,5 +529,61 @@ where
 
     fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_map(Load(self.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(b: Builder<u8, u8>) -> (&'static str, String) {
+        let e = b.build().unwrap_err();
+        (e.field(), e.reason().to_string())
+    }
+
+    #[test]
+    fn bad_shard_counts_are_errors() {
+        for n in [0, 3, 12, MAX_SHARDS * 2, usize::MAX] {
+            let (field, reason) = err(MapWrapper::builder().shards(n));
+            assert_eq!(field, "shards");
+            assert!(reason.contains(&n.to_string()), "{reason}");
+        }
+    }
+
+    #[test]
+    fn bad_names_are_errors() {
+        assert_eq!(err(MapWrapper::builder().name("")).0, "name");
+        assert_eq!(err(MapWrapper::builder().name("a\nb")).0, "name");
+        assert_eq!(err(MapWrapper::builder().name("x".repeat(MAX_NAME_LEN + 1))).0, "name");
+    }
+
+    #[test]
+    fn slow_threshold_must_be_below_timeout() {
+        let b = MapWrapper::builder()
+            .timeout(Duration::from_millis(10))
+            .slow_threshold(Duration::from_millis(10));
+        assert_eq!(err(b).0, "slow_threshold");
+        assert_eq!(err(MapWrapper::builder().slow_threshold(Duration::ZERO)).0, "slow_threshold");
+    }
+
+    #[test]
+    fn a_tight_timeout_alone_is_valid_and_scales_the_slow_threshold() {
+        let m: MapWrapper<u8, u8> = MapWrapper::builder().timeout(Duration::from_millis(20)).build().unwrap();
+        assert_eq!(m.default_timeout(), Duration::from_millis(20));
+        let cfg = MapWrapper::<u8, u8>::builder().timeout(Duration::from_millis(20)).config().unwrap();
+        assert_eq!(cfg.slow_threshold, Duration::from_millis(10));
+        let cfg = MapWrapper::<u8, u8>::builder().timeout(Duration::ZERO).config().unwrap();
+        assert_eq!(cfg.slow_threshold, DEFAULT_SLOW_THRESHOLD);
+        let cfg = MapWrapper::<u8, u8>::builder().config().unwrap();
+        assert_eq!(cfg.slow_threshold, DEFAULT_SLOW_THRESHOLD);
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        assert!(default_shards().is_power_of_two());
+        let m: MapWrapper<u8, u8> = MapWrapper::builder().build().unwrap();
+        assert_eq!(m.shard_count(), default_shards());
+        assert_eq!(m.default_timeout(), DEFAULT_TIMEOUT);
+        assert!(m.name().starts_with("map-"));
     }
 }
