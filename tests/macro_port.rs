@@ -251,7 +251,8 @@ fn debug_is_bounded_and_does_not_wait_for_a_held_shard() -> Result<(), MapError>
         let text = format!("{b:?}");
         let took = started.elapsed();
         go_tx.send(()).expect("writer alive");
-        assert_eq!(text, "Big { m: {<busy: a shard is locked>} }");
+        // One shard, held: nothing shown, the held shard marked.
+        assert_eq!(text, "Big { m: {<locked>: 1 shard(s) held for writing} }");
         assert!(took < Duration::from_secs(4), "did not wait out the timeout: {took:?}");
     });
     Ok(())

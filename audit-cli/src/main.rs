@@ -61,6 +61,10 @@ enum Command {
         /// The key: JSON (`42`, `"a"`) or a plain string.
         #[arg(long)]
         key: String,
+        /// Only the records of this map (the `map` field: the name given to the builder or
+        /// `#[guarded_map]`). Without it, the key's records of every map in the trail.
+        #[arg(long, value_name = "NAME")]
+        map: Option<String>,
         /// Print the records as JSON lines.
         #[arg(long)]
         json: bool,
@@ -210,12 +214,12 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Show { key, json, paths, hmac_key_file, expect_prev } => {
+        Command::Show { key, map, json, paths, hmac_key_file, expect_prev } => {
             let opts = match options(hmac_key_file, expect_prev) {
                 Ok(opts) => opts,
                 Err(code) => return code,
             };
-            show(&paths, &key, json, &opts)
+            show(&paths, &key, map.as_deref(), json, &opts)
         }
         Command::Keygen { name, out } => keygen(&name, &out),
         Command::Prove { seq, pubkey, checkpoint, paths } => {
@@ -536,9 +540,18 @@ fn options(
     Ok(opts)
 }
 
-fn show(paths: &[PathBuf], key: &str, json: bool, opts: &verify::VerifyOptions) -> ExitCode {
+fn show(
+    paths: &[PathBuf],
+    key: &str,
+    map: Option<&str>,
+    json: bool,
+    opts: &verify::VerifyOptions,
+) -> ExitCode {
     match verify::history(paths, key, opts) {
-        Ok(verify::History { records, report }) => {
+        Ok(verify::History { mut records, report }) => {
+            if let Some(map) = map {
+                records.retain(|r| r.map.as_deref() == Some(map));
+            }
             if report.verdict != verify::Verdict::Intact {
                 eprintln!(
                     "WARNING the trail is not intact; only records before the problem are shown: {}",
@@ -565,7 +578,10 @@ fn show(paths: &[PathBuf], key: &str, json: bool, opts: &verify::VerifyOptions) 
                 }
             }
             if !json {
-                eprintln!("{} record(s) for key {key}", records.len());
+                match map {
+                    Some(map) => eprintln!("{} record(s) for key {key} in map {map}", records.len()),
+                    None => eprintln!("{} record(s) for key {key}", records.len()),
+                }
             }
             ExitCode::from(report.verdict.exit_code() as u8)
         }

@@ -264,6 +264,30 @@ fn show_prints_one_keys_history() {
 }
 
 #[test]
+fn show_with_map_keeps_only_that_maps_records_of_the_key() {
+    let d = tmp();
+    let sink = JsonLinesSink::open(d.path(), JsonLinesOptions::default()).unwrap();
+    let auditor = Auditor::new(sink);
+    let tenants: MapWrapper<String, u32> =
+        MapWrapper::builder().name("tenants").auditor(auditor.clone()).build().unwrap();
+    let quotas: MapWrapper<String, u32> =
+        MapWrapper::builder().name("quotas").auditor(auditor).build().unwrap();
+    tenants.insert("acme".into(), 1).unwrap();
+    quotas.insert("acme".into(), 100).unwrap();
+    tenants.remove("acme").unwrap();
+    drop((tenants, quotas));
+    let path = d.path().to_str().unwrap();
+    let (code, out) = run(&["show", "--key", "acme", path]);
+    assert_eq!((code, out.lines().count()), (0, 3), "both maps without --map: {out}");
+    let (code, out) = run(&["show", "--key", "acme", "--map", "quotas", path]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains(" quotas insert ") && out.contains("new={\"full\":100}"), "{out}");
+    let (code, out) = run(&["show", "--key", "acme", "--map", "nosuch", path]);
+    assert_eq!((code, out.lines().count()), (0, 0), "{out}");
+}
+
+#[test]
 fn the_last_line_of_a_segment_removed_is_caught_at_the_next_header() {
     let d = tmp();
     trail(d.path(), ChainKey::Sha256, 1200);

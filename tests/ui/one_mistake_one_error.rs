@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use map_wrapper::{guarded_map, MapError};
 
-#[guarded_map(timeout_ms = 0)]
+#[guarded_map(shards = 12)]
 pub struct Store {
     pub orders: HashMap<u64, String>,
 }

@@ -131,10 +131,9 @@ pub(crate) fn check(cx: &mut Ctxt, c: &Container<'_>) -> Vec<Option<Plan>> {
     let prefix_span = c.opts.audit.as_ref().map_or_else(|| c.ident.span(), |a| a.span);
 
     let timeout_ms = match &c.opts.timeout_ms {
-        Some(t) => {
-            check_timeout(cx, t);
-            t.value
-        }
+        // Any value, 0 included (never wait: a contended shard fails at once with `Timeout`),
+        // as `Builder::timeout(Duration::ZERO)`: one rule for both.
+        Some(t) => t.value,
         None => DEFAULT_TIMEOUT_MS,
     };
     let slow_ms = c.opts.slow_ms.as_ref().map(|s| s.value);
@@ -310,8 +309,10 @@ pub(crate) fn check(cx: &mut Ctxt, c: &Container<'_>) -> Vec<Option<Plan>> {
 
         let field_timeout = match &f.opts.timeout_ms {
             Some(t) => {
-                check_timeout(cx, t);
-                if let Some(slow) = c.opts.slow_ms.as_ref().filter(|s| s.value > 0 && s.value >= t.value) {
+                // A zero timeout never waits: any slow threshold goes with it (as in the builder).
+                if let Some(slow) =
+                    c.opts.slow_ms.as_ref().filter(|s| s.value > 0 && s.value >= t.value && t.value > 0)
+                {
                     cx.error_at(
                         t.span,
                         format!(
@@ -366,15 +367,6 @@ fn check_name(cx: &mut Ctxt, name: &str, span: Span, what: &str) {
         cx.error_at(span, format!("{what} must be at most {MAX_NAME_LEN} bytes long, got {}", name.len()));
     } else if name.chars().any(char::is_control) {
         cx.error_at(span, format!("{what} must not contain control characters, got {name:?}"));
-    }
-}
-
-fn check_timeout(cx: &mut Ctxt, t: &Setting<u64>) {
-    if t.value == 0 {
-        cx.error_at(
-            t.span,
-            "`timeout_ms` must be at least 1: a map whose every wait fails at once is not guarded",
-        );
     }
 }
 

@@ -44,11 +44,11 @@ use proc_macro::TokenStream;
 ///   returns `Result<_, MapError>`).
 ///
 /// The struct's `#[derive]`s of `Debug`, `Clone`, `PartialEq`, `Eq` and `Default` are taken
-/// over (the maps implement none of them):
+/// over (for the maps' own `Clone` and `PartialEq`, see `MapWrapper`):
 ///
 /// - `Debug` shows each map's contents as a `HashMap` would (`{k: v, …}`), at most 64 entries
-///   and a count of the rest, never waiting for a lock: a map with a locked shard shows
-///   `{<busy: a shard is locked>}`.
+///   and a count of the rest, never waiting for a lock: the entries of the shards it could
+///   read, and `<locked>: N shard(s) held for writing` for the others.
 /// - `Clone` is a deep copy (also as `try_clone() -> Result<Self, MapError>`): each map copied
 ///   from a consistent snapshot into a new map with the same declared name and settings, **not
 ///   audited** (a copy's changes are not the original's history; `attach_auditor` if they
@@ -64,7 +64,8 @@ use proc_macro::TokenStream;
 /// # Options
 ///
 /// On the attribute: `audit = "billing"` (the maps' name prefix; default the struct's
-/// name), `timeout_ms = 200` (each operation's deadline; default 500), `slow_ms = 20` (the
+/// name), `timeout_ms = 200` (each operation's deadline; default 500; `0` never waits, as
+/// `Builder::timeout(Duration::ZERO)`: a contended shard fails at once), `slow_ms = 20` (the
 /// slow-operation threshold, from 1 to below every timeout; default the runtime's: 50, or half
 /// a shorter timeout), `shards = 16` (a power of two; default from the number of CPUs),
 /// `breaker` or `breaker(failure_rate = 50, slow_rate = 50, combined_rate = 50, min_calls = 20,

@@ -35,6 +35,12 @@ pub(crate) struct Config {
     pub(crate) key_policy: ValuePolicy,
     pub(crate) value_policy: ValuePolicy,
     pub(crate) observe: Observe,
+    /// The size bound (`None`: unbounded).
+    pub(crate) max_entries: Option<usize>,
+    /// Entries to make room for up front (spread over the shards).
+    pub(crate) capacity: usize,
+    /// Automatic shrink after removals (`None`: off).
+    pub(crate) auto_shrink: Option<crate::map::AutoShrink>,
 }
 
 /// Statistics, circuit breaker and their clock.
@@ -81,6 +87,9 @@ impl Default for Config {
             key_policy: ValuePolicy::Full,
             value_policy: ValuePolicy::Full,
             observe: Observe::default(),
+            max_entries: None,
+            capacity: 0,
+            auto_shrink: None,
         }
     }
 }
@@ -161,6 +170,49 @@ impl<K, V, S> Builder<K, V, S> {
     /// contended shard instead of waiting.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.config.timeout = timeout;
+        self
+    }
+
+    /// A bound on the number of entries: an operation that would add an entry to a map that
+    /// holds `max` fails with [`ErrorKind::CapacityExceeded`](crate::ErrorKind::CapacityExceeded)
+    /// (not retryable; nothing changed; an audited map records the refusal). Replacing or
+    /// changing the value of a present key is always allowed. Must be at least 1. Default: no
+    /// bound (and an unbounded map pays nothing for the check).
+    ///
+    /// ```
+    /// use map_wrapper::{ErrorKind, MapWrapper};
+    /// let map: MapWrapper<u32, u32> = MapWrapper::builder().max_entries(2).build()?;
+    /// map.insert(1, 1)?;
+    /// map.insert(2, 2)?;
+    /// assert_eq!(map.insert(3, 3).unwrap_err().kind(), ErrorKind::CapacityExceeded);
+    /// map.insert(2, 20)?; // a present key: allowed
+    /// map.remove(&1)?;
+    /// map.insert(3, 3)?; // room again
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn max_entries(mut self, max: usize) -> Self {
+        self.config.max_entries = Some(max);
+        self
+    }
+
+    /// Makes room for `capacity` entries up front (spread evenly over the shards), as
+    /// [`HashMap::with_capacity`](std::collections::HashMap::with_capacity). Default: 0.
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.config.capacity = capacity;
+        self
+    }
+
+    /// Gives memory back automatically: after an operation that removes entries, a shard whose
+    /// table could hold more than four times its entries is shrunk to fit them (under the lock
+    /// the removal already holds). A table grows when it is full and shrinks when it is less
+    /// than a quarter full: the gap (hysteresis) keeps a shard that shrinks and grows around
+    /// one size from reallocating on every call. Default: off (or call
+    /// [`MapWrapper::shrink_to_fit`](crate::MapWrapper::shrink_to_fit) when you know the map
+    /// shrank). A shard thus keeps at most about four times the room its entries need, where
+    /// `shrink_to_fit` leaves no more than a fresh table would. `cargo bench --bench dropin --
+    /// memory` measures both.
+    pub fn auto_shrink(mut self, on: bool) -> Self {
+        self.config.auto_shrink = on.then_some(crate::map::AutoShrink { above: 4 });
         self
     }
 
@@ -328,6 +380,9 @@ impl<K, V, S> Builder<K, V, S> {
             }
             Some(t) => t,
         };
+        if self.config.max_entries == Some(0) {
+            return Err(BuildError::new("max_entries", "must be at least 1, got 0"));
+        }
         let observe = &self.config.observe;
         if observe.latency_sampling == 0 {
             return Err(BuildError::new(
@@ -364,7 +419,7 @@ impl<K, V, S: BuildHasher> Builder<K, V, S> {
             None => None,
         };
         let mut map = MapWrapper::from_config(config, self.hasher);
-        map.audit = audit;
+        map.set_audit(audit);
         Ok(map)
     }
 }
@@ -375,6 +430,105 @@ impl<K, V, S> fmt::Debug for Builder<K, V, S> {
             .field("config", &self.config)
             .field("shards", &self.shards)
             .finish_non_exhaustive()
+    }
+}
+
+/// Deserializes a map (serde's map form, what `MapWrapper`'s `Serialize` writes) into a map
+/// built with these settings: name, shards, timeout, policies, size bound and auditor survive
+/// the round trip, which the plain `Deserialize` (default configuration) cannot give. The
+/// entries are loaded before the map exists for anyone else: no lock, no deadline, no ambient
+/// context, and no audit record (loading is not a change; the auditor records every change
+/// from then on). A map with more entries than [`max_entries`](Builder::max_entries), or
+/// settings that `build()` refuses, is a deserialization error naming why.
+///
+/// ```
+/// use serde::de::DeserializeSeed;
+/// use map_wrapper::MapWrapper;
+///
+/// let json = r#"{"a": 1, "b": 2}"#;
+/// let builder = MapWrapper::<String, u32>::builder().name("orders").max_entries(10);
+/// let map = builder.deserialize(&mut serde_json::Deserializer::from_str(json))?;
+/// assert_eq!(map.name(), "orders");
+/// assert_eq!(map.get_cloned("b")?, Some(2));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+impl<'de, K, V, S> serde::de::DeserializeSeed<'de> for Builder<K, V, S>
+where
+    K: serde::Deserialize<'de> + std::hash::Hash + Eq,
+    V: serde::Deserialize<'de>,
+    S: BuildHasher,
+{
+    type Value = MapWrapper<K, V, S>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        use serde::de::Error as _;
+        // Built without its auditor, which is given once the entries are in.
+        let (builder, setup) = self.take_audit();
+        let config = builder.config().map_err(D::Error::custom)?;
+        let audit = match setup {
+            Some(setup) => Some(Box::new(
+                MapAudit::build(setup, config.key_policy, config.value_policy).map_err(D::Error::custom)?,
+            )),
+            None => None,
+        };
+        let map = MapWrapper::from_config(config, builder.hasher);
+        let mut map = Loader(map).deserialize(deserializer)?;
+        map.set_audit(audit);
+        Ok(map)
+    }
+}
+
+impl<K, V, S> Builder<K, V, S> {
+    /// The builder without its auditor, and the auditor's setup.
+    fn take_audit(mut self) -> (Self, Option<AuditSetup<K, V>>) {
+        let setup = self.audit.take();
+        (self, setup)
+    }
+}
+
+/// The visitor that loads serde's map form into an owned map.
+struct Load<K, V, S>(MapWrapper<K, V, S>);
+
+impl<'de, K, V, S> serde::de::Visitor<'de> for Load<K, V, S>
+where
+    K: serde::Deserialize<'de> + std::hash::Hash + Eq,
+    V: serde::Deserialize<'de>,
+    S: BuildHasher,
+{
+    type Value = MapWrapper<K, V, S>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut access: A) -> Result<Self::Value, A::Error> {
+        while let Some((k, v)) = access.next_entry()? {
+            if self.0.load(k, v).is_err() {
+                return Err(serde::de::Error::custom(format_args!(
+                    "map `{}` holds at most {} entries (max_entries), and the input has more",
+                    self.0.name(),
+                    self.0.max_entries().unwrap_or(0)
+                )));
+            }
+        }
+        Ok(self.0)
+    }
+}
+
+/// Loads serde's map form into an existing map that its caller owns (the entries are not
+/// recorded); for the generated deserializers of `#[guarded_map]`.
+pub(crate) struct Loader<K, V, S>(pub(crate) MapWrapper<K, V, S>);
+
+impl<'de, K, V, S> serde::de::DeserializeSeed<'de> for Loader<K, V, S>
+where
+    K: serde::Deserialize<'de> + std::hash::Hash + Eq,
+    V: serde::Deserialize<'de>,
+    S: BuildHasher,
+{
+    type Value = MapWrapper<K, V, S>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(Load(self.0))
     }
 }
 

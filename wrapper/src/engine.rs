@@ -365,7 +365,7 @@ where
     #[inline(always)]
     fn fast<G>(&self, op: Op, lock: impl FnOnce() -> Option<G>) -> Option<Fast<'m, G>> {
         if self.ctx.is_some()
-            || self.map.audit.is_some()
+            || self.map.full_only
             || !crate::deadlock::holds_nothing()
             || !context::no_ambient()
         {
@@ -446,7 +446,9 @@ where
     fn insert_full(self, hash: u64, idx: usize, key: K, value: V) -> Result<Option<V>, MapError> {
         let mut op = self.start(Op::Insert)?;
         let mut table = self.full_write(&mut op, idx, Some(&key))?;
+        let sizing = self.admit(&op, idx, &table, Some((hash, &key)))?;
         let done = self.put(&self.recorder(&op), idx, &mut table, hash, key, value);
+        self.resized(sizing, &mut table);
         self.full_done(table, done)
     }
 
@@ -674,7 +676,9 @@ where
     {
         let mut op = self.start(op)?;
         let mut table = self.full_write(&mut op, idx, None)?;
+        let sizing = self.admit(&op, idx, &table, None)?;
         let done = self.take(&self.recorder(&op), idx, &mut table, hash, key, f);
+        self.resized(sizing, &mut table);
         self.full_done(table, done)
     }
 
@@ -788,7 +792,9 @@ where
         }
         let mut op = self.start(Op::Alter)?;
         let mut table = self.full_write(&mut op, idx, Some(&key))?;
+        let sizing = self.admit(&op, idx, &table, Some((hash, &key)))?;
         let done = self.replace(&self.recorder(&op), idx, &mut table, hash, key, f);
+        self.resized(sizing, &mut table);
         self.full_done(table, done)
     }
 
@@ -940,7 +946,9 @@ where
                     break;
                 }
             };
+            let sizing = self.sizing(&table);
             let (garbage, recorded) = f(&self.recorder(&op), idx, &mut table);
+            self.resized(sizing, &mut table);
             drop(table);
             drop(garbage);
             match recorded {
@@ -1079,8 +1087,17 @@ where
                     break;
                 }
             };
+            let sizing = match self.admit(&op, idx, &table, Some((hash, &key))) {
+                Ok(sizing) => sizing,
+                Err(e) => {
+                    drop(table);
+                    result = Err(e);
+                    break;
+                }
+            };
             let Applied { out, drop_after, ticket } =
                 self.put(&self.recorder(&op), idx, &mut table, hash, key, value);
+            self.resized(sizing, &mut table);
             drop(table);
             drop((out, drop_after));
             n += 1;
@@ -1156,4 +1173,170 @@ pub(crate) fn clear_shard<K, V>(
     let gone: Vec<(K, V)> = std::mem::take(table).into_iter().collect();
     let recorded = rec.removed(idx, &gone);
     (gone, recorded)
+}
+
+/// A shard's length before a change of a bounded or auto-shrinking map, and whether the change
+/// reserved a slot under the bound.
+pub(crate) struct Sizing {
+    before: usize,
+    reserved: bool,
+}
+
+// The size policies (`Builder::max_entries`, `Builder::auto_shrink`): on the full path only
+// (a map with either never takes the fast path), around each operation's body.
+impl<'m, 'c, K, V, S> WithContext<'m, 'c, K, V, S>
+where
+    K: Hash + Eq,
+    S: BuildHasher,
+{
+    /// Before a change under the shard lock: `None` when the map has no size policy;
+    /// otherwise the shard's length, and for a change that may add `adds` (its hash and key),
+    /// a slot reserved under the bound. At the bound, a key not in the shard is refused
+    /// (recorded as refused; nothing changed).
+    #[inline]
+    pub(crate) fn admit(
+        &self,
+        op: &FullOp<'m, 'c>,
+        idx: usize,
+        table: &Table<K, V>,
+        adds: Option<(u64, &K)>,
+    ) -> Result<Option<Sizing>, MapError> {
+        let Some(mut sizing) = self.sizing(table) else {
+            return Ok(None);
+        };
+        if let (Some(bound), Some((hash, key))) = (self.map.bound.as_deref(), adds) {
+            sizing.reserved = bound.try_reserve();
+            if !sizing.reserved && table.find(hash, |(k, _)| k == key).is_none() {
+                let e = MapError::capacity_exceeded(&self.map.name, op.waiter.op, bound.max);
+                return Err(self.recorder(op).refused(idx, Some(key), e));
+            }
+        }
+        Ok(Some(sizing))
+    }
+
+    /// [`admit`](Self::admit) for a change that adds nothing.
+    #[inline]
+    pub(crate) fn sizing(&self, table: &Table<K, V>) -> Option<Sizing> {
+        (self.map.bound.is_some() || self.map.shrink.is_some())
+            .then(|| Sizing { before: table.len(), reserved: false })
+    }
+
+    /// After the change, still under the lock: settles the bound's count, and shrinks the
+    /// table if it lost entries and the shrink rule says so.
+    #[inline]
+    pub(crate) fn resized(&self, sizing: Option<Sizing>, table: &mut Table<K, V>) {
+        let Some(Sizing { before, reserved }) = sizing else {
+            return;
+        };
+        let after = table.len();
+        if let Some(bound) = self.map.bound.as_deref() {
+            bound.settle(before, after, reserved);
+        }
+        if let Some(rule) = self.map.shrink {
+            if after < before {
+                rule.apply(table, self.rehasher());
+            }
+        }
+    }
+}
+
+// HashMap-shaped extras: capacity, reserve, shrink, keys/values, a copy of one shard, a copy
+// of every shard's table.
+impl<'m, 'c, K, V, S> WithContext<'m, 'c, K, V, S>
+where
+    K: Hash + Eq,
+    S: BuildHasher,
+{
+    /// See [`MapWrapper::capacity`](crate::MapWrapper::capacity).
+    pub fn capacity(self) -> Result<usize, MapError> {
+        let mut n = 0;
+        self.each_shard(Op::Capacity, |_, t| {
+            n += t.capacity();
+            true
+        })?;
+        Ok(n)
+    }
+
+    /// See [`MapWrapper::reserve`](crate::MapWrapper::reserve).
+    pub fn reserve(self, additional: usize) -> Result<(), MapError> {
+        let per_shard = additional.div_ceil(self.map.shards.len());
+        let hasher = &self.map.hasher;
+        self.each_shard_mut(Op::Reserve, |_, _, table| {
+            table.reserve(per_shard, |(k, _)| hasher.hash_one(k));
+            ((), Ok(None))
+        })
+    }
+
+    /// See [`MapWrapper::shrink_to_fit`](crate::MapWrapper::shrink_to_fit).
+    pub fn shrink_to_fit(self) -> Result<(), MapError> {
+        let hasher = &self.map.hasher;
+        self.each_shard_mut(Op::ShrinkToFit, |_, _, table| {
+            table.shrink_to_fit(|(k, _)| hasher.hash_one(k));
+            ((), Ok(None))
+        })
+    }
+
+    /// See [`MapWrapper::keys`](crate::MapWrapper::keys).
+    pub fn keys(self) -> Result<std::vec::IntoIter<K>, MapError>
+    where
+        K: Clone,
+    {
+        let mut out = Vec::new();
+        self.each_shard(Op::Snapshot, |_, t| {
+            out.extend(t.iter().map(|(k, _)| k.clone()));
+            true
+        })?;
+        Ok(out.into_iter())
+    }
+
+    /// See [`MapWrapper::values`](crate::MapWrapper::values).
+    pub fn values(self) -> Result<std::vec::IntoIter<V>, MapError>
+    where
+        V: Clone,
+    {
+        let mut out = Vec::new();
+        self.each_shard(Op::Snapshot, |_, t| {
+            out.extend(t.iter().map(|(_, v)| v.clone()));
+            true
+        })?;
+        Ok(out.into_iter())
+    }
+
+    /// See [`MapWrapper::iter_by_shard`](crate::MapWrapper::iter_by_shard).
+    pub fn iter_by_shard(self) -> crate::iter::ShardIter<'m, 'c, K, V, S>
+    where
+        K: Clone,
+        V: Clone,
+    {
+        crate::iter::ShardIter::new(self)
+    }
+
+    /// A copy of shard `idx`'s entries, read-locked for the copy only: one operation with its
+    /// own deadline.
+    pub(crate) fn shard_copy(self, idx: usize, into: &mut Vec<(K, V)>) -> Result<(), MapError>
+    where
+        K: Clone,
+        V: Clone,
+    {
+        let mut waiter = self.begin(Op::Snapshot);
+        let table = waiter.read(idx, &self.map.shards[idx])?;
+        into.clear();
+        into.extend(table.iter().cloned());
+        Ok(())
+    }
+
+    /// A copy of every shard's table (same hasher, same shard count: the copy needs no
+    /// rehash), each shard read-locked while it is copied.
+    pub(crate) fn copy_tables(self) -> Result<Vec<Table<K, V>>, MapError>
+    where
+        K: Clone,
+        V: Clone,
+    {
+        let mut out = Vec::with_capacity(self.map.shards.len());
+        self.each_shard(Op::Snapshot, |_, t| {
+            out.push(t.clone());
+            true
+        })?;
+        Ok(out)
+    }
 }

@@ -1,5 +1,6 @@
 //! [`Entry`]: an upsert of one key, run in one write lock of its shard.
 
+use std::cell::Cell;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
 
@@ -68,6 +69,74 @@ where
         self.or_insert_with(V::default)
     }
 
+    /// Gets the value of the key, inserting `value` first if it is absent, and runs `f` on it:
+    /// the audited form of HashMap's `*map.entry(k).or_insert(v) += 1` (a `&mut V` cannot
+    /// leave the lock, so the change is a closure). Returns what `f` returns. The whole upsert
+    /// runs in one write lock of the key's shard, and an audited map records one change with
+    /// the value before (none when inserted) and after `f`. Any `and_modify` closures run
+    /// first on a present key.
+    ///
+    /// Locks: the key's shard, for writing, while `f` runs (a call from `f` into the same
+    /// shard is refused with [`ErrorKind::WouldDeadlock`](crate::ErrorKind::WouldDeadlock)).
+    ///
+    /// ```
+    /// use map_wrapper::MapWrapper;
+    /// let words = MapWrapper::<&str, u32>::new();
+    /// for w in ["a", "b", "a"] {
+    ///     // HashMap: *words.entry(w).or_insert(0) += 1;
+    ///     words.entry(w).or_insert_then(0, |n| *n += 1)?;
+    /// }
+    /// assert_eq!(words.get_cloned("a")?, Some(2));
+    /// assert_eq!(words.entry("b").or_insert_then(0, |n| *n)?, 1);
+    /// # Ok::<(), map_wrapper::MapError>(())
+    /// ```
+    pub fn or_insert_then<R, F: FnOnce(&mut V) -> R>(self, value: V, f: F) -> Result<R, MapError> {
+        self.or_insert_with_then(|| value, f)
+    }
+
+    /// [`or_insert_then`](Entry::or_insert_then) with `V::default()`.
+    pub fn or_default_then<R, F: FnOnce(&mut V) -> R>(self, f: F) -> Result<R, MapError>
+    where
+        V: Default,
+    {
+        self.or_insert_with_then(V::default, f)
+    }
+
+    /// [`or_insert_then`](Entry::or_insert_then) with the value made by `make` (run under the
+    /// lock, only when the key is absent).
+    pub fn or_insert_with_then<R, F, G>(self, make: G, f: F) -> Result<R, MapError>
+    where
+        F: FnOnce(&mut V) -> R,
+        G: FnOnce() -> V,
+    {
+        // Exactly one of the two closures below runs, and it runs `f` once; the cells let
+        // both own a claim on `f` and hand its result out.
+        let f = Cell::new(Some(f));
+        let out = Cell::new(None);
+        let run = |v: &mut V| {
+            if let Some(f) = f.take() {
+                out.set(Some(f(v)));
+            }
+        };
+        let Entry { with, key, modify, .. } = self;
+        let upsert = Entry {
+            with,
+            key,
+            modify: |v: &mut V| {
+                modify(v);
+                run(v);
+            },
+            modifies: true,
+        };
+        upsert.or_insert_with(|| {
+            let mut v = make();
+            run(&mut v);
+            v
+        })?;
+        // `Ok` means one of the closures ran to its end (a panic would have unwound).
+        out.into_inner().ok_or_else(|| unreachable!("an upsert that returned Ok ran neither closure"))
+    }
+
     /// Inserts what `make` returns if the key is absent, otherwise runs the `and_modify`
     /// closures. `make` runs under the lock. On a present key without `and_modify` nothing
     /// changes, and an audited map writes no record.
@@ -80,7 +149,9 @@ where
         }
         let mut op = with.start(Op::Entry)?;
         let mut table = with.full_write(&mut op, idx, Some(&key))?;
+        let sizing = with.admit(&op, idx, &table, Some((hash, &key)))?;
         let done = with.upsert(&with.recorder(&op), idx, &mut table, hash, key, make, modify, modifies);
+        with.resized(sizing, &mut table);
         with.full_done(table, done)
     }
 }

@@ -99,6 +99,11 @@ pub enum ErrorKind {
     AppliedNotDurable,
     /// A setting is invalid (an auditor given to a map whose policies it cannot serve).
     InvalidConfig,
+    /// The map holds its maximum number of entries
+    /// ([`Builder::max_entries`](crate::builder::Builder::max_entries)) and the operation would
+    /// have added one. Nothing changed (an audited map records the refusal); not retryable as
+    /// is: remove entries first, or raise the bound.
+    CapacityExceeded,
 }
 
 /// How serious a [`MapError`] is, for routing to logs and alerts.
@@ -143,6 +148,7 @@ impl ErrorKind {
             ErrorKind::AuditUnavailable => "AUDIT_UNAVAILABLE",
             ErrorKind::AppliedNotDurable => "APPLIED_NOT_DURABLE",
             ErrorKind::InvalidConfig => "INVALID_CONFIG",
+            ErrorKind::CapacityExceeded => "CAPACITY_EXCEEDED",
         }
     }
 }
@@ -278,6 +284,19 @@ impl MapError {
         Self::new(ErrorKind::AppliedNotDurable, d)
     }
 
+    /// An insert refused by the map's size bound of `max` entries.
+    #[cold]
+    pub(crate) fn capacity_exceeded(map: &Arc<str>, op: Op, max: usize) -> Self {
+        let d = Details {
+            map: Some(map.clone()),
+            op: Some(op),
+            field: Some("max_entries"),
+            reason: Some(Arc::from(max.to_string())),
+            ..Details::default()
+        };
+        Self::new(ErrorKind::CapacityExceeded, d)
+    }
+
     #[cold]
     pub(crate) fn invalid_config(field: &'static str, reason: String) -> Self {
         let d = Details { field: Some(field), reason: Some(reason.into()), ..Details::default() };
@@ -325,7 +344,9 @@ impl MapError {
         match self.kind {
             ErrorKind::Cancelled | ErrorKind::DeadlineExceeded => Severity::Info,
             ErrorKind::Timeout | ErrorKind::CircuitOpen => Severity::Warning,
-            ErrorKind::WouldDeadlock | ErrorKind::InvalidConfig => Severity::Error,
+            ErrorKind::WouldDeadlock | ErrorKind::InvalidConfig | ErrorKind::CapacityExceeded => {
+                Severity::Error
+            }
             ErrorKind::AuditUnavailable | ErrorKind::AppliedNotDurable => Severity::Critical,
         }
     }
@@ -487,6 +508,12 @@ impl fmt::Display for MapError {
                  ({reason}); do not retry it (the change is in the map); the map is read-only until \
                  the sink is reopened"
             ),
+            ErrorKind::CapacityExceeded => write!(
+                f,
+                "`{op}` on map `{map}` was refused: the map holds its maximum of {reason} entries \
+                 (max_entries) and this would add one; nothing was changed: remove entries first, or \
+                 raise the bound (Builder::max_entries, #[guarded_map(max_entries = N)])"
+            ),
             ErrorKind::InvalidConfig => {
                 write!(f, "invalid map configuration: `{}` {reason}", d.field.unwrap_or("?"))
             }
@@ -597,6 +624,7 @@ mod tests {
             MapError::circuit_open(&map, Op::Insert, Duration::from_secs(1)),
             MapError::audit_unavailable(&map, Arc::from("disk full")),
             MapError::applied_not_durable(&map, Arc::from("disk full")),
+            MapError::capacity_exceeded(&map, Op::Insert, 10),
             BuildError::new("shards", "must be a power of two").into(),
         ]
     }

@@ -32,6 +32,13 @@
 //! # Ok::<(), map_wrapper::MapError>(())
 //! ```
 //!
+//! ## Porting `HashMap` code
+//!
+//! Each `HashMap` method or idiom and its `MapWrapper` call, or why there is none and what to
+//! write instead (the same table as in the README):
+//!
+#![doc = include_str!("doc/hashmap.md")]
+//!
 //! ## What locks, and when an operation can fail
 //!
 //! Each method's documentation says which lock it takes. Any operation can return
@@ -188,7 +195,7 @@ pub use engine::WithContext;
 pub use entry::{Entry, Upserted};
 pub use error::{BuildError, ErrorKind, MapError, Severity};
 pub use guard::Ref;
-pub use iter::{IntoIter, Iter};
+pub use iter::{IntoIter, Iter, ShardIter};
 pub use map::MapWrapper;
 pub use map_wrapper_macros::{guarded_map, GuardedMap};
 pub use op::Op;

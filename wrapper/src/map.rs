@@ -4,7 +4,7 @@ use std::borrow::Borrow;
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,6 +102,67 @@ pub struct MapWrapper<K, V, S = RandomState> {
     pub(crate) audit: Option<Box<MapAudit<K, V>>>,
     /// Statistics and circuit breaker; `None` when both are off.
     pub(crate) monitor: Option<Box<Monitor>>,
+    /// Whether every operation must take the full path (audited, bounded or auto-shrinking):
+    /// one flag, so that the fast path checks one field whatever the policies.
+    pub(crate) full_only: bool,
+    /// The size bound and its entry count (`None`: unbounded).
+    pub(crate) bound: Option<Box<Bound>>,
+    /// Automatic shrink after removals (`None`: off).
+    pub(crate) shrink: Option<AutoShrink>,
+    /// The settings the map was built with (for `Clone` and `set_auditor`).
+    pub(crate) config: Box<Config>,
+}
+
+/// A map's size bound: at most `max` entries; `count` is the number of entries, kept by the
+/// full path under the shard lock of each change (it can only run ahead of the true count,
+/// never behind: an insert reserves its slot before it is made).
+pub(crate) struct Bound {
+    pub(crate) max: usize,
+    pub(crate) count: AtomicUsize,
+}
+
+impl Bound {
+    /// Reserves room for one entry; `false` at the bound.
+    #[inline]
+    pub(crate) fn try_reserve(&self) -> bool {
+        self.count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// Settles the count after a change of a shard's length from `before` to `after`, one
+    /// slot having been reserved or not.
+    #[inline]
+    pub(crate) fn settle(&self, before: usize, after: usize, reserved: bool) {
+        let grew = after as isize - before as isize - isize::from(reserved);
+        if grew > 0 {
+            self.count.fetch_add(grew as usize, Ordering::AcqRel);
+        } else if grew < 0 {
+            self.count.fetch_sub(grew.unsigned_abs(), Ordering::AcqRel);
+        }
+    }
+}
+
+/// The automatic shrink rule: a shard whose table can hold more than `above` times its
+/// entries is shrunk to fit them (a table grows only when full: the gap is the hysteresis).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AutoShrink {
+    pub(crate) above: usize,
+}
+
+impl AutoShrink {
+    /// Shrinks `table` if it is oversized by the rule.
+    #[inline]
+    pub(crate) fn apply<K, V>(self, table: &mut Table<K, V>, hasher: impl Fn(&(K, V)) -> u64) {
+        // The slots allocated (`capacity()` is less: it leaves out the slots that removals
+        // left as tombstones), from the allocation: one slot and one control byte each.
+        let slots = table.allocation_size() / (std::mem::size_of::<(K, V)>() + 1);
+        let len = table.len();
+        // A table uses at most 7/8 of its slots.
+        if slots > 128 && slots / 8 * 7 > len.saturating_mul(self.above) {
+            table.shrink_to(len, hasher);
+        }
+    }
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -136,7 +197,10 @@ impl<K, V, S> MapWrapper<K, V, S> {
 
     pub(crate) fn from_config(config: Config, hasher: S) -> Self {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let shards = (0..config.shards).map(|_| Shard::new(RwLock::new(Table::new()))).collect();
+        let per_shard = config.capacity.div_ceil(config.shards);
+        let shards =
+            (0..config.shards).map(|_| Shard::new(RwLock::new(Table::with_capacity(per_shard)))).collect();
+        let kept = Box::new(config.clone());
         let name: Arc<str> = Arc::from(config.name.unwrap_or_else(|| format!("map-{id}")));
         let observe = config.observe;
         let monitor = (observe.stats || observe.breaker.is_some()).then(|| {
@@ -158,7 +222,22 @@ impl<K, V, S> MapWrapper<K, V, S> {
             slow_threshold: config.slow_threshold,
             audit: None,
             monitor,
+            full_only: config.max_entries.is_some() || config.auto_shrink.is_some(),
+            bound: config.max_entries.map(|max| Box::new(Bound { max, count: AtomicUsize::new(0) })),
+            shrink: config.auto_shrink,
+            config: kept,
         }
+    }
+
+    /// Gives the map its audit side (or takes it away), keeping the fast-path flag right.
+    pub(crate) fn set_audit(&mut self, audit: Option<Box<MapAudit<K, V>>>) {
+        self.audit = audit;
+        self.full_only = self.audit.is_some() || self.bound.is_some() || self.shrink.is_some();
+    }
+
+    /// The size bound set with [`Builder::max_entries`], if any.
+    pub fn max_entries(&self) -> Option<usize> {
+        self.bound.as_ref().map(|b| b.max)
     }
 
     /// The map's name (the resource in errors and audit records).
@@ -532,6 +611,320 @@ where
     }
 }
 
+/// HashMap-shaped extras: capacity, keys and values, per-shard iteration, copies, equality.
+impl<K, V, S> MapWrapper<K, V, S>
+where
+    K: Hash + Eq,
+    S: BuildHasher,
+{
+    /// How many entries the map can hold without reallocating: the sum of its shards'
+    /// capacities (each shard grows on its own, so one shard may grow before this is reached).
+    ///
+    /// Locks: each shard in turn, for reading.
+    pub fn capacity(&self) -> Result<usize, MapError> {
+        self.plain().capacity()
+    }
+
+    /// Makes room for at least `additional` more entries, spread evenly over the shards, as
+    /// [`HashMap::reserve`](std::collections::HashMap::reserve).
+    ///
+    /// Locks: each shard in turn, for writing.
+    ///
+    /// ```
+    /// use map_wrapper::MapWrapper;
+    /// let map = MapWrapper::<u32, u32>::new();
+    /// map.reserve(1000)?;
+    /// assert!(map.capacity()? >= 1000);
+    /// # Ok::<(), map_wrapper::MapError>(())
+    /// ```
+    pub fn reserve(&self, additional: usize) -> Result<(), MapError> {
+        self.plain().reserve(additional)
+    }
+
+    /// Gives back the memory the map does not need for its entries, as
+    /// [`HashMap::shrink_to_fit`](std::collections::HashMap::shrink_to_fit). See also
+    /// [`Builder::auto_shrink`].
+    ///
+    /// Locks: each shard in turn, for writing, while its table is rebuilt.
+    ///
+    /// ```
+    /// use map_wrapper::MapWrapper;
+    /// let map: MapWrapper<u32, u32> = (0..10_000).map(|i| (i, i)).collect();
+    /// let big = map.capacity()?;
+    /// map.retain(|k, _| *k < 100)?;
+    /// map.shrink_to_fit()?;
+    /// assert!(map.capacity()? < big / 10);
+    /// assert_eq!(map.len()?, 100);
+    /// # Ok::<(), map_wrapper::MapError>(())
+    /// ```
+    pub fn shrink_to_fit(&self) -> Result<(), MapError> {
+        self.plain().shrink_to_fit()
+    }
+
+    /// A copy of every key (taken as [`snapshot`](MapWrapper::snapshot) is), as an iterator
+    /// that holds no lock.
+    ///
+    /// ```
+    /// use map_wrapper::MapWrapper;
+    /// let map: MapWrapper<u8, &str> = [(1, "a"), (2, "b")].into_iter().collect();
+    /// let mut keys: Vec<u8> = map.keys()?.collect();
+    /// keys.sort();
+    /// assert_eq!(keys, [1, 2]);
+    /// # Ok::<(), map_wrapper::MapError>(())
+    /// ```
+    pub fn keys(&self) -> Result<std::vec::IntoIter<K>, MapError>
+    where
+        K: Clone,
+    {
+        self.plain().keys()
+    }
+
+    /// A copy of every value (taken as [`snapshot`](MapWrapper::snapshot) is), as an
+    /// iterator that holds no lock.
+    ///
+    /// ```
+    /// use map_wrapper::MapWrapper;
+    /// let map: MapWrapper<u8, u32> = [(1, 10), (2, 20)].into_iter().collect();
+    /// assert_eq!(map.values()?.sum::<u32>(), 30);
+    /// # Ok::<(), map_wrapper::MapError>(())
+    /// ```
+    pub fn values(&self) -> Result<std::vec::IntoIter<V>, MapError>
+    where
+        V: Clone,
+    {
+        self.plain().values()
+    }
+
+    /// Iterates over the entries one shard at a time, holding each shard's read lock only
+    /// while its entries are copied (never during the loop body, and never two shards at
+    /// once), so a scan of a large map delays each writer by at most one shard's copy. Each
+    /// item is a `Result`: a shard that cannot be read by the deadline yields its error once
+    /// and the iteration ends. `for entry in &map` does the same. See [`ShardIter`](crate::ShardIter)
+    /// for what it guarantees about concurrent changes.
+    ///
+    /// ```
+    /// use map_wrapper::MapWrapper;
+    /// let map: MapWrapper<u32, u32> = (0..100).map(|i| (i, i)).collect();
+    /// let mut sum = 0;
+    /// for entry in &map {
+    ///     let (k, v) = entry?;
+    ///     map.insert(k, v + 1)?; // no lock is held here
+    ///     sum += v;
+    /// }
+    /// assert_eq!(sum, 4950);
+    /// # Ok::<(), map_wrapper::MapError>(())
+    /// ```
+    pub fn iter_by_shard(&self) -> crate::iter::ShardIter<'_, 'static, K, V, S>
+    where
+        K: Clone,
+        V: Clone,
+    {
+        self.plain().iter_by_shard()
+    }
+
+    /// A copy of the map: the same settings (name, shards, timeout, policies, size bound,
+    /// hasher) and entries, but no auditor (give it one with
+    /// [`set_auditor`](MapWrapper::set_auditor)) and fresh statistics. Each shard is copied
+    /// as it is at one instant, without rehashing.
+    ///
+    /// Locks: each shard in turn, for reading, while its table is copied.
+    ///
+    /// ```
+    /// use map_wrapper::MapWrapper;
+    /// let map: MapWrapper<u8, u8> = MapWrapper::builder().name("orders").build()?;
+    /// map.insert(1, 1)?;
+    /// let copy = map.try_clone()?;
+    /// assert_eq!(copy.name(), "orders");
+    /// assert_eq!(copy.get_cloned(&1)?, Some(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_clone(&self) -> Result<Self, MapError>
+    where
+        K: Clone,
+        V: Clone,
+        S: Clone,
+    {
+        let tables = self.plain().copy_tables()?;
+        let mut copy = Self::from_config((*self.config).clone(), self.hasher.clone());
+        let mut total = 0;
+        for (shard, table) in copy.shards.iter_mut().zip(tables) {
+            total += table.len();
+            *shard.get_mut() = table;
+        }
+        if let Some(bound) = &copy.bound {
+            bound.count.store(total, Ordering::Release);
+        }
+        Ok(copy)
+    }
+
+    /// Whether the two maps hold the same entries (`PartialEq` without the panic).
+    ///
+    /// Locks: each shard of `self` in turn, for reading, and while it is read, the shard of
+    /// `other` each key belongs to.
+    pub fn try_eq(&self, other: &Self) -> Result<bool, MapError>
+    where
+        V: PartialEq,
+    {
+        if std::ptr::eq(self, other) {
+            return Ok(true);
+        }
+        if self.len()? != other.len()? {
+            return Ok(false);
+        }
+        let (mut equal, mut failed) = (true, None);
+        self.for_each(|k, v| {
+            if equal && failed.is_none() {
+                match other.view(k, |w| w == v) {
+                    Ok(found) => equal = found == Some(true),
+                    Err(e) => failed = Some(e),
+                }
+            }
+        })?;
+        failed.map_or(Ok(equal), Err)
+    }
+}
+
+impl<K, V, S> MapWrapper<K, V, S> {
+    /// Gives the map an auditor, as [`Builder::auditor`] does, keeping its entries: every
+    /// change from now on is recorded (the entries already there are not). Replaces an
+    /// auditor it had. Takes `&mut self`: no operation can run meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// As [`Builder::build`] with this auditor (a digest policy and no digest key).
+    ///
+    /// ```
+    /// use map_wrapper::audit::{Auditor, MemorySink};
+    /// use map_wrapper::MapWrapper;
+    /// let mut map: MapWrapper<String, u32> = MapWrapper::new();
+    /// map.insert("before".into(), 1)?;
+    /// let sink = MemorySink::new();
+    /// map.set_auditor(Auditor::new(sink.clone()))?;
+    /// map.insert("after".into(), 2)?;
+    /// assert_eq!(sink.records().len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_auditor(&mut self, auditor: crate::audit::Auditor) -> Result<(), crate::BuildError>
+    where
+        K: serde::Serialize + 'static,
+        V: serde::Serialize + 'static,
+    {
+        let setup = crate::audit::AuditSetup {
+            auditor,
+            key: crate::audit::encoder::<K>,
+            value: Some(crate::audit::encoder::<V>),
+        };
+        let audit = MapAudit::build(setup, self.config.key_policy, self.config.value_policy)?;
+        self.set_audit(Some(Box::new(audit)));
+        Ok(())
+    }
+
+    /// [`set_auditor`](MapWrapper::set_auditor) with values always redacted, as
+    /// [`Builder::auditor_redacted`].
+    pub fn set_auditor_redacted(&mut self, auditor: crate::audit::Auditor) -> Result<(), crate::BuildError>
+    where
+        K: serde::Serialize + 'static,
+    {
+        let setup = crate::audit::AuditSetup { auditor, key: crate::audit::encoder::<K>, value: None };
+        let audit = MapAudit::build(setup, self.config.key_policy, self.config.value_policy)?;
+        self.set_audit(Some(Box::new(audit)));
+        Ok(())
+    }
+}
+
+impl<K: Hash + Eq, V, S: BuildHasher> MapWrapper<K, V, S> {
+    /// Inserts `key` → `value` into a map this caller owns (`&mut self`: no other thread can
+    /// hold a lock, so no wait, no timeout, no ambient context). Not recorded: it is for
+    /// loading a map before it is shared (the builder's `DeserializeSeed`). `Err` gives the
+    /// pair back when it would pass the size bound.
+    pub(crate) fn load(&mut self, key: K, value: V) -> Result<Option<V>, (K, V)> {
+        let hash = self.hasher.hash_one(&key);
+        let idx = self.shard_of(hash);
+        let hasher = &self.hasher;
+        let table = self.shards[idx].get_mut();
+        match table.entry(hash, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k)) {
+            hash_table::Entry::Occupied(mut o) => Ok(Some(std::mem::replace(&mut o.get_mut().1, value))),
+            hash_table::Entry::Vacant(slot) => {
+                if let Some(bound) = &self.bound {
+                    if !bound.try_reserve() {
+                        return Err((key, value));
+                    }
+                }
+                slot.insert((key, value));
+                Ok(None)
+            }
+        }
+    }
+}
+
+impl<K, V> MapWrapper<K, V, RandomState> {
+    /// An empty map with room for `capacity` entries, as
+    /// [`HashMap::with_capacity`](std::collections::HashMap::with_capacity); otherwise the
+    /// default configuration.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self::from_config(Config { capacity, ..Config::default() }, RandomState::new())
+    }
+}
+
+impl<K, V, S> Clone for MapWrapper<K, V, S>
+where
+    K: Hash + Eq + Clone,
+    V: Clone,
+    S: BuildHasher + Clone,
+{
+    /// [`try_clone`](MapWrapper::try_clone).
+    ///
+    /// # Panics
+    ///
+    /// When a shard cannot be read by the map's timeout, or this thread write-holds one
+    /// (call `try_clone` to get the error instead).
+    #[track_caller]
+    fn clone(&self) -> Self {
+        match self.try_clone() {
+            Ok(copy) => copy,
+            Err(e) => panic!("cannot clone map-wrapper map: {e} (try_clone returns this error instead)"),
+        }
+    }
+}
+
+impl<K, V, S> PartialEq for MapWrapper<K, V, S>
+where
+    K: Hash + Eq,
+    V: PartialEq,
+    S: BuildHasher,
+{
+    /// [`try_eq`](MapWrapper::try_eq): equal contents, as `HashMap`'s `==`.
+    ///
+    /// # Panics
+    ///
+    /// When a map cannot be read by its timeout, or this thread write-holds one of its
+    /// shards (call `try_eq` to get the error instead).
+    #[track_caller]
+    fn eq(&self, other: &Self) -> bool {
+        match self.try_eq(other) {
+            Ok(equal) => equal,
+            Err(e) => panic!("cannot compare map-wrapper maps: {e} (try_eq returns this error instead)"),
+        }
+    }
+}
+
+impl<K: Hash + Eq, V: Eq, S: BuildHasher> Eq for MapWrapper<K, V, S> {}
+
+impl<'a, K, V, S> IntoIterator for &'a MapWrapper<K, V, S>
+where
+    K: Hash + Eq + Clone,
+    V: Clone,
+    S: BuildHasher,
+{
+    type Item = Result<(K, V), MapError>;
+    type IntoIter = crate::iter::ShardIter<'a, 'static, K, V, S>;
+
+    /// [`iter_by_shard`](MapWrapper::iter_by_shard): `for entry in &map { let (k, v) = entry?; … }`.
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter_by_shard()
+    }
+}
+
 impl<K, V, S> fmt::Debug for MapWrapper<K, V, S> {
     /// Shows name, shards, timeout and the number of entries; never blocks: a shard that is
     /// locked for writing at that moment makes the count show as unknown.
@@ -620,6 +1013,47 @@ mod tests {
         assert!(format!("{m:?}").contains("len: 1"));
         let _w = m.shards[0].write();
         assert!(format!("{m:?}").contains("len: <busy>"));
+    }
+
+    /// Bytes allocated by the map's tables.
+    fn allocated<K, V, S>(m: &MapWrapper<K, V, S>) -> usize {
+        m.shards.iter().map(|s| s.read().allocation_size()).sum()
+    }
+
+    #[test]
+    fn auto_shrink_gives_memory_back_after_removals_and_does_not_thrash() {
+        let build = |auto| -> MapWrapper<u64, u64> {
+            let m: MapWrapper<u64, u64> = MapWrapper::builder().shards(4).auto_shrink(auto).build().unwrap();
+            m.extend((0..100_000).map(|i| (i, i))).unwrap();
+            for i in 10_000..100_000 {
+                m.remove(&i).unwrap();
+            }
+            m
+        };
+        let (plain, auto) = (build(false), build(true));
+        let fresh: MapWrapper<u64, u64> = MapWrapper::builder().shards(4).build().unwrap();
+        fresh.extend((0..10_000).map(|i| (i, i))).unwrap();
+        // The rule keeps at most 4× the slots the entries need (then shrinks to fit).
+        assert!(allocated(&auto) * 3 < allocated(&plain), "{} vs {}", allocated(&auto), allocated(&plain));
+        assert!(
+            allocated(&auto) <= allocated(&fresh) * 4,
+            "{} vs fresh {}",
+            allocated(&auto),
+            allocated(&fresh)
+        );
+        // Inserting and removing around the same size does not reallocate each time.
+        let before = allocated(&auto);
+        for i in 0..100 {
+            auto.insert(1_000_000 + i, i).unwrap();
+            auto.remove(&(1_000_000 + i)).unwrap();
+        }
+        assert_eq!(allocated(&auto), before);
+        assert_eq!(auto.len().unwrap(), 10_000);
+    }
+
+    #[test]
+    fn the_readme_holds_the_same_porting_table_as_the_crate_docs() {
+        assert!(include_str!("../README.md").contains(include_str!("doc/hashmap.md")));
     }
 
     #[test]

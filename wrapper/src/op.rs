@@ -59,11 +59,17 @@ pub enum Op {
     Extend,
     /// Serializing the whole map (the `serde` feature).
     Serialize,
+    /// [`MapWrapper::capacity`](crate::MapWrapper::capacity).
+    Capacity,
+    /// [`MapWrapper::reserve`](crate::MapWrapper::reserve).
+    Reserve,
+    /// [`MapWrapper::shrink_to_fit`](crate::MapWrapper::shrink_to_fit).
+    ShrinkToFit,
 }
 
 impl Op {
     /// Every operation, in the order of their discriminants.
-    pub const ALL: [Op; 19] = [
+    pub const ALL: [Op; 22] = [
         Op::Insert,
         Op::Get,
         Op::GetCloned,
@@ -83,6 +89,9 @@ impl Op {
         Op::Snapshot,
         Op::Extend,
         Op::Serialize,
+        Op::Capacity,
+        Op::Reserve,
+        Op::ShrinkToFit,
     ];
 
     /// The operations that change the map, and so write audit records (in the order of the
@@ -123,6 +132,9 @@ impl Op {
             Op::Snapshot => "snapshot",
             Op::Extend => "extend",
             Op::Serialize => "serialize",
+            Op::Capacity => "capacity",
+            Op::Reserve => "reserve",
+            Op::ShrinkToFit => "shrink_to_fit",
         }
     }
 

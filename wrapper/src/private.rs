@@ -66,40 +66,19 @@ where
     V: Deserialize<'de>,
     S: BuildHasher,
 {
-    struct Fill<K, V, S>(MapWrapper<K, V, S>);
-    impl<'de, K, V, S> serde::de::Visitor<'de> for Fill<K, V, S>
-    where
-        K: Deserialize<'de> + Hash + Eq,
-        V: Deserialize<'de>,
-        S: BuildHasher,
-    {
-        type Value = MapWrapper<K, V, S>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a map")
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
-            let mut pairs = Vec::with_capacity(access.size_hint().unwrap_or(0).min(4096));
-            while let Some(pair) = access.next_entry()? {
-                pairs.push(pair);
-            }
-            // The map is new and owned here: no other thread can hold its locks, so only an
-            // ambient `OpContext` already cancelled or past its deadline can fail this.
-            self.0.extend(pairs).map_err(serde::de::Error::custom)?;
-            Ok(self.0)
-        }
-    }
-    deserializer.deserialize_map(Fill(map))
+    // Loaded as the owner of the new map: no lock, no deadline, no ambient context, no record.
+    serde::de::DeserializeSeed::deserialize(crate::builder::Loader(map), deserializer)
 }
 
 /// Gives `map` the audit side of `audited` (a map built from the same declaration with an
 /// auditor): `map` keeps its entries, and records every change from now on.
 pub fn attach_audit<K, V, S>(map: &mut MapWrapper<K, V, S>, mut audited: MapWrapper<K, V, S>) {
-    map.audit = audited.audit.take();
+    map.set_audit(audited.audit.take());
 }
 
 /// A map's contents for `Debug`, as a `HashMap` shows them (`{k: v, …}`), bounded and never
 /// waiting: each shard is read only if its lock is free at once (one attempt, no wait); the
-/// output says how many entries it leaves out, or that the map was busy.
+/// output says how many entries it leaves out, and how many shards were held for writing.
 pub struct DebugContents<'a, K, V, S>(pub &'a MapWrapper<K, V, S>);
 
 /// The most entries `DebugContents` shows.
@@ -111,29 +90,39 @@ where
     V: fmt::Debug,
     S: BuildHasher,
 {
+    /// Shard by shard, each read only if its lock is free at once (never waiting); stops
+    /// after `DEBUG_MAX_ENTRIES` entries; a shard held for writing shows as `<locked>`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let no_wait = OpContext::new().timeout(Duration::ZERO);
-        let alternate = f.alternate();
-        let show = |x: &dyn fmt::Debug| if alternate { format!("{x:#?}") } else { format!("{x:?}") };
-        let mut shown: Vec<(String, String)> = Vec::new();
-        let mut total = 0usize;
-        let read = self.0.with(&no_wait).for_each(|k, v| {
-            total += 1;
-            if shown.len() < DEBUG_MAX_ENTRIES {
-                shown.push((show(k), show(v)));
+        let map = self.0;
+        let mut out = f.debug_map();
+        let (mut shown, mut more, mut locked) = (0usize, 0usize, 0usize);
+        for (idx, shard) in map.shards.iter().enumerate() {
+            let Some(table) = shard.try_read_recursive() else {
+                locked += 1;
+                continue;
+            };
+            if shown >= DEBUG_MAX_ENTRIES {
+                more += table.len();
+                continue;
             }
-        });
-        if read.is_err() {
-            return f.write_str("{<busy: a shard is locked>}");
+            // A `Debug` of a key or value that calls back into the map is refused, not hung.
+            let _held = crate::deadlock::HeldMark::new(map.id, idx, false);
+            for (k, v) in table.iter() {
+                if shown < DEBUG_MAX_ENTRIES {
+                    out.entry(k, v);
+                    shown += 1;
+                } else {
+                    more += 1;
+                }
+            }
         }
-        let mut map = f.debug_map();
-        for (k, v) in &shown {
-            map.key(&format_args!("{k}")).value(&format_args!("{v}"));
+        if more > 0 {
+            out.key(&format_args!("..")).value(&format_args!("{more} more"));
         }
-        if total > shown.len() {
-            map.key(&format_args!("..")).value(&format_args!("{} more", total - shown.len()));
+        if locked > 0 {
+            out.key(&format_args!("<locked>")).value(&format_args!("{locked} shard(s) held for writing"));
         }
-        map.finish()
+        out.finish()
     }
 }
 
@@ -173,26 +162,7 @@ where
     V: PartialEq,
     S: BuildHasher,
 {
-    if core::ptr::eq(a, b) {
-        return true;
-    }
-    let compare = || -> Result<bool, MapError> {
-        if a.len()? != b.len()? {
-            return Ok(false);
-        }
-        let (mut equal, mut failed) = (true, None);
-        // `a` one shard at a time; each of its keys looked up in `b` while the shard is read.
-        a.for_each(|k, v| {
-            if equal && failed.is_none() {
-                match b.view(k, |w| w == v) {
-                    Ok(found) => equal = found == Some(true),
-                    Err(e) => failed = Some(e),
-                }
-            }
-        })?;
-        failed.map_or(Ok(equal), Err)
-    };
-    match compare() {
+    match a.try_eq(b) {
         Ok(equal) => equal,
         Err(e) => panic!("cannot compare #[guarded_map] structs: {e}"),
     }
@@ -203,8 +173,8 @@ where
 /// The `Err` arm cannot be reached from user input: the macro passes `build()` only literal
 /// settings it has checked at compile time against the same rules `Builder::config` applies
 /// (name 1 to `MAX_NAME_LEN` bytes without control characters, shards a power of two up to
-/// `MAX_SHARDS`, timeout at least 1 ms, a given slow threshold from 1 ms to below the
-/// timeout), and leaves the rest to defaults that are always valid (`default_shards()`, the
+/// `MAX_SHARDS`, any timeout (0: never wait), a given slow threshold from 1 ms to below a
+/// non-zero timeout), and leaves the rest to defaults that are always valid (`default_shards()`, the
 /// slow threshold derived from the timeout). Reaching it would mean the macro and the builder
 /// disagree, a bug in this crate, which `tests/macro_behaviour.rs` and the UI pass cases at
 /// the limits guard against.

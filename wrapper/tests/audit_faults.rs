@@ -641,3 +641,14 @@ fn a_synced_insert_returns_only_after_an_fsync_covering_its_record() {
     workers.into_iter().for_each(|w| w.join().unwrap());
     assert!(written.load(Ordering::SeqCst) > 0);
 }
+
+#[test]
+fn an_error_about_a_file_names_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    // The trail's directory is a regular file: creating it fails with "File exists".
+    let not_a_dir = dir.path().join("trail");
+    std::fs::write(&not_a_dir, b"x").unwrap();
+    let e = JsonLinesSink::open(&not_a_dir, JsonLinesOptions::default()).unwrap_err().to_string();
+    assert!(e.contains(&not_a_dir.display().to_string()), "names the path: {e}");
+    assert!(e.starts_with("cannot create the audit directory"), "{e}");
+}

@@ -276,13 +276,15 @@ type Segments = Vec<(u64, PathBuf)>;
 /// crash (or a failed write) interrupted its creation before its header was whole, so it
 /// holds no record. Says what it removed.
 fn segments_without_headerless_last(dir: &Path) -> Result<(Segments, Option<String>), SinkError> {
-    let mut segments = list_segments(dir).map_err(|e| err("cannot list the audit directory", e))?;
+    let mut segments = list_segments(dir)
+        .map_err(|e| err(&format!("cannot list the audit directory {}", dir.display()), e))?;
     let mut note = None;
     if let Some((n, path)) = segments.last() {
         let bytes = std::fs::read(path).map_err(|e| err(&format!("cannot read {}", path.display()), e))?;
         if !bytes.contains(&b'\n') {
             std::fs::remove_file(path).map_err(|e| err(&format!("cannot remove {}", path.display()), e))?;
-            sync_dir(dir).map_err(|e| err("cannot sync the audit directory", e))?;
+            sync_dir(dir)
+                .map_err(|e| err(&format!("cannot sync the audit directory {}", dir.display()), e))?;
             note = Some(format!(
                 "removed {}: {} bytes of an incomplete segment header left by an interrupted segment creation",
                 segment_file_name(*n),
@@ -304,12 +306,10 @@ const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(500)
 /// Takes the trail's lock file: one sink per directory at a time, across processes. The lock
 /// goes with the returned file (and with the process).
 fn lock_dir(dir: &Path) -> Result<File, SinkError> {
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join(LOCK_FILE))
-        .map_err(|e| err("cannot open the trail's lock file", e))?;
+    let file =
+        OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK_FILE)).map_err(
+            |e| err(&format!("cannot open the trail's lock file {}", dir.join(LOCK_FILE).display()), e),
+        )?;
     {
         // A sink just closed in this process can still hold the lock for a moment: a child
         // process being spawned by another thread shares every open file description until it
@@ -334,7 +334,9 @@ fn lock_dir(dir: &Path) -> Result<File, SinkError> {
                      trail",
                     dir.display()
                 )),
-                std::fs::TryLockError::Error(e) => err("cannot lock the trail", e),
+                std::fs::TryLockError::Error(e) => {
+                    err(&format!("cannot lock {}", dir.join(LOCK_FILE).display()), e)
+                }
             });
         }
     }
@@ -510,14 +512,15 @@ impl JsonLinesSink {
                 "JsonLinesOptions::max_segment_bytes must be at least {MIN_SEGMENT_BYTES} (a header and a record)"
             )));
         }
-        std::fs::create_dir_all(&dir).map_err(|e| err("cannot create the audit directory", e))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| err(&format!("cannot create the audit directory {}", dir.display()), e))?;
         let lock = lock_dir(&dir)?;
         let (segments, removed) = segments_without_headerless_last(&dir)?;
         let (writer, note) = match segments.last() {
             None => (Self::new_segment(&dir, &opts, Chain::new(opts.chain_key.clone()), 1, 0, false)?, None),
             Some((n, path)) => {
-                let tail =
-                    scan_segment(path, &opts.chain_key).map_err(|e| err("cannot reopen the trail", e))?;
+                let tail = scan_segment(path, &opts.chain_key)
+                    .map_err(|e| err(&format!("cannot reopen the trail at {}", path.display()), e))?;
                 if tail.chain != opts.chain_key.algorithm()
                     || tail.key_id.as_deref() != opts.chain_key.key_id()
                 {
@@ -534,11 +537,14 @@ impl JsonLinesSink {
                     .read(true)
                     .write(true)
                     .open(path)
-                    .map_err(|e| err("cannot open the last segment", e))?;
+                    .map_err(|e| err(&format!("cannot open the last segment {}", path.display()), e))?;
                 let mut note = None;
                 if tail.torn > 0 {
-                    file.set_len(tail.intact_len).map_err(|e| err("cannot cut the torn tail", e))?;
-                    file.sync_all().map_err(|e| err("cannot sync the repaired segment", e))?;
+                    file.set_len(tail.intact_len)
+                        .map_err(|e| err(&format!("cannot cut the torn tail of {}", path.display()), e))?;
+                    file.sync_all().map_err(|e| {
+                        err(&format!("cannot sync the repaired segment {}", path.display()), e)
+                    })?;
                     note = Some(format!(
                         "torn tail repaired: {} bytes at offset {} of {} removed on open",
                         tail.torn,
@@ -546,7 +552,8 @@ impl JsonLinesSink {
                         segment_file_name(*n)
                     ));
                 }
-                std::io::Seek::seek(&mut file, io::SeekFrom::End(0)).map_err(|e| err("seek", e))?;
+                std::io::Seek::seek(&mut file, io::SeekFrom::End(0))
+                    .map_err(|e| err(&format!("cannot seek to the end of {}", path.display()), e))?;
                 let chain = Chain::resume(opts.chain_key.clone(), tail.last_seq + 1, tail.last_hash);
                 let file: Box<dyn SegmentWriter> = match writer_hook(&opts) {
                     Some(hook) => hook(file),
@@ -578,15 +585,16 @@ impl JsonLinesSink {
             .create_new(true)
             .open(&path)
             .map_err(|e| err(&format!("cannot create {}", path.display()), e))?;
-        sync_dir(dir).map_err(|e| err("cannot sync the audit directory", e))?;
+        sync_dir(dir).map_err(|e| err(&format!("cannot sync the audit directory {}", dir.display()), e))?;
         let mut file: Box<dyn SegmentWriter> = match writer_hook(opts) {
             Some(hook) => hook(file),
             None => Box::new(file),
         };
         let mut header = String::new();
         chain.seal_header(n, prev_len, recovered, &mut header);
-        file.append(header.as_bytes()).map_err(|e| err("cannot write a segment header", e))?;
-        file.sync().map_err(|e| err("cannot sync a segment header", e))?;
+        file.append(header.as_bytes())
+            .map_err(|e| err(&format!("cannot write the header of {}", path.display()), e))?;
+        file.sync().map_err(|e| err(&format!("cannot sync the header of {}", path.display()), e))?;
         Ok(Writer::new(file, n, header.len() as u64, chain))
     }
 
@@ -609,8 +617,12 @@ impl JsonLinesSink {
         writer
             .chain
             .seal_event(&AuditEvent::new(EventFields::lifecycle("audit_start", Some(why))), &mut lines);
-        writer.file.append(lines.as_bytes()).map_err(|e| err("cannot write to the trail", e))?;
-        writer.file.sync().map_err(|e| err("cannot sync the trail", e))?;
+        writer.file.append(lines.as_bytes()).map_err(|e| {
+            err(&format!("cannot write to {}", dir.join(segment_file_name(writer.segment)).display()), e)
+        })?;
+        writer.file.sync().map_err(|e| {
+            err(&format!("cannot sync {}", dir.join(segment_file_name(writer.segment)).display()), e)
+        })?;
         writer.segment_bytes += lines.len() as u64;
         if let Some(c) = &mut checkpointer {
             c.on_lines(lines.as_bytes());
@@ -1243,7 +1255,7 @@ impl AuditSink for JsonLinesSink {
         let (mut segments, removed) = segments_without_headerless_last(dir)?;
         let (n, path) = segments.pop().ok_or_else(|| SinkError::new("the audit directory has no segment"))?;
         let tail = scan_segment(&path, &self.shared.opts.chain_key)
-            .map_err(|e| err("cannot read the failed segment", e))?;
+            .map_err(|e| err(&format!("cannot read the failed segment {}", path.display()), e))?;
         let chain = Chain::resume(self.shared.opts.chain_key.clone(), tail.last_seq + 1, tail.last_hash);
         let mut w = JsonLinesSink::new_segment(dir, &self.shared.opts, chain, n + 1, tail.intact_len, true)?;
         let mut lines = String::new();
@@ -1266,8 +1278,15 @@ impl AuditSink for JsonLinesSink {
             why.push_str(&removed);
         }
         w.chain.seal_event(&AuditEvent::new(EventFields::lifecycle("audit_start", Some(&why))), &mut lines);
-        w.file.append(lines.as_bytes()).map_err(|e| err("cannot write to the new segment", e))?;
-        w.file.sync().map_err(|e| err("cannot sync the new segment", e))?;
+        w.file.append(lines.as_bytes()).map_err(|e| {
+            err(
+                &format!("cannot write to the new segment {}", dir.join(segment_file_name(n + 1)).display()),
+                e,
+            )
+        })?;
+        w.file.sync().map_err(|e| {
+            err(&format!("cannot sync the new segment {}", dir.join(segment_file_name(n + 1)).display()), e)
+        })?;
         w.segment_bytes += lines.len() as u64;
         let last = w.chain.next_seq() - 1;
         if let (Some(c), Some(opts)) = (&self.shared.checkpointer, &self.shared.opts.checkpoints) {
