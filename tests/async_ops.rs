@@ -580,3 +580,26 @@ fn every_async_operation_is_a_send_future_for_send_and_sync_keys_and_values() {
     });
     assert_eq!(map.len().unwrap(), 1);
 }
+
+#[test]
+fn async_mutations_obey_the_maps_size_bound_like_the_sync_ones() {
+    current_thread().block_on(async {
+        let map: MapWrapper<u64, u64> = MapWrapper::builder().name("bounded").max_entries(2).build().unwrap();
+        map.insert_async(1, 1).await.unwrap();
+        map.entry(2).or_insert_async(2).await.unwrap();
+        let e = map.insert_async(3, 3).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::CapacityExceeded, "{e}");
+        assert!(!e.is_retryable());
+        assert_eq!(map.alter_async(4, |_| Some(4)).await.unwrap_err().kind(), ErrorKind::CapacityExceeded);
+        assert_eq!(map.extend_async([(5, 5)]).await.unwrap_err().kind(), ErrorKind::CapacityExceeded);
+        assert_eq!(map.len().unwrap(), 2, "refused changes changed nothing");
+        // Replacing a stored key is allowed; a removal frees a slot.
+        map.insert_async(1, 10).await.unwrap();
+        map.remove_async(&2).await.unwrap();
+        map.insert_async(3, 3).await.unwrap();
+        assert_eq!(map.clear_async().await.unwrap(), 2);
+        map.insert_async(6, 6).await.unwrap();
+        map.insert_async(7, 7).await.unwrap();
+        assert_eq!(map.len().unwrap(), 2);
+    });
+}

@@ -100,7 +100,10 @@ where
         // The guard lives in this block only: no `.await` while it is held.
         let done = {
             let mut table = self.full_write_async(&mut op, idx, Some(&key)).await?;
-            self.put(&self.recorder(&op), idx, &mut table, hash, key, value)
+            let sizing = self.admit(&op, idx, &table, Some((hash, &key)))?;
+            let done = self.put(&self.recorder(&op), idx, &mut table, hash, key, value);
+            self.resized(sizing, &mut table);
+            done
         };
         self.full_done_async(done).await
     }
@@ -184,7 +187,10 @@ where
         // The guard lives in this block only: no `.await` while it is held.
         let done = {
             let mut table = self.full_write_async(&mut op, idx, None).await?;
-            self.take(&self.recorder(&op), idx, &mut table, hash, key, f)
+            let sizing = self.admit(&op, idx, &table, None)?;
+            let done = self.take(&self.recorder(&op), idx, &mut table, hash, key, f);
+            self.resized(sizing, &mut table);
+            done
         };
         self.full_done_async(done).await
     }
@@ -253,7 +259,10 @@ where
         // The guard lives in this block only: no `.await` while it is held.
         let done = {
             let mut table = self.full_write_async(&mut op, idx, Some(&key)).await?;
-            self.replace(&self.recorder(&op), idx, &mut table, hash, key, f)
+            let sizing = self.admit(&op, idx, &table, Some((hash, &key)))?;
+            let done = self.replace(&self.recorder(&op), idx, &mut table, hash, key, f);
+            self.resized(sizing, &mut table);
+            done
         };
         self.full_done_async(done).await
     }
@@ -282,7 +291,9 @@ where
                     break;
                 }
             };
+            let sizing = self.sizing(&table);
             let (garbage, recorded) = f(&self.recorder(&op), idx, &mut table);
+            self.resized(sizing, &mut table);
             drop(table);
             drop(garbage);
             match recorded {
@@ -340,8 +351,17 @@ where
                     break;
                 }
             };
+            let sizing = match self.admit(&op, idx, &table, Some((hash, &key))) {
+                Ok(sizing) => sizing,
+                Err(e) => {
+                    drop(table);
+                    result = Err(e);
+                    break;
+                }
+            };
             let Applied { out, drop_after, ticket } =
                 self.put(&self.recorder(&op), idx, &mut table, hash, key, value);
+            self.resized(sizing, &mut table);
             drop(table);
             drop((out, drop_after));
             n += 1;
@@ -429,7 +449,10 @@ where
         // The guard lives in this block only: no `.await` while it is held.
         let done = {
             let mut table = with.full_write_async(&mut op, idx, Some(&key)).await?;
-            with.upsert(&with.recorder(&op), idx, &mut table, hash, key, make, modify, modifies)
+            let sizing = with.admit(&op, idx, &table, Some((hash, &key)))?;
+            let done = with.upsert(&with.recorder(&op), idx, &mut table, hash, key, make, modify, modifies);
+            with.resized(sizing, &mut table);
+            done
         };
         with.full_done_async(done).await
     }
