@@ -151,6 +151,11 @@
 //!
 // The method exists only with `metrics`: without it the link goes to `Stats`.
 #![cfg_attr(feature = "metrics", doc = "[`Stats::publish_metrics`]: stats::Stats::publish_metrics")]
+#![cfg_attr(
+    feature = "tokio-util",
+    doc = "[`OpContext::scope_with_cancellation`]: OpContext::scope_with_cancellation"
+)]
+#![cfg_attr(not(feature = "tokio-util"), doc = "[`OpContext::scope_with_cancellation`]: OpContext")]
 #![cfg_attr(not(feature = "metrics"), doc = "[`Stats::publish_metrics`]: stats::Stats")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 // Unsafe code only in the shard lock (`lock`: the lock_api trait impls and guard hand-offs,
