@@ -885,9 +885,14 @@ fn run_writer(shared: &Shared) {
             }
             make_checkpoint(shared, w, stopping)
         })();
-        end_turn(shared);
+        // On a failure the turn is handed back by `fail`, in the same critical section that
+        // marks the sink failed: giving it back first would let a waiter take it and append
+        // its batch after the torn bytes of the failed write.
         let signed = match result {
-            Ok(signed) => signed,
+            Ok(signed) => {
+                end_turn(shared);
+                signed
+            }
             Err(e) => return fail(shared, e),
         };
         // Anchors are written outside the turn: waiters keep writing meanwhile.
@@ -1198,9 +1203,10 @@ impl AuditSink for JsonLinesSink {
                         None => Ok(()),
                     }
                 }));
-                end_turn(shared);
+                // `fail` gives the turn back itself, with the sink already marked failed (see
+                // `run_writer`): nobody may write after a failed write.
                 match r {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(())) => end_turn(shared),
                     Ok(Err(e)) => fail(shared, e),
                     Err(panic) => {
                         let what = panic_text(&*panic);
