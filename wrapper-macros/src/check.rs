@@ -41,6 +41,10 @@ pub(crate) struct Plan {
     pub(crate) slow_ms: Option<u64>,
     pub(crate) shards: Option<u64>,
     pub(crate) policy: Policy,
+    /// The bound on entries (`Builder::max_entries`), or none.
+    pub(crate) max_entries: Option<u64>,
+    /// `Builder::auto_shrink(true)`.
+    pub(crate) auto_shrink: bool,
     /// A circuit breaker (checked settings), or none.
     pub(crate) breaker: Option<BreakerPlan>,
 }
@@ -157,6 +161,9 @@ pub(crate) fn check(cx: &mut Ctxt, c: &Container<'_>) -> Vec<Option<Plan>> {
     }
 
     let struct_breaker = c.opts.breaker.as_ref().map(|b| check_breaker(cx, b));
+    if let Some(max) = &c.opts.max_entries {
+        check_max_entries(cx, max);
+    }
     if let (Some(_), Some(no_default)) = (c.opts.no_new, c.opts.no_default) {
         cx.error_at(
             no_default,
@@ -337,12 +344,21 @@ pub(crate) fn check(cx: &mut Ctxt, c: &Container<'_>) -> Vec<Option<Plan>> {
             Some(b) => Some(check_breaker(cx, b)),
             None => struct_breaker.clone(),
         };
+        let max_entries = match &f.opts.max_entries {
+            Some(max) => {
+                check_max_entries(cx, max);
+                Some(max.value)
+            }
+            None => c.opts.max_entries.as_ref().map(|m| m.value),
+        };
         plans.push(Some(Plan {
             name,
             timeout_ms: field_timeout,
             slow_ms,
             shards: c.opts.shards.as_ref().map(|s| s.value),
             policy,
+            max_entries,
+            auto_shrink: c.opts.auto_shrink.is_some() || f.opts.auto_shrink.is_some(),
             breaker,
         }));
     }
@@ -352,6 +368,17 @@ pub(crate) fn check(cx: &mut Ctxt, c: &Container<'_>) -> Vec<Option<Plan>> {
         cx.error_spanned_by(c.ident, format!("`{struct_name}` has no {maps} field to guard"));
     }
     plans
+}
+
+/// The rule of `Builder::max_entries`: at least 1.
+fn check_max_entries(cx: &mut Ctxt, max: &Setting<u64>) {
+    if max.value == 0 {
+        cx.error_at(
+            max.span,
+            "`max_entries` must be at least 1 (a map that can hold nothing refuses every insert), \
+             e.g. `max_entries = 10000`",
+        );
+    }
 }
 
 /// The method names generated for a map field.

@@ -10,16 +10,19 @@ pub use core::default::Default;
 pub use core::fmt::{Debug, Formatter, Result as FmtResult};
 pub use core::hash::{BuildHasher, Hash};
 pub use core::marker::{PhantomData, Sized};
-pub use core::ops::FnOnce;
+pub use core::iter::IntoIterator;
+pub use core::ops::{FnMut, FnOnce};
 pub use core::option::Option;
 pub use core::result::Result;
 pub use core::time::Duration;
+pub use std::collections::hash_map::RandomState;
+pub use std::vec::IntoIter as VecIntoIter;
 
 pub use serde::{Deserialize, Deserializer, Serialize};
 
 pub use crate::audit::{Auditor, ValuePolicy};
 pub use crate::breaker::{BreakerConfig, OpenWait, SlidingWindow};
-pub use crate::{BuildError, MapError, MapWrapper, OpContext, Ref};
+pub use crate::{BuildError, Entry, Iter, MapError, MapWrapper, OpContext, Ref};
 
 use core::fmt;
 use std::collections::HashMap;
