@@ -256,8 +256,11 @@ fn stubs(c: &Container<'_>, krate: &TokenStream) -> TokenStream {
             res(quote!(#p::Option<__R>)),
             res(quote!(usize)),
         );
-        let (r_keys, r_values, r_iter) =
-            (res(quote!(#p::VecIntoIter<#k>)), res(quote!(#p::VecIntoIter<#v>)), res(quote!(#p::Iter<#k, #v>)));
+        let (r_keys, r_values, r_iter) = (
+            res(quote!(#p::VecIntoIter<#k>)),
+            res(quote!(#p::VecIntoIter<#v>)),
+            res(quote!(#p::Iter<#k, #v>)),
+        );
         let hasher = match &map.hasher {
             Some(s) => quote!(#s),
             None => quote!(#p::RandomState),

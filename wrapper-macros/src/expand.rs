@@ -561,10 +561,13 @@ fn accessors_of(
          may use the map): HashMap's `for (k, v) in &map` is `for (k, v) in field_iter()?`",
         "iter",
     );
-    let retain_doc =
-        op_doc("Keeps only the entries for which `f` returns `true`; returns how many were removed", "retain");
+    let retain_doc = op_doc(
+        "Keeps only the entries for which `f` returns `true`; returns how many were removed",
+        "retain",
+    );
     let clear_doc = op_doc("Removes every entry; returns how many there were", "clear");
-    let extend_doc = op_doc("Inserts every pair of `iter`, in order; returns how many were inserted", "extend");
+    let extend_doc =
+        op_doc("Inserts every pair of `iter`, in order; returns how many were inserted", "extend");
     let [get, get_cloned, contains_key, insert, remove, update, len, is_empty, entry, keys, values, iter, retain, clear, extend] =
         ACCESSOR_SUFFIXES.map(|suffix| format_ident!("{}_{}", base, suffix, span = field.span()));
     let hasher_ty = match &map.hasher {
