@@ -11,7 +11,7 @@ use syn::punctuated::Punctuated;
 use crate::ast::{Container, Mode, Shape};
 use crate::attr::{BreakerOpts, Setting, GUARD};
 use crate::ctxt::Ctxt;
-use crate::expand::{ACCESSOR_SUFFIXES, CONSTRUCTORS};
+use crate::expand::{ACCESSOR_SUFFIXES, CONSTRUCTORS, REFUSED_SUFFIXES};
 
 // The runtime's defaults and limits, repeated here because a proc-macro cannot read another
 // crate's constants. `defaults_and_limits_are_the_runtime_ones` in `tests/macro_behaviour.rs`
@@ -381,9 +381,10 @@ fn check_max_entries(cx: &mut Ctxt, max: &Setting<u64>) {
     }
 }
 
-/// The method names generated for a map field.
+/// The method names generated for a map field (the refused ones included: they exist, hidden).
 fn accessor_names(field: &str) -> impl Iterator<Item = String> + '_ {
-    std::iter::once(field.to_string()).chain(ACCESSOR_SUFFIXES.iter().map(move |s| format!("{field}_{s}")))
+    std::iter::once(field.to_string())
+        .chain(ACCESSOR_SUFFIXES.iter().chain(&REFUSED_SUFFIXES).map(move |s| format!("{field}_{s}")))
 }
 
 /// The rules of `Builder::name`: 1 to 256 bytes, no control characters.

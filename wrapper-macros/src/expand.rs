@@ -34,6 +34,11 @@ pub(crate) const ACCESSOR_SUFFIXES: [&str; 15] = [
     "extend",
 ];
 
+/// HashMap methods generated per map field, as `<field>_<suffix>`, only to be refused: each
+/// has a bound no type meets (`__private::NoGetMut`, …), so a call is a compile error that says
+/// what to write instead (a `&mut V` cannot leave the map's lock). Hidden from the docs.
+pub(crate) const REFUSED_SUFFIXES: [&str; 3] = ["get_mut", "iter_mut", "values_mut"];
+
 /// The associated functions generated on the struct.
 pub(crate) const CONSTRUCTORS: &[&str] = &["new", "with_auditor", "attach_auditor", "try_clone"];
 
@@ -576,6 +581,16 @@ fn accessors_of(
     };
     let key_clone = fresh.deferred(quote!(#k: #p::Clone), k.span());
     let it = &fresh.i;
+    let [get_mut, iter_mut, values_mut] =
+        REFUSED_SUFFIXES.map(|suffix| format_ident!("{}_{}", base, suffix, span = field.span()));
+    let refused = |name: &str| {
+        let lifetime = &fresh.lifetime;
+        let bound = format_ident!("{}", name);
+        quote!(for<#lifetime> &#lifetime Self: #p::#bound)
+    };
+    let (no_get_mut, no_iter_mut, no_values_mut) =
+        (refused("NoGetMut"), refused("NoIterMut"), refused("NoValuesMut"));
+    let never = quote!(::core::unreachable!("a refused accessor of a guarded map cannot be called"));
     let mw = quote!(#krate::MapWrapper);
     let res = |ok: TokenStream| quote!(#p::Result<#ok, #p::MapError>);
     let (r_get, r_opt_v, r_bool, r_opt_r, r_len) = (
@@ -716,6 +731,35 @@ fn accessors_of(
             #it: #p::IntoIterator<Item = (#k, #v)>,
         {
             #mw::extend(&self.#field, iter)
+        }
+
+        // Refused: declared with HashMap's return types (wrapped in `Result`, as every accessor
+        // is) so that the code around a call type-checks and the refusal is its only error.
+        #(#cfgs)*
+        #[doc(hidden)]
+        #vis fn #get_mut<#q: ?#p::Sized>(&self, _key: &#q) -> #p::Result<#p::Option<&mut #v>, #p::MapError>
+        where
+            #no_get_mut
+        {
+            #never
+        }
+
+        #(#cfgs)*
+        #[doc(hidden)]
+        #vis fn #iter_mut(&self) -> #p::Result<#p::IterMut<'_, #k, #v>, #p::MapError>
+        where
+            #no_iter_mut
+        {
+            #never
+        }
+
+        #(#cfgs)*
+        #[doc(hidden)]
+        #vis fn #values_mut(&self) -> #p::Result<#p::ValuesMut<'_, #k, #v>, #p::MapError>
+        where
+            #no_values_mut
+        {
+            #never
         }
     }
 }
