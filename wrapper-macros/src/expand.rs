@@ -586,7 +586,8 @@ fn accessors_of(
     let refused = |name: &str| {
         let lifetime = &fresh.lifetime;
         let bound = format_ident!("{}", name);
-        quote!(for<#lifetime> &#lifetime Self: #p::#bound)
+        // At the field, where rustc's "required by this bound" note points.
+        respan(quote!(for<#lifetime> &#lifetime Self: #p::#bound), field.span())
     };
     let (no_get_mut, no_iter_mut, no_values_mut) =
         (refused("NoGetMut"), refused("NoIterMut"), refused("NoValuesMut"));
