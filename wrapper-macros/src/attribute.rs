@@ -218,7 +218,7 @@ fn take_derives(attrs: &[syn::Attribute]) -> (Vec<syn::Attribute>, Derives) {
 /// `Default`, the map accessors), as thiserror's fallback, so that a mistake in the attribute is
 /// one error, not one more at every call site. Their bodies never run: the crate does not
 /// compile.
-fn stubs(c: &Container<'_>, krate: &TokenStream) -> TokenStream {
+pub(crate) fn stubs(c: &Container<'_>, krate: &TokenStream) -> TokenStream {
     let ident = c.ident;
     let vis = c.vis;
     let (impl_generics, ty_generics, where_clause) = c.generics.split_for_impl();
