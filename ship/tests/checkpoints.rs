@@ -165,17 +165,21 @@ fn cut_tail(dir: &Path, k: usize) {
 
 /// A local trail whose tail is cut (with its own `checkpoints.notes`) after its checkpoint was
 /// shipped: the chain alone still verifies, the remote's newest checkpoint makes it TAMPERED.
+/// `remote`: the binary's arguments naming the remote (`--postgres URL`): the note is written
+/// by `map-wrapper-ship checkpoint --out FILE` when the binary is built.
 fn a_trail_cut_after_shipping_is_tampered_against_the_remote_checkpoint<S: RemoteSink + Send>(
     sink: impl Fn() -> S,
+    remote: [&str; 2],
 ) {
     let local = tempfile::tempdir().unwrap();
     support::write_checkpointed_trail(local.path(), 120, 64 << 20, 25);
     Shipper::new(ShipperConfig::new("cut", local.path()), sink()).unwrap().run(Until::CaughtUp).unwrap();
+    let remote_args = remote;
     let remote = RemoteAnchor::new(sink(), "cut").latest().unwrap().expect("shipped");
     assert_eq!(remote.checkpoint().size(), local_records(local.path()).len() as u64);
     let held = tempfile::tempdir().unwrap();
     let note = held.path().join("remote.note");
-    std::fs::write(&note, remote.note()).unwrap();
+    write_remote_note(&note, &remote_args, &remote);
     let report = verdict_with_checkpoints(local.path(), std::slice::from_ref(&note));
     assert_eq!(report.verdict, Verdict::Intact, "{}", report.human());
 
@@ -185,6 +189,29 @@ fn a_trail_cut_after_shipping_is_tampered_against_the_remote_checkpoint<S: Remot
     let report = verdict_with_checkpoints(local.path(), std::slice::from_ref(&note));
     assert_eq!(report.verdict, Verdict::Tampered, "{}", report.human());
     assert!(report.human().contains("TAMPERED"), "{}", report.human());
+}
+
+/// `map-wrapper-ship checkpoint --trail cut REMOTE --out FILE`, checked to write `want`.
+#[cfg(feature = "cli")]
+fn write_remote_note(file: &Path, remote: &[&str; 2], want: &SignedCheckpoint) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_map-wrapper-ship"))
+        .args(["checkpoint", "--trail", "cut", remote[0], remote[1], "--out"])
+        .arg(file)
+        .output()
+        .expect("run map-wrapper-ship");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(file).unwrap(), want.note());
+    let none = std::process::Command::new(env!("CARGO_BIN_EXE_map-wrapper-ship"))
+        .args(["checkpoint", "--trail", "never-shipped", remote[0], remote[1]])
+        .output()
+        .expect("run map-wrapper-ship");
+    assert_eq!(none.status.code(), Some(1), "no checkpoint: exit 1");
+}
+
+/// Without the binary: the note the anchor gives.
+#[cfg(not(feature = "cli"))]
+fn write_remote_note(file: &Path, _remote: &[&str; 2], want: &SignedCheckpoint) {
+    std::fs::write(file, want.note()).unwrap();
 }
 
 #[cfg(feature = "postgres")]
@@ -240,7 +267,10 @@ mod pg {
     #[test]
     fn a_trail_cut_after_shipping_is_tampered_against_the_remote_checkpoint() {
         let pg = Postgres::start();
-        super::a_trail_cut_after_shipping_is_tampered_against_the_remote_checkpoint(sinks(&pg));
+        super::a_trail_cut_after_shipping_is_tampered_against_the_remote_checkpoint(
+            sinks(&pg),
+            ["--postgres", &pg.url()],
+        );
     }
 }
 
@@ -269,6 +299,9 @@ mod nats {
     #[test]
     fn a_trail_cut_after_shipping_is_tampered_against_the_remote_checkpoint() {
         let n = Nats::start();
-        super::a_trail_cut_after_shipping_is_tampered_against_the_remote_checkpoint(sinks(&n));
+        super::a_trail_cut_after_shipping_is_tampered_against_the_remote_checkpoint(
+            sinks(&n),
+            ["--nats", &n.url()],
+        );
     }
 }
