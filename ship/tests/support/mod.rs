@@ -334,9 +334,16 @@ pub fn signer() -> map_wrapper::audit::NoteSigner {
 /// 5 ms (and when the trail opens and closes), appended to the trail's `checkpoints.notes`;
 /// paced at 5 records per millisecond so that several are made.
 pub fn write_checkpointed_trail(dir: &Path, n: u64, segment_bytes: u64, every_records: u64) {
-    use map_wrapper::audit::{CheckpointOptions, CheckpointPolicy};
+    use map_wrapper::audit::CheckpointPolicy;
     let policy = CheckpointPolicy { every_records, every: Duration::from_millis(5), ..Default::default() };
-    write_trail_with(dir, n, segment_bytes, 5, Some(CheckpointOptions::new(ORIGIN, signer()).policy(policy)));
+    write_trail_with(dir, n, segment_bytes, 5, Some(checkpoint_options(policy)));
+}
+
+/// Checkpoints of [`ORIGIN`] signed by [`signer`] with `policy`.
+pub fn checkpoint_options(
+    policy: map_wrapper::audit::CheckpointPolicy,
+) -> map_wrapper::audit::CheckpointOptions {
+    map_wrapper::audit::CheckpointOptions::new(ORIGIN, signer()).policy(policy)
 }
 
 /// The notes of a trail's `checkpoints.notes`, in order.
@@ -365,7 +372,8 @@ pub fn verdict_with_checkpoints(dir: &Path, external: &[PathBuf]) -> map_wrapper
     map_wrapper::audit::verify::verify_paths(&[dir.to_path_buf()], &opts).expect("verify runs")
 }
 
-fn write_trail_with(
+/// [`write_trail`] with `checkpoints` on (see [`checkpoint_options`]).
+pub fn write_trail_with(
     dir: &Path,
     n: u64,
     segment_bytes: u64,
