@@ -22,7 +22,9 @@ use crate::sink::{RemoteSink, SinkError};
 ///   and then the remote may hold a checkpoint of records it does not hold yet.
 ///
 /// The trait is synchronous and so are the sinks (the NATS sink runs its own small tokio
-/// runtime): call it from plain threads, not from inside an async runtime's worker.
+/// runtime): call it from plain threads, not from inside an async runtime's worker. A call
+/// waits at most the sink's timeout (`PostgresSink::timeout`, `NatsSink::timeout`): as a
+/// writer's anchor, where a publish runs in the trail writer's turn, give the sink a short one.
 #[derive(Debug)]
 pub struct RemoteAnchor<S> {
     sink: Mutex<S>,

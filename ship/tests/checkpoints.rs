@@ -254,14 +254,26 @@ mod pg {
         )
         .unwrap_err();
         assert_eq!(e.code().map(|c| c.code()), Some("MW003"), "{e}");
+        sql(
+            &pg,
+            "CREATE ROLE shipper LOGIN; GRANT SELECT, INSERT ON map_wrapper_audit_checkpoints TO shipper;",
+        )
+        .unwrap();
+        let mut as_shipper = postgres::Client::connect(&pg.url_as("shipper"), postgres::NoTls).unwrap();
         for q in [
             "UPDATE map_wrapper_audit_checkpoints SET size = 1 WHERE pos = 2",
             "DELETE FROM map_wrapper_audit_checkpoints WHERE pos = 6",
             "TRUNCATE map_wrapper_audit_checkpoints",
         ] {
             let e = sql(&pg, q).unwrap_err();
-            assert_eq!(e.code().map(|c| c.code()), Some("MW002"), "{q}: {e}");
+            assert_eq!(e.code().map(|c| c.code()), Some("MW002"), "the owner, {q}: {e}");
+            let e = as_shipper.batch_execute(q).unwrap_err();
+            assert_eq!(e.code().map(|c| c.code()), Some("42501"), "the shipper's role, {q}: {e}");
         }
+        // The shipper's role reads and appends through the sink.
+        let anchor = map_wrapper_ship::postgres::PgAnchor::new(PostgresSink::new(pg.url_as("shipper")), "fw");
+        assert_eq!(anchor.latest().unwrap().unwrap().checkpoint().size(), 5);
+        anchor.publish(&made_checkpoints(6)[6]).unwrap();
     }
 
     #[test]
