@@ -150,6 +150,23 @@ fn the_remote_refuses_a_backwards_forked_or_foreign_checkpoint<S: RemoteSink + S
     assert_eq!(remote_checkpoints(&mut s, "fw"), want);
 }
 
+/// A note the writer is still writing (torn) is not shipped until it is whole; then it is.
+fn a_torn_last_note_is_shipped_once_it_is_whole<S: RemoteSink>(sink: impl Fn() -> S) {
+    let local = tempfile::tempdir().unwrap();
+    support::write_checkpointed_trail(local.path(), 60, 64 << 20, 20);
+    let path = local.path().join(APPEND_FILE);
+    let whole = std::fs::read(&path).unwrap();
+    let notes = local_checkpoints(local.path());
+    let last = notes.last().unwrap().note().len();
+    std::fs::write(&path, &whole[..whole.len() - last / 2]).unwrap();
+    let mut shipper = Shipper::new(ShipperConfig::new("torn", local.path()), sink()).unwrap();
+    assert_eq!(shipper.run(Until::CaughtUp).unwrap().checkpoints, notes.len() as u64 - 1);
+    assert_eq!(remote_checkpoints(shipper.sink_mut(), "torn"), notes[..notes.len() - 1]);
+    std::fs::write(&path, &whole).unwrap();
+    assert_eq!(shipper.run(Until::CaughtUp).unwrap().checkpoints, 1);
+    assert_eq!(remote_checkpoints(shipper.sink_mut(), "torn"), notes);
+}
+
 /// Removes the last `k` lines of the trail's only segment.
 fn cut_tail(dir: &Path, k: usize) {
     let segments = map_wrapper::audit::list_segments(dir).unwrap();
@@ -277,6 +294,12 @@ mod pg {
     }
 
     #[test]
+    fn a_torn_last_note_is_shipped_once_it_is_whole() {
+        let pg = Postgres::start();
+        super::a_torn_last_note_is_shipped_once_it_is_whole(sinks(&pg));
+    }
+
+    #[test]
     fn a_trail_cut_after_shipping_is_tampered_against_the_remote_checkpoint() {
         let pg = Postgres::start();
         super::a_trail_cut_after_shipping_is_tampered_against_the_remote_checkpoint(
@@ -306,6 +329,12 @@ mod nats {
     fn the_remote_refuses_a_backwards_forked_or_foreign_checkpoint() {
         let n = Nats::start();
         super::the_remote_refuses_a_backwards_forked_or_foreign_checkpoint(sinks(&n));
+    }
+
+    #[test]
+    fn a_torn_last_note_is_shipped_once_it_is_whole() {
+        let n = Nats::start();
+        super::a_torn_last_note_is_shipped_once_it_is_whole(sinks(&n));
     }
 
     #[test]
