@@ -349,6 +349,7 @@ impl RawLock {
 
     /// [`wait`](Self::wait), calling `queued` once the thread is in the queue (outside the
     /// queue's mutex).
+    #[cold]
     fn wait_then(
         &self,
         exclusive: bool,
