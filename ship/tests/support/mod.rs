@@ -74,12 +74,36 @@ fn children_of(pid: i32) -> Vec<i32> {
 /// call `setsid`, so they leave the group): SIGSTOP makes a hung server, SIGCONT lets it go on.
 fn signal_group(child: &Child, sig: i32) {
     let pid = child.id() as i32;
-    for p in std::iter::once(-pid).chain(children_of(pid)) {
+    let children = children_of(pid);
+    for &p in std::iter::once(&-pid).chain(&children) {
         // SAFETY: kill(2) on our server's process group and its children; no memory involved.
         unsafe {
             libc::kill(p, sig);
         }
     }
+    if sig == libc::SIGSTOP {
+        // kill(2) returns before every thread has stopped: a server thread still running
+        // could answer one more request. Wait until each thread of the server and of its
+        // children is stopped (state `T`), so that "paused" means nothing answers.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        for p in std::iter::once(pid).chain(children) {
+            while !all_threads_stopped(p) {
+                assert!(std::time::Instant::now() < deadline, "process {p} did not stop after SIGSTOP");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+/// Whether every thread of `pid` is stopped (or the process is gone).
+fn all_threads_stopped(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return true };
+    tasks.flatten().all(|t| {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else { return true };
+        // pid (comm) state …: the state follows the last ')'.
+        let state = stat.rsplit_once(')').and_then(|r| r.1.split_whitespace().next());
+        matches!(state, None | Some("T" | "t" | "Z" | "X"))
+    })
 }
 
 /// The uid/gid to run PostgreSQL as: None when not root, else `postgres` (or `nobody`).
