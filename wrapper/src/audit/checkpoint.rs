@@ -822,7 +822,12 @@ impl CheckpointRun {
 
     /// The next record line (without its `\n`).
     pub fn push_line(&mut self, line: &[u8]) {
-        let leaf = leaf_hash(line);
+        self.push_line_with_leaf(line, leaf_hash(line));
+    }
+
+    /// The next record line (without its `\n`) with its leaf hash (its
+    /// [`leaf_hash`](crate::audit::merkle::leaf_hash)), for a caller that computed it.
+    pub fn push_line_with_leaf(&mut self, line: &[u8], leaf: Hash) {
         self.prover.push(leaf);
         self.check.push_leaf(leaf);
         if self.first_seq.is_none() {

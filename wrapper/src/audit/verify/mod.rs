@@ -680,52 +680,83 @@ struct State<'o> {
 }
 
 /// Record lines on their way to the checkpoint checks, on a helper thread (the leaf hashes
-/// cost as much as the chain's: in parallel, they cost little wall time).
+/// cost as much as the chain's: in parallel, they cost little wall time). Batches go back
+/// to be refilled: at most [`LEAF_BATCHES`] exist, so memory stays bounded.
 struct LeafFeed {
     batch: Vec<u8>,
     tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    /// Batches the helper is done with.
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
     thread: std::thread::JoinHandle<crate::audit::checkpoint::CheckpointRun>,
 }
 
 /// Lines sent to the helper at once.
 const LEAF_BATCH_BYTES: usize = 256 << 10;
 
+/// Batches in all: one being filled, the rest queued or being hashed.
+const LEAF_BATCHES: usize = 4;
+
 impl LeafFeed {
     fn start(run: crate::audit::checkpoint::CheckpointRun) -> Result<Self, VerifyError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(LEAF_BATCHES);
+        let (back, spare) = std::sync::mpsc::sync_channel::<Vec<u8>>(LEAF_BATCHES);
+        for _ in 1..LEAF_BATCHES {
+            let _ = back.send(Vec::with_capacity(LEAF_BATCH_BYTES + 4096));
+        }
         let thread = std::thread::Builder::new()
             .name("audit-verify-merkle".into())
             .spawn(move || {
                 let mut run = run;
-                for batch in rx {
+                for mut batch in rx {
                     let mut start = 0;
-                    for end in memchr::memchr_iter(b'\n', &batch) {
-                        run.push_line(&batch[start..end]);
+                    let mut lines = memchr::memchr_iter(b'\n', &batch).map(|end| {
+                        let line = &batch[start..end];
                         start = end + 1;
+                        line
+                    });
+                    // Two leaves at a time (two hashes in the time of one).
+                    while let Some(a) = lines.next() {
+                        match lines.next() {
+                            Some(b) => {
+                                let [la, lb] = sha256x::digest2(
+                                    &sha256x::Msg::new(&[&[0], a]),
+                                    &sha256x::Msg::new(&[&[0], b]),
+                                );
+                                run.push_line_with_leaf(a, la);
+                                run.push_line_with_leaf(b, lb);
+                            }
+                            None => run.push_line(a),
+                        }
                     }
+                    batch.clear();
+                    // Refused only when the verifier is gone.
+                    let _ = back.try_send(batch);
                 }
                 run
             })
             .map_err(|e| VerifyError::Usage(format!("cannot start the checkpoint thread: {e}")))?;
-        Ok(LeafFeed { batch: Vec::with_capacity(LEAF_BATCH_BYTES + 4096), tx, thread })
+        Ok(LeafFeed { batch: Vec::with_capacity(LEAF_BATCH_BYTES + 4096), tx, spare, thread })
     }
 
     fn push(&mut self, line: &[u8]) {
         self.batch.extend_from_slice(line);
         self.batch.push(b'\n');
         if self.batch.len() >= LEAF_BATCH_BYTES {
-            let full = std::mem::replace(&mut self.batch, Vec::with_capacity(LEAF_BATCH_BYTES + 4096));
+            // Waits for a batch the helper is done with: the helper keeps up or the verifier waits.
+            let next = self.spare.recv().unwrap_or_default();
+            let full = std::mem::replace(&mut self.batch, next);
             // The helper only ends when the sender is dropped; a send fails only if it panicked.
             let _ = self.tx.send(full);
         }
     }
 
     fn finish(self) -> Result<crate::audit::checkpoint::CheckpointFindings, VerifyError> {
-        let LeafFeed { batch, tx, thread } = self;
+        let LeafFeed { batch, tx, spare, thread } = self;
         if !batch.is_empty() {
             let _ = tx.send(batch);
         }
         drop(tx);
+        drop(spare);
         let run = thread.join().map_err(|_| VerifyError::Usage("the checkpoint thread panicked".into()))?;
         run.finish().map_err(|e| VerifyError::Usage(e.to_string()))
     }
