@@ -55,8 +55,12 @@ pub struct VerifyOptions {
     /// Also check the trail's signed checkpoints (its `checkpoints.notes`, checkpoints kept
     /// elsewhere, a verifier state file) against its records, in the same pass: see
     /// [`CheckpointRun`](crate::audit::checkpoint::CheckpointRun). A checkpoint the trail does
-    /// not hold makes it [`Verdict::Tampered`]; an overdue one [`Verdict::Stale`]. The leaf
-    /// hashes are computed on a helper thread, so the check costs little wall time.
+    /// not hold makes it [`Verdict::Tampered`]; an overdue one [`Verdict::Stale`]. The
+    /// checkpoints' signatures and the Merkle tree (leaf and node hashes) are checked on a
+    /// helper thread while the records are read, so on a second core the check costs little
+    /// wall time. Unusable checkpoint inputs (an external checkpoint or a state file that is
+    /// unreadable or untrusted) make the verification an error, as before any record is read;
+    /// the records are still read (and progress reported) first.
     pub checkpoints: Option<crate::audit::checkpoint::CheckpointCheckOptions>,
 }
 
@@ -312,7 +316,8 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, VerifyError> {
 /// Verifies the trail made of `paths` (files and directories of segments; see
 /// [`collect_files`] for the order).
 ///
-/// One pass on one thread: every file is streamed through one buffer (1 MiB, more only for a
+/// One pass (with [`VerifyOptions::checkpoints`], a helper thread checks them alongside):
+/// every file is streamed through one buffer (1 MiB, more only for a
 /// line longer than that, up to the line limit), so memory does not grow with the size or
 /// the number of segments. A path that is not a regular file (a FIFO, a device, a directory
 /// named like a segment) is never opened for reading: it is tampering at that file.
@@ -687,7 +692,7 @@ struct LeafFeed {
     tx: std::sync::mpsc::SyncSender<Vec<u8>>,
     /// Batches the helper is done with.
     spare: std::sync::mpsc::Receiver<Vec<u8>>,
-    thread: std::thread::JoinHandle<crate::audit::checkpoint::CheckpointRun>,
+    thread: std::thread::JoinHandle<Result<crate::audit::checkpoint::CheckpointRun, VerifyError>>,
 }
 
 /// Lines sent to the helper at once.
@@ -697,7 +702,12 @@ const LEAF_BATCH_BYTES: usize = 256 << 10;
 const LEAF_BATCHES: usize = 4;
 
 impl LeafFeed {
-    fn start(run: crate::audit::checkpoint::CheckpointRun) -> Result<Self, VerifyError> {
+    /// Starts the helper, which first reads the checkpoints (`CheckpointRun::new`) and says
+    /// on the returned channel whether they can be used.
+    fn start(
+        opts: crate::audit::checkpoint::CheckpointCheckOptions,
+    ) -> Result<(Self, std::sync::mpsc::Receiver<Result<(), VerifyError>>), VerifyError> {
+        let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(LEAF_BATCHES);
         let (back, spare) = std::sync::mpsc::sync_channel::<Vec<u8>>(LEAF_BATCHES);
         for _ in 1..LEAF_BATCHES {
@@ -706,7 +716,17 @@ impl LeafFeed {
         let thread = std::thread::Builder::new()
             .name("audit-verify-merkle".into())
             .spawn(move || {
-                let mut run = run;
+                let unusable = |e: crate::audit::anchor::AnchorError| VerifyError::Usage(e.to_string());
+                let mut run = match crate::audit::checkpoint::CheckpointRun::new(&opts) {
+                    Ok(run) => {
+                        let _ = ready_tx.send(Ok(()));
+                        run
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(unusable(e.clone())));
+                        return Err(unusable(e));
+                    }
+                };
                 for mut batch in rx {
                     let mut start = 0;
                     let mut lines = memchr::memchr_iter(b'\n', &batch).map(|end| {
@@ -732,10 +752,10 @@ impl LeafFeed {
                     // Refused only when the verifier is gone.
                     let _ = back.try_send(batch);
                 }
-                run
+                Ok(run)
             })
             .map_err(|e| VerifyError::Usage(format!("cannot start the checkpoint thread: {e}")))?;
-        Ok(LeafFeed { batch: Vec::with_capacity(LEAF_BATCH_BYTES + 4096), tx, spare, thread })
+        Ok((LeafFeed { batch: Vec::with_capacity(LEAF_BATCH_BYTES + 4096), tx, spare, thread }, ready))
     }
 
     fn push(&mut self, line: &[u8]) {
@@ -757,7 +777,8 @@ impl LeafFeed {
         }
         drop(tx);
         drop(spare);
-        let run = thread.join().map_err(|_| VerifyError::Usage("the checkpoint thread panicked".into()))?;
+        let run =
+            thread.join().map_err(|_| VerifyError::Usage("the checkpoint thread panicked".into()))??;
         run.finish().map_err(|e| VerifyError::Usage(e.to_string()))
     }
 }
@@ -1111,6 +1132,34 @@ fn run(sources: &Sources<'_>, opts: &VerifyOptions, bytes_mode: bool) -> Result<
         Some(h) => Some(<[u8; 64]>::try_from(parse_hash(h)?.as_bytes()).expect("64 bytes")),
         None => None,
     };
+    // The checkpoints are read and their signatures checked on the helper thread while the
+    // records are read here.
+    let (leaves, ready) = match &opts.checkpoints {
+        Some(c) => {
+            let (feed, ready) = LeafFeed::start(c.clone())?;
+            (Some(feed), Some(ready))
+        }
+        None => (None, None),
+    };
+    match (pass(sources, opts, bytes_mode, expect_prev, leaves), ready) {
+        // Unusable checkpoint inputs are the error, whatever else went wrong (they were
+        // read before the records once, and still come first).
+        (Err(e), Some(ready)) => match ready.recv() {
+            Ok(Err(unusable)) => Err(unusable),
+            _ => Err(e),
+        },
+        (result, _) => result,
+    }
+}
+
+/// The pass over the records (see [`run`]).
+fn pass(
+    sources: &Sources<'_>,
+    opts: &VerifyOptions,
+    bytes_mode: bool,
+    expect_prev: Option<[u8; 64]>,
+    leaves: Option<LeafFeed>,
+) -> Result<Report, VerifyError> {
     // Pieces without segment names may be a headerless trail (a MemorySink's text).
     let bytes_mode = bytes_mode && (0..sources.len()).all(|i| sources.segment_number(i).is_none());
     let mut st = State {
@@ -1137,13 +1186,7 @@ fn run(sources: &Sources<'_>, opts: &VerifyOptions, bytes_mode: bool) -> Result<
             notes: Vec::new(),
             checkpoints: None,
         },
-        leaves: match &opts.checkpoints {
-            Some(c) => Some(LeafFeed::start(
-                crate::audit::checkpoint::CheckpointRun::new(c)
-                    .map_err(|e| VerifyError::Usage(e.to_string()))?,
-            )?),
-            None => None,
-        },
+        leaves,
     };
     let n = sources.len();
     let mut reader = LineReader::new();
@@ -1667,6 +1710,40 @@ mod tests {
         assert_eq!(verify_paths(&[dir.path().to_path_buf()], &opts).unwrap().verdict, Verdict::Intact);
         let want: Vec<_> = (1..=files).map(|d| (d, files)).collect();
         assert_eq!(*seen.lock().unwrap(), want);
+    }
+
+    /// The checkpoints are read on the helper thread while the records are read: unusable
+    /// checkpoint inputs are still the error, even when the trail cannot be verified either.
+    #[test]
+    fn unusable_checkpoint_inputs_are_the_error_whatever_the_trail() {
+        use crate::audit::checkpoint::CheckpointCheckOptions;
+        use crate::audit::{JsonLinesOptions, JsonLinesSink};
+        let dir = tempfile::tempdir().unwrap();
+        let opts = JsonLinesOptions {
+            chain_key: ChainKey::Hmac { id: "k".into(), key: b"key".to_vec() },
+            ..Default::default()
+        };
+        let map: MapWrapper<u32, u32> = MapWrapper::builder()
+            .auditor(Auditor::new(JsonLinesSink::open(dir.path(), opts).unwrap()))
+            .build()
+            .unwrap();
+        map.insert(1, 1).unwrap();
+        drop(map);
+        let missing = dir.path().join("no-such.note");
+        let checkpoints = CheckpointCheckOptions { external: vec![missing.clone()], ..Default::default() };
+        let paths = [dir.path().to_path_buf()];
+        for key in [None, Some(b"key".to_vec())] {
+            let opts = VerifyOptions {
+                hmac_key: key.clone(),
+                checkpoints: Some(checkpoints.clone()),
+                ..Default::default()
+            };
+            let e = verify_paths(&paths, &opts).unwrap_err().to_string();
+            assert!(e.contains("no-such.note"), "key given: {}: {e}", key.is_some());
+        }
+        // Without checkpoints, the trail's own error.
+        let e = verify_paths(&paths, &Default::default()).unwrap_err().to_string();
+        assert!(e.contains("HMAC-chained"), "{e}");
     }
 
     #[test]
