@@ -118,6 +118,62 @@ fn accessors_are_the_map_operations() -> Result<(), MapError> {
 }
 
 #[test]
+fn hashmap_shaped_accessors_are_the_map_operations_too() -> Result<(), MapError> {
+    let ledger = Ledger::new();
+    assert!(ledger.balances_is_empty()?);
+    assert_eq!(
+        ledger.balances_extend([("a".to_string(), 1), ("b".to_string(), 2), ("c".to_string(), 3)])?,
+        3
+    );
+    assert!(!ledger.balances_is_empty()?);
+    // HashMap's `*m.entry(k).or_insert(0) += 1`.
+    ledger.balances_entry("a".into()).or_insert_then(0, |n| *n += 10)?;
+    ledger.balances_entry("new".into()).or_insert_then(0, |n| *n += 10)?;
+    assert_eq!(ledger.balances_get_cloned("a")?, Some(11));
+    assert_eq!(ledger.balances_get_cloned("new")?, Some(10));
+    let mut keys: Vec<String> = ledger.balances_keys()?.collect();
+    keys.sort();
+    assert_eq!(keys, ["a", "b", "c", "new"]);
+    assert_eq!(ledger.balances_values()?.sum::<i64>(), 11 + 2 + 3 + 10);
+    let mut pairs: Vec<(String, i64)> = ledger.balances_iter()?.collect();
+    pairs.sort();
+    assert_eq!(pairs, [("a".into(), 11), ("b".into(), 2), ("c".into(), 3), ("new".into(), 10)]);
+    assert_eq!(ledger.balances_retain(|_, v| *v >= 10)?, 2);
+    assert_eq!(ledger.balances_len()?, 2);
+    assert_eq!(ledger.balances_clear()?, 2);
+    assert!(ledger.balances_is_empty()?);
+    // The other maps of the struct are untouched.
+    ledger.cards_insert(1, "tok".into())?;
+    ledger.balances_clear()?;
+    assert_eq!(ledger.cards_len()?, 1);
+    Ok(())
+}
+
+#[derive(GuardedMap)]
+#[guard(max_entries = 3, auto_shrink)]
+struct DerivedBounded {
+    #[guard(max_entries = 1)]
+    one: MapWrapper<u8, u8>,
+    three: MapWrapper<u8, u8>,
+}
+
+#[test]
+fn the_derive_takes_max_entries_and_generates_the_same_accessors() -> Result<(), MapError> {
+    let d = DerivedBounded::new();
+    assert_eq!(d.one().max_entries(), Some(1), "the field's bound wins");
+    assert_eq!(d.three().max_entries(), Some(3));
+    d.one_entry(1).or_insert_then(0, |n| *n += 1)?;
+    assert_eq!(d.one_insert(2, 2).unwrap_err().kind(), map_wrapper::ErrorKind::CapacityExceeded);
+    assert_eq!(d.three_extend([(1, 1), (2, 2), (3, 3)])?, 3);
+    assert_eq!(d.three_extend([(4, 4)]).unwrap_err().kind(), map_wrapper::ErrorKind::CapacityExceeded);
+    assert_eq!(d.three_keys()?.map(u32::from).sum::<u32>(), 6);
+    assert_eq!(d.three_retain(|k, _| *k == 1)?, 2);
+    assert!(!d.three_is_empty()?);
+    assert_eq!(d.one_iter()?.collect::<Vec<_>>(), [(1, 1)]);
+    Ok(())
+}
+
+#[test]
 fn many_threads_share_one_struct_and_lose_nothing() {
     const THREADS: usize = 8;
     const PER_THREAD: u64 = 500;

@@ -41,6 +41,18 @@ trait Sized {}
 #[allow(dead_code)]
 trait FnOnce {}
 #[allow(dead_code)]
+trait FnMut {}
+#[allow(dead_code)]
+trait IntoIterator {}
+#[allow(dead_code)]
+struct Entry;
+#[allow(dead_code)]
+struct Iter;
+#[allow(dead_code)]
+struct RandomState;
+#[allow(dead_code)]
+struct IntoIter;
+#[allow(dead_code)]
 trait Debug {}
 #[allow(dead_code)]
 trait PartialEq {}
@@ -116,6 +128,15 @@ fn generated_code_ignores_the_names_in_scope() {
     assert!(matches!(inv.stock_get_cloned("bolt"), std::result::Result::Ok(std::option::Option::Some(3))));
     assert!(inv.tags_insert(7, vec!["steel".to_string()]).is_ok());
     assert!(inv.type_insert(1, 2).is_ok());
+    // The HashMap-shaped accessors: entry, extend, retain, keys, values, iter, clear, is_empty.
+    assert!(inv.stock_entry("bolt").or_insert_then(0, |n| *n += 1).is_ok());
+    assert!(inv.stock_extend([("nut", 1), ("washer", 9)]).is_ok_and(|n| n == 2));
+    assert!(inv.stock_retain(|k, _| *k != "washer").is_ok_and(|n| n == 1));
+    assert!(inv.stock_keys().is_ok_and(|k| k.count() == 2));
+    assert!(inv.stock_values().is_ok_and(|v| v.sum::<u32>() == 5));
+    assert!(inv.tags_iter().is_ok_and(|mut i| i.next().is_some_and(|(k, _)| k == 7)));
+    assert!(inv.type_clear().is_ok_and(|n| n == 1));
+    assert!(inv.type_is_empty().is_ok_and(|empty| empty));
     assert_eq!(inv.r#type().name(), "Inventory.type");
     assert_eq!(inv.note, 0);
     let trail = ::map_wrapper::audit::MemorySink::new();

@@ -2,14 +2,51 @@
 //! ported struct relies on beyond the accessors: serde keeps the declared settings, an auditor
 //! can be attached after the fact, `Clone` / `PartialEq` / `Debug` / `Default` work on contents,
 //! `no_new` / `no_default` let a user write their own, forced (`#[guard(map)]`) and custom-hasher
-//! fields are guarded, and `breaker(...)` gives every map a circuit breaker.
+//! fields are guarded, `breaker(...)` gives every map a circuit breaker, and `max_entries` /
+//! `auto_shrink` bound each map and give memory back.
+//!
+//! # The port
+//!
+//! `mod before` is a service written the `HashMap` way, with the common idioms (`insert`, `get`,
+//! `contains_key`, `get_mut`, `*entry(k).or_insert(0) += 1`, `for (k, v) in &map`, `keys()`,
+//! `values()`, `retain`, `is_empty`, `clear`, `extend`, `len`, `remove`). `mod after` is the same
+//! service ported, line for line. The port changes:
+//!
+//! - the struct's attributes: `#[guarded_map(...)]` above it (and the `use` of it);
+//! - each map call, from `self.field.op(..)` to the accessor `self.field_op(..)`, with the same
+//!   arguments (`self.field.op(..)` on the `MapWrapper` field would do too);
+//! - a `?` after each map call, since every call can now fail (a timeout, a cancellation, a bound
+//!   reached): so the methods that call the maps return `Result<_, MapError>`, and their tail
+//!   expression is wrapped in `Ok(..)` (or an `Ok(())` line ends a method that returned
+//!   nothing).
+//!
+//! Three lines change beyond that, each marked `// port:` in `mod after`, because a reference
+//! into a map cannot outlive the map's lock (the table in the crate docs, "Porting `HashMap`
+//! code", gives each mapping):
+//!
+//! - `*map.entry(k).or_insert(0) += 1` becomes `map_entry(k).or_insert_then(0, |n| *n += 1)?`:
+//!   the `&mut V` that `or_insert` returns would escape the lock and the audit, so the change is
+//!   a closure, run under the lock and recorded with the value before and after;
+//! - `map.get_mut(&k).map(|v| ..)` becomes `map_update(&k, |v| ..)?`, for the same reason;
+//! - `for (k, v) in &map` becomes `for (k, v) in map_iter()?`: the loop runs over a copy
+//!   (owned pairs, no lock held during the body), since iterating by reference would hold the
+//!   shards' locks for the whole loop. Bodies that use `k` and `v` through auto-deref, operators
+//!   or field access compile unchanged.
+//!
+//! `&mut self` stays: nothing in the port needs it to change. What the port buys is that the
+//! methods *could* take `&self` (the maps lock themselves), so one `Service` can be shared by
+//! threads without a `Mutex` around it; `Clone`, `PartialEq`, `Debug` and `Default` are derived
+//! as before (`#[guarded_map]` implements them on the maps' contents).
+//!
+//! `the_port_changes_only_the_attribute_the_map_calls_and_question_marks` checks the two modules
+//! of this file against that list, so the port cannot grow other edits unnoticed.
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::time::Duration;
 
 use map_wrapper::audit::{Auditor, MemorySink};
-use map_wrapper::{guarded_map, MapError};
+use map_wrapper::{guarded_map, ErrorKind, MapError};
 use serde::{Deserialize, Serialize};
 
 /// A value type of the service.
@@ -30,6 +67,7 @@ mod before {
     pub struct Service {
         pub blobs: HashMap<String, Vec<u8>>,
         pub orders: HashMap<u64, Order>,
+        pub hits: HashMap<String, u64>,
         pub label: String,
     }
 
@@ -39,11 +77,27 @@ mod before {
         }
 
         pub fn blob_len(&self, key: &str) -> Option<usize> {
-            self.blobs.get(key).map(Vec::len)
+            self.blobs.get(key).map(|b| b.len())
+        }
+
+        pub fn has_blob(&self, key: &str) -> bool {
+            self.blobs.contains_key(key)
+        }
+
+        pub fn hit(&mut self, page: &str) {
+            *self.hits.entry(page.to_string()).or_insert(0) += 1;
+        }
+
+        pub fn total_hits(&self) -> u64 {
+            self.hits.values().sum()
         }
 
         pub fn place(&mut self, id: u64, order: Order) {
             self.orders.insert(id, order);
+        }
+
+        pub fn place_all(&mut self, batch: Vec<(u64, Order)>) {
+            self.orders.extend(batch);
         }
 
         pub fn fill(&mut self, id: u64, qty: u32) -> Option<u32> {
@@ -57,15 +111,42 @@ mod before {
             self.orders.remove(&id)
         }
 
+        pub fn drop_filled(&mut self) {
+            self.orders.retain(|_, o| o.qty > 0);
+        }
+
         pub fn open_orders(&self) -> usize {
             self.orders.len()
+        }
+
+        pub fn idle(&self) -> bool {
+            self.orders.is_empty()
+        }
+
+        pub fn id_sum(&self) -> u64 {
+            self.orders.keys().sum()
+        }
+
+        pub fn units(&self) -> u32 {
+            self.orders.values().map(|o| o.qty).sum()
+        }
+
+        pub fn weighted_units(&self) -> u64 {
+            let mut total = 0;
+            for (id, o) in &self.orders {
+                total += id * u64::from(o.qty);
+            }
+            total
+        }
+
+        pub fn reset(&mut self) {
+            self.orders.clear();
+            self.hits.clear();
         }
     }
 }
 
-/// The same service after the port: the attribute, `&self` instead of `&mut self` (the maps
-/// lock themselves), the accessors, and `?` where an operation can fail. Map methods the port
-/// still lacks (keys/values/iteration by reference, `entry().or_insert(0) += 1`) are phase two.
+/// The same service after the port (see the module docs for what changed and why).
 mod after {
     use super::Order;
     use map_wrapper::{guarded_map, MapError};
@@ -76,11 +157,12 @@ mod after {
     pub struct Service {
         pub blobs: HashMap<String, Vec<u8>>,
         pub orders: HashMap<u64, Order>,
+        pub hits: HashMap<String, u64>,
         pub label: String,
     }
 
     impl Service {
-        pub fn put(&self, key: &str, bytes: &[u8]) -> Result<Option<Vec<u8>>, MapError> {
+        pub fn put(&mut self, key: &str, bytes: &[u8]) -> Result<Option<Vec<u8>>, MapError> {
             self.blobs_insert(key.to_string(), bytes.to_vec())
         }
 
@@ -88,24 +170,76 @@ mod after {
             Ok(self.blobs_get(key)?.map(|b| b.len()))
         }
 
-        pub fn place(&self, id: u64, order: Order) -> Result<(), MapError> {
+        pub fn has_blob(&self, key: &str) -> Result<bool, MapError> {
+            self.blobs_contains_key(key)
+        }
+
+        pub fn hit(&mut self, page: &str) -> Result<(), MapError> {
+            // port: `or_insert` would return a `&mut V`, which cannot leave the lock
+            self.hits_entry(page.to_string()).or_insert_then(0, |n| *n += 1)?;
+            Ok(())
+        }
+
+        pub fn total_hits(&self) -> Result<u64, MapError> {
+            Ok(self.hits_values()?.sum())
+        }
+
+        pub fn place(&mut self, id: u64, order: Order) -> Result<(), MapError> {
             self.orders_insert(id, order)?;
             Ok(())
         }
 
-        pub fn fill(&self, id: u64, qty: u32) -> Result<Option<u32>, MapError> {
+        pub fn place_all(&mut self, batch: Vec<(u64, Order)>) -> Result<(), MapError> {
+            self.orders_extend(batch)?;
+            Ok(())
+        }
+
+        pub fn fill(&mut self, id: u64, qty: u32) -> Result<Option<u32>, MapError> {
+            // port: `get_mut` is `update`: a `&mut V` cannot leave the lock
             self.orders_update(&id, |o| {
                 o.qty -= qty.min(o.qty);
                 o.qty
             })
         }
 
-        pub fn cancel(&self, id: u64) -> Result<Option<Order>, MapError> {
+        pub fn cancel(&mut self, id: u64) -> Result<Option<Order>, MapError> {
             self.orders_remove(&id)
+        }
+
+        pub fn drop_filled(&mut self) -> Result<(), MapError> {
+            self.orders_retain(|_, o| o.qty > 0)?;
+            Ok(())
         }
 
         pub fn open_orders(&self) -> Result<usize, MapError> {
             self.orders_len()
+        }
+
+        pub fn idle(&self) -> Result<bool, MapError> {
+            self.orders_is_empty()
+        }
+
+        pub fn id_sum(&self) -> Result<u64, MapError> {
+            Ok(self.orders_keys()?.sum())
+        }
+
+        pub fn units(&self) -> Result<u32, MapError> {
+            Ok(self.orders_values()?.map(|o| o.qty).sum())
+        }
+
+        pub fn weighted_units(&self) -> Result<u64, MapError> {
+            let mut total = 0;
+            // port: the loop runs over a copy, so that no lock is held during its body
+            for (id, o) in self.orders_iter()? {
+                total += id * u64::from(o.qty);
+            }
+            Ok(total)
+        }
+
+        pub fn reset(&mut self) -> Result<(), MapError> {
+            self.orders_clear()?;
+            self.hits_clear()?;
+            Ok(())
         }
     }
 }
@@ -117,21 +251,46 @@ fn order(qty: u32) -> Order {
 #[test]
 fn the_ported_service_behaves_as_the_hashmap_one() -> Result<(), MapError> {
     let mut old = before::Service::default();
-    let new = after::Service::default();
+    let mut new = after::Service::default();
     assert_eq!(old.put("a", b"xyz"), new.put("a", b"xyz")?);
     assert_eq!(old.put("a", b"xy"), new.put("a", b"xy")?);
     assert_eq!(old.blob_len("a"), new.blob_len("a")?);
     assert_eq!(old.blob_len("zz"), new.blob_len("zz")?);
+    assert_eq!(old.has_blob("a"), new.has_blob("a")?);
+    assert_eq!(old.has_blob("zz"), new.has_blob("zz")?);
+    for page in ["/", "/about", "/", "/", "/about", "/x"] {
+        old.hit(page);
+        new.hit(page)?;
+    }
+    assert_eq!(old.hits.get("/"), new.hits_get_cloned("/")?.as_ref());
+    assert_eq!(old.hits.get("/x"), new.hits_get_cloned("/x")?.as_ref());
+    assert_eq!(old.total_hits(), new.total_hits()?);
+    assert_eq!(old.idle(), new.idle()?);
     for id in 0..5 {
         old.place(id, order(10));
         new.place(id, order(10))?;
     }
+    let batch: Vec<(u64, Order)> = (5..9).map(|id| (id, order(id as u32))).collect();
+    old.place_all(batch.clone());
+    new.place_all(batch)?;
+    assert_eq!(old.idle(), new.idle()?);
     assert_eq!(old.fill(3, 4), new.fill(3, 4)?);
     assert_eq!(old.fill(3, 40), new.fill(3, 40)?);
     assert_eq!(old.fill(99, 1), new.fill(99, 1)?);
     assert_eq!(old.cancel(1), new.cancel(1)?);
     assert_eq!(old.cancel(1), new.cancel(1)?);
+    assert_eq!(
+        (old.id_sum(), old.units(), old.weighted_units()),
+        (new.id_sum()?, new.units()?, new.weighted_units()?)
+    );
+    old.drop_filled();
+    new.drop_filled()?;
     assert_eq!(old.open_orders(), new.open_orders()?);
+    assert_eq!(old.orders.contains_key(&3), new.orders_contains_key(&3)?, "the filled order is gone");
+    assert_eq!(
+        (old.id_sum(), old.units(), old.weighted_units()),
+        (new.id_sum()?, new.units()?, new.weighted_units()?)
+    );
     // Clone and == as the HashMap struct's: a deep copy, equal by contents, then apart.
     let (old_copy, new_copy) = (old.clone(), new.clone());
     assert!(old_copy == old && new_copy == new);
@@ -139,7 +298,103 @@ fn the_ported_service_behaves_as_the_hashmap_one() -> Result<(), MapError> {
     new.place(42, order(1))?;
     assert!(old_copy != old && new_copy != new, "the copies are deep");
     assert_eq!(new_copy.orders().name(), "service.orders");
+    old.reset();
+    new.reset()?;
+    assert_eq!((old.idle(), old.total_hits()), (new.idle()?, new.total_hits()?));
+    assert!(new.idle()? && new.hits_is_empty()?);
     Ok(())
+}
+
+/// The text of `mod <name> { … }` in this file, one entry per line.
+fn module_lines<'a>(source: &'a str, name: &str) -> Vec<&'a str> {
+    let start = format!("mod {name} {{");
+    let mut lines = source.lines().skip_while(|l| *l != start).skip(1);
+    let body: Vec<&str> = lines.by_ref().take_while(|l| *l != "}").collect();
+    assert!(!body.is_empty(), "no `{start}` in this file");
+    body
+}
+
+/// An `after` line with the port's mechanical changes undone: accessor form back to a method
+/// call on the field, `?` dropped, `Result<T, MapError>` back to `T`, a tail `Ok(x)` back to `x`.
+fn unported(line: &str, fields: &[&str]) -> String {
+    let mut line = line.replace('?', "");
+    for field in fields {
+        for op in map_wrapper_accessors() {
+            line = line.replace(&format!("self.{field}_{op}("), &format!("self.{field}.{op}("));
+        }
+    }
+    if let (Some(start), Some(end)) = (line.find("Result<"), line.rfind(", MapError>")) {
+        let inner = line[start + "Result<".len()..end].to_string();
+        line.replace_range(start..end + ", MapError>".len(), &inner);
+    }
+    line = line.replace(" -> () {", " {");
+    let trimmed = line.trim_start();
+    if let Some(inner) = trimmed.strip_prefix("Ok(").and_then(|t| t.strip_suffix(')')) {
+        line = format!("{}{inner}", &line[..line.len() - trimmed.len()]);
+    }
+    line
+}
+
+/// The suffixes of the generated accessors that the port uses.
+fn map_wrapper_accessors() -> [&'static str; 15] {
+    [
+        "get_cloned",
+        "get",
+        "contains_key",
+        "insert",
+        "remove",
+        "update",
+        "len",
+        "is_empty",
+        "entry",
+        "keys",
+        "values",
+        "iter",
+        "retain",
+        "clear",
+        "extend",
+    ]
+}
+
+#[test]
+fn the_port_changes_only_the_attribute_the_map_calls_and_question_marks() {
+    let source = include_str!("macro_port.rs");
+    let old = module_lines(source, "before");
+    // Each line of the port, with the reason of a `// port:` comment on the line before it;
+    // without the lines the port adds: the attribute and its `use`, and `Ok(())` ending a
+    // method that returned nothing.
+    let mut new: Vec<(&str, Option<&str>)> = Vec::new();
+    let mut why = None;
+    for line in module_lines(source, "after") {
+        let t = line.trim();
+        if let Some(reason) = t.strip_prefix("// port:") {
+            why = Some(reason);
+        } else if !(t.starts_with("#[guarded_map") || t.starts_with("use map_wrapper::") || t == "Ok(())") {
+            new.push((line, why.take()));
+        }
+    }
+    assert_eq!(old.len(), new.len(), "the port is line for line");
+    let fields = ["blobs", "orders", "hits"];
+    let mut exceptions = Vec::new();
+    for (o, (n, why)) in old.iter().zip(&new) {
+        if let Some(why) = why {
+            assert!(!why.trim().is_empty(), "a `// port:` comment says why: {n}");
+            assert_ne!(unported(n, &fields), *o, "a needless `// port:` on {n}");
+            exceptions.push(o.trim());
+            continue;
+        }
+        assert_eq!(unported(n, &fields), *o, "the port changed more than it should:\n{o}\n{n}");
+    }
+    // The only idioms that are rewritten: the ones the module docs name (a `&mut V` or a `&V`
+    // that would outlive the lock).
+    assert_eq!(
+        exceptions,
+        [
+            "*self.hits.entry(page.to_string()).or_insert(0) += 1;",
+            "self.orders.get_mut(&id).map(|o| {",
+            "for (id, o) in &self.orders {",
+        ]
+    );
 }
 
 #[guarded_map(audit = "store", timeout_ms = 250, shards = 8)]
@@ -391,4 +646,91 @@ fn breaker_options_give_each_map_the_declared_breaker() {
     assert_eq!(b, &map_wrapper::breaker::BreakerConfig::new(), "`breaker` alone: the runtime's defaults");
     assert!(g.plain().breaker().is_some(), "the struct's breaker applies to every map");
     assert!(Unguarded::new().a().breaker().is_none());
+}
+
+#[test]
+fn a_field_bound_refuses_the_insert_past_it_changes_nothing_and_is_not_retryable() -> Result<(), MapError> {
+    #[guarded_map(max_entries = 100)]
+    struct Quotas {
+        #[guard(max_entries = 2)]
+        small: HashMap<String, u32>,
+        big: HashMap<String, u32>,
+    }
+    #[guarded_map(max_entries = 1)]
+    struct Tiny {
+        only: HashMap<u32, u32>,
+    }
+    let q = Quotas::new();
+    assert_eq!(q.small().max_entries(), Some(2), "the field's bound wins over the struct's");
+    assert_eq!(q.big().max_entries(), Some(100), "the struct's bound applies to every map");
+    assert_eq!(Tiny::new().only().max_entries(), Some(1));
+    q.small_insert("a".into(), 1)?;
+    q.small_insert("b".into(), 2)?;
+    let err = q.small_insert("c".into(), 3).expect_err("a third key is past the bound");
+    assert_eq!(err.kind(), ErrorKind::CapacityExceeded, "{err:?}");
+    assert!(!err.is_retryable(), "retrying cannot help until entries are removed");
+    assert!(!err.applied());
+    let text = err.to_string();
+    assert!(text.contains("Quotas.small") && text.contains("max_entries = N"), "says what to change: {text}");
+    // Nothing changed, whichever accessor tried to add the key.
+    assert_eq!(
+        q.small_entry("c".into()).or_insert_then(0, |n| *n += 1).unwrap_err().kind(),
+        ErrorKind::CapacityExceeded
+    );
+    assert_eq!(q.small_extend([("c".to_string(), 3)]).unwrap_err().kind(), ErrorKind::CapacityExceeded);
+    assert_eq!(q.small_len()?, 2);
+    assert!(!q.small_contains_key("c")?);
+    let mut pairs: Vec<_> = q.small_iter()?.collect();
+    pairs.sort();
+    assert_eq!(pairs, [("a".to_string(), 1), ("b".to_string(), 2)]);
+    // A present key may still change; a removal makes room.
+    q.small_insert("b".into(), 20)?;
+    q.small_entry("a".into()).or_insert_then(0, |n| *n += 1)?;
+    q.small_remove("a")?;
+    q.small_insert("c".into(), 3)?;
+    assert_eq!(q.small_len()?, 2);
+    // The other maps keep their own bound.
+    assert_eq!(q.big_extend((0..100).map(|i| (i.to_string(), i)))?, 100);
+    assert_eq!(q.big_insert("one more".into(), 0).unwrap_err().kind(), ErrorKind::CapacityExceeded);
+    Ok(())
+}
+
+#[test]
+fn a_bound_refusal_through_a_guarded_struct_is_audited_as_refused() -> Result<(), MapError> {
+    #[guarded_map]
+    struct Quota {
+        #[guard(max_entries = 1)]
+        slots: HashMap<String, u32>,
+    }
+    let trail = MemorySink::new();
+    let q = Quota::with_auditor(&Auditor::new(trail.clone()))?;
+    q.slots_insert("a".into(), 1)?;
+    assert!(q.slots_insert("b".into(), 2).is_err());
+    let records = trail.records();
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[1].outcome, "capacity_exceeded", "{:?}", records[1]);
+    assert_eq!(records[1].map.as_deref(), Some("Quota.slots"));
+    assert_eq!(q.slots_len()?, 1);
+    Ok(())
+}
+
+#[test]
+fn auto_shrink_gives_memory_back_after_a_retain_without_shrink_to_fit() -> Result<(), MapError> {
+    #[guarded_map(shards = 4)]
+    struct Caches {
+        #[guard(auto_shrink)]
+        shrinking: HashMap<u32, u32>,
+        kept: HashMap<u32, u32>,
+    }
+    let c = Caches::new();
+    c.shrinking_extend((0..10_000).map(|i| (i, i)))?;
+    c.kept_extend((0..10_000).map(|i| (i, i)))?;
+    let big = c.kept().capacity()?;
+    assert_eq!(c.shrinking_retain(|k, _| *k < 100)?, 9_900);
+    assert_eq!(c.kept_retain(|k, _| *k < 100)?, 9_900);
+    let (kept, shrunk) = (c.kept().capacity()?, c.shrinking().capacity()?);
+    assert!(kept > big / 2, "without auto_shrink the table stays large: {kept} of {big}");
+    assert!(shrunk < big / 10, "auto_shrink gave the memory back: {shrunk} of {big}");
+    assert_eq!(c.shrinking_len()?, 100);
+    Ok(())
 }

@@ -30,4 +30,11 @@ struct TooManyShards {
     m: HashMap<u8, u8>,
 }
 
+#[guarded_map(max_entries = 0)]
+struct NoRoom {
+    m: HashMap<u8, u8>,
+    #[guard(max_entries = 0)]
+    n: HashMap<u8, u8>,
+}
+
 fn main() {}

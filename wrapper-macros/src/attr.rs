@@ -11,10 +11,11 @@ use syn::{Attribute, Expr, ExprLit, Lit, Meta, Token};
 use crate::ctxt::Ctxt;
 
 /// The options a struct takes.
-const STRUCT_OPTIONS: &str =
-    "`audit`, `timeout_ms`, `slow_ms`, `shards`, `breaker`, `no_new`, `no_default`, `crate`";
+const STRUCT_OPTIONS: &str = "`audit`, `timeout_ms`, `slow_ms`, `shards`, `max_entries`, `auto_shrink`, \
+     `breaker`, `no_new`, `no_default`, `crate`";
 /// The options a field takes.
-const FIELD_OPTIONS: &str = "`name`, `redact`, `digest`, `timeout_ms`, `breaker`, `map`, `skip`";
+const FIELD_OPTIONS: &str = "`name`, `redact`, `digest`, `timeout_ms`, `max_entries`, `auto_shrink`, \
+     `breaker`, `map`, `skip`";
 /// The settings `breaker(...)` takes.
 const BREAKER_OPTIONS: &str =
     "`failure_rate`, `slow_rate`, `combined_rate`, `min_calls`, `window`, `open_ms`";
@@ -107,6 +108,10 @@ pub(crate) struct ContainerOpts {
     pub(crate) slow_ms: Option<Setting<u64>>,
     /// `shards = 16`.
     pub(crate) shards: Option<Setting<u64>>,
+    /// `max_entries = 10_000`: every map's bound on entries (`Builder::max_entries`).
+    pub(crate) max_entries: Option<Setting<u64>>,
+    /// `auto_shrink`: every map gives memory back after removals (`Builder::auto_shrink`).
+    pub(crate) auto_shrink: Option<Span>,
     /// `crate = "path::to::map_wrapper"`.
     pub(crate) krate: Option<Setting<syn::Path>>,
     /// `breaker` / `breaker(...)`: every map gets a circuit breaker.
@@ -130,6 +135,10 @@ pub(crate) struct FieldOpts {
     pub(crate) digest: Option<Span>,
     /// `timeout_ms = …`.
     pub(crate) timeout_ms: Option<Setting<u64>>,
+    /// `max_entries = …`: this map's bound on entries (replaces the struct's).
+    pub(crate) max_entries: Option<Setting<u64>>,
+    /// `auto_shrink`: this map gives memory back after removals.
+    pub(crate) auto_shrink: Option<Span>,
     /// `skip`.
     pub(crate) skip: Option<Span>,
     /// `map`: guard the field although its type is not recognisably a map (a type alias,
@@ -154,6 +163,12 @@ impl FieldOpts {
         }
         if let Some(s) = &self.timeout_ms {
             given.push(("timeout_ms", s.span));
+        }
+        if let Some(s) = &self.max_entries {
+            given.push(("max_entries", s.span));
+        }
+        if let Some(s) = self.auto_shrink {
+            given.push(("auto_shrink", s));
         }
         if let Some(s) = self.map {
             given.push(("map", s));
@@ -208,6 +223,11 @@ impl ContainerOpts {
                 let value = int_value(cx, &meta, "shards", "shards = 16")?;
                 set(cx, &meta, &mut self.shards, value);
             }
+            "max_entries" => {
+                let value = int_value(cx, &meta, "max_entries", "max_entries = 10000")?;
+                set(cx, &meta, &mut self.max_entries, value);
+            }
+            "auto_shrink" => flag(cx, &meta, "auto_shrink", &mut self.auto_shrink)?,
             "crate" => {
                 let value = string_value(cx, &meta, "crate", "crate = \"my_crate::map_wrapper\"")?;
                 let path = value.and_then(|s| match syn::parse_str::<syn::Path>(&s.value) {
@@ -274,6 +294,11 @@ impl FieldOpts {
                 let value = int_value(cx, &meta, "timeout_ms", "timeout_ms = 200")?;
                 set(cx, &meta, &mut self.timeout_ms, value);
             }
+            "max_entries" => {
+                let value = int_value(cx, &meta, "max_entries", "max_entries = 10000")?;
+                set(cx, &meta, &mut self.max_entries, value);
+            }
+            "auto_shrink" => flag(cx, &meta, "auto_shrink", &mut self.auto_shrink)?,
             "redact" => flag(cx, &meta, "redact", &mut self.redact)?,
             "digest" => flag(cx, &meta, "digest", &mut self.digest)?,
             "skip" => flag(cx, &meta, "skip", &mut self.skip)?,

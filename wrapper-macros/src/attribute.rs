@@ -218,7 +218,7 @@ fn take_derives(attrs: &[syn::Attribute]) -> (Vec<syn::Attribute>, Derives) {
 /// `Default`, the map accessors), as thiserror's fallback, so that a mistake in the attribute is
 /// one error, not one more at every call site. Their bodies never run: the crate does not
 /// compile.
-fn stubs(c: &Container<'_>, krate: &TokenStream) -> TokenStream {
+pub(crate) fn stubs(c: &Container<'_>, krate: &TokenStream) -> TokenStream {
     let ident = c.ident;
     let vis = c.vis;
     let (impl_generics, ty_generics, where_clause) = c.generics.split_for_impl();
@@ -256,7 +256,16 @@ fn stubs(c: &Container<'_>, krate: &TokenStream) -> TokenStream {
             res(quote!(#p::Option<__R>)),
             res(quote!(usize)),
         );
-        let signatures = [
+        let (r_keys, r_values, r_iter) = (
+            res(quote!(#p::VecIntoIter<#k>)),
+            res(quote!(#p::VecIntoIter<#v>)),
+            res(quote!(#p::Iter<#k, #v>)),
+        );
+        let hasher = match &map.hasher {
+            Some(s) => quote!(#s),
+            None => quote!(#p::RandomState),
+        };
+        let signatures: [TokenStream; expand::ACCESSOR_SUFFIXES.len()] = [
             quote!(<#q>(&self, _key: &__Q) -> #r_get),
             quote!(<#q>(&self, _key: &__Q) -> #r_v),
             quote!(<#q>(&self, _key: &__Q) -> #r_bool),
@@ -264,6 +273,14 @@ fn stubs(c: &Container<'_>, krate: &TokenStream) -> TokenStream {
             quote!(<#q>(&self, _key: &__Q) -> #r_v),
             quote!(<#q, __R, __F: #p::FnOnce(&mut #v) -> __R>(&self, _key: &__Q, _f: __F) -> #r_r),
             quote!((&self) -> #r_len),
+            quote!((&self) -> #r_bool),
+            quote!((&self, _key: #k) -> #p::Entry<'_, 'static, #k, #v, #hasher, fn(&mut #v)>),
+            quote!((&self) -> #r_keys),
+            quote!((&self) -> #r_values),
+            quote!((&self) -> #r_iter),
+            quote!(<__F: #p::FnMut(&#k, &#v) -> bool>(&self, _f: __F) -> #r_len),
+            quote!((&self) -> #r_len),
+            quote!(<__I: #p::IntoIterator<Item = (#k, #v)>>(&self, _iter: __I) -> #r_len),
         ];
         for (suffix, signature) in expand::ACCESSOR_SUFFIXES.iter().zip(signatures) {
             let name = quote::format_ident!("{}_{}", field.unraw(), suffix);
@@ -510,7 +527,15 @@ mod tests {
                 "invoices_insert",
                 "invoices_remove",
                 "invoices_update",
-                "invoices_len"
+                "invoices_len",
+                "invoices_is_empty",
+                "invoices_entry",
+                "invoices_keys",
+                "invoices_values",
+                "invoices_iter",
+                "invoices_retain",
+                "invoices_clear",
+                "invoices_extend"
             ]
         );
         let defaults =

@@ -11,7 +11,7 @@ use syn::punctuated::Punctuated;
 use crate::ast::{Container, Mode, Shape};
 use crate::attr::{BreakerOpts, Setting, GUARD};
 use crate::ctxt::Ctxt;
-use crate::expand::{ACCESSOR_SUFFIXES, CONSTRUCTORS};
+use crate::expand::{ACCESSOR_SUFFIXES, CONSTRUCTORS, REFUSED_SUFFIXES};
 
 // The runtime's defaults and limits, repeated here because a proc-macro cannot read another
 // crate's constants. `defaults_and_limits_are_the_runtime_ones` in `tests/macro_behaviour.rs`
@@ -41,6 +41,10 @@ pub(crate) struct Plan {
     pub(crate) slow_ms: Option<u64>,
     pub(crate) shards: Option<u64>,
     pub(crate) policy: Policy,
+    /// The bound on entries (`Builder::max_entries`), or none.
+    pub(crate) max_entries: Option<u64>,
+    /// `Builder::auto_shrink(true)`.
+    pub(crate) auto_shrink: bool,
     /// A circuit breaker (checked settings), or none.
     pub(crate) breaker: Option<BreakerPlan>,
 }
@@ -157,6 +161,9 @@ pub(crate) fn check(cx: &mut Ctxt, c: &Container<'_>) -> Vec<Option<Plan>> {
     }
 
     let struct_breaker = c.opts.breaker.as_ref().map(|b| check_breaker(cx, b));
+    if let Some(max) = &c.opts.max_entries {
+        check_max_entries(cx, max);
+    }
     if let (Some(_), Some(no_default)) = (c.opts.no_new, c.opts.no_default) {
         cx.error_at(
             no_default,
@@ -337,12 +344,21 @@ pub(crate) fn check(cx: &mut Ctxt, c: &Container<'_>) -> Vec<Option<Plan>> {
             Some(b) => Some(check_breaker(cx, b)),
             None => struct_breaker.clone(),
         };
+        let max_entries = match &f.opts.max_entries {
+            Some(max) => {
+                check_max_entries(cx, max);
+                Some(max.value)
+            }
+            None => c.opts.max_entries.as_ref().map(|m| m.value),
+        };
         plans.push(Some(Plan {
             name,
             timeout_ms: field_timeout,
             slow_ms,
             shards: c.opts.shards.as_ref().map(|s| s.value),
             policy,
+            max_entries,
+            auto_shrink: c.opts.auto_shrink.is_some() || f.opts.auto_shrink.is_some(),
             breaker,
         }));
     }
@@ -354,9 +370,21 @@ pub(crate) fn check(cx: &mut Ctxt, c: &Container<'_>) -> Vec<Option<Plan>> {
     plans
 }
 
-/// The method names generated for a map field.
+/// The rule of `Builder::max_entries`: at least 1.
+fn check_max_entries(cx: &mut Ctxt, max: &Setting<u64>) {
+    if max.value == 0 {
+        cx.error_at(
+            max.span,
+            "`max_entries` must be at least 1 (a map that can hold nothing refuses every insert), \
+             e.g. `max_entries = 10000`",
+        );
+    }
+}
+
+/// The method names generated for a map field (the refused ones included: they exist, hidden).
 fn accessor_names(field: &str) -> impl Iterator<Item = String> + '_ {
-    std::iter::once(field.to_string()).chain(ACCESSOR_SUFFIXES.iter().map(move |s| format!("{field}_{s}")))
+    std::iter::once(field.to_string())
+        .chain(ACCESSOR_SUFFIXES.iter().chain(&REFUSED_SUFFIXES).map(move |s| format!("{field}_{s}")))
 }
 
 /// The rules of `Builder::name`: 1 to 256 bytes, no control characters.

@@ -49,7 +49,13 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
         derives: expand::Derives::default(),
     };
     let plans = check::check(&mut cx, &container);
-    cx.check()?;
+    if let Err(errors) = cx.check() {
+        // Stand-ins for `new`, `Default` and the accessors, as `#[guarded_map]` emits: one
+        // mistake in the options is one error, not one more at every call site.
+        let stubs = crate::attribute::stubs(&container, &krate);
+        let errors = errors.into_compile_error();
+        return Ok(quote::quote!(#stubs #errors));
+    }
     Ok(expand::impls(&container, &plans))
 }
 

@@ -16,8 +16,28 @@ use crate::ast::{Container, Field, MapType, Shape};
 use crate::check::{BreakerPlan, Plan, Policy};
 
 /// The operations generated per map field, as `<field>_<suffix>`.
-pub(crate) const ACCESSOR_SUFFIXES: [&str; 7] =
-    ["get", "get_cloned", "contains_key", "insert", "remove", "update", "len"];
+pub(crate) const ACCESSOR_SUFFIXES: [&str; 15] = [
+    "get",
+    "get_cloned",
+    "contains_key",
+    "insert",
+    "remove",
+    "update",
+    "len",
+    "is_empty",
+    "entry",
+    "keys",
+    "values",
+    "iter",
+    "retain",
+    "clear",
+    "extend",
+];
+
+/// HashMap methods generated per map field, as `<field>_<suffix>`, only to be refused: each
+/// has a bound no type meets (`__private::NoGetMut`, …), so a call is a compile error that says
+/// what to write instead (a `&mut V` cannot leave the map's lock). Hidden from the docs.
+pub(crate) const REFUSED_SUFFIXES: [&str; 3] = ["get_mut", "iter_mut", "values_mut"];
 
 /// The associated functions generated on the struct.
 pub(crate) const CONSTRUCTORS: &[&str] = &["new", "with_auditor", "attach_auditor", "try_clone"];
@@ -154,7 +174,7 @@ pub(crate) fn impls(c: &Container<'_>, plans: &[Option<Plan>]) -> TokenStream {
                 }
                 accessors.push(accessors_of(&krate, &private, docs_krate, &fresh, f, map, plan));
                 summary.push(format!(
-                    "- `{}`: timeout {} ms, {}, {}{}",
+                    "- `{}`: timeout {} ms, {}, {}{}{}{}",
                     plan.name,
                     plan.timeout_ms,
                     match plan.slow_ms {
@@ -165,6 +185,11 @@ pub(crate) fn impls(c: &Container<'_>, plans: &[Option<Plan>]) -> TokenStream {
                         Some(n) => format!("{n} shards"),
                         None => "the default number of shards".to_string(),
                     },
+                    match plan.max_entries {
+                        Some(n) => format!(", at most {n} entries"),
+                        None => String::new(),
+                    },
+                    if plan.auto_shrink { ", shrinks automatically" } else { "" },
                     match plan.policy {
                         Policy::Full => "",
                         Policy::Digest => ", values audited as digests",
@@ -425,6 +450,11 @@ fn builder_of(private: &TokenStream, map: &MapType<'_>, plan: &Plan) -> TokenStr
         let config = breaker_config(private, b);
         quote!(.breaker(#config))
     });
+    let max_entries = plan.max_entries.map(|n| {
+        let n = Literal::u64_unsuffixed(n);
+        quote!(.max_entries(#n))
+    });
+    let auto_shrink = plan.auto_shrink.then(|| quote!(.auto_shrink(true)));
     quote! {
         #private::MapWrapper::builder()
             .name(#name)
@@ -432,6 +462,8 @@ fn builder_of(private: &TokenStream, map: &MapType<'_>, plan: &Plan) -> TokenStr
             #slow
             #shards
             .value_policy(#private::ValuePolicy::#policy)
+            #max_entries
+            #auto_shrink
             #breaker
             #hasher
     }
@@ -519,8 +551,47 @@ fn accessors_of(
     let remove_doc = op_doc("Removes `key` and returns its value", "remove");
     let update_doc = op_doc("Changes the value under `key` in place with `f` (under the shard's write lock); returns what `f` returns, or `None` when the key is absent", "update");
     let len_doc = op_doc("The number of entries", "len");
-    let [get, get_cloned, contains_key, insert, remove, update, len] =
+    let is_empty_doc = op_doc("Whether the map has no entries", "is_empty");
+    let entry_doc = op_doc(
+        "Starts an upsert of `key`, run in one write lock of its shard. HashMap's \
+         `*map.entry(k).or_insert(0) += 1` is `entry(k).or_insert_then(0, |n| *n += 1)?` here (a \
+         `&mut V` cannot leave the lock, so the change is a closure). Errors come from the `or_*` \
+         call that runs it",
+        "entry",
+    );
+    let keys_doc = op_doc("A copy of every key, as an iterator that holds no lock", "keys");
+    let values_doc = op_doc("A copy of every value, as an iterator that holds no lock", "values");
+    let iter_doc = op_doc(
+        "An iterator over a copy of every entry (owned pairs; it holds no lock, so the loop body \
+         may use the map): HashMap's `for (k, v) in &map` is `for (k, v) in field_iter()?`",
+        "iter",
+    );
+    let retain_doc = op_doc(
+        "Keeps only the entries for which `f` returns `true`; returns how many were removed",
+        "retain",
+    );
+    let clear_doc = op_doc("Removes every entry; returns how many there were", "clear");
+    let extend_doc =
+        op_doc("Inserts every pair of `iter`, in order; returns how many were inserted", "extend");
+    let [get, get_cloned, contains_key, insert, remove, update, len, is_empty, entry, keys, values, iter, retain, clear, extend] =
         ACCESSOR_SUFFIXES.map(|suffix| format_ident!("{}_{}", base, suffix, span = field.span()));
+    let hasher_ty = match &map.hasher {
+        Some(s) => quote!(#s),
+        None => quote!(#p::RandomState),
+    };
+    let key_clone = fresh.deferred(quote!(#k: #p::Clone), k.span());
+    let it = &fresh.i;
+    let [get_mut, iter_mut, values_mut] =
+        REFUSED_SUFFIXES.map(|suffix| format_ident!("{}_{}", base, suffix, span = field.span()));
+    let refused = |name: &str| {
+        let lifetime = &fresh.lifetime;
+        let bound = format_ident!("{}", name);
+        // At the field, where rustc's "required by this bound" note points.
+        respan(quote!(for<#lifetime> &#lifetime Self: #p::#bound), field.span())
+    };
+    let (no_get_mut, no_iter_mut, no_values_mut) =
+        (refused("NoGetMut"), refused("NoIterMut"), refused("NoValuesMut"));
+    let never = quote!(::core::unreachable!("a refused accessor of a guarded map cannot be called"));
     let mw = quote!(#krate::MapWrapper);
     let res = |ok: TokenStream| quote!(#p::Result<#ok, #p::MapError>);
     let (r_get, r_opt_v, r_bool, r_opt_r, r_len) = (
@@ -530,6 +601,8 @@ fn accessors_of(
         res(quote!(#p::Option<#r>)),
         res(quote!(usize)),
     );
+    let (r_keys, r_values, r_iter) =
+        (res(quote!(#p::VecIntoIter<#k>)), res(quote!(#p::VecIntoIter<#v>)), res(quote!(#p::Iter<#k, #v>)));
     // Spanned at the field, so that "defined here" and unmet bounds (a key type that is not
     // `Hash`) point at the field rather than at the attribute.
     quote_spanned! {field.span()=>
@@ -593,6 +666,102 @@ fn accessors_of(
         #vis fn #len(&self) -> #r_len where #key_bound, #hasher_bound {
             #mw::len(&self.#field)
         }
+
+        #(#cfgs)*
+        #[doc = #is_empty_doc]
+        #[inline]
+        #vis fn #is_empty(&self) -> #r_bool where #key_bound, #hasher_bound {
+            #mw::is_empty(&self.#field)
+        }
+
+        #(#cfgs)*
+        #[doc = #entry_doc]
+        #[inline]
+        #vis fn #entry(&self, key: #k) -> #p::Entry<'_, 'static, #k, #v, #hasher_ty, fn(&mut #v)>
+        where
+            #key_bound, #hasher_bound
+        {
+            #mw::entry(&self.#field, key)
+        }
+
+        #(#cfgs)*
+        #[doc = #keys_doc]
+        #[inline]
+        #vis fn #keys(&self) -> #r_keys where #key_bound, #hasher_bound #key_clone {
+            #mw::keys(&self.#field)
+        }
+
+        #(#cfgs)*
+        #[doc = #values_doc]
+        #[inline]
+        #vis fn #values(&self) -> #r_values where #key_bound, #hasher_bound #value_clone {
+            #mw::values(&self.#field)
+        }
+
+        #(#cfgs)*
+        #[doc = #iter_doc]
+        #[inline]
+        #vis fn #iter(&self) -> #r_iter where #key_bound, #hasher_bound #key_clone, #value_clone {
+            #mw::iter(&self.#field)
+        }
+
+        #(#cfgs)*
+        #[doc = #retain_doc]
+        #[inline]
+        #vis fn #retain<#func>(&self, f: #func) -> #r_len
+        where
+            #key_bound, #hasher_bound
+            #func: #p::FnMut(&#k, &#v) -> bool,
+        {
+            #mw::retain(&self.#field, f)
+        }
+
+        #(#cfgs)*
+        #[doc = #clear_doc]
+        #[inline]
+        #vis fn #clear(&self) -> #r_len where #key_bound, #hasher_bound {
+            #mw::clear(&self.#field)
+        }
+
+        #(#cfgs)*
+        #[doc = #extend_doc]
+        #[inline]
+        #vis fn #extend<#it>(&self, iter: #it) -> #r_len
+        where
+            #key_bound, #hasher_bound
+            #it: #p::IntoIterator<Item = (#k, #v)>,
+        {
+            #mw::extend(&self.#field, iter)
+        }
+
+        // Refused: declared with HashMap's return types (wrapped in `Result`, as every accessor
+        // is) so that the code around a call type-checks and the refusal is its only error.
+        #(#cfgs)*
+        #[doc(hidden)]
+        #vis fn #get_mut<#q: ?#p::Sized>(&self, _key: &#q) -> #p::Result<#p::Option<&mut #v>, #p::MapError>
+        where
+            #no_get_mut
+        {
+            #never
+        }
+
+        #(#cfgs)*
+        #[doc(hidden)]
+        #vis fn #iter_mut(&self) -> #p::Result<#p::IterMut<'_, #k, #v>, #p::MapError>
+        where
+            #no_iter_mut
+        {
+            #never
+        }
+
+        #(#cfgs)*
+        #[doc(hidden)]
+        #vis fn #values_mut(&self) -> #p::Result<#p::ValuesMut<'_, #k, #v>, #p::MapError>
+        where
+            #no_values_mut
+        {
+            #never
+        }
     }
 }
 
@@ -630,6 +799,7 @@ struct Fresh {
     q: Ident,
     r: Ident,
     f: Ident,
+    i: Ident,
     lifetime: Lifetime,
     /// The struct's lifetime parameters, without the quote.
     struct_lifetimes: BTreeSet<String>,
@@ -656,7 +826,7 @@ impl Fresh {
         };
         let lifetime = Lifetime::new(&format!("'{}", pick("__guarded")), Span::call_site());
         let struct_lifetimes = c.generics.lifetimes().map(|l| l.lifetime.ident.to_string()).collect();
-        Fresh { q: pick("Q"), r: pick("R"), f: pick("F"), lifetime, struct_lifetimes }
+        Fresh { q: pick("Q"), r: pick("R"), f: pick("F"), i: pick("I"), lifetime, struct_lifetimes }
     }
 
     /// `tokens` with each of the struct's lifetimes replaced by `to`.

@@ -100,7 +100,8 @@ pub enum ErrorKind {
     /// A setting is invalid (an auditor given to a map whose policies it cannot serve).
     InvalidConfig,
     /// The map holds its maximum number of entries
-    /// ([`Builder::max_entries`](crate::builder::Builder::max_entries)) and the operation would
+    /// ([`Builder::max_entries`](crate::builder::Builder::max_entries), or `max_entries = N` in
+    /// `#[guarded_map(..)]` or a field's `#[guard(..)]`) and the operation would
     /// have added one. Nothing changed (an audited map records the refusal); not retryable as
     /// is: remove entries first, or raise the bound.
     CapacityExceeded,
@@ -512,7 +513,8 @@ impl fmt::Display for MapError {
                 f,
                 "`{op}` on map `{map}` was refused: the map holds its maximum of {reason} entries \
                  (max_entries) and this would add one; nothing was changed: remove entries first, or \
-                 raise the bound (Builder::max_entries, #[guarded_map(max_entries = N)])"
+                 raise the bound (Builder::max_entries, or `max_entries = N` in #[guarded_map(..)] or a \
+                 field's #[guard(..)])"
             ),
             ErrorKind::InvalidConfig => {
                 write!(f, "invalid map configuration: `{}` {reason}", d.field.unwrap_or("?"))

@@ -9,17 +9,20 @@ pub use core::cmp::{Eq, PartialEq};
 pub use core::default::Default;
 pub use core::fmt::{Debug, Formatter, Result as FmtResult};
 pub use core::hash::{BuildHasher, Hash};
+pub use core::iter::IntoIterator;
 pub use core::marker::{PhantomData, Sized};
-pub use core::ops::FnOnce;
+pub use core::ops::{FnMut, FnOnce};
 pub use core::option::Option;
 pub use core::result::Result;
 pub use core::time::Duration;
+pub use std::collections::hash_map::RandomState;
+pub use std::vec::IntoIter as VecIntoIter;
 
 pub use serde::{Deserialize, Deserializer, Serialize};
 
 pub use crate::audit::{Auditor, ValuePolicy};
 pub use crate::breaker::{BreakerConfig, OpenWait, SlidingWindow};
-pub use crate::{BuildError, MapError, MapWrapper, OpContext, Ref};
+pub use crate::{BuildError, Entry, Iter, MapError, MapWrapper, OpContext, Ref};
 
 use core::fmt;
 use std::collections::HashMap;
@@ -51,6 +54,36 @@ impl<K, V, S> MapParts for MapWrapper<K, V, S> {
     type Value = V;
     type Hasher = S;
 }
+
+/// The bound of the generated `<field>_get_mut`, which no type meets: a call is a compile error
+/// that says what to write instead (HashMap's `get_mut` hands out a `&mut V`, which would
+/// outlive the map's lock and escape its audit trail).
+#[diagnostic::on_unimplemented(
+    message = "a guarded map has no `get_mut`: a `&mut V` would outlive the map's lock and escape its audit trail",
+    label = "no `&mut V` out of a guarded map",
+    note = "change the value in place with `<field>_update(&key, |v| ...)?`, or insert or change it with `<field>_entry(key).or_insert_then(default, |v| ...)?` (one lock, one audit record)"
+)]
+pub trait NoGetMut {}
+
+/// The bound of the generated `<field>_iter_mut`, which no type meets (see [`NoGetMut`]).
+#[diagnostic::on_unimplemented(
+    message = "a guarded map has no `iter_mut`: a `&mut V` would outlive the map's lock and escape its audit trail",
+    label = "no `&mut V` out of a guarded map",
+    note = "to change every value: `for k in <field>_keys()? {{ <field>_update(&k, |v| ...)?; }}`; to drop entries: `<field>_retain(|k, v| ...)?`"
+)]
+pub trait NoIterMut {}
+
+/// The bound of the generated `<field>_values_mut`, which no type meets (see [`NoGetMut`]).
+#[diagnostic::on_unimplemented(
+    message = "a guarded map has no `values_mut`: a `&mut V` would outlive the map's lock and escape its audit trail",
+    label = "no `&mut V` out of a guarded map",
+    note = "to change every value: `for k in <field>_keys()? {{ <field>_update(&k, |v| ...)?; }}`; to drop entries: `<field>_retain(|k, v| ...)?`"
+)]
+pub trait NoValuesMut {}
+
+/// HashMap's iterators of `&mut V`, the declared return types of the refused accessors (so
+/// that the code around a refused call type-checks, and the refusal is its only error).
+pub use std::collections::hash_map::{IterMut, ValuesMut};
 
 /// Deserializes a map's entries (as serde's map form, what `MapWrapper`'s `Serialize` writes)
 /// into `map`, which the generated code built with the field's declared settings: a guarded
