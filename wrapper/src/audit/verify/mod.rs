@@ -783,7 +783,10 @@ impl LeafFeed {
     }
 }
 
-type Check = Result<(), (Option<u64>, String)>;
+/// A problem with a line: the seq to report and what is wrong.
+type Bad = (Option<u64>, String);
+
+type Check = Result<(), Bad>;
 
 /// A record checked but for its hash (see [`State::line`]).
 struct Pending<'l> {
@@ -851,7 +854,7 @@ impl<'o> State<'o> {
         at: At<'_>,
         segment_in_name: Option<u64>,
         prev_file: Option<(u64, u64, &str)>,
-    ) -> Result<Result<Option<Pending<'l>>, (Option<u64>, String)>, VerifyError> {
+    ) -> Result<Result<Option<Pending<'l>>, Bad>, VerifyError> {
         let mut seq_seen = None;
         let parsed = match line::parse(raw, &mut seq_seen) {
             Ok(l) => l,
@@ -993,7 +996,7 @@ impl<'o> State<'o> {
 
     /// Checks the hashes of two consecutive records (`a` then `b`) together; on a problem,
     /// whether it is `a`'s.
-    fn settle2(&mut self, a: Pending<'_>, b: Pending<'_>) -> Result<(), (bool, (Option<u64>, String))> {
+    fn settle2(&mut self, a: Pending<'_>, b: Pending<'_>) -> Result<(), (bool, Bad)> {
         let hasher = self.hasher.as_ref().expect("set by the header or the headerless start");
         let [ha, hb] = hasher.hash2((a.prev, a.head), (b.prev, b.head));
         if let Err(e) = hash_check(ha, a.hash, Some(a.seq)) {
