@@ -516,11 +516,12 @@ impl Hasher {
 
 /// Lowercase hex of a digest, without allocating.
 fn hex32(d: &[u8; 32]) -> [u8; 64] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // Arithmetic, not a table: the compiler does all 64 digits in vector registers.
+    let digit = |n: u8| n + b'0' + (9u8.wrapping_sub(n) >> 7) * (b'a' - b'0' - 10);
     let mut out = [0u8; 64];
-    for (i, b) in d.iter().enumerate() {
-        out[2 * i] = HEX[usize::from(b >> 4)];
-        out[2 * i + 1] = HEX[usize::from(b & 15)];
+    for (o, b) in out.chunks_exact_mut(2).zip(d) {
+        o[0] = digit(b >> 4);
+        o[1] = digit(b & 15);
     }
     out
 }
@@ -1747,6 +1748,16 @@ mod tests {
         // Without checkpoints, the trail's own error.
         let e = verify_paths(&paths, &Default::default()).unwrap_err().to_string();
         assert!(e.contains("HMAC-chained"), "{e}");
+    }
+
+    #[test]
+    fn hex32_is_lowercase_hex() {
+        let d: [u8; 32] = std::array::from_fn(|i| (i * 8 + 7) as u8 ^ 0xa5);
+        let want: String = d.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex_str(&hex32(&d)), want);
+        assert_eq!(hex_str(&hex32(&[0xff; 32])), "f".repeat(64));
+        assert_eq!(hex_str(&hex32(&[0x09; 32])), "09".repeat(32));
+        assert_eq!(hex_str(&hex32(&[0xa0; 32])), "a0".repeat(32));
     }
 
     #[test]
