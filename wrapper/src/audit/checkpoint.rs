@@ -826,7 +826,7 @@ impl CheckpointRun {
     }
 
     /// The next record line (without its `\n`) with its leaf hash (its
-    /// [`leaf_hash`](crate::audit::merkle::leaf_hash)), for a caller that computed it.
+    /// [`leaf_hash`]), for a caller that computed it.
     pub fn push_line_with_leaf(&mut self, line: &[u8], leaf: Hash) {
         self.prover.push(leaf);
         self.check.push_leaf(leaf);
