@@ -432,15 +432,16 @@ impl Storm {
             let w = (mi, k % SHARDS, false);
             self.want(t, Some(w));
             let r = self.maps[mi as usize].get(&k);
-            self.want(t, None);
             match r {
                 Ok(Some(g)) => {
+                    self.want(t, None);
                     self.hold(t, w);
                     guards.push((g, w));
                 }
                 Ok(None) => unreachable!("prefilled"),
                 Err(e) => {
-                    self.want(t, Some(w));
+                    // Checked with the want still recorded since the wait began (its epoch
+                    // too: a refused thread's release since then may have broken the cycle).
                     self.check(t, w, &e, tally);
                     self.want(t, None);
                     break;
@@ -489,9 +490,14 @@ impl Storm {
 
 #[test]
 fn a_storm_of_multi_guard_histories_never_hangs_and_refuses_only_real_cycles() {
-    // MAPWRAPPER_LONG=1: 10^5 histories over 8 threads.
-    let histories = scale(4_000, 100_000);
-    let threads = scale(4, 8);
+    // MAPWRAPPER_LONG=1: 10^5 histories over 8 threads. MAPWRAPPER_STORM_THREADS and
+    // MAPWRAPPER_STORM_HISTORIES override either (more threads than cores: more preemption
+    // in the middle of a wait, where races between the graph and the lock's queue live).
+    let knob = |name: &str, default: usize| {
+        std::env::var(name).ok().and_then(|v| v.parse().ok()).filter(|&n: &usize| n > 0).unwrap_or(default)
+    };
+    let histories = knob("MAPWRAPPER_STORM_HISTORIES", scale(4_000, 100_000));
+    let threads = knob("MAPWRAPPER_STORM_THREADS", scale(4, 8));
     // A short timeout: an undetected cycle costs 1 s, not 30.
     let t = Duration::from_secs(1);
     let storm = Arc::new(Storm {
@@ -504,14 +510,17 @@ fn a_storm_of_multi_guard_histories_never_hangs_and_refuses_only_real_cycles() {
             let handles: Vec<_> = (0..threads)
                 .map(|t| {
                     let storm = Arc::clone(&storm);
-                    thread::spawn(move || {
-                        let mut rng = 0x2545_F491_4F6C_DD1D ^ ((t as u64 + 1) * 0x9E37_79B9);
-                        let mut tally = Tally::default();
-                        for _ in 0..histories / threads {
-                            storm.history(t, &mut rng, &mut tally);
-                        }
-                        tally
-                    })
+                    thread::Builder::new()
+                        .name(format!("storm-{t}"))
+                        .spawn(move || {
+                            let mut rng = 0x2545_F491_4F6C_DD1D ^ ((t as u64 + 1) * 0x9E37_79B9);
+                            let mut tally = Tally::default();
+                            for _ in 0..histories / threads {
+                                storm.history(t, &mut rng, &mut tally);
+                            }
+                            tally
+                        })
+                        .expect("spawn")
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()

@@ -20,7 +20,7 @@ CREATE TABLE IF NOT EXISTS map_wrapper_audit (
 CREATE OR REPLACE FUNCTION map_wrapper_audit_refuse_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    RAISE EXCEPTION 'map_wrapper_audit is append-only: % refused', TG_OP
+    RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP
         USING ERRCODE = 'MW002';
 END
 $$;

@@ -4,6 +4,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
+use map_wrapper::audit::anchor::APPEND_FILE;
 use map_wrapper::audit::segment_file_name;
 
 use crate::record::{probe, Line};
@@ -19,6 +20,8 @@ pub struct Exported {
     pub segments: u64,
     /// The last record's `seq` (0 when none).
     pub last_seq: u64,
+    /// Checkpoints written to `checkpoints.notes`.
+    pub checkpoints: u64,
 }
 
 /// Writes the remote copy of `trail` into `out` (a directory, created if missing, that must
@@ -27,6 +30,11 @@ pub struct Exported {
 /// Nothing is checked or repaired here: `map-wrapper-audit verify OUT` judges the copy (a
 /// record edited, deleted or moved in the remote copy shows as TAMPERED). Memory is bounded
 /// (records are read 1000 at a time).
+///
+/// The remote's checkpoints of the trail are written after the records, in the order stored,
+/// to `OUT/checkpoints.notes` (as the trail's writer writes its own; none: no file), so
+/// `map-wrapper-audit verify --pubkey KEY OUT` checks the copy's records against them: a
+/// copy that lost records a checkpoint covers is TAMPERED.
 pub fn export<S: RemoteSink + ?Sized>(sink: &mut S, trail: &str, out: &Path) -> Result<Exported, Error> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     if !map_wrapper::audit::list_segments(out).map_err(|e| Error::io(out, e))?.is_empty() {
@@ -71,6 +79,26 @@ pub fn export<S: RemoteSink + ?Sized>(sink: &mut S, trail: &str, out: &Path) -> 
         }
     }
     if let Some((f, path)) = file.take() {
+        finish(f, &path)?;
+    }
+    let mut notes: Option<(BufWriter<File>, std::path::PathBuf)> = None;
+    let mut from = 1;
+    loop {
+        let batch = sink.read_checkpoints(trail, from, 1000)?;
+        let Some((last, _)) = batch.last() else { break };
+        from = last + 1;
+        if notes.is_none() {
+            let path = out.join(APPEND_FILE);
+            let f = File::create_new(&path).map_err(|e| Error::io(&path, e))?;
+            notes = Some((BufWriter::new(f), path));
+        }
+        let (f, path) = notes.as_mut().expect("open");
+        for (_, cp) in &batch {
+            f.write_all(cp.note().as_bytes()).map_err(|e| Error::io(path, e))?;
+            summary.checkpoints += 1;
+        }
+    }
+    if let Some((f, path)) = notes.take() {
         finish(f, &path)?;
     }
     Ok(summary)

@@ -21,11 +21,19 @@
 //! # Ok(()) }
 //! ```
 //!
+//! **Checkpoints**: the shipper also ships the trail's signed checkpoints (the notes of its
+//! `checkpoints.notes`), each once the records it covers are acknowledged, in order; the
+//! remote end refuses one that goes backwards. So the remote copy is an anchor
+//! ([`RemoteAnchor`]: its latest checkpoint is what a local trail is checked against), and
+//! [`export`] writes them back beside the records (`checkpoints.notes`), for
+//! `map-wrapper-audit verify --pubkey`.
+//!
 //! **Lag and the map**: a [`ShipperHandle`] gives [`Lag`] from any thread; a [`LagGate`] on
 //! it is the map's `AuditGate` (`Auditor::gate`): the lag goes into `map.stats()` and the
 //! `metrics` export, and a [`LagBound`] either raises an alert or refuses mutations
 //! (fail-closed) while the remote copy is too far behind.
 
+mod anchor;
 mod export;
 mod gate;
 mod record;
@@ -38,6 +46,7 @@ pub mod nats;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 
+pub use anchor::RemoteAnchor;
 pub use export::{export, Exported};
 pub use gate::{AlertFn, LagAlert, LagBound, LagGate, Reaction};
 pub use record::Record;

@@ -12,8 +12,19 @@
 //! fetched and compared byte for byte: the same bytes are an ack, others a
 //! [`SinkError::Fork`].
 //!
+//! Checkpoints of trail `T` go to their own stream, `MWCKPT_T` (subject `mwckpt.T`, the same
+//! settings), one message per note (the note's bytes), in order: stream sequence = position.
+//! Before publishing, the sink reads the stream's last note and applies
+//! [`check_forward`](map_wrapper::audit::anchor::check_forward) (a backwards or forked
+//! checkpoint is a [`SinkError::Checkpoint`]; one that adds nothing is acknowledged without a
+//! publish), then publishes with `Nats-Expected-Last-Subject-Sequence` = that last message's
+//! sequence, so the server refuses the note if another was appended since the check (the
+//! sink then checks again), and `Nats-Msg-Id: T:size:time`. [`NatsAnchor`] makes the stream
+//! an anchor.
+//!
 //! The sink runs `async-nats` on its own single-thread tokio runtime, so the shipper stays
-//! synchronous and the rest of the package needs no runtime.
+//! synchronous and the rest of the package needs no runtime (do not call it from inside
+//! another tokio runtime's thread).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -24,8 +35,24 @@ use async_nats::jetstream::{self, ErrorCode};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 
-use crate::sink::{check_trail_id, Acked, RemoteSink, SinkError};
+use map_wrapper::audit::SignedCheckpoint;
+
+use crate::sink::{check_trail_id, checkpoint_is_old, Acked, RemoteSink, SinkError};
 use crate::Record;
+
+/// A JetStream copy as a checkpoint anchor:
+/// `NatsAnchor::new(NatsSink::new(url)?, "billing-host7")`.
+pub type NatsAnchor = crate::RemoteAnchor<NatsSink>;
+
+/// The checkpoint stream name of a trail.
+pub fn checkpoint_stream_name(trail: &str) -> String {
+    format!("MWCKPT_{trail}")
+}
+
+/// The checkpoint subject of a trail.
+pub fn checkpoint_subject(trail: &str) -> String {
+    format!("mwckpt.{trail}")
+}
 
 /// The stream name of a trail.
 pub fn stream_name(trail: &str) -> String {
@@ -102,21 +129,35 @@ impl NatsSink {
         Ok(js)
     }
 
-    /// The trail's stream; created when `create` (else `None` when it does not exist).
+    /// The trail's record stream; created when `create` (else `None` when it does not exist).
     fn stream(&mut self, trail: &str, create: bool) -> Result<Option<Stream>, SinkError> {
         check_trail_id(trail)?;
-        if let Some(s) = self.streams.get(trail) {
+        self.stream_named(stream_name(trail), subject(trail), create)
+    }
+
+    /// The trail's checkpoint stream, likewise.
+    fn checkpoint_stream(&mut self, trail: &str, create: bool) -> Result<Option<Stream>, SinkError> {
+        check_trail_id(trail)?;
+        self.stream_named(checkpoint_stream_name(trail), checkpoint_subject(trail), create)
+    }
+
+    fn stream_named(
+        &mut self,
+        name: String,
+        subj: String,
+        create: bool,
+    ) -> Result<Option<Stream>, SinkError> {
+        if let Some(s) = self.streams.get(&name) {
             return Ok(Some(s.clone()));
         }
         let js = self.context()?;
-        let name = stream_name(trail);
         let t = self.timeout;
         let got = self.rt.block_on(async {
             tokio::time::timeout(t, async {
                 if create {
                     js.get_or_create_stream(Config {
                         name: name.clone(),
-                        subjects: vec![subject(trail)],
+                        subjects: vec![subj],
                         storage: StorageType::File,
                         deny_delete: true,
                         deny_purge: true,
@@ -150,9 +191,27 @@ impl NatsSink {
             }
         })?;
         if let Some(s) = &got {
-            self.streams.insert(trail.to_owned(), s.clone());
+            self.streams.insert(name, s.clone());
         }
         Ok(got)
+    }
+
+    /// The messages at stream sequences `seqs`, as (sequence, payload).
+    fn get_raw(
+        &mut self,
+        stream: &Stream,
+        seqs: std::ops::RangeInclusive<u64>,
+    ) -> Result<Vec<(u64, Bytes)>, SinkError> {
+        let t = self.timeout;
+        self.rt.block_on(async {
+            tokio::time::timeout(t, async {
+                let gets = seqs.map(|s| stream.direct_get(s));
+                let msgs = futures_util::future::join_all(gets).await;
+                msgs.into_iter().map(|m| m.map(|m| (m.sequence, m.payload)).map_err(unavailable)).collect()
+            })
+            .await
+            .map_err(|_| SinkError::Unavailable(format!("reading the stream took over {t:?}")))?
+        })
     }
 
     fn get(
@@ -160,29 +219,70 @@ impl NatsSink {
         stream: &Stream,
         seqs: std::ops::RangeInclusive<u64>,
     ) -> Result<Vec<Record>, SinkError> {
-        let t = self.timeout;
-        self.rt.block_on(async {
-            tokio::time::timeout(t, async {
-                let gets = seqs.map(|s| stream.direct_get(s));
-                let msgs = futures_util::future::join_all(gets).await;
-                let mut out = Vec::with_capacity(msgs.len());
-                for m in msgs {
-                    let m = m.map_err(unavailable)?;
-                    let r =
-                        Record::from_payload(&m.payload).map_err(|e| SinkError::Refused(e.to_string()))?;
-                    if r.seq != m.sequence {
-                        return Err(SinkError::Refused(format!(
-                            "stream message {} holds record seq {}: not a stream this sink wrote",
-                            m.sequence, r.seq
-                        )));
-                    }
-                    out.push(r);
-                }
-                Ok(out)
+        let mut out = Vec::with_capacity(seqs.clone().count());
+        for (sequence, payload) in self.get_raw(stream, seqs)? {
+            let r = Record::from_payload(&payload).map_err(|e| SinkError::Refused(e.to_string()))?;
+            if r.seq != sequence {
+                return Err(SinkError::Refused(format!(
+                    "stream message {sequence} holds record seq {}: not a stream this sink wrote",
+                    r.seq
+                )));
+            }
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// The checkpoints at stream sequences `seqs`.
+    fn get_checkpoints(
+        &mut self,
+        stream: &Stream,
+        seqs: std::ops::RangeInclusive<u64>,
+    ) -> Result<Vec<(u64, SignedCheckpoint)>, SinkError> {
+        self.get_raw(stream, seqs)?
+            .into_iter()
+            .map(|(sequence, payload)| {
+                SignedCheckpoint::parse_unverified(&payload).map(|cp| (sequence, cp)).map_err(|e| {
+                    SinkError::Refused(format!(
+                        "checkpoint stream message {sequence} is not a checkpoint: {e}"
+                    ))
+                })
             })
-            .await
-            .map_err(|_| SinkError::Unavailable(format!("reading the stream took over {t:?}")))?
-        })
+            .collect()
+    }
+
+    /// Publishes one message with `headers`; `Ok(Some(duplicate))` when stored (or a
+    /// duplicate), `Ok(None)` when refused because the subject's last sequence moved.
+    fn publish_one(
+        &mut self,
+        subj: String,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<Option<bool>, SinkError> {
+        let js = self.context()?;
+        let t = self.timeout;
+        let outcome = self.rt.block_on(async {
+            let work = async {
+                let fut = js.publish_with_headers(subj, headers, payload).await?;
+                fut.await
+            };
+            match tokio::time::timeout(t + Duration::from_secs(1), work).await {
+                Ok(r) => r.map_err(|e| (e.kind(), e.to_string())),
+                Err(_) => Err((PublishErrorKind::TimedOut, format!("no ack in {t:?}"))),
+            }
+        });
+        match outcome {
+            Ok(ack) => Ok(Some(ack.duplicate)),
+            Err((PublishErrorKind::WrongLastSequence, _)) => Ok(None),
+            Err((PublishErrorKind::TimedOut, msg)) => {
+                self.reset();
+                Err(SinkError::Unavailable(msg))
+            }
+            Err((_, msg)) => {
+                self.reset();
+                Err(SinkError::Unavailable(msg))
+            }
+        }
     }
 
     fn last_seq(&mut self, stream: &mut Stream) -> Result<u64, SinkError> {
@@ -279,7 +379,7 @@ impl RemoteSink for NatsSink {
             }
             Err((PublishErrorKind::WrongLastSequence, _)) => self.reconcile(trail, &mut stream, batch),
             Err((PublishErrorKind::StreamNotFound, msg)) => {
-                self.streams.remove(trail);
+                self.streams.remove(&stream_name(trail));
                 Err(SinkError::Unavailable(msg))
             }
             Err((PublishErrorKind::TimedOut, msg)) => {
@@ -314,5 +414,67 @@ impl RemoteSink for NatsSink {
             at = end + 1;
         }
         Ok(out)
+    }
+
+    fn send_checkpoint(&mut self, trail: &str, checkpoint: &SignedCheckpoint) -> Result<(), SinkError> {
+        let mut stream = self.checkpoint_stream(trail, true)?.expect("created");
+        // Check against the last note, publish only if it is still the last; if another
+        // note was appended meanwhile, check again.
+        for _ in 0..5 {
+            let last = self.last_seq(&mut stream)?;
+            let held = if last == 0 {
+                None
+            } else {
+                self.get_checkpoints(&stream, last..=last)?.pop().map(|(_, cp)| cp)
+            };
+            if checkpoint_is_old(held.as_ref(), checkpoint)? {
+                return Ok(());
+            }
+            let c = checkpoint.checkpoint();
+            let mut h = HeaderMap::new();
+            let time = c.time().map_or(0, |t| t.timestamp_micros());
+            h.insert("Nats-Msg-Id", format!("{trail}:{}:{time}", c.size()).as_str());
+            h.insert("Nats-Expected-Last-Subject-Sequence", last.to_string().as_str());
+            let payload = Bytes::copy_from_slice(checkpoint.note().as_bytes());
+            if self.publish_one(checkpoint_subject(trail), h, payload)?.is_some() {
+                return Ok(());
+            }
+        }
+        Err(SinkError::Unavailable(format!(
+            "the checkpoint stream {} kept moving while a checkpoint was offered",
+            checkpoint_stream_name(trail)
+        )))
+    }
+
+    fn read_checkpoints(
+        &mut self,
+        trail: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, SignedCheckpoint)>, SinkError> {
+        let Some(mut stream) = self.checkpoint_stream(trail, false)? else { return Ok(Vec::new()) };
+        let last = self.last_seq(&mut stream)?;
+        let from = from.max(1);
+        if max == 0 || from > last {
+            return Ok(Vec::new());
+        }
+        let upto = last.min(from + max as u64 - 1);
+        let mut out = Vec::new();
+        let mut at = from;
+        while at <= upto {
+            let end = upto.min(at + 255);
+            out.extend(self.get_checkpoints(&stream, at..=end)?);
+            at = end + 1;
+        }
+        Ok(out)
+    }
+
+    fn latest_checkpoint(&mut self, trail: &str) -> Result<Option<SignedCheckpoint>, SinkError> {
+        let Some(mut stream) = self.checkpoint_stream(trail, false)? else { return Ok(None) };
+        let last = self.last_seq(&mut stream)?;
+        if last == 0 {
+            return Ok(None);
+        }
+        Ok(self.get_checkpoints(&stream, last..=last)?.pop().map(|(_, cp)| cp))
     }
 }

@@ -9,6 +9,14 @@
 //! `INSERT … SELECT … FROM unnest(…) ORDER BY ord ON CONFLICT (trail, seq) DO NOTHING
 //! RETURNING seq`; rows not inserted are read back and compared byte for byte (a different
 //! line is a [`SinkError::Fork`]); the commit is the acknowledgement.
+//!
+//! Checkpoints ([`CHECKPOINTS_SQL`], `ship/sql/002_checkpoints.sql`): table
+//! `map_wrapper_audit_checkpoints` (`trail`, `pos`, `origin`, `size`, `root`, `note_time`,
+//! `note text`, primary key (trail, pos), unique (trail, size, note_time)), append-only like
+//! the record table; a BEFORE INSERT trigger refuses a checkpoint that goes backwards from
+//! the trail's latest (`MW003` smaller tree, `MW004` same size and another root, `MW005`
+//! another origin: [`SinkError::Checkpoint`]), skips one that adds nothing (same tree, not
+//! newer), and numbers the others. [`PgAnchor`] makes the table an anchor.
 
 use postgres::error::SqlState;
 use std::sync::mpsc;
@@ -16,11 +24,21 @@ use std::time::Duration;
 
 use postgres::{Client, NoTls};
 
+use map_wrapper::audit::anchor::check_forward;
+use map_wrapper::audit::SignedCheckpoint;
+
 use crate::sink::{check_trail_id, Acked, RemoteSink, SinkError};
 use crate::Record;
 
 /// The schema and migration (idempotent; PostgreSQL 14 or later).
 pub const SCHEMA_SQL: &str = include_str!("../sql/001_schema.sql");
+
+/// The checkpoint table's schema and migration (idempotent; after [`SCHEMA_SQL`]).
+pub const CHECKPOINTS_SQL: &str = include_str!("../sql/002_checkpoints.sql");
+
+/// A PostgreSQL copy as a checkpoint anchor:
+/// `PgAnchor::new(PostgresSink::new(url), "billing-host7")`.
+pub type PgAnchor = crate::RemoteAnchor<PostgresSink>;
 
 /// Ships to a PostgreSQL table (see the [module docs](self)).
 ///
@@ -91,11 +109,13 @@ impl PostgresSink {
         self
     }
 
-    /// Creates or updates the schema ([`SCHEMA_SQL`]); run it as the table's owner.
+    /// Creates or updates the schema ([`SCHEMA_SQL`] then [`CHECKPOINTS_SQL`]); run it as
+    /// the tables' owner.
     pub fn migrate(&mut self) -> Result<(), SinkError> {
         self.call(|client| {
-            client
-                .batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock(7215392); {SCHEMA_SQL} COMMIT;"))
+            client.batch_execute(&format!(
+                "BEGIN; SELECT pg_advisory_xact_lock(7215392); {SCHEMA_SQL} {CHECKPOINTS_SQL} COMMIT;"
+            ))
         })
     }
 
@@ -184,6 +204,51 @@ impl PostgresSink {
     }
 }
 
+const INSERT_CHECKPOINT: &str = "INSERT INTO map_wrapper_audit_checkpoints \
+     (trail, pos, origin, size, root, note_time, note) VALUES ($1, 0, $2, $3, $4, $5::text::timestamptz, $6)";
+
+fn latest_inner(client: &mut Client, trail: &str) -> Result<Option<String>, postgres::Error> {
+    let row = client.query_opt(
+        "SELECT note FROM map_wrapper_audit_checkpoints WHERE trail = $1 ORDER BY pos DESC LIMIT 1",
+        &[&trail],
+    )?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+fn parse_stored(trail: &str, pos: i64, note: &str) -> Result<SignedCheckpoint, SinkError> {
+    SignedCheckpoint::parse_unverified(note.as_bytes()).map_err(|e| {
+        SinkError::Refused(format!("the stored checkpoint {pos} of {trail} is not a checkpoint: {e}"))
+    })
+}
+
+fn send_checkpoint_inner(
+    client: &mut Client,
+    trail: &str,
+    cp: &SignedCheckpoint,
+) -> Result<Result<(), SinkError>, postgres::Error> {
+    let c = cp.checkpoint();
+    let root = cp.note().split('\n').nth(2).unwrap_or_default();
+    let time = c
+        .time()
+        .map_or_else(|| "-infinity".to_owned(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+    let size = i64::try_from(c.size()).unwrap_or(i64::MAX);
+    match client.execute(INSERT_CHECKPOINT, &[&trail, &c.origin(), &size, &root, &time, &cp.note()]) {
+        Ok(_) => Ok(Ok(())),
+        Err(e) if e.code().is_some_and(|code| ["MW003", "MW004", "MW005"].contains(&code.code())) => {
+            // Refused by the trigger: say why, in the anchors' own terms.
+            let why = match latest_inner(client, trail)? {
+                Some(held) => match parse_stored(trail, 0, &held) {
+                    Ok(held) => check_forward(held.checkpoint(), c).err(),
+                    Err(e) => return Ok(Err(e)),
+                },
+                None => None,
+            };
+            Ok(Err(why.map_or_else(|| classify(&e), SinkError::Checkpoint)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 fn classify(e: &postgres::Error) -> SinkError {
     match e.code() {
         None => SinkError::Unavailable(e.to_string()),
@@ -257,5 +322,42 @@ impl RemoteSink for PostgresSink {
                 })
                 .collect())
         })
+    }
+
+    fn send_checkpoint(&mut self, trail: &str, checkpoint: &SignedCheckpoint) -> Result<(), SinkError> {
+        check_trail_id(trail)?;
+        let (trail, cp) = (trail.to_owned(), checkpoint.clone());
+        self.call(move |client| send_checkpoint_inner(client, &trail, &cp))?
+    }
+
+    fn read_checkpoints(
+        &mut self,
+        trail: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, SignedCheckpoint)>, SinkError> {
+        let trail = trail.to_owned();
+        let rows = {
+            let trail = trail.clone();
+            self.call(move |client| {
+                client.query(
+                    "SELECT pos, note FROM map_wrapper_audit_checkpoints WHERE trail = $1 AND pos >= $2 \
+                     ORDER BY pos LIMIT $3",
+                    &[&trail, &(from.min(i64::MAX as u64) as i64), &(max.min(i64::MAX as usize) as i64)],
+                )
+            })?
+        };
+        rows.into_iter()
+            .map(|row| {
+                let pos: i64 = row.get(0);
+                Ok((pos as u64, parse_stored(&trail, pos, row.get(1))?))
+            })
+            .collect()
+    }
+
+    fn latest_checkpoint(&mut self, trail: &str) -> Result<Option<SignedCheckpoint>, SinkError> {
+        let owned = trail.to_owned();
+        let note = self.call(move |client| latest_inner(client, &owned))?;
+        note.map(|n| parse_stored(trail, 0, &n)).transpose()
     }
 }

@@ -1,12 +1,17 @@
 //! The shipper: tails a trail directory and delivers it to a [`RemoteSink`].
 
 use std::collections::VecDeque;
+use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::sink::{check_trail_id, RemoteSink, SinkError};
+use map_wrapper::audit::anchor::APPEND_FILE;
+use map_wrapper::audit::checkpoint::split_notes;
+use map_wrapper::audit::SignedCheckpoint;
+
+use crate::sink::{check_trail_id, checkpoint_is_old, RemoteSink, SinkError};
 use crate::tail::Tailer;
 use crate::{Error, Record};
 
@@ -140,6 +145,23 @@ pub struct Summary {
     pub last_seq: u64,
     /// Sends or resumes that failed with a retryable error and were retried.
     pub retries: u64,
+    /// Checkpoints (notes of the trail's `checkpoints.notes`) the remote acknowledged during
+    /// this run.
+    pub checkpoints: u64,
+}
+
+/// Where the shipping of the trail's checkpoints stands (re-read from the remote after a
+/// resume or a failed exchange).
+#[derive(Debug)]
+struct CheckpointCursor {
+    /// Bytes of `checkpoints.notes` consumed: notes shipped, or known to be on the remote.
+    offset: u64,
+    /// The newest checkpoint on the remote.
+    remote: Option<SignedCheckpoint>,
+    /// Whether the next read is the first of the file (to find the remote's newest in it).
+    first_read: bool,
+    /// The remote's newest is not in the local file: skip local notes of smaller trees.
+    skip_smaller: bool,
 }
 
 /// Delivers a trail directory to a [`RemoteSink`] at least once, in order.
@@ -156,6 +178,16 @@ pub struct Summary {
 ///
 /// A record can be sent twice (a send whose acknowledgement was lost): the receiver keeps
 /// the first copy and checks the second is identical (see [`RemoteSink`]).
+///
+/// **Checkpoints.** The notes the trail's writer appends to `checkpoints.notes` in the trail
+/// directory are shipped too ([`RemoteSink::send_checkpoint`]), in file order, each once the
+/// remote has acknowledged the records it covers (a checkpoint of `n` records after record
+/// `seq` `n`), so the remote copy never holds a checkpoint of records it does not hold. Their
+/// cursor is the remote's newest checkpoint, found in the local file on start: the notes
+/// after it are shipped (if it is not there, the notes of smaller trees are skipped). A
+/// redelivered note is acknowledged without being stored twice; a note that goes backwards
+/// from the remote's newest is refused by the remote and ends the run
+/// ([`SinkError::Checkpoint`]): the local trail and its remote copy disagree.
 pub struct Shipper<S> {
     cfg: ShipperConfig,
     sink: S,
@@ -193,6 +225,7 @@ impl<S: RemoteSink> Shipper<S> {
         let mut pending: VecDeque<Record> = VecDeque::new();
         let mut fresh: Vec<Record> = Vec::new();
         let mut backoff = Duration::from_millis(20);
+        let mut checkpoints: Option<CheckpointCursor> = None;
         let trail = self.cfg.trail.clone();
         loop {
             if self.shared.stop.load(Ordering::Acquire) {
@@ -202,6 +235,7 @@ impl<S: RemoteSink> Shipper<S> {
                 match self.resume() {
                     Ok(t) => {
                         tailer = Some(t);
+                        checkpoints = None;
                         pending.clear();
                         backoff = Duration::from_millis(20);
                     }
@@ -220,6 +254,16 @@ impl<S: RemoteSink> Shipper<S> {
                 }
                 pending.extend(fresh.drain(..));
                 self.note_oldest(&pending);
+            }
+            let acked = self.shared.acked_seq.load(Ordering::Acquire);
+            match self.ship_checkpoints(&mut checkpoints, acked, &mut summary) {
+                Ok(()) => {}
+                Err(Error::Sink(e)) if e.is_retryable() => {
+                    checkpoints = None;
+                    self.unavailable(&mut summary, &mut backoff);
+                    continue;
+                }
+                Err(e) => return Err(e),
             }
             if pending.is_empty() {
                 if until == Until::CaughtUp {
@@ -279,6 +323,84 @@ impl<S: RemoteSink> Shipper<S> {
             }
         }
         Ok(summary)
+    }
+
+    /// Ships the notes of `checkpoints.notes` not yet on the remote that cover at most
+    /// `acked` records.
+    fn ship_checkpoints(
+        &mut self,
+        cursor: &mut Option<CheckpointCursor>,
+        acked: u64,
+        summary: &mut Summary,
+    ) -> Result<(), Error> {
+        let path = self.cfg.dir.join(APPEND_FILE);
+        let len = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        if cursor.is_none() {
+            let remote = self.sink.latest_checkpoint(&self.cfg.trail)?;
+            *cursor = Some(CheckpointCursor { offset: 0, remote, first_read: true, skip_smaller: false });
+        }
+        let c = cursor.as_mut().expect("set");
+        if len < c.offset {
+            // The file was cut (a torn last note removed, or worse): read it again; the
+            // remote's newest decides what is new.
+            c.offset = 0;
+            c.first_read = true;
+        }
+        if len == c.offset {
+            return Ok(());
+        }
+        let mut bytes = Vec::new();
+        let mut f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        f.seek(SeekFrom::Start(c.offset))
+            .and_then(|_| f.read_to_end(&mut bytes))
+            .map_err(|e| Error::io(&path, e))?;
+        let notes = split_notes(&bytes);
+        let mut start = 0;
+        let mut consumed = 0usize;
+        if std::mem::take(&mut c.first_read) {
+            c.skip_smaller = true;
+            if let Some(r) = &c.remote {
+                if let Some(i) = notes.iter().rposition(|n| *n == r.note().as_bytes()) {
+                    start = i + 1;
+                    consumed = notes[..=i].iter().map(|n| n.len()).sum();
+                    c.skip_smaller = false;
+                }
+            }
+        }
+        let count = notes.len();
+        for (i, piece) in notes.into_iter().enumerate().skip(start) {
+            let last = i + 1 == count;
+            let parsed = SignedCheckpoint::parse_unverified(piece).ok().filter(|_| piece.ends_with(b"\n"));
+            let Some(cp) = parsed else {
+                if last {
+                    break; // being written: wait for the rest
+                }
+                tracing::warn!(target: "audit", file = %path.display(),
+                    "a note of checkpoints.notes that is not a checkpoint is not shipped");
+                consumed += piece.len();
+                continue;
+            };
+            if cp.checkpoint().size() > acked {
+                break;
+            }
+            let skip = c.skip_smaller
+                && c.remote.as_ref().is_some_and(|r| {
+                    cp.checkpoint().size() < r.checkpoint().size()
+                        || checkpoint_is_old(Some(r), &cp).unwrap_or(false)
+                });
+            if !skip {
+                self.sink.send_checkpoint(&self.cfg.trail, &cp)?;
+                summary.checkpoints += 1;
+                c.remote = Some(cp);
+            }
+            consumed += piece.len();
+        }
+        c.offset += consumed as u64;
+        Ok(())
     }
 
     fn unavailable(&self, summary: &mut Summary, backoff: &mut Duration) {

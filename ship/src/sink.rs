@@ -1,5 +1,8 @@
 //! The remote end: what a sink must do for the shipper.
 
+use map_wrapper::audit::anchor::AnchorError;
+use map_wrapper::audit::SignedCheckpoint;
+
 use crate::Record;
 
 /// What a remote sink confirmed: every record up to `last_seq` is stored durably.
@@ -38,6 +41,11 @@ pub enum SinkError {
     /// Any other refusal (permissions, schema, a bad trail name): never retried.
     #[error("remote refused: {0}")]
     Refused(String),
+    /// The remote refused a checkpoint that goes backwards from the latest it holds (a
+    /// smaller tree, the same size with another root, another origin): the rule of
+    /// [`check_forward`](map_wrapper::audit::anchor::check_forward). Never retried.
+    #[error("remote refused the checkpoint: {0}")]
+    Checkpoint(AnchorError),
 }
 
 impl SinkError {
@@ -61,8 +69,22 @@ impl SinkError {
 /// - [`read`](RemoteSink::read) returns stored records in `seq` order (for export and for the
 ///   shipper's check, on start, that the remote's last record is the local one).
 ///
+/// **Checkpoints** (the trail's signed notes, `checkpoints.notes`) travel too, so the remote
+/// copy is also an anchor:
+///
+/// - [`send_checkpoint`](RemoteSink::send_checkpoint) stores a note durably, after the
+///   checks of [`check_forward`](map_wrapper::audit::anchor::check_forward) against the
+///   latest held, made **by the remote end** (a PostgreSQL trigger; a JetStream publish
+///   conditional on the last message checked): a smaller tree, the same size with another
+///   root, or another origin is refused ([`SinkError::Checkpoint`]). A note that is not newer
+///   than the latest held (the same tree, a time not later: a redelivery) is acknowledged
+///   without being stored again, so each checkpoint is stored once, in order.
+/// - [`read_checkpoints`](RemoteSink::read_checkpoints) returns them in the order stored,
+///   by position (1, 2, …), and [`latest_checkpoint`](RemoteSink::latest_checkpoint) the last.
+///
 /// A Kafka sink fits the same shape: an idempotent producer keyed by the trail id, one
-/// partition per trail, `last_acked` read from the partition's last message.
+/// partition per trail, `last_acked` read from the partition's last message; checkpoints in
+/// a second partition or topic.
 pub trait RemoteSink {
     /// Stores `batch` (contiguous `seq`, not empty) for `trail`.
     fn send(&mut self, trail: &str, batch: &[Record]) -> Result<Acked, SinkError>;
@@ -70,6 +92,19 @@ pub trait RemoteSink {
     fn last_acked(&mut self, trail: &str) -> Result<Option<u64>, SinkError>;
     /// Up to `max` stored records of `trail` with `seq >= from_seq`, in `seq` order.
     fn read(&mut self, trail: &str, from_seq: u64, max: usize) -> Result<Vec<Record>, SinkError>;
+    /// Stores a signed checkpoint of `trail` (signatures not checked here: the verifier
+    /// opens notes with its trusted keys), refusing one that goes backwards.
+    fn send_checkpoint(&mut self, trail: &str, checkpoint: &SignedCheckpoint) -> Result<(), SinkError>;
+    /// Up to `max` stored checkpoints of `trail` from position `from` (the first stored is 1),
+    /// each with its position, in order.
+    fn read_checkpoints(
+        &mut self,
+        trail: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, SignedCheckpoint)>, SinkError>;
+    /// The last checkpoint stored for `trail` (the newest), `None` when none.
+    fn latest_checkpoint(&mut self, trail: &str) -> Result<Option<SignedCheckpoint>, SinkError>;
 }
 
 impl<S: RemoteSink + ?Sized> RemoteSink for Box<S> {
@@ -82,6 +117,33 @@ impl<S: RemoteSink + ?Sized> RemoteSink for Box<S> {
     fn read(&mut self, trail: &str, from_seq: u64, max: usize) -> Result<Vec<Record>, SinkError> {
         (**self).read(trail, from_seq, max)
     }
+    fn send_checkpoint(&mut self, trail: &str, checkpoint: &SignedCheckpoint) -> Result<(), SinkError> {
+        (**self).send_checkpoint(trail, checkpoint)
+    }
+    fn read_checkpoints(
+        &mut self,
+        trail: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, SignedCheckpoint)>, SinkError> {
+        (**self).read_checkpoints(trail, from, max)
+    }
+    fn latest_checkpoint(&mut self, trail: &str) -> Result<Option<SignedCheckpoint>, SinkError> {
+        (**self).latest_checkpoint(trail)
+    }
+}
+
+/// Whether `offered` adds nothing to `held` (the same tree, a time not later: a redelivery or
+/// an older heartbeat), so a sink acknowledges it without storing it; `Err` when it goes
+/// backwards ([`check_forward`](map_wrapper::audit::anchor::check_forward)).
+pub(crate) fn checkpoint_is_old(
+    held: Option<&SignedCheckpoint>,
+    offered: &SignedCheckpoint,
+) -> Result<bool, SinkError> {
+    let Some(held) = held else { return Ok(false) };
+    let (h, o) = (held.checkpoint(), offered.checkpoint());
+    map_wrapper::audit::anchor::check_forward(h, o).map_err(SinkError::Checkpoint)?;
+    Ok(o.size() == h.size() && o.time() <= h.time())
 }
 
 /// Checks a trail id: 1 to 128 characters from `A-Z a-z 0-9 _ -` (it names a NATS stream

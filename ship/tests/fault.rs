@@ -17,7 +17,9 @@ mod faults {
     use map_wrapper::audit::verify::Verdict;
     use map_wrapper_ship::{export, RemoteSink};
 
-    use super::support::{local_records, verdict, write_trail};
+    use super::support::{
+        checkpoint_options, local_checkpoints, local_records, verdict_with_checkpoints, write_trail_with,
+    };
 
     pub trait Server {
         fn kill(&mut self);
@@ -79,7 +81,9 @@ mod faults {
         let writer = {
             let dir = dir.clone();
             let pace = (n / 20_000).max(1);
-            std::thread::spawn(move || write_trail(&dir, n, 1 << 20, pace))
+            // Signed checkpoints every 1000 records or 1 s (the default policy): shipped too.
+            let cps = Some(checkpoint_options(Default::default()));
+            std::thread::spawn(move || write_trail_with(&dir, n, 1 << 20, pace, cps))
         };
         let mut shipper = ShipperProc(Some(spawn_shipper(&dir, &remote, &log)));
         // 20 faults, one every 1.2 s: 10 shipper kills, 9 server kills, 1 network cut (5 s).
@@ -116,7 +120,10 @@ mod faults {
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             shipper.check_alive(&log);
-            if sink.last_acked("fault").ok().flatten() == Some(want.len() as u64) {
+            let newest = local_checkpoints(&dir).pop();
+            if sink.last_acked("fault").ok().flatten() == Some(want.len() as u64)
+                && sink.latest_checkpoint("fault").ok().flatten() == newest
+            {
                 break;
             }
             assert!(Instant::now() < deadline, "no catch-up in 180 s: {:?}", sink.last_acked("fault"));
@@ -133,14 +140,25 @@ mod faults {
         assert_eq!(x.records, want.len() as u64, "0 lost, 0 duplicated");
         assert_eq!(lost, 0, "every record once, in order, byte for byte");
         assert!(got == want);
-        let report = verdict(&out);
+        // The checkpoints: every note of the trail's checkpoints.notes once, in order, and
+        // the copy's records check against every one.
+        let want_cps = local_checkpoints(&dir);
+        assert!(want_cps.len() > 10, "{} checkpoints", want_cps.len());
+        assert_eq!(x.checkpoints, want_cps.len() as u64, "0 checkpoints lost or duplicated");
+        assert_eq!(
+            std::fs::read(out.join(map_wrapper::audit::anchor::APPEND_FILE)).unwrap(),
+            std::fs::read(dir.join(map_wrapper::audit::anchor::APPEND_FILE)).unwrap()
+        );
+        let report = verdict_with_checkpoints(&out, &[]);
         assert_eq!(report.verdict, Verdict::Intact, "{}", report.human());
         assert_eq!(report.records, want.len() as u64);
+        assert_eq!(report.checkpoints.as_ref().map(|c| c.checked), Some(want_cps.len()));
         eprintln!(
-            "fault run: {} records, {} segments, {kills:?} (shipper kills, server kills, cuts); faults done {faults_done:.1} s, \
+            "fault run: {} records, {} checkpoints, {} segments, {kills:?} (shipper kills, server kills, cuts); faults done {faults_done:.1} s, \
              trail written {written:.1} s, remote caught up {caught_up:.1} s, \
              exported {exported:.1} s, verified {:.1} s",
             want.len(),
+            want_cps.len(),
             report.segments,
             started.elapsed().as_secs_f64()
         );

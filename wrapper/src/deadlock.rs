@@ -24,21 +24,32 @@
 //! Edges, so that every refusal is a real cycle:
 //! - a **write** wait for a shard is blocked by every waiting thread that holds it (read or
 //!   write); a **read** wait only by one that holds it for writing;
-//! - a read wait is also blocked by a **writer that started waiting earlier** for the same
-//!   shard (the lock is fair: a new reader queues behind a waiting writer). This is how a cycle
-//!   through shared read holds deadlocks: A reads 1 and wants to read 2, B reads 2 and wants to
-//!   write 1, and C waits to write 2 (behind B's read): A waits behind C, C behind B, B behind A.
+//! - a read wait is also blocked by a **writer ahead of it in the shard lock's queue** (the
+//!   lock is fair: a new reader queues behind a waiting writer). This is how a cycle through
+//!   shared read holds deadlocks: A reads 1 and wants to read 2, B reads 2 and wants to write
+//!   1, and C waits to write 2 (behind B's read): A waits behind C, C behind B, B behind A.
+//!   "Ahead" is read off stamps of one clock, the graph's: a reader takes its stamp *before*
+//!   it joins the queue, a writer *after* it has joined ([`WaitGuard::queued`], called from
+//!   inside the lock's wait), so a writer stamped before a reader was in the queue before the
+//!   reader came. (Ordering by registration refused calls that would not deadlock: a writer
+//!   registers before it joins the queue, and a reader that joined in between was ahead of
+//!   it, could be granted the lock and go on, while the graph showed it stuck behind the
+//!   writer, in a cycle.)
 //! - a recursive read (of a shard this thread already reads) never waits behind a writer, so
 //!   it is not an edge.
 //!
-//! Holder edges are exact: a waiter's recorded holds are its holds until it stops waiting. What
-//! can be stale is a waiter's *want*: it may have just timed out (the cycle was real until
-//! then), or, for the writer-before-reader edge, the writer may not yet have queued in the lock
-//! when the reader looked; for that reason the waiting code tries the lock once more before it
-//! returns the refusal. A reader can end up queued behind a writer that started waiting after
-//! it (the reader was first blocked by a writer that has since let go): such a reader waits in
-//! bounded steps ([`WaitGuard::renew`], every few milliseconds) and takes a new place in the
-//! graph at each, behind the writers then waiting, so that cycle is found within one step.
+//! Holder edges are exact: a waiter's recorded holds are its holds until it stops waiting
+//! (its entry goes when its wait ends, before it can release anything). Writer-ahead edges are
+//! exact too, by the stamps. What can be stale is a waiter's *want*: it may have just been
+//! granted the lock (then nothing of the graph holds that shard against it, and no writer
+//! stamped before it can still be queued ahead of it, so no edge leaves it), or it may have
+//! just timed out (the cycle was real until then); for that reason the waiting code tries the
+//! lock once more before it returns the refusal. A reader can end up queued behind a writer
+//! that it was not behind when it took its stamp (the reader was first blocked by a writer
+//! that has since let go, or the writer joined between the reader's stamp and its joining):
+//! such a reader waits in bounded steps ([`WaitGuard::renew`], every few milliseconds) and
+//! takes a new stamp at each, behind the writers then queued, so that cycle is found within
+//! one step.
 //! What is still not detected (it ends in a normal timeout): a cycle that forms and dissolves
 //! between two steps never shows, which is no deadlock; and holds a thread has without a mark
 //! (inside the map's own code, which never waits while holding one).
@@ -272,17 +283,25 @@ pub(crate) enum Access {
 /// what it wants.
 struct Waiting {
     thread: u64,
-    /// Order of registration: a reader queues behind the writers that started waiting before.
-    seq: u64,
+    /// Where the wait stands in the shard lock's FIFO queue, on the graph's clock
+    /// (`Graph::seq`): a reader's stamp is taken *before* it joins the queue (at registration
+    /// and at each renewal), a writer's *after* it has joined ([`WaitGuard::queued`];
+    /// [`NOT_QUEUED`] until then). So a writer's stamp below a reader's means the writer was
+    /// in the queue before the reader joined it: ahead of it, in a FIFO queue.
+    stamp: u64,
     holds: Box<[Held]>,
     want: Held,
     want_map: Arc<str>,
 }
 
 struct Graph {
+    /// The clock of the stamps.
     seq: u64,
     waiting: Vec<Waiting>,
 }
+
+/// The stamp of a writer that has not joined the lock's queue yet: ahead of no reader.
+const NOT_QUEUED: u64 = u64::MAX;
 
 /// Every thread that waits for a shard lock of any map right now. Touched only by threads
 /// that start or stop waiting.
@@ -309,15 +328,16 @@ fn conflicts(h: &Held, want: &Held) -> bool {
     h.map == want.map && h.shard == want.shard && (want.write || h.write)
 }
 
-/// Whether the thread waiting for `want` (registered as number `seq`) is blocked by `by`.
-fn blocked_by(thread: u64, want: &Held, seq: u64, by: &Waiting) -> bool {
+/// Whether the thread waiting for `want` (with stamp `stamp`) is blocked by `by`: `by` holds
+/// the shard in a conflicting way, or (for a read) `by` is a writer queued for it ahead.
+fn blocked_by(thread: u64, want: &Held, stamp: u64, by: &Waiting) -> bool {
     by.thread != thread
         && (by.holds.iter().any(|h| conflicts(h, want))
             || (!want.write
                 && by.want.write
                 && by.want.map == want.map
                 && by.want.shard == want.shard
-                && by.seq < seq))
+                && by.stamp < stamp))
 }
 
 /// A wait that would close a cycle: the shard of this thread's that another thread of the
@@ -338,12 +358,31 @@ pub(crate) struct Cycle {
 pub(crate) struct WaitGuard {
     /// 0: nothing was registered.
     thread: u64,
-    /// A registered read wait: see [`renew`](WaitGuard::renew).
+    /// A registered read wait: see [`renew`](WaitGuard::renew). (A registered wait that is
+    /// not a read is a write: see [`queued`](WaitGuard::queued).)
     reader: bool,
     _not_send: PhantomData<*const ()>,
 }
 
 impl WaitGuard {
+    /// To be called by a registered write wait once the thread has joined the shard lock's
+    /// queue (the lock calls it: `RawLock::lock_exclusive_until_then`), before it parks: from
+    /// now on every reader that joins the queue is behind this writer, so a reader that takes
+    /// its stamp from now on is blocked by it. Until then the writer is ahead of no reader: a
+    /// reader that registers after the writer but joins the queue first is ahead of it (and
+    /// may be granted the lock), and an edge to the writer would make a cycle that is none.
+    pub(crate) fn queued(&self) {
+        if self.thread == 0 || self.reader {
+            return;
+        }
+        let mut g = GRAPH.lock();
+        let stamp = g.seq;
+        g.seq += 1;
+        if let Some(w) = g.waiting.iter_mut().find(|w| w.thread == self.thread) {
+            w.stamp = stamp;
+        }
+    }
+
     const NONE: WaitGuard = WaitGuard { thread: 0, reader: false, _not_send: PhantomData };
 
     /// Whether the wait must be [`renew`](WaitGuard::renew)ed from time to time: a read wait
@@ -352,23 +391,23 @@ impl WaitGuard {
         self.thread != 0 && self.reader
     }
 
-    /// A read wait that goes on after a bounded try: it queues again now, behind the writers
-    /// that started waiting since, so it takes a new place in the graph and looks for a cycle
-    /// again. (A reader first blocked by a writer that let go, then by a writer that came
-    /// after it, waits behind the later writer: without this, a cycle through that writer
-    /// would not be seen.) The waiting code must then wait in bounded steps and call this
+    /// A read wait that goes on after a bounded try (it has left the lock's queue): it joins
+    /// the queue again right after this, behind the writers queued by now, so it takes a new
+    /// stamp and looks for a cycle again. (A reader first blocked by a writer that let go,
+    /// then by a writer that came after it, waits behind the later writer: without this, a
+    /// cycle through that writer would not be seen.) The waiting code must then wait in bounded steps and call this
     /// between them; a refusal here unregisters the wait.
     pub(crate) fn renew(&mut self) -> Result<(), Cycle> {
         if !self.needs_renewal() {
             return Ok(());
         }
         let mut g = GRAPH.lock();
-        let seq = g.seq;
+        let stamp = g.seq;
         g.seq += 1;
         let Some(i) = g.waiting.iter().position(|w| w.thread == self.thread) else { return Ok(()) };
-        g.waiting[i].seq = seq;
+        g.waiting[i].stamp = stamp;
         let me = &g.waiting[i];
-        if let Some(cycle) = find_cycle(&g.waiting, me.thread, &me.want, seq, &me.holds) {
+        if let Some(cycle) = find_cycle(&g.waiting, me.thread, &me.want, stamp, &me.holds) {
             g.waiting.swap_remove(i);
             self.thread = 0;
             return Err(cycle);
@@ -415,25 +454,31 @@ pub(crate) fn waiting_for(
     let thread = thread_id();
     let want = Held { map, shard, write, guard: false };
     let mut g = GRAPH.lock();
-    let seq = g.seq;
-    g.seq += 1;
+    // A reader is about to join the queue: behind every writer stamped by now. A writer's
+    // place counts only once it is in the queue (`WaitGuard::queued`).
+    let stamp = if write {
+        NOT_QUEUED
+    } else {
+        g.seq += 1;
+        g.seq - 1
+    };
     if !holds.is_empty() {
-        if let Some(cycle) = find_cycle(&g.waiting, thread, &want, seq, &holds) {
+        if let Some(cycle) = find_cycle(&g.waiting, thread, &want, stamp, &holds) {
             return Err(cycle);
         }
     }
     let reader = !holds.is_empty() && !write;
-    g.waiting.push(Waiting { thread, seq, holds, want, want_map: map_name.clone() });
+    g.waiting.push(Waiting { thread, stamp, holds, want, want_map: map_name.clone() });
     Ok(WaitGuard { thread, reader, _not_send: PhantomData })
 }
 
 /// Breadth-first from the waiters that block `want`: the first one found whose own want is
 /// blocked by `holds` closes the shortest cycle.
-fn find_cycle(waiting: &[Waiting], thread: u64, want: &Held, seq: u64, holds: &[Held]) -> Option<Cycle> {
+fn find_cycle(waiting: &[Waiting], thread: u64, want: &Held, stamp: u64, holds: &[Held]) -> Option<Cycle> {
     let mut seen = vec![false; waiting.len()];
     let mut queue = VecDeque::new();
     for (i, w) in waiting.iter().enumerate() {
-        if blocked_by(thread, want, seq, w) {
+        if blocked_by(thread, want, stamp, w) {
             seen[i] = true;
             queue.push_back((i, 2));
         }
@@ -444,7 +489,7 @@ fn find_cycle(waiting: &[Waiting], thread: u64, want: &Held, seq: u64, holds: &[
             return Some(Cycle { held_map: w.want_map.clone(), held_shard: h.shard, threads });
         }
         for (j, next) in waiting.iter().enumerate() {
-            if !seen[j] && blocked_by(w.thread, &w.want, w.seq, next) {
+            if !seen[j] && blocked_by(w.thread, &w.want, w.stamp, next) {
                 seen[j] = true;
                 queue.push_back((j, threads + 1));
             }
@@ -457,11 +502,11 @@ fn find_cycle(waiting: &[Waiting], thread: u64, want: &Held, seq: u64, holds: &[
 mod tests {
     use super::*;
 
-    fn w(thread: u64, seq: u64, holds: &[(u64, usize, bool)], want: (u64, usize, bool)) -> Waiting {
+    fn w(thread: u64, stamp: u64, holds: &[(u64, usize, bool)], want: (u64, usize, bool)) -> Waiting {
         let h = |(map, shard, write): (u64, usize, bool)| Held { map, shard, write, guard: false };
         Waiting {
             thread,
-            seq,
+            stamp,
             holds: holds.iter().copied().map(h).collect(),
             want: h(want),
             want_map: Arc::from(format!("map{}", want.0)),
@@ -470,7 +515,7 @@ mod tests {
 
     fn cycle(waiting: &[Waiting], holds: &[(u64, usize, bool)], want: (u64, usize, bool)) -> Option<Cycle> {
         let me = w(99, 1000, holds, want);
-        find_cycle(waiting, me.thread, &me.want, me.seq, &me.holds)
+        find_cycle(waiting, me.thread, &me.want, me.stamp, &me.holds)
     }
 
     #[test]
@@ -549,6 +594,87 @@ mod tests {
         done_tx.send(()).unwrap();
         t.join().unwrap();
         assert_eq!(registered(m), 0);
+    }
+
+    /// A thread parked in the graph: it marks `holds` and registers a wait for `want`, then
+    /// takes steps on command until dropped.
+    struct Parked {
+        cmd: Option<std::sync::mpsc::Sender<Step>>,
+        ack: std::sync::mpsc::Receiver<()>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    enum Step {
+        /// The wait has joined the lock's queue (`WaitGuard::queued`).
+        Queued,
+        /// A bounded step ended: the wait queues again (`WaitGuard::renew`).
+        Renew,
+    }
+
+    impl Parked {
+        fn new(holds: &'static [(u64, usize, bool)], want: (u64, usize, Access)) -> Self {
+            let (cmd_tx, cmd_rx) = std::sync::mpsc::channel::<Step>();
+            let (ack_tx, ack) = std::sync::mpsc::channel::<()>();
+            let thread = std::thread::spawn(move || {
+                let _marks: Vec<HeldMark> = holds.iter().map(|&(m, s, w)| HeldMark::new(m, s, w)).collect();
+                let mut g = waiting_for(&Arc::from("unit"), want.0, want.1, want.2).expect("registers");
+                ack_tx.send(()).unwrap();
+                for step in cmd_rx {
+                    match step {
+                        Step::Queued => g.queued(),
+                        Step::Renew => g.renew().expect("no cycle through this thread"),
+                    }
+                    ack_tx.send(()).unwrap();
+                }
+            });
+            ack.recv().unwrap();
+            Parked { cmd: Some(cmd_tx), ack, thread: Some(thread) }
+        }
+
+        /// Takes `step` and returns once it is done.
+        fn step(&self, step: Step) {
+            self.cmd.as_ref().unwrap().send(step).unwrap();
+            self.ack.recv().unwrap();
+        }
+    }
+
+    impl Drop for Parked {
+        fn drop(&mut self) {
+            drop(self.cmd.take());
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    #[test]
+    fn a_writer_is_ahead_of_a_reader_only_once_it_has_joined_the_lock_queue() {
+        // Map ids far from any real map's (and from the other tests').
+        const M: u64 = u64::MAX - 20;
+        let map: Arc<str> = Arc::from("unit");
+        // S reads shard 2 and waits to write shard 1.
+        let _s = Parked::new(&[(M, 2, false)], (M, 1, Access::Write));
+        // U (holding shard 9) waits to write shard 2, behind S's read; it has registered but
+        // not joined the lock's queue yet.
+        let u = Parked::new(&[(M, 9, true)], (M, 2, Access::Write));
+        // V reads shard 3 and waits to read shard 2: it joins the queue before U does, so it
+        // is ahead of U (the lock may even hand it shard 2 at once, S holding it shared).
+        let v = Parked::new(&[(M, 3, false)], (M, 2, Access::Read));
+        // Then U joins the queue.
+        u.step(Step::Queued);
+        // We read shard 1 and want to write shard 3 (V reads it). V is not behind U, so the
+        // chain us → V → U → S → us is no cycle: V gets shard 2 and goes on. (When the graph
+        // ordered waits by registration, this was refused.)
+        let held = HeldMark::new(M, 1, false);
+        let ok = waiting_for(&map, M, 3, Access::Write);
+        assert!(ok.is_ok(), "refused through a reader that is ahead of the writer: {:?}", ok.err());
+        drop(ok);
+        // V's bounded step ends and it queues again, now behind U: from then on the cycle is
+        // real, and the wait that would close it is refused.
+        v.step(Step::Renew);
+        let c = waiting_for(&map, M, 3, Access::Write).err().expect("us → V → U → S → us");
+        assert_eq!((c.held_shard, c.threads), (1, 4));
+        drop(held);
     }
 
     #[test]

@@ -78,10 +78,9 @@ pub enum ErrorKind {
     ///   waits in it, as only then does it hang. The check runs when a thread starts to wait
     ///   (and every few milliseconds while a reader that holds shards keeps waiting, as it may
     ///   end up queued behind a writer that came later); a refusal is a cycle of waiting
-    ///   threads in the graph at that moment (a stress test on 8 threads still finds rare
-    ///   refusals, about one in 70,000, that its own record does not confirm: being
-    ///   investigated). Only the map's own locks are seen: a cycle through a lock of
-    ///   yours (a `Mutex` held while calling the map) still ends in
+    ///   threads at that moment, each blocked by a shard another one holds or by a writer
+    ///   ahead of it in a shard's queue. Only the map's own locks are seen: a cycle through a
+    ///   lock of yours (a `Mutex` held while calling the map) still ends in
     ///   [`Timeout`](ErrorKind::Timeout).
     WouldDeadlock,
     /// The map's circuit breaker is open because operations have been too slow or have failed;

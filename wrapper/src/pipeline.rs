@@ -114,7 +114,7 @@ impl<'a, 'c> Waiter<'a, 'c> {
         // A recursive read never queues behind a writer (the lock lets it pass the queue): not an
         // edge of the wait-for graph.
         let access = if recursive { None } else { Some(Access::Read) };
-        self.slow(idx, access, |until, cancel| {
+        self.slow(idx, access, |until, cancel, _| {
             if recursive {
                 lock.try_read_recursive_until(until).ok_or(WaitError::Timeout)
             } else {
@@ -140,7 +140,13 @@ impl<'a, 'c> Waiter<'a, 'c> {
         if let Some(g) = lock.try_write() {
             return Ok(g);
         }
-        self.slow(idx, Some(Access::Write), |until, cancel| lock::write_until(lock, Some(until), cancel))
+        self.slow(idx, Some(Access::Write), |until, cancel, waiting| {
+            lock::write_until_then(lock, Some(until), cancel, || {
+                if let Some(w) = waiting {
+                    w.queued();
+                }
+            })
+        })
     }
 
     /// For operations that write every shard: refuses up front, before changing anything, if
@@ -204,13 +210,19 @@ impl<'a, 'c> Waiter<'a, 'c> {
     /// the shard's queue until the deadline or the cancel token (which wakes it), or until the
     /// unlock hands it the lock. A wait that must renew its place in the graph (a reader that
     /// holds shards, a writer that held nothing at first) waits in steps of [`REQUEUE`].
+    /// `acquire` gets the wait's entry in the graph: a writer tells it when it has joined the
+    /// lock's queue ([`WaitGuard::queued`](deadlock::WaitGuard::queued)).
     #[cold]
     #[inline(never)]
     fn slow<G>(
         &mut self,
         idx: usize,
         access: Option<Access>,
-        mut acquire: impl FnMut(Instant, Option<&CancelToken>) -> Result<G, WaitError>,
+        mut acquire: impl FnMut(
+            Instant,
+            Option<&CancelToken>,
+            Option<&deadlock::WaitGuard>,
+        ) -> Result<G, WaitError>,
     ) -> Result<G, MapError> {
         // A thread that holds nothing cannot close a cycle. A writer among them is still a node
         // (readers queue behind it), but joins the graph only once it has waited one step:
@@ -228,7 +240,7 @@ impl<'a, 'c> Waiter<'a, 'c> {
         loop {
             let requeue = deferred || waiting.as_ref().is_some_and(deadlock::WaitGuard::needs_renewal);
             let until = if requeue { deadline.min(Instant::now() + REQUEUE) } else { deadline };
-            match acquire(until, cancel.as_ref()) {
+            match acquire(until, cancel.as_ref(), waiting.as_ref()) {
                 Err(WaitError::Timeout) if until < deadline => {}
                 got => return self.wait_ended(idx, got, wait_start, start, deadline),
             }
@@ -249,9 +261,13 @@ impl<'a, 'c> Waiter<'a, 'c> {
         &mut self,
         idx: usize,
         cycle: deadlock::Cycle,
-        acquire: &mut impl FnMut(Instant, Option<&CancelToken>) -> Result<G, WaitError>,
+        acquire: &mut impl FnMut(
+            Instant,
+            Option<&CancelToken>,
+            Option<&deadlock::WaitGuard>,
+        ) -> Result<G, WaitError>,
     ) -> Result<G, MapError> {
-        if let Ok(g) = acquire(Instant::now(), None) {
+        if let Ok(g) = acquire(Instant::now(), None, None) {
             return Ok(g);
         }
         let err = MapError::would_deadlock_cycle(

@@ -5,10 +5,17 @@
 //! map-wrapper-ship ship   --trail ID --dir DIR (--postgres URL | --nats URL) [--once] [--migrate]
 //! map-wrapper-ship export --trail ID --out DIR (--postgres URL | --nats URL)
 //! map-wrapper-ship last   --trail ID (--postgres URL | --nats URL)
+//! map-wrapper-ship checkpoint --trail ID (--postgres URL | --nats URL) [--out FILE]
 //! map-wrapper-ship migrate --postgres URL
 //! ```
 //!
-//! Exit status: 0 done, 1 a refusal or error (message on stderr), 2 usage.
+//! `checkpoint` writes the remote's newest signed checkpoint of the trail (a note) to stdout
+//! or `FILE`, to check the local trail against it:
+//! `map-wrapper-audit verify --pubkey KEY --checkpoint FILE DIR` (TAMPERED if the trail no
+//! longer holds what the remote's checkpoint covers).
+//!
+//! Exit status: 0 done, 1 a refusal or error (message on stderr; `checkpoint`: also when the
+//! remote holds none), 2 usage.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,6 +83,18 @@ enum Cmd {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Print (or write to `--out`) the remote's newest signed checkpoint of a trail: the note
+    /// to give `map-wrapper-audit verify --pubkey KEY --checkpoint FILE`.
+    Checkpoint {
+        /// The trail id.
+        #[arg(long)]
+        trail: String,
+        #[command(flatten)]
+        remote: Remote,
+        /// Write the note to this file (replaced) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Create or update the PostgreSQL schema.
     Migrate {
         /// PostgreSQL URL.
@@ -113,16 +132,20 @@ fn run(cli: Cli) -> Result<(), String> {
                 Shipper::new(ShipperConfig::new(trail, dir), sink).map_err(|e| e.to_string())?;
             let until = if once { Until::CaughtUp } else { Until::Stopped };
             let s = shipper.run(until).map_err(|e| e.to_string())?;
-            eprintln!("shipped {} records; remote last seq {}; {} retries", s.shipped, s.last_seq, s.retries);
+            eprintln!(
+                "shipped {} records and {} checkpoints; remote last seq {}; {} retries",
+                s.shipped, s.checkpoints, s.last_seq, s.retries
+            );
             Ok(())
         }
         Cmd::Export { trail, out, remote } => {
             let mut sink = sink(&remote, false)?;
             let x = map_wrapper_ship::export(&mut sink, &trail, &out).map_err(|e| e.to_string())?;
             eprintln!(
-                "exported {} records in {} segments to {} (last seq {})",
+                "exported {} records in {} segments and {} checkpoints to {} (last seq {})",
                 x.records,
                 x.segments,
+                x.checkpoints,
                 out.display(),
                 x.last_seq
             );
@@ -132,6 +155,21 @@ fn run(cli: Cli) -> Result<(), String> {
             let mut sink = sink(&remote, false)?;
             println!("{}", sink.last_acked(&trail).map_err(|e| e.to_string())?.unwrap_or(0));
             Ok(())
+        }
+        Cmd::Checkpoint { trail, remote, out } => {
+            let mut sink = sink(&remote, false)?;
+            let Some(cp) = sink.latest_checkpoint(&trail).map_err(|e| e.to_string())? else {
+                return Err(format!("the remote holds no checkpoint of {trail}"));
+            };
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, cp.note()).map_err(|e| format!("{}: {e}", path.display()))
+                }
+                None => {
+                    print!("{}", cp.note());
+                    Ok(())
+                }
+            }
         }
         Cmd::Migrate { postgres } => sink(&Remote { postgres: Some(postgres), nats: None }, true).map(drop),
     }

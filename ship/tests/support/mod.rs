@@ -319,8 +319,69 @@ impl Drop for Nats {
 /// segments so the trail rotates; closes the sink (the last record is `audit_stop`).
 /// `pace`: records per millisecond at most (0: as fast as possible).
 pub fn write_trail(dir: &Path, n: u64, segment_bytes: u64, pace: u64) {
+    write_trail_with(dir, n, segment_bytes, pace, None);
+}
+
+/// The origin of the test trails' checkpoints.
+pub const ORIGIN: &str = "example.com/ship-test";
+
+/// The checkpoint signing key of the test trails (a fixed seed).
+pub fn signer() -> map_wrapper::audit::NoteSigner {
+    map_wrapper::audit::NoteSigner::from_seed(ORIGIN, [7; 32]).expect("a valid key name")
+}
+
+/// [`write_trail`] with signed checkpoints ([`signer`]) every `every_records` records or
+/// 5 ms (and when the trail opens and closes), appended to the trail's `checkpoints.notes`;
+/// paced at 5 records per millisecond so that several are made.
+pub fn write_checkpointed_trail(dir: &Path, n: u64, segment_bytes: u64, every_records: u64) {
+    use map_wrapper::audit::CheckpointPolicy;
+    let policy = CheckpointPolicy { every_records, every: Duration::from_millis(5), ..Default::default() };
+    write_trail_with(dir, n, segment_bytes, 5, Some(checkpoint_options(policy)));
+}
+
+/// Checkpoints of [`ORIGIN`] signed by [`signer`] with `policy`.
+pub fn checkpoint_options(
+    policy: map_wrapper::audit::CheckpointPolicy,
+) -> map_wrapper::audit::CheckpointOptions {
+    map_wrapper::audit::CheckpointOptions::new(ORIGIN, signer()).policy(policy)
+}
+
+/// The notes of a trail's `checkpoints.notes`, in order.
+pub fn local_checkpoints(dir: &Path) -> Vec<map_wrapper::audit::SignedCheckpoint> {
+    let bytes = std::fs::read(dir.join(map_wrapper::audit::anchor::APPEND_FILE)).unwrap_or_default();
+    map_wrapper::audit::checkpoint::split_notes(&bytes)
+        .into_iter()
+        .map(|n| map_wrapper::audit::SignedCheckpoint::parse_unverified(n).expect("a complete note"))
+        .collect()
+}
+
+/// `map-wrapper-audit verify --pubkey KEY [--checkpoint FILE]… DIR` (the library API the CLI
+/// runs): the trail's own `checkpoints.notes` and the `external` note files, checked with
+/// [`signer`]'s key.
+pub fn verdict_with_checkpoints(dir: &Path, external: &[PathBuf]) -> map_wrapper::audit::verify::Report {
+    use map_wrapper::audit::checkpoint::CheckpointCheckOptions;
+    let opts = map_wrapper::audit::verify::VerifyOptions {
+        checkpoints: Some(CheckpointCheckOptions {
+            trusted: vec![signer().verifier()],
+            trail_notes: vec![dir.join(map_wrapper::audit::anchor::APPEND_FILE)],
+            external: external.to_vec(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    map_wrapper::audit::verify::verify_paths(&[dir.to_path_buf()], &opts).expect("verify runs")
+}
+
+/// [`write_trail`] with `checkpoints` on (see [`checkpoint_options`]).
+pub fn write_trail_with(
+    dir: &Path,
+    n: u64,
+    segment_bytes: u64,
+    pace: u64,
+    checkpoints: Option<map_wrapper::audit::CheckpointOptions>,
+) {
     use map_wrapper::audit::{Auditor, Durability, JsonLinesOptions, JsonLinesSink};
-    let opts = JsonLinesOptions { max_segment_bytes: segment_bytes, ..Default::default() };
+    let opts = JsonLinesOptions { max_segment_bytes: segment_bytes, checkpoints, ..Default::default() };
     let sink = std::sync::Arc::new(JsonLinesSink::open(dir, opts).expect("open trail"));
     let auditor = Auditor::from_arc(sink.clone()).durability(Durability::Buffered);
     let map: map_wrapper::MapWrapper<u64, String> =

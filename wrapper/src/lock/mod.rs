@@ -107,16 +107,18 @@ pub(crate) fn read_until<'a, T: ?Sized>(
     Ok(unsafe { lock.make_read_guard_unchecked() })
 }
 
-/// The write guard of `lock`, for a thread; as [`read_until`].
+/// The write guard of `lock`, for a thread; as [`read_until`], calling `queued` once the
+/// thread has joined the wait queue (see [`RawLock::lock_exclusive_until_then`]).
 #[cfg(not(loom))]
-pub(crate) fn write_until<'a, T: ?Sized>(
+pub(crate) fn write_until_then<'a, T: ?Sized>(
     lock: &'a RwLock<T>,
     deadline: Option<Instant>,
     cancel: Option<&CancelToken>,
+    queued: impl FnOnce(),
 ) -> Result<RwLockWriteGuard<'a, T>, WaitError> {
     // SAFETY: `raw` is only used to take the write lock, which the guard below releases.
     let raw = unsafe { lock.raw() };
-    raw.lock_exclusive_until(deadline, cancel)?;
+    raw.lock_exclusive_until_then(deadline, cancel, queued)?;
     // SAFETY: the write lock was just acquired and is owned by no guard yet.
     Ok(unsafe { lock.make_write_guard_unchecked() })
 }
@@ -253,6 +255,15 @@ mod loom_fallback {
         read_until(lock, deadline, cancel.as_ref())
     }
 
+    pub(crate) fn write_until_then<'a, T: ?Sized>(
+        lock: &'a RwLock<T>,
+        deadline: Option<Instant>,
+        cancel: Option<&CancelToken>,
+        _: impl FnOnce(),
+    ) -> Result<RwLockWriteGuard<'a, T>, WaitError> {
+        write_until(lock, deadline, cancel)
+    }
+
     pub(crate) async fn write_async_owned<T: ?Sized>(
         lock: &RwLock<T>,
         deadline: Option<Instant>,
@@ -263,6 +274,8 @@ mod loom_fallback {
 }
 
 #[cfg(loom)]
-pub(crate) use loom_fallback::{read_async_owned, read_until, write_async_owned, write_until};
+pub(crate) use loom_fallback::{
+    read_async_owned, read_until, write_async_owned, write_until, write_until_then,
+};
 #[cfg(loom)]
 pub use loom_fallback::{MappedRwLockReadGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};

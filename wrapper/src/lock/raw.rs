@@ -319,6 +319,22 @@ impl RawLock {
         self.wait(true, deadline, cancel)
     }
 
+    /// Takes the write lock as [`lock_exclusive_until`](Self::lock_exclusive_until) does, and
+    /// calls `queued` once this thread has joined the wait queue (not if it got the lock
+    /// without queueing), before it parks: from then on every waiter that joins is behind it.
+    /// The map's wait-for graph learns there when a waiting writer is ahead of a reader.
+    pub(crate) fn lock_exclusive_until_then(
+        &self,
+        deadline: Option<Instant>,
+        cancel: Option<&CancelToken>,
+        queued: impl FnOnce(),
+    ) -> Result<(), WaitError> {
+        if self.try_lock_exclusive() {
+            return Ok(());
+        }
+        self.wait_then(true, deadline, cancel, queued)
+    }
+
     /// Parks this thread in the queue. The thread is woken by the hand-off, by the cancel
     /// token (it registers its waker there), or by its own timed park at the deadline.
     #[cold]
@@ -328,6 +344,19 @@ impl RawLock {
         deadline: Option<Instant>,
         cancel: Option<&CancelToken>,
     ) -> Result<(), WaitError> {
+        self.wait_then(exclusive, deadline, cancel, || {})
+    }
+
+    /// [`wait`](Self::wait), calling `queued` once the thread is in the queue (outside the
+    /// queue's mutex).
+    #[cold]
+    fn wait_then(
+        &self,
+        exclusive: bool,
+        deadline: Option<Instant>,
+        cancel: Option<&CancelToken>,
+        queued: impl FnOnce(),
+    ) -> Result<(), WaitError> {
         if cancel.is_some_and(CancelToken::is_cancelled) {
             return Err(WaitError::Cancelled);
         }
@@ -336,6 +365,7 @@ impl RawLock {
             Joined::Granted => return Ok(()),
             Joined::Queued(id) => id,
         };
+        queued();
         let _watch = cancel.map(|c| c.watch(std::task::Waker::from(signal.clone())));
         loop {
             if signal.is_granted() {

@@ -748,3 +748,27 @@ fn sync_and_async_writers_both_progress() {
     assert_eq!(task_ok, 2 * per, "a task was starved");
     assert_eq!(counter.load(Ordering::Relaxed), 4 * per as u64, "mutual exclusion broken");
 }
+
+#[test]
+fn a_writer_is_told_once_it_is_in_the_queue_and_not_when_it_takes_the_lock_at_once() {
+    let lock = RawLock::new();
+    let mut told = false;
+    lock.lock_exclusive_until_then(None, None, || told = true).unwrap();
+    assert!(!told, "took the free lock without queueing");
+    thread::scope(|s| {
+        let (tx, rx) = mpsc::channel();
+        let lock = &lock;
+        let waiter = s.spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            // Called outside the queue's mutex (it takes it here), while still queued.
+            lock.lock_exclusive_until_then(Some(deadline), None, move || tx.send(lock.queued()).unwrap())
+        });
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(1), "told while in the queue");
+        // SAFETY: this thread holds the write lock (taken above).
+        unsafe { lock.unlock_exclusive() };
+        assert_eq!(waiter.join().unwrap(), Ok(()));
+    });
+    // SAFETY: the waiter's write lock, handed over by the unlock above.
+    unsafe { lock.unlock_exclusive() };
+    assert!(!lock.is_locked());
+}

@@ -3,7 +3,38 @@
 //! strings in the canonical escaping. It borrows the line and allocates nothing on the common
 //! path (only an object with several members inside a `full` value keeps a list of its names).
 
+use std::collections::HashSet;
+
 use super::super::record::OPS;
+
+/// How many member names of one object are compared one by one; past this, they go into a
+/// hash set, so that an object of n members costs O(n), not O(n^2) (a 64 MiB line can hold
+/// millions of members: a quadratic check would hang the verifier).
+const NAMES_INLINE: usize = 16;
+
+/// The member names seen in one open object of a `full` value.
+#[derive(Default)]
+struct Names<'a> {
+    list: Vec<&'a [u8]>,
+    set: HashSet<&'a [u8]>,
+}
+
+impl<'a> Names<'a> {
+    /// Adds `name`; false if the object already had it.
+    fn insert(&mut self, name: &'a [u8]) -> bool {
+        if self.list.len() < NAMES_INLINE {
+            if self.list.contains(&name) {
+                return false;
+            }
+            self.list.push(name);
+            return true;
+        }
+        if self.set.is_empty() {
+            self.set.extend(self.list.iter().copied());
+        }
+        self.set.insert(name)
+    }
+}
 
 /// Why a line is not a valid line of the format.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -380,14 +411,14 @@ impl<'a> Cur<'a> {
     /// member name; nesting depth is not limited (no recursion).
     fn value(&mut self) -> R<()> {
         // Open containers: `true` for an object, with the names seen in it.
-        let mut stack: Vec<(bool, Vec<&'a [u8]>)> = Vec::new();
+        let mut stack: Vec<(bool, Names<'a>)> = Vec::new();
         loop {
             // A value.
             match self.peek()? {
                 b'{' => {
                     self.i += 1;
                     if !self.try_lit(b"}") {
-                        stack.push((true, Vec::new()));
+                        stack.push((true, Names::default()));
                         self.member_name(&mut stack)?;
                         continue;
                     }
@@ -395,7 +426,7 @@ impl<'a> Cur<'a> {
                 b'[' => {
                     self.i += 1;
                     if !self.try_lit(b"]") {
-                        stack.push((false, Vec::new()));
+                        stack.push((false, Names::default()));
                         continue;
                     }
                 }
@@ -437,18 +468,17 @@ impl<'a> Cur<'a> {
     }
 
     /// `"name":` inside the object on top of `stack`, checked against the names before it.
-    fn member_name(&mut self, stack: &mut [(bool, Vec<&'a [u8]>)]) -> R<()> {
+    fn member_name(&mut self, stack: &mut [(bool, Names<'a>)]) -> R<()> {
         let at = self.i;
         let name = self.string()?;
         let names = &mut stack.last_mut().expect("in an object").1;
         // One string has one canonical escaping: equal bytes are equal names.
-        if names.contains(&name) {
+        if !names.insert(name) {
             return Err(LineError::Bad(
                 format!("an object repeats the member name \"{}\"", String::from_utf8_lossy(name)),
                 at,
             ));
         }
-        names.push(name);
         self.lit(b":")
     }
 
@@ -692,5 +722,39 @@ mod tests {
         ] {
             assert!(v(bad).is_err(), "{bad}");
         }
+    }
+
+    /// An object with very many members (a 64 MiB line holds millions) is checked in linear
+    /// time; a repeated name is found wherever the two copies are.
+    #[test]
+    fn objects_with_many_members_are_checked_in_linear_time() {
+        let object = |n: usize, extra: Option<usize>| {
+            let mut s = String::from("{");
+            for i in 0..n {
+                s.push_str(&format!("\"k{i}\":{i},"));
+            }
+            if let Some(again) = extra {
+                s.push_str(&format!("\"k{again}\":0,"));
+            }
+            s.pop();
+            s.push('}');
+            s
+        };
+        let check = |raw: &str| {
+            let line = format!("{raw}}}");
+            let mut c = Cur { b: line.as_bytes(), i: 0, non_ascii: false };
+            c.value().map_err(|e| match e {
+                LineError::Bad(what, _) => what,
+                LineError::Truncated => "truncated".into(),
+            })
+        };
+        // Quadratic, this would be 4.5 * 10^10 comparisons.
+        assert_eq!(check(&object(300_000, None)), Ok(()));
+        for again in [0, NAMES_INLINE - 1, NAMES_INLINE, 299_999] {
+            let e = check(&object(300_000, Some(again))).unwrap_err();
+            assert!(e.contains(&format!("repeats the member name \"k{again}\"")), "{e}");
+        }
+        // Names repeated only across objects are fine.
+        assert_eq!(check(&format!("[{},{}]", object(40, None), object(40, None))), Ok(()));
     }
 }
