@@ -696,6 +696,44 @@ struct LeafFeed {
     thread: std::thread::JoinHandle<Result<crate::audit::checkpoint::CheckpointRun, VerifyError>>,
 }
 
+/// Leaves kept while the checkpoints are being opened: 8 MiB (about 0.1 s of records).
+const EARLY_LEAVES: usize = 1 << 18;
+
+/// Leaf hashes computed before the checkpoints were opened, with the record lines that
+/// matter to the checks: the first (its `seq`) and the last (`audit_stop` or not).
+#[derive(Default)]
+struct Early {
+    leaves: Vec<crate::audit::merkle::Hash>,
+    first: Vec<u8>,
+    last: Vec<u8>,
+}
+
+impl Early {
+    fn push(&mut self, line: &[u8], leaf: crate::audit::merkle::Hash) {
+        if self.leaves.is_empty() {
+            self.first = line.to_vec();
+        }
+        self.leaves.push(leaf);
+        self.last.clear();
+        self.last.extend_from_slice(line);
+    }
+
+    /// Hands the leaves over, in order, and frees them.
+    fn flush(&mut self, run: &mut crate::audit::checkpoint::CheckpointRun) {
+        let Early { leaves, first, last } = std::mem::take(self);
+        let n = leaves.len();
+        for (i, leaf) in leaves.into_iter().enumerate() {
+            if i == 0 {
+                run.push_line_with_leaf(&first, leaf);
+            } else if i + 1 == n {
+                run.push_line_with_leaf(&last, leaf);
+            } else {
+                run.push_leaf(leaf);
+            }
+        }
+    }
+}
+
 /// Lines sent to the helper at once.
 const LEAF_BATCH_BYTES: usize = 256 << 10;
 
@@ -717,24 +755,53 @@ impl LeafFeed {
         let thread = std::thread::Builder::new()
             .name("audit-verify-merkle".into())
             .spawn(move || {
+                use crate::audit::checkpoint::CheckpointRun;
                 let unusable = |e: crate::audit::anchor::AnchorError| VerifyError::Usage(e.to_string());
-                let mut run = match crate::audit::checkpoint::CheckpointRun::new(&opts) {
-                    Ok(run) => {
-                        let _ = ready_tx.send(Ok(()));
-                        run
-                    }
+                // The checkpoints are opened (a signature check each, ~0.1 ms) on a thread of
+                // their own: meanwhile the leaves are hashed and kept ([`EARLY_LEAVES`] at most),
+                // so the verifier does not wait for the signatures.
+                let open = move || {
+                    let run = CheckpointRun::new(&opts);
+                    let _ = ready_tx.send(run.as_ref().map(|_| ()).map_err(|e| unusable(e.clone())));
+                    run.map_err(unusable)
+                };
+                let opening = std::thread::Builder::new().name("audit-verify-checkpoints".into()).spawn(open);
+                let mut opening = match opening {
+                    Ok(h) => Some(h),
                     Err(e) => {
-                        let _ = ready_tx.send(Err(unusable(e.clone())));
-                        return Err(unusable(e));
+                        return Err(VerifyError::Usage(format!("cannot start the checkpoint thread: {e}")))
                     }
                 };
+                let mut run: Option<CheckpointRun> = None;
+                let mut early = Early::default();
+                let opened = |opening: &mut Option<std::thread::JoinHandle<_>>,
+                              early: &mut Early|
+                 -> Result<CheckpointRun, VerifyError> {
+                    let h: std::thread::JoinHandle<Result<CheckpointRun, VerifyError>> =
+                        opening.take().expect("opened once");
+                    let mut run = h
+                        .join()
+                        .map_err(|_| VerifyError::Usage("the checkpoint thread panicked".into()))??;
+                    early.flush(&mut run);
+                    Ok(run)
+                };
                 for mut batch in rx {
+                    if run.is_none()
+                        && (early.leaves.len() >= EARLY_LEAVES
+                            || opening.as_ref().is_some_and(|h| h.is_finished()))
+                    {
+                        run = Some(opened(&mut opening, &mut early)?);
+                    }
                     let mut start = 0;
                     let mut lines = memchr::memchr_iter(b'\n', &batch).map(|end| {
                         let line = &batch[start..end];
                         start = end + 1;
                         line
                     });
+                    let mut push = |line: &[u8], leaf| match &mut run {
+                        Some(run) => run.push_line_with_leaf(line, leaf),
+                        None => early.push(line, leaf),
+                    };
                     // Two leaves at a time (two hashes in the time of one).
                     while let Some(a) = lines.next() {
                         match lines.next() {
@@ -743,17 +810,20 @@ impl LeafFeed {
                                     &sha256x::Msg::new(&[&[0], a]),
                                     &sha256x::Msg::new(&[&[0], b]),
                                 );
-                                run.push_line_with_leaf(a, la);
-                                run.push_line_with_leaf(b, lb);
+                                push(a, la);
+                                push(b, lb);
                             }
-                            None => run.push_line(a),
+                            None => push(a, crate::audit::merkle::leaf_hash(a)),
                         }
                     }
                     batch.clear();
                     // Refused only when the verifier is gone.
                     let _ = back.try_send(batch);
                 }
-                Ok(run)
+                match run {
+                    Some(run) => Ok(run),
+                    None => opened(&mut opening, &mut early),
+                }
             })
             .map_err(|e| VerifyError::Usage(format!("cannot start the checkpoint thread: {e}")))?;
         Ok((LeafFeed { batch: Vec::with_capacity(LEAF_BATCH_BYTES + 4096), tx, spare, thread }, ready))
@@ -1758,6 +1828,64 @@ mod tests {
         assert_eq!(hex_str(&hex32(&[0xff; 32])), "f".repeat(64));
         assert_eq!(hex_str(&hex32(&[0x09; 32])), "09".repeat(32));
         assert_eq!(hex_str(&hex32(&[0xa0; 32])), "a0".repeat(32));
+    }
+
+    /// Leaves hashed before the checkpoints were opened and handed over afterwards give the
+    /// same findings as lines pushed one by one, wherever the hand-over falls: the first
+    /// line's `seq` and the last line's `op` (an `audit_stop`, or a trail gone STALE) count.
+    #[test]
+    fn leaves_kept_while_the_checkpoints_open_give_the_same_findings() {
+        use crate::audit::anchor::APPEND_FILE;
+        use crate::audit::checkpoint::{
+            for_each_record_in, CheckpointCheckOptions, CheckpointOptions, CheckpointPolicy, CheckpointRun,
+        };
+        use crate::audit::note::NoteSigner;
+        use crate::audit::{JsonLinesOptions, JsonLinesSink};
+        let dir = tempfile::tempdir().unwrap();
+        let signer = NoteSigner::from_seed("example.com/verify", [3; 32]).unwrap();
+        let policy = CheckpointPolicy { every_records: 7, ..CheckpointPolicy::default() };
+        let cp = CheckpointOptions::new("example.com/verify", signer.clone()).policy(policy);
+        let opts = JsonLinesOptions { checkpoints: Some(cp), ..Default::default() };
+        let map: MapWrapper<u32, u32> = MapWrapper::builder()
+            .auditor(Auditor::new(JsonLinesSink::open(dir.path(), opts).unwrap()))
+            .build()
+            .unwrap();
+        for i in 0..40 {
+            map.insert(i, i).unwrap();
+        }
+        drop(map); // ends with audit_stop
+        let files = collect_files(&[dir.path().to_path_buf()]).unwrap();
+        let mut lines = Vec::new();
+        for_each_record_in(&files, |l| lines.push(l.to_vec())).unwrap();
+        let check = CheckpointCheckOptions {
+            trusted: vec![signer.verifier()],
+            trail_notes: vec![dir.path().join(APPEND_FILE)],
+            // Far ahead: a trail that does not end with audit_stop is STALE.
+            now: Some(chrono::Utc::now() + chrono::Duration::days(365)),
+            ..Default::default()
+        };
+        // The whole trail, and its first 30 records (no audit_stop).
+        for n in [lines.len(), 30] {
+            let mut one_by_one = CheckpointRun::new(&check).unwrap();
+            lines[..n].iter().for_each(|l| one_by_one.push_line(l));
+            let want = one_by_one.finish().unwrap();
+            // Cut short: the later checkpoints are not held (TAMPERED), and it is STALE.
+            let whole = n == lines.len();
+            assert!(
+                want.checked > 0 && want.tampered.is_none() == whole && want.stale.is_none() == whole,
+                "{want:?}"
+            );
+            for k in [0, 1, 2, n / 2, n - 1, n] {
+                let mut early = Early::default();
+                lines[..k].iter().for_each(|l| early.push(l, crate::audit::merkle::leaf_hash(l)));
+                let mut run = CheckpointRun::new(&check).unwrap();
+                early.flush(&mut run);
+                lines[k..n]
+                    .iter()
+                    .for_each(|l| run.push_line_with_leaf(l, crate::audit::merkle::leaf_hash(l)));
+                assert_eq!(run.finish().unwrap(), want, "{k} of {n} lines kept early");
+            }
+        }
     }
 
     #[test]
