@@ -56,8 +56,8 @@ pub struct VerifyOptions {
     /// elsewhere, a verifier state file) against its records, in the same pass: see
     /// [`CheckpointRun`](crate::audit::checkpoint::CheckpointRun). A checkpoint the trail does
     /// not hold makes it [`Verdict::Tampered`]; an overdue one [`Verdict::Stale`]. The
-    /// checkpoints' signatures and the Merkle tree (leaf and node hashes) are checked on a
-    /// helper thread while the records are read, so on a second core the check costs little
+    /// checkpoints' signatures and the Merkle tree (leaf and node hashes) are checked on
+    /// helper threads while the records are read, so on a second core the check costs little
     /// wall time. Unusable checkpoint inputs (an external checkpoint or a state file that is
     /// unreadable or untrusted) make the verification an error, as before any record is read;
     /// the records are still read (and progress reported) first.
