@@ -159,8 +159,7 @@
 #![cfg_attr(not(feature = "metrics"), doc = "[`Stats::publish_metrics`]: stats::Stats")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 // Unsafe code only in the shard lock (`lock`: the lock_api trait impls and guard hand-offs,
-// each with its `// SAFETY:` comment) and the verifier's SHA-NI hashing
-// (`audit::verify::sha256x`); everywhere else it is refused.
+// each with its `// SAFETY:` comment); everywhere else it is refused.
 #![deny(unsafe_code)]
 
 mod async_ops;

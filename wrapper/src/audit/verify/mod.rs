@@ -19,14 +19,11 @@
 //! ```
 
 mod line;
-// SHA-NI intrinsics (`std::arch`), each use with its `// SAFETY:` comment, behind a run-time
-// feature check; tested against the `sha2` crate.
-#[allow(unsafe_code)]
-mod sha256x;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
@@ -453,63 +450,34 @@ fn open_regular(path: &Path) -> Result<Opened<'static>, VerifyError> {
     Ok(Opened::File(file, meta.len()))
 }
 
-/// The chain's hash function, keyed once: HMAC starts each line from the key's inner and
-/// outer midstates (the key is never re-hashed per line).
+/// The chain's hash function, keyed once (an HMAC state is cloned per line, not re-keyed).
 #[derive(Clone)]
 enum Hasher {
     Sha256,
-    /// HMAC-SHA256 (RFC 2104): the states after the key's inner and outer padded blocks.
-    Hmac {
-        inner: sha256x::State,
-        outer: sha256x::State,
-    },
+    Hmac(Box<Hmac<Sha256>>),
 }
 
 impl Hasher {
-    fn hmac(key: &[u8]) -> Self {
-        // RFC 2104: a key longer than the block is hashed first; then zero-padded to 64 bytes.
-        let mut k = [0u8; 64];
-        if key.len() > 64 {
-            k[..32].copy_from_slice(&Sha256::digest(key));
-        } else {
-            k[..key.len()].copy_from_slice(key);
-        }
-        let pad = |x: u8| {
-            let mut block = k;
-            block.iter_mut().for_each(|b| *b ^= x);
-            let mut state = sha256x::IV;
-            sha2::compress256(&mut state, &[block.into()]);
-            state
-        };
-        Hasher::Hmac { inner: pad(0x36), outer: pad(0x5c) }
-    }
-
-    /// The hashed bytes of a line: the domain, `prev`, `\n`, the body (`head` then `}`).
-    fn msg<'a>(&self, prev: &'a [u8; 64], head: &'a [u8]) -> sha256x::Msg<'a> {
-        let parts: [&[u8]; 5] = [DOMAIN, prev, b"\n", head, b"}"];
-        match self {
-            Hasher::Sha256 => sha256x::Msg::new(&parts),
-            Hasher::Hmac { inner, .. } => sha256x::Msg::resume(*inner, 64, &parts),
-        }
-    }
-
     fn hash(&self, prev: &[u8; 64], head: &[u8]) -> [u8; 32] {
-        let d = sha256x::digest(&self.msg(prev, head));
         match self {
-            Hasher::Sha256 => d,
-            Hasher::Hmac { outer, .. } => sha256x::digest(&sha256x::Msg::resume(*outer, 64, &[&d])),
-        }
-    }
-
-    /// The hashes of two lines, computed together.
-    fn hash2(&self, a: (&[u8; 64], &[u8]), b: (&[u8; 64], &[u8])) -> [[u8; 32]; 2] {
-        let [da, db] = sha256x::digest2(&self.msg(a.0, a.1), &self.msg(b.0, b.1));
-        match self {
-            Hasher::Sha256 => [da, db],
-            Hasher::Hmac { outer, .. } => sha256x::digest2(
-                &sha256x::Msg::resume(*outer, 64, &[&da]),
-                &sha256x::Msg::resume(*outer, 64, &[&db]),
-            ),
+            Hasher::Sha256 => {
+                let mut h = Sha256::new();
+                h.update(DOMAIN);
+                h.update(prev);
+                h.update(b"\n");
+                h.update(head);
+                h.update(b"}");
+                h.finalize().into()
+            }
+            Hasher::Hmac(keyed) => {
+                let mut m = (**keyed).clone();
+                m.update(DOMAIN);
+                m.update(prev);
+                m.update(b"\n");
+                m.update(head);
+                m.update(b"}");
+                m.finalize().into_bytes().into()
+            }
         }
     }
 }
@@ -607,20 +575,6 @@ impl LineReader {
             }
             self.end += n;
         }
-    }
-
-    /// The next line if it is already in the buffer (no read, nothing moved: lines returned
-    /// before stay where they are), and within the limit.
-    fn next_buffered(&mut self) -> Option<std::ops::Range<usize>> {
-        let from = self.start + self.scanned;
-        let p = memchr::memchr(b'\n', &self.buf[from..self.end])?;
-        let line = self.start..from + p;
-        if line.len() > MAX_LINE_BYTES {
-            return None;
-        }
-        self.start = from + p + 1;
-        self.scanned = 0;
-        Some(line)
     }
 
     /// Reads on to the end of a line known to be bad (without keeping it).
@@ -793,27 +747,13 @@ impl LeafFeed {
                         run = Some(opened(&mut opening, &mut early)?);
                     }
                     let mut start = 0;
-                    let mut lines = memchr::memchr_iter(b'\n', &batch).map(|end| {
+                    for end in memchr::memchr_iter(b'\n', &batch) {
                         let line = &batch[start..end];
                         start = end + 1;
-                        line
-                    });
-                    let mut push = |line: &[u8], leaf| match &mut run {
-                        Some(run) => run.push_line_with_leaf(line, leaf),
-                        None => early.push(line, leaf),
-                    };
-                    // Two leaves at a time (two hashes in the time of one).
-                    while let Some(a) = lines.next() {
-                        match lines.next() {
-                            Some(b) => {
-                                let [la, lb] = sha256x::digest2(
-                                    &sha256x::Msg::new(&[&[0], a]),
-                                    &sha256x::Msg::new(&[&[0], b]),
-                                );
-                                push(a, la);
-                                push(b, lb);
-                            }
-                            None => push(a, crate::audit::merkle::leaf_hash(a)),
+                        let leaf = crate::audit::merkle::leaf_hash(line);
+                        match &mut run {
+                            Some(run) => run.push_line_with_leaf(line, leaf),
+                            None => early.push(line, leaf),
                         }
                     }
                     batch.clear();
@@ -859,43 +799,6 @@ type Bad = (Option<u64>, String);
 
 type Check = Result<(), Bad>;
 
-/// A record checked but for its hash (see [`State::line`]).
-struct Pending<'l> {
-    raw: &'l [u8],
-    prev: &'l [u8; 64],
-    head: &'l [u8],
-    hash: &'l [u8; 64],
-    seq: u64,
-    undo: Undo,
-}
-
-/// What counting a record as intact changed.
-#[derive(Clone, Copy)]
-struct Undo {
-    prev: Option<[u8; 64]>,
-    next_seq: NextSeq,
-    records: u64,
-    first_seq: Option<u64>,
-    last_seq: Option<u64>,
-    file_records: u64,
-}
-
-/// Whether a line's stored hash is the one computed; `seq`: for the report.
-fn hash_check(computed: [u8; 32], stored: &[u8; 64], seq: Option<u64>) -> Check {
-    let computed = hex32(&computed);
-    if computed == *stored {
-        return Ok(());
-    }
-    Err((
-        seq,
-        format!(
-            "the hash does not match the line's content (computed {}, stored {})",
-            hex_str(&computed),
-            hex_str(stored)
-        ),
-    ))
-}
-
 impl<'o> State<'o> {
     fn expected_seq(&self) -> Option<u64> {
         match self.next_seq {
@@ -915,17 +818,13 @@ impl<'o> State<'o> {
     /// Checks one complete line. `prev_file`: (bytes of the previous file that belong to
     /// the trail, its full length, its name) when this is the first line of a file after
     /// another.
-    ///
-    /// A segment header is checked whole (`Ok(None)`). A record is checked but for its hash,
-    /// and counted as if intact: its hash is checked by [`settle`](Self::settle) (or with
-    /// the next line's, [`settle2`](Self::settle2)), which undoes the count if it is wrong.
-    fn line<'l>(
+    fn line(
         &mut self,
-        raw: &'l [u8],
+        raw: &[u8],
         at: At<'_>,
         segment_in_name: Option<u64>,
         prev_file: Option<(u64, u64, &str)>,
-    ) -> Result<Result<Option<Pending<'l>>, Bad>, VerifyError> {
+    ) -> Result<Check, VerifyError> {
         let mut seq_seen = None;
         let parsed = match line::parse(raw, &mut seq_seen) {
             Ok(l) => l,
@@ -1010,81 +909,38 @@ impl<'o> State<'o> {
                 ),
             )));
         }
-        let Some(seq) = seq else {
-            // A header: checked now (one per file).
-            let hasher = self.hasher.as_ref().expect("set by the header");
-            if let Err(e) =
-                hash_check(hasher.hash(parsed.prev, parsed.head), parsed.hash, self.expected_seq())
-            {
-                return Ok(Err(e));
-            }
-            self.prev = Some(*parsed.hash);
-            if let line::Kind::Header(h) = &parsed.kind {
-                self.next_seq = NextSeq::Want(h.first_seq);
-                self.segment = Some(h.segment);
-            }
-            return Ok(Ok(None));
-        };
-        let undo = Undo {
-            prev: self.prev,
-            next_seq: self.next_seq,
-            records: self.report.records,
-            first_seq: self.report.first_seq,
-            last_seq: self.report.last_seq,
-            file_records: self.file_records,
-        };
+        let hasher = self.hasher.as_ref().expect("set by the header or the headerless start");
+        let computed = hex32(&hasher.hash(parsed.prev, parsed.head));
+        if computed != *parsed.hash {
+            return Ok(Err((
+                seq.or(self.expected_seq()),
+                format!(
+                    "the hash does not match the line's content (computed {}, stored {})",
+                    hex_str(&computed),
+                    hex_str(parsed.hash)
+                ),
+            )));
+        }
         self.prev = Some(*parsed.hash);
-        self.next_seq = seq.checked_add(1).map_or(NextSeq::Exhausted, NextSeq::Want);
-        self.report.records += 1;
-        self.report.first_seq.get_or_insert(seq);
-        self.report.last_seq = Some(seq);
-        self.file_records += 1;
-        Ok(Ok(Some(Pending { raw, prev: parsed.prev, head: parsed.head, hash: parsed.hash, seq, undo })))
-    }
-
-    /// Back to the state before a record counted as intact whose hash is wrong.
-    fn undo(&mut self, u: Undo) {
-        self.prev = u.prev;
-        self.next_seq = u.next_seq;
-        self.report.records = u.records;
-        self.report.first_seq = u.first_seq;
-        self.report.last_seq = u.last_seq;
-        self.file_records = u.file_records;
-    }
-
-    /// Checks the hash of a record [`line`](Self::line) left pending.
-    fn settle(&mut self, p: Pending<'_>) -> Check {
-        let hasher = self.hasher.as_ref().expect("set by the header or the headerless start");
-        if let Err(e) = hash_check(hasher.hash(p.prev, p.head), p.hash, Some(p.seq)) {
-            self.undo(p.undo);
-            return Err(e);
+        match seq {
+            Some(seq) => {
+                self.next_seq = seq.checked_add(1).map_or(NextSeq::Exhausted, NextSeq::Want);
+                self.report.records += 1;
+                self.report.first_seq.get_or_insert(seq);
+                self.report.last_seq = Some(seq);
+                self.file_records += 1;
+                if let Some(f) = &mut self.leaves {
+                    f.push(raw);
+                }
+            }
+            None => {
+                if let line::Kind::Header(h) = &parsed.kind {
+                    self.next_seq = NextSeq::Want(h.first_seq);
+                    self.segment = Some(h.segment);
+                }
+            }
         }
-        if let Some(f) = &mut self.leaves {
-            f.push(p.raw);
-        }
-        Ok(())
-    }
-
-    /// Checks the hashes of two consecutive records (`a` then `b`) together; on a problem,
-    /// whether it is `a`'s.
-    fn settle2(&mut self, a: Pending<'_>, b: Pending<'_>) -> Result<(), (bool, Bad)> {
-        let hasher = self.hasher.as_ref().expect("set by the header or the headerless start");
-        let [ha, hb] = hasher.hash2((a.prev, a.head), (b.prev, b.head));
-        if let Err(e) = hash_check(ha, a.hash, Some(a.seq)) {
-            self.undo(a.undo);
-            return Err((true, e));
-        }
-        if let Some(f) = &mut self.leaves {
-            f.push(a.raw);
-        }
-        if let Err(e) = hash_check(hb, b.hash, Some(b.seq)) {
-            self.undo(b.undo);
-            return Err((false, e));
-        }
-        if let Some(f) = &mut self.leaves {
-            f.push(b.raw);
-        }
-        Ok(())
+        Ok(Ok(()))
     }
 
     /// The checks of a segment header that depend on the trail (§6, rule 2).
@@ -1107,7 +963,9 @@ impl<'o> State<'o> {
                 match (chain, &self.opts.hmac_key) {
                     ("sha256", None) => self.hasher = Some(Hasher::Sha256),
                     ("hmac-sha256", Some(k)) => {
-                        self.hasher = Some(Hasher::hmac(k));
+                        let keyed =
+                            <Hmac<Sha256> as Mac>::new_from_slice(k).expect("HMAC takes any key length");
+                        self.hasher = Some(Hasher::Hmac(Box::new(keyed)));
                     }
                     ("hmac-sha256", None) => {
                         return Err(VerifyError::Usage(format!(
@@ -1329,43 +1187,12 @@ fn pass(
                     } else {
                         None
                     };
-                    // The next line, when it is already read: its hash is computed with this
-                    // one's (two hashes in the time of one). Not after a header (first line).
-                    let second = if line_no > 1 { reader.next_buffered() } else { None };
-                    let buf = &reader.buf;
-                    let a = match st.line(&buf[range.clone()], at, segment_in_name, pf)? {
-                        Ok(a) => a,
-                        Err((seq, what)) => {
-                            st.problem(at, seq, what);
-                            break;
-                        }
-                    };
-                    offset += range.len() as u64 + 1;
-                    let Some(second) = second else {
-                        if let Some(Err((seq, what))) = a.map(|a| st.settle(a)) {
-                            st.problem(at, seq, what);
-                            break;
-                        }
-                        continue;
-                    };
-                    line_no += 1;
-                    let at_b = At { file: &name, offset, line: line_no };
-                    let b = st.line(&buf[second.clone()], at_b, segment_in_name, None)?;
-                    let bad = match (a, b) {
-                        (Some(a), Ok(Some(b))) => st.settle2(a, b).err().map(|(first, e)| (!first, e)),
-                        (a, b) => match a.map(|a| st.settle(a)) {
-                            Some(Err(e)) => Some((false, e)),
-                            _ => match b {
-                                Err(e) => Some((true, e)),
-                                Ok(b) => b.and_then(|b| st.settle(b).err()).map(|e| (true, e)),
-                            },
-                        },
-                    };
-                    if let Some((is_b, (seq, what))) = bad {
-                        st.problem(if is_b { at_b } else { at }, seq, what);
+                    let len = range.len() as u64;
+                    if let Err((seq, what)) = st.line(&reader.buf[range], at, segment_in_name, pf)? {
+                        st.problem(at, seq, what);
                         break;
                     }
-                    offset += second.len() as u64 + 1;
+                    offset += len + 1;
                 }
                 Next::End => break,
                 Next::OverLimit(len) => {
@@ -1611,51 +1438,6 @@ mod tests {
             assert_eq!(r.verdict, Verdict::Tampered, "{what}: {}", r.human());
             let p = r.problem.unwrap();
             assert!(p.what.contains(says), "{what}: {}", p.what);
-        }
-    }
-
-    /// Lines are hashed two at a time: a bad hash is still the first problem when the line
-    /// after it is bad too, and the report counts only the records before it, whichever
-    /// line of a pair it is (odd and even `k`), in pieces of every size.
-    #[test]
-    fn the_first_bad_hash_is_reported_whatever_follows_it_and_wherever_it_falls() {
-        let text = trail(12);
-        let lines: Vec<&str> = text.lines().collect();
-        let flip = |l: &str| {
-            let i = l.len() - 3; // a hex digit of the stored hash
-            let c = if &l[i..=i] == "0" { "1" } else { "0" };
-            format!("{}{c}{}", &l[..i], &l[i + 1..])
-        };
-        for k in 0..lines.len() {
-            for next_bad in [false, true] {
-                let mut edited: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
-                edited[k] = flip(&edited[k]);
-                if next_bad && k + 1 < lines.len() {
-                    edited[k + 1] = edited[k + 1].replacen("\"seq\":", "\"seq\":9", 1);
-                }
-                for per in [lines.len(), 2, 3] {
-                    // Pieces of `per` whole lines (a pair never spans two pieces).
-                    let files: Vec<(String, Vec<u8>)> = edited
-                        .chunks(per)
-                        .enumerate()
-                        .map(|(i, c)| (format!("p{i}"), (c.join("\n") + "\n").into_bytes()))
-                        .collect();
-                    let r = verify_bytes(&files, &Default::default()).unwrap();
-                    let p = r.problem.as_ref().unwrap_or_else(|| panic!("k {k}: {}", r.human()));
-                    assert_eq!(
-                        p.seq,
-                        Some(k as u64 + 1),
-                        "k {k}, next bad {next_bad}, {per} a piece: {}",
-                        r.human()
-                    );
-                    assert!(p.what.contains("the hash does not match"), "k {k}: {}", p.what);
-                    assert_eq!(r.records, k as u64, "k {k}, next bad {next_bad}: {}", r.human());
-                    assert_eq!(r.last_seq, (k > 0).then_some(k as u64));
-                    let want_last =
-                        (k > 0).then(|| lines[k - 1][lines[k - 1].len() - 66..][..64].to_string());
-                    assert_eq!(r.last_hash, want_last, "k {k}");
-                }
-            }
         }
     }
 
