@@ -7,8 +7,11 @@
 //! SHA-256 of the same file bytes in one stream (the sha2 crate, same process), against the
 //! per-line hashing alone (the same hashed bytes as the verifier, no parsing), against
 //! `openssl dgst -sha256` of the same files; HMAC against SHA-256; small segments against
-//! large, per record. Peak RSS of a verification is measured in a child process (this
-//! process also built the trails).
+//! large, per record; `verify` against `openssl speed -evp sha256` (16 KiB blocks, CPU time)
+//! for the same bytes. The first trail is written with signed checkpoints: `verify` with its
+//! checkpoints checked (which rebuilds the Merkle tree of its records) against `verify`
+//! without, alternately, wall clock (the goal) and CPU time. Peak RSS of a verification is
+//! measured in a child process (this process also built the trails).
 //!
 //! `cargo bench --bench verify` (`VERIFY_BENCH_RECORDS`, default 1 500 000;
 //! `VERIFY_BENCH_DIR`, where the trails go; `VERIFY_BENCH_RUNS`, default 3;
@@ -19,6 +22,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use map_wrapper::audit::anchor::APPEND_FILE;
+use map_wrapper::audit::checkpoint::{CheckpointCheckOptions, CheckpointOptions};
+use map_wrapper::audit::note::NoteSigner;
 use map_wrapper::audit::{verify, Auditor, ChainKey, JsonLinesOptions, JsonLinesSink};
 
 /// The domain string every hashed line starts with (`docs/AUDIT_FORMAT.md`, "Hashing").
@@ -51,8 +57,33 @@ fn max_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn build(dir: &Path, key: ChainKey, max_segment_bytes: u64, records: u64) {
-    let opts = JsonLinesOptions { chain_key: key, max_segment_bytes, ..Default::default() };
+fn signer() -> NoteSigner {
+    NoteSigner::from_seed("bench.example/verify", [7; 32]).unwrap()
+}
+
+/// Verification of the trail in `dir` with its checkpoints (its `checkpoints.notes`) checked.
+fn with_checkpoints(dir: &Path) -> verify::VerifyOptions {
+    let o = CheckpointCheckOptions {
+        trusted: vec![signer().verifier()],
+        trail_notes: vec![dir.join(APPEND_FILE)],
+        ..Default::default()
+    };
+    verify::VerifyOptions { checkpoints: Some(o), ..Default::default() }
+}
+
+/// `openssl speed -evp sha256` on 16 KiB blocks: bytes per second of CPU time.
+fn openssl_speed() -> Option<f64> {
+    let out = std::process::Command::new("openssl")
+        .args(["speed", "-evp", "sha256", "-bytes", "16384", "-seconds", "1", "-mr"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().find_map(|l| l.strip_prefix("+F:")).and_then(|f| f.rsplit(':').next()?.trim().parse().ok())
+}
+
+fn build(dir: &Path, key: ChainKey, max_segment_bytes: u64, records: u64, checkpoints: bool) {
+    let checkpoints = checkpoints.then(|| CheckpointOptions::new("bench.example/verify", signer()));
+    let opts = JsonLinesOptions { chain_key: key, max_segment_bytes, checkpoints, ..Default::default() };
     let sink = JsonLinesSink::open(dir, opts).unwrap();
     let map: MapWrapper<u64, String> =
         MapWrapper::builder().name("accounts").auditor(Auditor::new(sink)).build().unwrap();
@@ -130,7 +161,11 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--verify-child") {
         // Child mode: one verification, then its peak RSS.
         let dir = PathBuf::from(&args[i + 1]);
-        let opts = verify::VerifyOptions::default();
+        let opts = if args.iter().any(|a| a == "--checkpoints") {
+            with_checkpoints(&dir)
+        } else {
+            verify::VerifyOptions::default()
+        };
         let r = verify::verify_paths(&[dir], &opts).unwrap();
         assert_eq!(r.verdict, verify::Verdict::Intact, "{}", r.human());
         println!("{}", max_rss_kib());
@@ -157,7 +192,7 @@ fn main() {
     let mut dirs = Vec::new();
     for (i, (_, key, seg, n)) in trails.iter().enumerate() {
         let dir = base.path().join(format!("t{i}"));
-        build(&dir, key.clone(), *seg, *n);
+        build(&dir, key.clone(), *seg, *n, i == 0);
         dirs.push(dir);
     }
     eprintln!("built 3 trails in {:.1} s", t0.elapsed().as_secs_f64());
@@ -205,6 +240,18 @@ fn main() {
             .ok()
             .filter(|o| o.status.success())
     });
+    // `openssl speed` alternately with `verify` of the first trail (the best of each: the
+    // machine is shared, and a figure taken apart from the other may see another load).
+    let mut speed: Option<f64> = None;
+    let mut v_cpu_best = per_record[0].1;
+    for _ in 0..runs {
+        let (_, c, _) =
+            best(1, || verify::verify_paths(std::slice::from_ref(&dirs[0]), &Default::default()).unwrap());
+        v_cpu_best = v_cpu_best.min(c.as_secs_f64() / n);
+        if let Some(bps) = openssl_speed() {
+            speed = Some(speed.map_or(bps, |s| s.max(bps)));
+        }
+    }
     let (v_wall, v_cpu) = per_record[0];
     let rate = |d: Duration| n / d.as_secs_f64();
     println!();
@@ -236,6 +283,15 @@ fn main() {
             v_wall * n / w.as_secs_f64()
         );
     }
+    if let Some(bps) = speed {
+        let bytes: u64 = fs.iter().map(|f| std::fs::metadata(f).unwrap().len()).sum();
+        let bound = bps / (bytes as f64 / n);
+        println!(
+            "openssl speed -evp sha256 (16 KiB blocks, cpu) for the same bytes: {bound:.0} rec/s; verify ({:.0} rec/s cpu, run alternately) / that bound (goal <= 2): {:.2}",
+            1.0 / v_cpu_best,
+            v_cpu_best * bound
+        );
+    }
     println!(
         "hmac / sha256 verify, per record (goal <= 1.2): {:.2} [{:.2}]",
         per_record[1].1 / v_cpu,
@@ -246,10 +302,36 @@ fn main() {
         per_record[2].1 / v_cpu,
         per_record[2].0 / v_wall
     );
-    for (i, what) in [(0, "64 MiB segments"), (2, "64 KiB segments")] {
+    // Checkpoints checked versus not, on the first trail, alternately.
+    let plain = verify::VerifyOptions::default();
+    let cp = with_checkpoints(&dirs[0]);
+    let (mut off, mut on) = ((Duration::MAX, Duration::MAX), (Duration::MAX, Duration::MAX));
+    let mut checked = 0;
+    for _ in 0..runs {
+        let (w, c, _) = best(1, || verify::verify_paths(std::slice::from_ref(&dirs[0]), &plain).unwrap());
+        off = (off.0.min(w), off.1.min(c));
+        let (w, c, r) = best(1, || verify::verify_paths(std::slice::from_ref(&dirs[0]), &cp).unwrap());
+        on = (on.0.min(w), on.1.min(c));
+        let found = r.checkpoints.as_ref().expect("checkpoints were checked");
+        assert!(r.verdict == verify::Verdict::Intact && found.tampered.is_none(), "{}", r.human());
+        checked = found.checked;
+    }
+    println!(
+        "verify with checkpoints ({checked} checked) / without, throughput, wall (goal >= 0.9): {:.2}; cpu: {:.2} ({:.0} vs {:.0} rec/s wall)",
+        off.0.as_secs_f64() / on.0.as_secs_f64(),
+        off.1.as_secs_f64() / on.1.as_secs_f64(),
+        n / on.0.as_secs_f64(),
+        n / off.0.as_secs_f64(),
+    );
+    for (i, what, flag) in [
+        (0, "64 MiB segments", None),
+        (0, "64 MiB segments, checkpoints checked", Some("--checkpoints")),
+        (2, "64 KiB segments", None),
+    ] {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
             .arg("--verify-child")
             .arg(&dirs[i])
+            .args(flag)
             .output()
             .unwrap();
         let kib: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(f64::NAN);

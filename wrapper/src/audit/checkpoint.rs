@@ -822,14 +822,26 @@ impl CheckpointRun {
 
     /// The next record line (without its `\n`).
     pub fn push_line(&mut self, line: &[u8]) {
-        let leaf = leaf_hash(line);
-        self.prover.push(leaf);
-        self.check.push_leaf(leaf);
+        self.push_line_with_leaf(line, leaf_hash(line));
+    }
+
+    /// The next record line (without its `\n`) with its leaf hash (its
+    /// [`leaf_hash`]), for a caller that computed it.
+    pub fn push_line_with_leaf(&mut self, line: &[u8], leaf: Hash) {
+        self.push_leaf(leaf);
         if self.first_seq.is_none() {
             self.first_seq = Some(record_field(line, "seq").and_then(|v| v.as_u64()).unwrap_or(0));
         }
         self.last.clear();
         self.last.extend_from_slice(line);
+    }
+
+    /// The next record's leaf hash alone: for a caller that gives the first and the last
+    /// record lines (their `seq` and `op` are checked) to
+    /// [`push_line_with_leaf`](Self::push_line_with_leaf), and the others' leaves here.
+    pub(crate) fn push_leaf(&mut self, leaf: Hash) {
+        self.prover.push(leaf);
+        self.check.push_leaf(leaf);
     }
 
     /// The findings; advances the state file when the trail holds every checkpoint.

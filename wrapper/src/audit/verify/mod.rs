@@ -52,8 +52,12 @@ pub struct VerifyOptions {
     /// Also check the trail's signed checkpoints (its `checkpoints.notes`, checkpoints kept
     /// elsewhere, a verifier state file) against its records, in the same pass: see
     /// [`CheckpointRun`](crate::audit::checkpoint::CheckpointRun). A checkpoint the trail does
-    /// not hold makes it [`Verdict::Tampered`]; an overdue one [`Verdict::Stale`]. The leaf
-    /// hashes are computed on a helper thread, so the check costs little wall time.
+    /// not hold makes it [`Verdict::Tampered`]; an overdue one [`Verdict::Stale`]. The
+    /// checkpoints' signatures and the Merkle tree (leaf and node hashes) are checked on
+    /// helper threads while the records are read, so on a second core the check costs little
+    /// wall time. Unusable checkpoint inputs (an external checkpoint or a state file that is
+    /// unreadable or untrusted) make the verification an error, as before any record is read;
+    /// the records are still read (and progress reported) first.
     pub checkpoints: Option<crate::audit::checkpoint::CheckpointCheckOptions>,
 }
 
@@ -309,7 +313,8 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, VerifyError> {
 /// Verifies the trail made of `paths` (files and directories of segments; see
 /// [`collect_files`] for the order).
 ///
-/// One pass on one thread: every file is streamed through one buffer (1 MiB, more only for a
+/// One pass (with [`VerifyOptions::checkpoints`], a helper thread checks them alongside):
+/// every file is streamed through one buffer (1 MiB, more only for a
 /// line longer than that, up to the line limit), so memory does not grow with the size or
 /// the number of segments. A path that is not a regular file (a FIFO, a device, a directory
 /// named like a segment) is never opened for reading: it is tampering at that file.
@@ -479,11 +484,12 @@ impl Hasher {
 
 /// Lowercase hex of a digest, without allocating.
 fn hex32(d: &[u8; 32]) -> [u8; 64] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // Arithmetic, not a table: the compiler does all 64 digits in vector registers.
+    let digit = |n: u8| n + b'0' + (9u8.wrapping_sub(n) >> 7) * (b'a' - b'0' - 10);
     let mut out = [0u8; 64];
-    for (i, b) in d.iter().enumerate() {
-        out[2 * i] = HEX[usize::from(b >> 4)];
-        out[2 * i + 1] = HEX[usize::from(b & 15)];
+    for (o, b) in out.chunks_exact_mut(2).zip(d) {
+        o[0] = digit(b >> 4);
+        o[1] = digit(b & 15);
     }
     out
 }
@@ -634,58 +640,164 @@ struct State<'o> {
 }
 
 /// Record lines on their way to the checkpoint checks, on a helper thread (the leaf hashes
-/// cost as much as the chain's: in parallel, they cost little wall time).
+/// cost as much as the chain's: in parallel, they cost little wall time). Batches go back
+/// to be refilled: at most [`LEAF_BATCHES`] exist, so memory stays bounded.
 struct LeafFeed {
     batch: Vec<u8>,
     tx: std::sync::mpsc::SyncSender<Vec<u8>>,
-    thread: std::thread::JoinHandle<crate::audit::checkpoint::CheckpointRun>,
+    /// Batches the helper is done with.
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+    thread: std::thread::JoinHandle<Result<crate::audit::checkpoint::CheckpointRun, VerifyError>>,
+}
+
+/// Leaves kept while the checkpoints are being opened: 8 MiB (about 0.1 s of records).
+const EARLY_LEAVES: usize = 1 << 18;
+
+/// Leaf hashes computed before the checkpoints were opened, with the record lines that
+/// matter to the checks: the first (its `seq`) and the last (`audit_stop` or not).
+#[derive(Default)]
+struct Early {
+    leaves: Vec<crate::audit::merkle::Hash>,
+    first: Vec<u8>,
+    last: Vec<u8>,
+}
+
+impl Early {
+    fn push(&mut self, line: &[u8], leaf: crate::audit::merkle::Hash) {
+        if self.leaves.is_empty() {
+            self.first = line.to_vec();
+        }
+        self.leaves.push(leaf);
+        self.last.clear();
+        self.last.extend_from_slice(line);
+    }
+
+    /// Hands the leaves over, in order, and frees them.
+    fn flush(&mut self, run: &mut crate::audit::checkpoint::CheckpointRun) {
+        let Early { leaves, first, last } = std::mem::take(self);
+        let n = leaves.len();
+        for (i, leaf) in leaves.into_iter().enumerate() {
+            if i == 0 {
+                run.push_line_with_leaf(&first, leaf);
+            } else if i + 1 == n {
+                run.push_line_with_leaf(&last, leaf);
+            } else {
+                run.push_leaf(leaf);
+            }
+        }
+    }
 }
 
 /// Lines sent to the helper at once.
 const LEAF_BATCH_BYTES: usize = 256 << 10;
 
+/// Batches in all: one being filled, the rest queued or being hashed.
+const LEAF_BATCHES: usize = 4;
+
 impl LeafFeed {
-    fn start(run: crate::audit::checkpoint::CheckpointRun) -> Result<Self, VerifyError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    /// Starts the helper, which first reads the checkpoints (`CheckpointRun::new`) and says
+    /// on the returned channel whether they can be used.
+    fn start(
+        opts: crate::audit::checkpoint::CheckpointCheckOptions,
+    ) -> Result<(Self, std::sync::mpsc::Receiver<Result<(), VerifyError>>), VerifyError> {
+        let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(LEAF_BATCHES);
+        let (back, spare) = std::sync::mpsc::sync_channel::<Vec<u8>>(LEAF_BATCHES);
+        for _ in 1..LEAF_BATCHES {
+            let _ = back.send(Vec::with_capacity(LEAF_BATCH_BYTES + 4096));
+        }
         let thread = std::thread::Builder::new()
             .name("audit-verify-merkle".into())
             .spawn(move || {
-                let mut run = run;
-                for batch in rx {
+                use crate::audit::checkpoint::CheckpointRun;
+                let unusable = |e: crate::audit::anchor::AnchorError| VerifyError::Usage(e.to_string());
+                // The checkpoints are opened (a signature check each, ~0.1 ms) on a thread of
+                // their own: meanwhile the leaves are hashed and kept ([`EARLY_LEAVES`] at most),
+                // so the verifier does not wait for the signatures.
+                let open = move || {
+                    let run = CheckpointRun::new(&opts);
+                    let _ = ready_tx.send(run.as_ref().map(|_| ()).map_err(|e| unusable(e.clone())));
+                    run.map_err(unusable)
+                };
+                let opening = std::thread::Builder::new().name("audit-verify-checkpoints".into()).spawn(open);
+                let mut opening = match opening {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        return Err(VerifyError::Usage(format!("cannot start the checkpoint thread: {e}")))
+                    }
+                };
+                let mut run: Option<CheckpointRun> = None;
+                let mut early = Early::default();
+                let opened = |opening: &mut Option<std::thread::JoinHandle<_>>,
+                              early: &mut Early|
+                 -> Result<CheckpointRun, VerifyError> {
+                    let h: std::thread::JoinHandle<Result<CheckpointRun, VerifyError>> =
+                        opening.take().expect("opened once");
+                    let mut run = h
+                        .join()
+                        .map_err(|_| VerifyError::Usage("the checkpoint thread panicked".into()))??;
+                    early.flush(&mut run);
+                    Ok(run)
+                };
+                for mut batch in rx {
+                    if run.is_none()
+                        && (early.leaves.len() >= EARLY_LEAVES
+                            || opening.as_ref().is_some_and(|h| h.is_finished()))
+                    {
+                        run = Some(opened(&mut opening, &mut early)?);
+                    }
                     let mut start = 0;
                     for end in memchr::memchr_iter(b'\n', &batch) {
-                        run.push_line(&batch[start..end]);
+                        let line = &batch[start..end];
                         start = end + 1;
+                        let leaf = crate::audit::merkle::leaf_hash(line);
+                        match &mut run {
+                            Some(run) => run.push_line_with_leaf(line, leaf),
+                            None => early.push(line, leaf),
+                        }
                     }
+                    batch.clear();
+                    // Refused only when the verifier is gone.
+                    let _ = back.try_send(batch);
                 }
-                run
+                match run {
+                    Some(run) => Ok(run),
+                    None => opened(&mut opening, &mut early),
+                }
             })
             .map_err(|e| VerifyError::Usage(format!("cannot start the checkpoint thread: {e}")))?;
-        Ok(LeafFeed { batch: Vec::with_capacity(LEAF_BATCH_BYTES + 4096), tx, thread })
+        Ok((LeafFeed { batch: Vec::with_capacity(LEAF_BATCH_BYTES + 4096), tx, spare, thread }, ready))
     }
 
     fn push(&mut self, line: &[u8]) {
         self.batch.extend_from_slice(line);
         self.batch.push(b'\n');
         if self.batch.len() >= LEAF_BATCH_BYTES {
-            let full = std::mem::replace(&mut self.batch, Vec::with_capacity(LEAF_BATCH_BYTES + 4096));
+            // Waits for a batch the helper is done with: the helper keeps up or the verifier waits.
+            let next = self.spare.recv().unwrap_or_default();
+            let full = std::mem::replace(&mut self.batch, next);
             // The helper only ends when the sender is dropped; a send fails only if it panicked.
             let _ = self.tx.send(full);
         }
     }
 
     fn finish(self) -> Result<crate::audit::checkpoint::CheckpointFindings, VerifyError> {
-        let LeafFeed { batch, tx, thread } = self;
+        let LeafFeed { batch, tx, spare, thread } = self;
         if !batch.is_empty() {
             let _ = tx.send(batch);
         }
         drop(tx);
-        let run = thread.join().map_err(|_| VerifyError::Usage("the checkpoint thread panicked".into()))?;
+        drop(spare);
+        let run =
+            thread.join().map_err(|_| VerifyError::Usage("the checkpoint thread panicked".into()))??;
         run.finish().map_err(|e| VerifyError::Usage(e.to_string()))
     }
 }
 
-type Check = Result<(), (Option<u64>, String)>;
+/// A problem with a line: the seq to report and what is wrong.
+type Bad = (Option<u64>, String);
+
+type Check = Result<(), Bad>;
 
 impl<'o> State<'o> {
     fn expected_seq(&self) -> Option<u64> {
@@ -952,6 +1064,34 @@ fn run(sources: &Sources<'_>, opts: &VerifyOptions, bytes_mode: bool) -> Result<
         Some(h) => Some(<[u8; 64]>::try_from(parse_hash(h)?.as_bytes()).expect("64 bytes")),
         None => None,
     };
+    // The checkpoints are read and their signatures checked on the helper thread while the
+    // records are read here.
+    let (leaves, ready) = match &opts.checkpoints {
+        Some(c) => {
+            let (feed, ready) = LeafFeed::start(c.clone())?;
+            (Some(feed), Some(ready))
+        }
+        None => (None, None),
+    };
+    match (pass(sources, opts, bytes_mode, expect_prev, leaves), ready) {
+        // Unusable checkpoint inputs are the error, whatever else went wrong (they were
+        // read before the records once, and still come first).
+        (Err(e), Some(ready)) => match ready.recv() {
+            Ok(Err(unusable)) => Err(unusable),
+            _ => Err(e),
+        },
+        (result, _) => result,
+    }
+}
+
+/// The pass over the records (see [`run`]).
+fn pass(
+    sources: &Sources<'_>,
+    opts: &VerifyOptions,
+    bytes_mode: bool,
+    expect_prev: Option<[u8; 64]>,
+    leaves: Option<LeafFeed>,
+) -> Result<Report, VerifyError> {
     // Pieces without segment names may be a headerless trail (a MemorySink's text).
     let bytes_mode = bytes_mode && (0..sources.len()).all(|i| sources.segment_number(i).is_none());
     let mut st = State {
@@ -978,13 +1118,7 @@ fn run(sources: &Sources<'_>, opts: &VerifyOptions, bytes_mode: bool) -> Result<
             notes: Vec::new(),
             checkpoints: None,
         },
-        leaves: match &opts.checkpoints {
-            Some(c) => Some(LeafFeed::start(
-                crate::audit::checkpoint::CheckpointRun::new(c)
-                    .map_err(|e| VerifyError::Usage(e.to_string()))?,
-            )?),
-            None => None,
-        },
+        leaves,
     };
     let n = sources.len();
     let mut reader = LineReader::new();
@@ -1432,6 +1566,108 @@ mod tests {
         assert_eq!(verify_paths(&[dir.path().to_path_buf()], &opts).unwrap().verdict, Verdict::Intact);
         let want: Vec<_> = (1..=files).map(|d| (d, files)).collect();
         assert_eq!(*seen.lock().unwrap(), want);
+    }
+
+    /// The checkpoints are read on the helper thread while the records are read: unusable
+    /// checkpoint inputs are still the error, even when the trail cannot be verified either.
+    #[test]
+    fn unusable_checkpoint_inputs_are_the_error_whatever_the_trail() {
+        use crate::audit::checkpoint::CheckpointCheckOptions;
+        use crate::audit::{JsonLinesOptions, JsonLinesSink};
+        let dir = tempfile::tempdir().unwrap();
+        let opts = JsonLinesOptions {
+            chain_key: ChainKey::Hmac { id: "k".into(), key: b"key".to_vec() },
+            ..Default::default()
+        };
+        let map: MapWrapper<u32, u32> = MapWrapper::builder()
+            .auditor(Auditor::new(JsonLinesSink::open(dir.path(), opts).unwrap()))
+            .build()
+            .unwrap();
+        map.insert(1, 1).unwrap();
+        drop(map);
+        let missing = dir.path().join("no-such.note");
+        let checkpoints = CheckpointCheckOptions { external: vec![missing.clone()], ..Default::default() };
+        let paths = [dir.path().to_path_buf()];
+        for key in [None, Some(b"key".to_vec())] {
+            let opts = VerifyOptions {
+                hmac_key: key.clone(),
+                checkpoints: Some(checkpoints.clone()),
+                ..Default::default()
+            };
+            let e = verify_paths(&paths, &opts).unwrap_err().to_string();
+            assert!(e.contains("no-such.note"), "key given: {}: {e}", key.is_some());
+        }
+        // Without checkpoints, the trail's own error.
+        let e = verify_paths(&paths, &Default::default()).unwrap_err().to_string();
+        assert!(e.contains("HMAC-chained"), "{e}");
+    }
+
+    #[test]
+    fn hex32_is_lowercase_hex() {
+        let d: [u8; 32] = std::array::from_fn(|i| (i * 8 + 7) as u8 ^ 0xa5);
+        let want: String = d.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex_str(&hex32(&d)), want);
+        assert_eq!(hex_str(&hex32(&[0xff; 32])), "f".repeat(64));
+        assert_eq!(hex_str(&hex32(&[0x09; 32])), "09".repeat(32));
+        assert_eq!(hex_str(&hex32(&[0xa0; 32])), "a0".repeat(32));
+    }
+
+    /// Leaves hashed before the checkpoints were opened and handed over afterwards give the
+    /// same findings as lines pushed one by one, wherever the hand-over falls: the first
+    /// line's `seq` and the last line's `op` (an `audit_stop`, or a trail gone STALE) count.
+    #[test]
+    fn leaves_kept_while_the_checkpoints_open_give_the_same_findings() {
+        use crate::audit::anchor::APPEND_FILE;
+        use crate::audit::checkpoint::{
+            for_each_record_in, CheckpointCheckOptions, CheckpointOptions, CheckpointPolicy, CheckpointRun,
+        };
+        use crate::audit::note::NoteSigner;
+        use crate::audit::{JsonLinesOptions, JsonLinesSink};
+        let dir = tempfile::tempdir().unwrap();
+        let signer = NoteSigner::from_seed("example.com/verify", [3; 32]).unwrap();
+        let policy = CheckpointPolicy { every_records: 7, ..CheckpointPolicy::default() };
+        let cp = CheckpointOptions::new("example.com/verify", signer.clone()).policy(policy);
+        let opts = JsonLinesOptions { checkpoints: Some(cp), ..Default::default() };
+        let map: MapWrapper<u32, u32> = MapWrapper::builder()
+            .auditor(Auditor::new(JsonLinesSink::open(dir.path(), opts).unwrap()))
+            .build()
+            .unwrap();
+        for i in 0..40 {
+            map.insert(i, i).unwrap();
+        }
+        drop(map); // ends with audit_stop
+        let files = collect_files(&[dir.path().to_path_buf()]).unwrap();
+        let mut lines = Vec::new();
+        for_each_record_in(&files, |l| lines.push(l.to_vec())).unwrap();
+        let check = CheckpointCheckOptions {
+            trusted: vec![signer.verifier()],
+            trail_notes: vec![dir.path().join(APPEND_FILE)],
+            // Far ahead: a trail that does not end with audit_stop is STALE.
+            now: Some(chrono::Utc::now() + chrono::Duration::days(365)),
+            ..Default::default()
+        };
+        // The whole trail, and its first 30 records (no audit_stop).
+        for n in [lines.len(), 30] {
+            let mut one_by_one = CheckpointRun::new(&check).unwrap();
+            lines[..n].iter().for_each(|l| one_by_one.push_line(l));
+            let want = one_by_one.finish().unwrap();
+            // Cut short: the later checkpoints are not held (TAMPERED), and it is STALE.
+            let whole = n == lines.len();
+            assert!(
+                want.checked > 0 && want.tampered.is_none() == whole && want.stale.is_none() == whole,
+                "{want:?}"
+            );
+            for k in [0, 1, 2, n / 2, n - 1, n] {
+                let mut early = Early::default();
+                lines[..k].iter().for_each(|l| early.push(l, crate::audit::merkle::leaf_hash(l)));
+                let mut run = CheckpointRun::new(&check).unwrap();
+                early.flush(&mut run);
+                lines[k..n]
+                    .iter()
+                    .for_each(|l| run.push_line_with_leaf(l, crate::audit::merkle::leaf_hash(l)));
+                assert_eq!(run.finish().unwrap(), want, "{k} of {n} lines kept early");
+            }
+        }
     }
 
     #[test]
