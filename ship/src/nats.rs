@@ -320,6 +320,29 @@ impl NatsSink {
     }
 }
 
+/// Stream messages `from..` (at least 1), at most `max` and up to `last`, fetched through
+/// `get` in pages of 256 sequence numbers.
+fn paged<T>(
+    from: u64,
+    last: u64,
+    max: usize,
+    mut get: impl FnMut(std::ops::RangeInclusive<u64>) -> Result<Vec<T>, SinkError>,
+) -> Result<Vec<T>, SinkError> {
+    let from = from.max(1);
+    if max == 0 || from > last {
+        return Ok(Vec::new());
+    }
+    let upto = last.min(from + max as u64 - 1);
+    let mut out = Vec::new();
+    let mut at = from;
+    while at <= upto {
+        let end = upto.min(at + 255);
+        out.extend(get(at..=end)?);
+        at = end + 1;
+    }
+    Ok(out)
+}
+
 impl RemoteSink for NatsSink {
     fn send(&mut self, trail: &str, batch: &[Record]) -> Result<Acked, SinkError> {
         let Some(first) = batch.first() else {
@@ -401,19 +424,7 @@ impl RemoteSink for NatsSink {
     fn read(&mut self, trail: &str, from_seq: u64, max: usize) -> Result<Vec<Record>, SinkError> {
         let Some(mut stream) = self.stream(trail, false)? else { return Ok(Vec::new()) };
         let last = self.last_seq(&mut stream)?;
-        let from = from_seq.max(1);
-        if max == 0 || from > last {
-            return Ok(Vec::new());
-        }
-        let upto = last.min(from + max as u64 - 1);
-        let mut out = Vec::new();
-        let mut at = from;
-        while at <= upto {
-            let end = upto.min(at + 255);
-            out.extend(self.get(&stream, at..=end)?);
-            at = end + 1;
-        }
-        Ok(out)
+        paged(from_seq, last, max, |seqs| self.get(&stream, seqs))
     }
 
     fn send_checkpoint(&mut self, trail: &str, checkpoint: &SignedCheckpoint) -> Result<(), SinkError> {
@@ -454,19 +465,7 @@ impl RemoteSink for NatsSink {
     ) -> Result<Vec<(u64, SignedCheckpoint)>, SinkError> {
         let Some(mut stream) = self.checkpoint_stream(trail, false)? else { return Ok(Vec::new()) };
         let last = self.last_seq(&mut stream)?;
-        let from = from.max(1);
-        if max == 0 || from > last {
-            return Ok(Vec::new());
-        }
-        let upto = last.min(from + max as u64 - 1);
-        let mut out = Vec::new();
-        let mut at = from;
-        while at <= upto {
-            let end = upto.min(at + 255);
-            out.extend(self.get_checkpoints(&stream, at..=end)?);
-            at = end + 1;
-        }
-        Ok(out)
+        paged(from, last, max, |seqs| self.get_checkpoints(&stream, seqs))
     }
 
     fn latest_checkpoint(&mut self, trail: &str) -> Result<Option<SignedCheckpoint>, SinkError> {
