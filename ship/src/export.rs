@@ -31,8 +31,8 @@ pub struct Exported {
 /// record edited, deleted or moved in the remote copy shows as TAMPERED). Memory is bounded
 /// (records are read 1000 at a time).
 ///
-/// The remote's checkpoints of the trail are written after the records, in the order stored,
-/// to `OUT/checkpoints.notes` (as the trail's writer writes its own; none: no file), so
+/// The remote's checkpoints of the trail are written, in the order stored, to
+/// `OUT/checkpoints.notes` (as the trail's writer writes its own; none: no file), so
 /// `map-wrapper-audit verify --pubkey KEY OUT` checks the copy's records against them: a
 /// copy that lost records a checkpoint covers is TAMPERED.
 pub fn export<S: RemoteSink + ?Sized>(sink: &mut S, trail: &str, out: &Path) -> Result<Exported, Error> {
@@ -41,6 +41,30 @@ pub fn export<S: RemoteSink + ?Sized>(sink: &mut S, trail: &str, out: &Path) -> 
         return Err(Error::Config(format!("{} already holds segment files", out.display())));
     }
     let mut summary = Exported::default();
+    // The checkpoints first, then the records: a checkpoint is stored only after the records
+    // it covers, so every checkpoint read now is covered by the records read after it, even
+    // while a shipper goes on (read the other way round, a checkpoint stored in between could
+    // cover records the copy does not have, and the copy would verify as truncated).
+    let mut notes: Option<(BufWriter<File>, std::path::PathBuf)> = None;
+    let mut from = 1;
+    loop {
+        let batch = sink.read_checkpoints(trail, from, 1000)?;
+        let Some((last, _)) = batch.last() else { break };
+        from = last + 1;
+        if notes.is_none() {
+            let path = out.join(APPEND_FILE);
+            let f = File::create_new(&path).map_err(|e| Error::io(&path, e))?;
+            notes = Some((BufWriter::new(f), path));
+        }
+        let (f, path) = notes.as_mut().expect("open");
+        for (_, cp) in &batch {
+            f.write_all(cp.note().as_bytes()).map_err(|e| Error::io(path, e))?;
+            summary.checkpoints += 1;
+        }
+    }
+    if let Some((f, path)) = notes.take() {
+        finish(f, &path)?;
+    }
     let mut file: Option<(BufWriter<File>, std::path::PathBuf)> = None;
     let mut from = 1;
     loop {
@@ -79,26 +103,6 @@ pub fn export<S: RemoteSink + ?Sized>(sink: &mut S, trail: &str, out: &Path) -> 
         }
     }
     if let Some((f, path)) = file.take() {
-        finish(f, &path)?;
-    }
-    let mut notes: Option<(BufWriter<File>, std::path::PathBuf)> = None;
-    let mut from = 1;
-    loop {
-        let batch = sink.read_checkpoints(trail, from, 1000)?;
-        let Some((last, _)) = batch.last() else { break };
-        from = last + 1;
-        if notes.is_none() {
-            let path = out.join(APPEND_FILE);
-            let f = File::create_new(&path).map_err(|e| Error::io(&path, e))?;
-            notes = Some((BufWriter::new(f), path));
-        }
-        let (f, path) = notes.as_mut().expect("open");
-        for (_, cp) in &batch {
-            f.write_all(cp.note().as_bytes()).map_err(|e| Error::io(path, e))?;
-            summary.checkpoints += 1;
-        }
-    }
-    if let Some((f, path)) = notes.take() {
         finish(f, &path)?;
     }
     Ok(summary)
