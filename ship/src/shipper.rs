@@ -5,7 +5,7 @@ use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use map_wrapper::audit::anchor::APPEND_FILE;
 use map_wrapper::audit::checkpoint::split_notes;
@@ -226,6 +226,10 @@ impl<S: RemoteSink> Shipper<S> {
         let mut fresh: Vec<Record> = Vec::new();
         let mut backoff = Duration::from_millis(20);
         let mut checkpoints: Option<CheckpointCursor> = None;
+        // Checkpoints retry on their own backoff: a checkpoint the remote cannot take now
+        // (its stream cannot be made, a permission) must not hold back the records.
+        let mut checkpoint_backoff = Duration::from_millis(20);
+        let mut checkpoint_retry: Option<Instant> = None;
         let trail = self.cfg.trail.clone();
         loop {
             if self.shared.stop.load(Ordering::Acquire) {
@@ -256,14 +260,21 @@ impl<S: RemoteSink> Shipper<S> {
                 self.note_oldest(&pending);
             }
             let acked = self.shared.acked_seq.load(Ordering::Acquire);
-            match self.ship_checkpoints(&mut checkpoints, acked, &mut summary) {
-                Ok(()) => {}
-                Err(Error::Sink(e)) if e.is_retryable() => {
-                    checkpoints = None;
-                    self.unavailable(&mut summary, &mut backoff);
-                    continue;
+            if checkpoint_retry.is_none_or(|at| Instant::now() >= at) {
+                match self.ship_checkpoints(&mut checkpoints, acked, &mut summary) {
+                    Ok(()) => {
+                        checkpoint_backoff = Duration::from_millis(20);
+                        checkpoint_retry = None;
+                    }
+                    Err(Error::Sink(e)) if e.is_retryable() => {
+                        tracing::warn!(target: "audit", trail = %trail, error = %e,
+                            "a checkpoint could not be shipped; records go on, the checkpoint is retried");
+                        checkpoints = None;
+                        checkpoint_retry = Some(Instant::now() + checkpoint_backoff);
+                        checkpoint_backoff = (checkpoint_backoff * 2).min(self.cfg.max_backoff);
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
             }
             if pending.is_empty() {
                 if until == Until::CaughtUp {
