@@ -246,6 +246,33 @@ fn a_failing_anchor_is_counted_and_does_not_stop_the_trail() {
     assert_eq!(own_checkpoints(trail.path()).last().unwrap().checkpoint().size(), records(trail.path()));
 }
 
+/// An anchor whose `publish` panics (a bug in a user's anchor).
+struct Panicky;
+impl CheckpointAnchor for Panicky {
+    fn publish(&self, _: &SignedCheckpoint) -> Result<(), map_wrapper::audit::anchor::AnchorError> {
+        panic!("a bug in the anchor")
+    }
+    fn latest(&self) -> Result<Option<SignedCheckpoint>, map_wrapper::audit::anchor::AnchorError> {
+        Ok(None)
+    }
+}
+
+#[test]
+fn a_panicking_anchor_is_counted_as_failed_and_does_not_fail_the_trail() {
+    let trail = tempfile::tempdir().unwrap();
+    let sink = Arc::new(
+        JsonLinesSink::open(trail.path(), opts(CheckpointOptions::new(ORIGIN, signer()).anchor(Panicky)))
+            .unwrap(),
+    );
+    // Flushed waiters hold the turn while the writer thread publishes: before, the panic
+    // reached the writer thread's catch, which failed the sink under a waiter's turn.
+    write(&sink, 50, Durability::Flushed);
+    sink.close().unwrap();
+    let s = sink.stats();
+    assert!(s.anchor_failures >= 2 && s.anchor_failures == s.checkpoints, "{s:?}");
+    assert_eq!(own_checkpoints(trail.path()).last().unwrap().checkpoint().size(), records(trail.path()));
+}
+
 #[test]
 fn verify_checks_the_checkpoints_in_its_pass() {
     use map_wrapper::audit::verify::{verify_paths, Verdict, VerifyOptions};

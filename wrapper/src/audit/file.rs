@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::anchor::{CheckpointAnchor, DirAnchor, DirLayout};
+use super::anchor::{AnchorError, CheckpointAnchor, DirAnchor, DirLayout};
 use super::checkpoint::{resume_tree, CheckpointOptions, CheckpointVerdict, Checkpointer, SignedCheckpoint};
 use super::record::{encode_body, split_line, to_hex, AuditEvent, Chain, ChainKey, EventFields};
 use super::sink::{AdmitError, AuditSink, Durability, SinkError, Ticket};
@@ -1018,7 +1018,17 @@ fn publish(shared: &Shared, signed: &SignedCheckpoint) {
     let own = shared.own_anchor.iter().map(|a| a as &dyn CheckpointAnchor);
     let others = shared.opts.checkpoints.iter().flat_map(|c| c.anchors.iter().map(|a| &**a));
     for (i, anchor) in own.chain(others).enumerate() {
-        if let Err(e) = anchor.publish(signed) {
+        // A user anchor that panics is a failed anchor, like one that errs: the panic must not
+        // reach the writer thread's catch, whose `fail` would take the turn from a waiter
+        // that holds it (this runs outside the turn).
+        let kept = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| anchor.publish(signed)))
+            .unwrap_or_else(|panic| {
+                Err(AnchorError::Io {
+                    path: format!("anchor {i}"),
+                    reason: format!("the anchor panicked: {}", panic_text(&*panic)),
+                })
+            });
+        if let Err(e) = kept {
             shared.anchor_failures.fetch_add(1, Ordering::Relaxed);
             let which =
                 if i == 0 { "the trail's checkpoints.notes".to_string() } else { format!("anchor {i}") };
