@@ -245,6 +245,12 @@ fn send_checkpoint_inner(
             };
             Ok(Err(why.map_or_else(|| classify(&e), SinkError::Checkpoint)))
         }
+        // Two inserters of one trail at once under REPEATABLE READ or SERIALIZABLE: the
+        // trigger's read (after the advisory lock) still sees the snapshot from before the
+        // other's row, so both take the same `pos`. Retried, the insert sees that row.
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Ok(Err(SinkError::Unavailable(format!(
+            "a concurrent checkpoint insert for {trail} took the same position (retried): {e}"
+        )))),
         Err(e) => Err(e),
     }
 }

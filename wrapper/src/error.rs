@@ -81,7 +81,9 @@ pub enum ErrorKind {
     ///   threads at that moment, each blocked by a shard another one holds or by a writer
     ///   ahead of it in a shard's queue. Only the map's own locks are seen: a cycle through a
     ///   lock of yours (a `Mutex` held while calling the map) still ends in
-    ///   [`Timeout`](ErrorKind::Timeout).
+    ///   [`Timeout`](ErrorKind::Timeout), and so does a cycle through an async operation's
+    ///   wait (an `_async` method): the graph is of waiting threads, and a task's wait is not
+    ///   published in it.
     WouldDeadlock,
     /// The map's circuit breaker is open because operations have been too slow or have failed;
     /// it fails fast instead of adding load. Nothing changed; retryable after
