@@ -100,6 +100,81 @@ fn checkpoints_ship_once_in_order_survive_a_restart_and_export<S: RemoteSink>(si
     assert_eq!(report.checkpoints.as_ref().unwrap().checked, want.len());
 }
 
+/// A sink that runs `between` once, when `export` turns from one of its two reads (records,
+/// checkpoints) to the other: there, a shipper still running stores more of the trail.
+struct ShipsBetweenReads<S> {
+    inner: S,
+    last: Option<&'static str>,
+    between: Option<Box<dyn FnOnce()>>,
+}
+
+impl<S> ShipsBetweenReads<S> {
+    fn reading(&mut self, what: &'static str) {
+        if self.last.is_some_and(|last| last != what) {
+            if let Some(f) = self.between.take() {
+                f();
+            }
+        }
+        self.last = Some(what);
+    }
+}
+
+impl<S: RemoteSink> RemoteSink for ShipsBetweenReads<S> {
+    fn send(&mut self, trail: &str, batch: &[Record]) -> Result<Acked, SinkError> {
+        self.inner.send(trail, batch)
+    }
+    fn last_acked(&mut self, trail: &str) -> Result<Option<u64>, SinkError> {
+        self.inner.last_acked(trail)
+    }
+    fn read(&mut self, trail: &str, from_seq: u64, max: usize) -> Result<Vec<Record>, SinkError> {
+        self.reading("records");
+        self.inner.read(trail, from_seq, max)
+    }
+    fn send_checkpoint(&mut self, trail: &str, cp: &SignedCheckpoint) -> Result<(), SinkError> {
+        self.inner.send_checkpoint(trail, cp)
+    }
+    fn read_checkpoints(
+        &mut self,
+        trail: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, SignedCheckpoint)>, SinkError> {
+        self.reading("checkpoints");
+        self.inner.read_checkpoints(trail, from, max)
+    }
+    fn latest_checkpoint(&mut self, trail: &str) -> Result<Option<SignedCheckpoint>, SinkError> {
+        self.inner.latest_checkpoint(trail)
+    }
+}
+
+/// An export taken while a shipper goes on is a consistent copy: every checkpoint in it is
+/// covered by its records (read the other way round, a checkpoint shipped between the two
+/// reads would cover records the copy lacks, and a healthy remote would verify as TAMPERED).
+fn an_export_taken_while_a_shipper_goes_on_verifies_intact<S: RemoteSink + 'static>(
+    sink: impl Fn() -> S + Clone + 'static,
+) {
+    let local = tempfile::tempdir().unwrap();
+    support::write_checkpointed_trail(local.path(), 75, 4096, 40);
+    Shipper::new(ShipperConfig::new("live", local.path()), sink()).unwrap().run(Until::CaughtUp).unwrap();
+    let shipped_first = local_checkpoints(local.path()).len();
+    // The trail goes on; its shipper catches up while the export is between its reads.
+    support::write_checkpointed_trail(local.path(), 120, 4096, 40);
+    let all = local_checkpoints(local.path()).len();
+    assert!(all > shipped_first);
+    let (dir, later) = (local.path().to_path_buf(), sink.clone());
+    let between: Box<dyn FnOnce()> = Box::new(move || {
+        let mut s = Shipper::new(ShipperConfig::new("live", &dir), later()).unwrap();
+        assert!(s.run(Until::CaughtUp).unwrap().checkpoints > 0);
+    });
+    let mut racing = ShipsBetweenReads { inner: sink(), last: None, between: Some(between) };
+    let out = tempfile::tempdir().unwrap();
+    let x = export(&mut racing, "live", out.path()).unwrap();
+    assert!(racing.between.is_none(), "the shipper ran between the export's two reads");
+    assert!(x.checkpoints as usize >= shipped_first);
+    let report = verdict_with_checkpoints(out.path(), &[]);
+    assert_eq!(report.verdict, Verdict::Intact, "{}", report.human());
+}
+
 /// Checkpoints of 0..=n records over leaves "r0", "r1", ….
 fn made_checkpoints(n: usize) -> Vec<SignedCheckpoint> {
     let mut c = Checkpointer::new(ORIGIN, signer(), CheckpointPolicy::default()).unwrap();
@@ -300,6 +375,16 @@ mod pg {
     }
 
     #[test]
+    fn an_export_taken_while_a_shipper_goes_on_verifies_intact() {
+        let pg = Postgres::start();
+        let _ = sinks(&pg);
+        let url = pg.url();
+        super::an_export_taken_while_a_shipper_goes_on_verifies_intact(move || {
+            PostgresSink::new(url.clone())
+        });
+    }
+
+    #[test]
     fn a_trail_cut_after_shipping_is_tampered_against_the_remote_checkpoint() {
         let pg = Postgres::start();
         super::a_trail_cut_after_shipping_is_tampered_against_the_remote_checkpoint(
@@ -335,6 +420,15 @@ mod nats {
     fn a_torn_last_note_is_shipped_once_it_is_whole() {
         let n = Nats::start();
         super::a_torn_last_note_is_shipped_once_it_is_whole(sinks(&n));
+    }
+
+    #[test]
+    fn an_export_taken_while_a_shipper_goes_on_verifies_intact() {
+        let n = Nats::start();
+        let url = n.url();
+        super::an_export_taken_while_a_shipper_goes_on_verifies_intact(move || {
+            NatsSink::new(url.clone()).unwrap()
+        });
     }
 
     #[test]
