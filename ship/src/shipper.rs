@@ -164,6 +164,36 @@ struct CheckpointCursor {
     skip_smaller: bool,
 }
 
+/// Bytes of `checkpoints.notes` read at a time (a note is a few hundred bytes).
+const NOTES_CHUNK: u64 = 1 << 20;
+
+/// Where the last copy of `note` in the first `len` bytes of `file` ends, searched from the
+/// end in chunks of [`NOTES_CHUNK`] (overlapping by less than a note): memory stays bounded
+/// and a note found near the end costs one read.
+fn find_last(file: &mut std::fs::File, len: u64, note: &[u8]) -> std::io::Result<Option<u64>> {
+    let n = note.len() as u64;
+    if n == 0 || n > len {
+        return Ok(None);
+    }
+    let window = NOTES_CHUNK.max(2 * n);
+    let mut end = len;
+    let mut buf = Vec::new();
+    loop {
+        let start = end.saturating_sub(window);
+        buf.resize((end - start) as usize, 0);
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut buf)?;
+        if let Some(i) = memchr::memmem::rfind(&buf, note) {
+            return Ok(Some(start + i as u64 + n));
+        }
+        if start == 0 {
+            return Ok(None);
+        }
+        // A copy that begins before `start` ends before `start + n`.
+        end = start + n - 1;
+    }
+}
+
 /// Delivers a trail directory to a [`RemoteSink`] at least once, in order.
 ///
 /// **Cursor.** The remote's own last `seq` ([`RemoteSink::last_acked`]) is the cursor: it is
@@ -361,30 +391,46 @@ impl<S: RemoteSink> Shipper<S> {
             c.offset = 0;
             c.first_read = true;
         }
-        if len == c.offset {
-            return Ok(());
-        }
-        let mut bytes = Vec::new();
         let mut f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-        f.seek(SeekFrom::Start(c.offset))
-            .and_then(|_| f.read_to_end(&mut bytes))
-            .map_err(|e| Error::io(&path, e))?;
-        let notes = split_notes(&bytes);
-        let mut start = 0;
-        let mut consumed = 0usize;
         if std::mem::take(&mut c.first_read) {
+            // Resume after the remote's newest note, found from the end of the file (the
+            // file grows for as long as the trail lives: never read it whole).
+            c.offset = 0;
             c.skip_smaller = true;
             if let Some(r) = &c.remote {
-                if let Some(i) = notes.iter().rposition(|n| *n == r.note().as_bytes()) {
-                    start = i + 1;
-                    consumed = notes[..=i].iter().map(|n| n.len()).sum();
+                if let Some(end) =
+                    find_last(&mut f, len, r.note().as_bytes()).map_err(|e| Error::io(&path, e))?
+                {
+                    c.offset = end;
                     c.skip_smaller = false;
                 }
             }
         }
+        if len == c.offset {
+            return Ok(());
+        }
+        // At most NOTES_CHUNK at a time: memory stays bounded however far behind this is.
+        let take = (len - c.offset).min(NOTES_CHUNK);
+        let at_end = c.offset + take == len;
+        let mut bytes = vec![0; take as usize];
+        f.seek(SeekFrom::Start(c.offset))
+            .and_then(|_| f.read_exact(&mut bytes))
+            .map_err(|e| Error::io(&path, e))?;
+        let notes = split_notes(&bytes);
+        let mut consumed = 0usize;
+        if !at_end && notes.len() == 1 {
+            // No note ends in a whole chunk: not a note (notes are a few hundred bytes).
+            tracing::warn!(target: "audit", file = %path.display(), offset = c.offset,
+                "{NOTES_CHUNK} bytes of checkpoints.notes without a note boundary are skipped");
+            c.offset += take;
+            return Ok(());
+        }
         let count = notes.len();
-        for (i, piece) in notes.into_iter().enumerate().skip(start) {
+        for (i, piece) in notes.into_iter().enumerate() {
             let last = i + 1 == count;
+            if last && !at_end {
+                break; // its end is in the next chunk (its signature lines may go on)
+            }
             let parsed = SignedCheckpoint::parse_unverified(piece).ok().filter(|_| piece.ends_with(b"\n"));
             let Some(cp) = parsed else {
                 if last {
@@ -454,5 +500,60 @@ impl<S: RemoteSink> Shipper<S> {
         self.shared.acked_seq.store(last, Ordering::Release);
         self.shared.read_seq.fetch_max(last, Ordering::AcqRel);
         Ok(tailer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::{find_last, NOTES_CHUNK};
+
+    /// A file of `len` filler bytes with `note` written at each of `at`.
+    fn file_with(len: usize, note: &[u8], at: &[usize]) -> std::fs::File {
+        let mut bytes = vec![b'.'; len];
+        for &a in at {
+            bytes[a..a + note.len()].copy_from_slice(note);
+        }
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&bytes).unwrap();
+        f
+    }
+
+    #[test]
+    fn find_last_finds_the_last_copy_anywhere_even_across_a_chunk_boundary() {
+        let note = b"origin\n42\nroot\n\n\xe2\x80\x94 key sig\n";
+        let chunk = NOTES_CHUNK as usize;
+        let len = 3 * chunk + 123;
+        // Positions: at the start, in the middle, across the start of each backwards window
+        // (window k starts at len - k * chunk + (k - 1) * (n - 1)), at the very end.
+        let n = note.len();
+        let mut places = vec![0, chunk / 2, len - n];
+        for k in 1..=3 {
+            let window_start = len - k * chunk + (k - 1) * (n - 1);
+            for back in [1, n / 2, n - 1] {
+                places.push(window_start - back);
+            }
+        }
+        for &at in &places {
+            let mut f = file_with(len, note, &[at]);
+            assert_eq!(
+                find_last(&mut f, len as u64, note).unwrap(),
+                Some((at + note.len()) as u64),
+                "at {at}"
+            );
+            // With an earlier copy too, the last one is found.
+            if at > note.len() {
+                let mut f = file_with(len, note, &[0, at]);
+                assert_eq!(find_last(&mut f, len as u64, note).unwrap(), Some((at + note.len()) as u64));
+            }
+        }
+        let mut f = file_with(len, note, &[]);
+        assert_eq!(find_last(&mut f, len as u64, note).unwrap(), None, "absent");
+        let mut f = file_with(10, b"", &[]);
+        assert_eq!(find_last(&mut f, 10, note).unwrap(), None, "longer than the file");
+        // Only the first `len` bytes count (a copy beyond them is not there yet).
+        let mut f = file_with(len, note, &[len - note.len()]);
+        assert_eq!(find_last(&mut f, (len - 1) as u64, note).unwrap(), None);
     }
 }
