@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use map_wrapper::audit::anchor::{CheckpointAnchor, DirAnchor, DirLayout, FileAnchor, APPEND_FILE};
 use map_wrapper::audit::checkpoint::{
@@ -221,6 +221,17 @@ fn reopening_continues_the_tree() {
     assert_eq!(f.tampered, None, "{f:?}");
 }
 
+/// Waits for the checkpoint a sink makes on opening (its writer thread makes it when it gets
+/// the turn: 50 fast Flushed writes and a close can come first, and the one made on closing
+/// then covers everything, so a test that counts checkpoints waits for it).
+fn opening_checkpoint(sink: &JsonLinesSink) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sink.stats().checkpoints == 0 {
+        assert!(Instant::now() < deadline, "no checkpoint on opening");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// An anchor that always fails.
 struct Broken;
 impl CheckpointAnchor for Broken {
@@ -239,6 +250,7 @@ fn a_failing_anchor_is_counted_and_does_not_stop_the_trail() {
         JsonLinesSink::open(trail.path(), opts(CheckpointOptions::new(ORIGIN, signer()).anchor(Broken)))
             .unwrap(),
     );
+    opening_checkpoint(&sink);
     write(&sink, 50, Durability::Flushed);
     sink.close().unwrap();
     let s = sink.stats();
@@ -264,6 +276,7 @@ fn a_panicking_anchor_is_counted_as_failed_and_does_not_fail_the_trail() {
         JsonLinesSink::open(trail.path(), opts(CheckpointOptions::new(ORIGIN, signer()).anchor(Panicky)))
             .unwrap(),
     );
+    opening_checkpoint(&sink);
     // Flushed waiters hold the turn while the writer thread publishes: before, the panic
     // reached the writer thread's catch, which failed the sink under a waiter's turn.
     write(&sink, 50, Durability::Flushed);
