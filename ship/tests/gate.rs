@@ -179,6 +179,8 @@ mod outage {
         }
         assert!(max_lag > BOUND.as_secs_f64(), "the lag in map.stats() grew past the bound: {max_lag}");
         assert!(gate.is_over());
+        // The gate's thread flips `is_over` first, then calls the alert: wait for the call.
+        wait_for("the over-the-bound alert", Duration::from_secs(30), || !alerts.lock().unwrap().is_empty());
         assert!(alerts.lock().unwrap().first().is_some_and(|a| a.over), "{:?}", alerts.lock().unwrap());
         server.restart();
         // Keep writing while it catches up.
@@ -190,6 +192,7 @@ mod outage {
             std::thread::sleep(Duration::from_millis(1));
         }
         let caught_up = back.elapsed();
+        wait_for("the back-under alert", Duration::from_secs(30), || alerts.lock().unwrap().len() >= 2);
         {
             let a = alerts.lock().unwrap();
             assert_eq!(a.iter().map(|a| a.over).collect::<Vec<_>>(), [true, false], "one alert per crossing");
